@@ -1,0 +1,481 @@
+//! Typed messages and their decoding from a frame body.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codes::ErrorCode;
+use crate::payload::{Payload, DATA_EXPECTING};
+
+/// A message from a local client to the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Must be the first message of a connection.
+    Hello(Hello),
+    /// Start receiving an endpoint's messages and state changes.
+    Subscribe(Subscribe),
+    /// Stop receiving an endpoint's messages and state changes.
+    Unsubscribe(Unsubscribe),
+    /// Send one message upstream.
+    Send(Send),
+    /// Ask for the status of every endpoint.
+    Status(StatusRequest),
+    /// Ask the daemon to answer with `pong`.
+    Ping(Ping),
+}
+
+/// A message from the daemon to a local client.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The answer to `hello`.
+    Welcome(Welcome),
+    /// One upstream data message.
+    Message(DataMessage),
+    /// An endpoint's connection state changed (or, right after `subscribe`, what it is now).
+    State(StateEvent),
+    /// A request carrying an `id` succeeded.
+    Ack(Ack),
+    /// A request failed, or the input could not be understood.
+    Error(ErrorMsg),
+    /// The answer to a `status` request.
+    Status(StatusReply),
+    /// The answer to `ping`.
+    Pong(Pong),
+}
+
+/// `hello {version, client?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub version: u32,
+    /// Free-form name of the client, for logs and status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// `subscribe {id?, endpoint}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Endpoint name.
+    pub endpoint: String,
+}
+
+/// `unsubscribe {id?, endpoint}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Endpoint name.
+    pub endpoint: String,
+}
+
+/// `send {id?, endpoint, data}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Send {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// The message to send upstream.
+    pub data: Payload,
+}
+
+/// `status {id?}` (request).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+/// `ping {id?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+/// `welcome {version, server, endpoints}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version the daemon speaks.
+    pub version: u32,
+    /// Daemon name and version, e.g. `wsmuxd/0.1.0`.
+    pub server: String,
+    /// Every configured endpoint and its state now.
+    pub endpoints: Vec<EndpointSummary>,
+}
+
+/// One endpoint in `welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSummary {
+    /// Endpoint name.
+    pub name: String,
+    /// Its connection state.
+    pub state: ConnState,
+}
+
+/// `message {endpoint, seq, data}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataMessage {
+    /// Endpoint the message came from.
+    pub endpoint: String,
+    /// Per-endpoint counter, rising by exactly 1 for every upstream data message.
+    pub seq: u64,
+    /// The message.
+    pub data: Payload,
+}
+
+/// The lifecycle of an upstream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    /// A connection attempt is under way.
+    Connecting,
+    /// The WebSocket is open and healthy.
+    Open,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// Gave up (`max_attempts` reached, or a fatal refusal).
+    Failed,
+    /// Closed on purpose (daemon shutdown).
+    Closed,
+    /// A state this version of the crate does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ConnState {
+    /// The wire string of this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Open => "open",
+            ConnState::Backoff => "backoff",
+            ConnState::Failed => "failed",
+            ConnState::Closed => "closed",
+            ConnState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ConnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `state {endpoint, state, attempt?, retry_in_ms?, reason?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEvent {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// The new state.
+    pub state: ConnState,
+    /// Consecutive attempt number (1 for the first try after a healthy period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// With `backoff`: milliseconds until the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+    /// Why the connection was lost or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `ack {id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The id of the request that succeeded.
+    pub id: u64,
+}
+
+/// `error {id?, code, message}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// The id of the request that failed, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Stable, machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `status {id?, endpoints}` (reply).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The id of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// One entry per configured endpoint.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// The status of one endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// Endpoint name.
+    pub name: String,
+    /// Upstream URL with credentials and query values redacted.
+    pub url: String,
+    /// Connection state.
+    pub state: ConnState,
+    /// When the endpoint entered `state`, in milliseconds since the Unix epoch.
+    pub since: u64,
+    /// Consecutive attempt number while connecting or in backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Successful connects since the daemon started.
+    pub connects: u64,
+    /// The most recent connection error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Round trip of the last answered heartbeat, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_rtt_us: Option<u64>,
+    /// Upstream data messages received.
+    pub messages_in: u64,
+    /// Upstream data bytes received.
+    pub bytes_in: u64,
+    /// Messages written upstream on behalf of clients.
+    pub messages_out: u64,
+    /// Bytes written upstream on behalf of clients.
+    pub bytes_out: u64,
+    /// Local clients subscribed now.
+    pub subscribers: u32,
+}
+
+/// `pong {id?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The id of the `ping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+impl ClientMsg {
+    /// The request id, if the message carries one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientMsg::Hello(_) => None,
+            ClientMsg::Subscribe(m) => m.id,
+            ClientMsg::Unsubscribe(m) => m.id,
+            ClientMsg::Send(m) => m.id,
+            ClientMsg::Status(m) => m.id,
+            ClientMsg::Ping(m) => m.id,
+        }
+    }
+}
+
+/// A frame body that is not an acceptable message. The frame itself was well delimited, so
+/// the connection can carry on after answering with an `error`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct MessageError {
+    /// Stable code for the `error` reply.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The `id` of the bad request, when it could be read.
+    pub id: Option<u64>,
+}
+
+impl MessageError {
+    fn new(code: ErrorCode, message: impl Into<String>, id: Option<u64>) -> Self {
+        MessageError {
+            code,
+            message: message.into(),
+            id,
+        }
+    }
+
+    /// The `error` frame that answers this failure.
+    pub fn to_server_msg(&self) -> ServerMsg {
+        ServerMsg::Error(ErrorMsg {
+            id: self.id,
+            code: self.code,
+            message: self.message.clone(),
+        })
+    }
+}
+
+/// What every message shares: a `type`, and maybe an `id`.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    ty: Option<String>,
+    #[serde(default)]
+    id: Option<LenientId>,
+}
+
+/// Reads `id` if it is an unsigned integer and ignores it otherwise, so that a bad `id` does
+/// not hide the message's `type`.
+struct LenientId(Option<u64>);
+
+impl<'de> Deserialize<'de> for LenientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LenientId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<LenientId, E> {
+                Ok(LenientId(Some(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<LenientId, E> {
+                Ok(LenientId(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_unit<E>(self) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_none<E>(self) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<LenientId, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<LenientId, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(LenientId(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<LenientId, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(LenientId(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads the envelope of a frame body: checks it is exactly one map and returns its `type`.
+fn envelope(body: &[u8]) -> Result<(String, Option<u64>), MessageError> {
+    match body.first() {
+        Some(0x80..=0x8f | 0xde | 0xdf) => {}
+        Some(_) => {
+            return Err(MessageError::new(
+                ErrorCode::NotAMap,
+                "the frame body must be a MessagePack map",
+                None,
+            ))
+        }
+        None => {
+            return Err(MessageError::new(
+                ErrorCode::InvalidMsgpack,
+                "the frame body is empty",
+                None,
+            ))
+        }
+    }
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(body));
+    let env = Envelope::deserialize(&mut de).map_err(|e| classify(e, None))?;
+    if de.position() != body.len() as u64 {
+        return Err(MessageError::new(
+            ErrorCode::InvalidMsgpack,
+            "the frame body holds bytes after the map",
+            None,
+        ));
+    }
+    let id = env.id.and_then(|i| i.0);
+    match env.ty {
+        Some(ty) => Ok((ty, id)),
+        None => Err(MessageError::new(
+            ErrorCode::MissingType,
+            "the map has no string `type`",
+            id,
+        )),
+    }
+}
+
+/// Maps an rmp-serde error onto a stable code.
+fn classify(e: rmp_serde::decode::Error, id: Option<u64>) -> MessageError {
+    use rmp_serde::decode::Error as E;
+    let text = e.to_string();
+    let code = match e {
+        E::InvalidMarkerRead(_)
+        | E::InvalidDataRead(_)
+        | E::LengthMismatch(_)
+        | E::Utf8Error(_)
+        | E::DepthLimitExceeded => ErrorCode::InvalidMsgpack,
+        _ if text.contains(DATA_EXPECTING) => ErrorCode::InvalidData,
+        _ => ErrorCode::InvalidMessage,
+    };
+    MessageError::new(code, text, id)
+}
+
+fn body_as<T: DeserializeOwned>(body: &[u8], id: Option<u64>) -> Result<T, MessageError> {
+    rmp_serde::from_slice(body).map_err(|e| classify(e, id))
+}
+
+/// Decodes the body of a frame sent by a client.
+pub fn decode_client(body: &[u8]) -> Result<ClientMsg, MessageError> {
+    let (ty, id) = envelope(body)?;
+    Ok(match ty.as_str() {
+        "hello" => ClientMsg::Hello(body_as(body, id)?),
+        "subscribe" => ClientMsg::Subscribe(body_as(body, id)?),
+        "unsubscribe" => ClientMsg::Unsubscribe(body_as(body, id)?),
+        "send" => ClientMsg::Send(body_as(body, id)?),
+        "status" => ClientMsg::Status(body_as(body, id)?),
+        "ping" => ClientMsg::Ping(body_as(body, id)?),
+        other => {
+            return Err(MessageError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type `{other}`"),
+                id,
+            ))
+        }
+    })
+}
+
+/// Decodes the body of a frame sent by the daemon.
+pub fn decode_server(body: &[u8]) -> Result<ServerMsg, MessageError> {
+    let (ty, id) = envelope(body)?;
+    Ok(match ty.as_str() {
+        "welcome" => ServerMsg::Welcome(body_as(body, id)?),
+        "message" => ServerMsg::Message(body_as(body, id)?),
+        "state" => ServerMsg::State(body_as(body, id)?),
+        "ack" => ServerMsg::Ack(body_as(body, id)?),
+        "error" => ServerMsg::Error(body_as(body, id)?),
+        "status" => ServerMsg::Status(body_as(body, id)?),
+        "pong" => ServerMsg::Pong(body_as(body, id)?),
+        other => {
+            return Err(MessageError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type `{other}`"),
+                id,
+            ))
+        }
+    })
+}
