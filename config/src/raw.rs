@@ -1,0 +1,455 @@
+//! The raw configuration: what the TOML sources and the environment say, before validation.
+//!
+//! Every field is optional; defaults are applied during validation. Scalars are deserialized
+//! strictly (see [`Strict`]): the `config` crate on its own would turn `max_clients = 1.7`
+//! into 2, `json = 5` into `true` and `url = 5` into `"5"`. Strings are accepted for numbers
+//! and booleans, because that is all the environment can provide.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::Deserialize;
+
+/// The whole file (or environment) layout.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of settings")]
+pub(crate) struct RawConfig {
+    /// Socket path or pipe name.
+    #[serde(default, deserialize_with = "strict")]
+    pub socket: Option<String>,
+    /// Socket file permissions.
+    #[serde(default, deserialize_with = "strict")]
+    pub socket_mode: Option<Mode>,
+    /// Uids allowed to connect besides the daemon's own.
+    #[serde(default, deserialize_with = "strict")]
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Largest client frame.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_frame_size: Option<usize>,
+    /// Most clients at once.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_clients: Option<usize>,
+    /// Per-client queue length in messages.
+    #[serde(default, deserialize_with = "strict")]
+    pub client_queue_messages: Option<usize>,
+    /// Per-client queue length in bytes.
+    #[serde(default, deserialize_with = "strict")]
+    pub client_queue_bytes: Option<usize>,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: Option<RawLog>,
+    /// `[endpoints.NAME]`, sorted by name.
+    #[serde(default)]
+    pub endpoints: Option<BTreeMap<String, RawEndpoint>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of log settings")]
+pub(crate) struct RawLog {
+    /// Filter directive.
+    #[serde(default, deserialize_with = "strict")]
+    pub level: Option<String>,
+    /// Log file directory.
+    #[serde(default, deserialize_with = "strict")]
+    pub dir: Option<String>,
+    /// JSON lines.
+    #[serde(default, deserialize_with = "strict")]
+    pub json: Option<bool>,
+}
+
+/// `[endpoints.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of endpoint settings")]
+pub(crate) struct RawEndpoint {
+    /// `ws://` or `wss://` URL, possibly with `${VAR}` references.
+    #[serde(default, deserialize_with = "strict")]
+    pub url: Option<String>,
+    /// Extra handshake headers; values may hold `${VAR}` references.
+    #[serde(default, deserialize_with = "strict")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Subprotocols to offer.
+    #[serde(default, deserialize_with = "strict")]
+    pub subprotocols: Option<Vec<String>>,
+    /// Connect + TLS + handshake limit.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Largest message.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_message_size: Option<usize>,
+    /// `[endpoints.NAME.heartbeat]`.
+    #[serde(default)]
+    pub heartbeat: Option<RawHeartbeat>,
+    /// `[endpoints.NAME.reconnect]`.
+    #[serde(default)]
+    pub reconnect: Option<RawReconnect>,
+}
+
+/// `[endpoints.NAME.heartbeat]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of heartbeat settings")]
+pub(crate) struct RawHeartbeat {
+    /// Time between heartbeats.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Silence allowed after a heartbeat.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Text heartbeat.
+    #[serde(default, deserialize_with = "strict")]
+    pub message: Option<String>,
+    /// Binary heartbeat, as hex.
+    #[serde(default, deserialize_with = "strict")]
+    pub message_hex: Option<String>,
+    /// Text prefix of answers.
+    #[serde(default, deserialize_with = "strict")]
+    pub reply: Option<String>,
+    /// Binary prefix of answers, as hex.
+    #[serde(default, deserialize_with = "strict")]
+    pub reply_hex: Option<String>,
+}
+
+/// `[endpoints.NAME.reconnect]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of reconnect settings")]
+pub(crate) struct RawReconnect {
+    /// First delay.
+    #[serde(default, with = "humantime_serde")]
+    pub initial_delay: Option<Duration>,
+    /// Largest delay.
+    #[serde(default, with = "humantime_serde")]
+    pub max_delay: Option<Duration>,
+    /// Backoff factor.
+    #[serde(default, deserialize_with = "strict")]
+    pub multiplier: Option<f64>,
+    /// Random spread.
+    #[serde(default, deserialize_with = "strict")]
+    pub jitter: Option<f64>,
+    /// Give up after this many failures (0: never).
+    #[serde(default, deserialize_with = "strict")]
+    pub max_attempts: Option<u32>,
+    /// Uptime after which the backoff resets.
+    #[serde(default, with = "humantime_serde")]
+    pub stable_after: Option<Duration>,
+}
+
+/// The keys allowed in the table at `path` (table keys from the root), if it is a struct.
+pub(crate) fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
+    match path {
+        [] => Some(field_names::<RawConfig>()),
+        ["log"] => Some(field_names::<RawLog>()),
+        ["endpoints", _] => Some(field_names::<RawEndpoint>()),
+        ["endpoints", _, "heartbeat"] => Some(field_names::<RawHeartbeat>()),
+        ["endpoints", _, "reconnect"] => Some(field_names::<RawReconnect>()),
+        _ => None,
+    }
+}
+
+/// The field names serde's derive declares for `T`, so that they are never listed twice.
+fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    /// A deserializer that only records the field list it is asked for.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // The probe always fails; only the recorded field list matters.
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// A socket file mode: an octal string (`"0600"`, `"0o660"`, `"660"`) or an integer
+/// (`0o600` in TOML; plain decimal integers are taken as they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mode {
+    /// The mode bits.
+    pub bits: u32,
+    /// Whether it was written as a (decimal) integer rather than as an octal string.
+    pub from_integer: bool,
+}
+
+/// Types deserialized without the `config` crate's lossy conversions.
+pub(crate) trait Strict: Sized {
+    /// Deserializes `Self` from `deserializer`, which should be asked for `deserialize_any`.
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+}
+
+/// `deserialize_with` adapter for optional [`Strict`] fields.
+fn strict<'de, D: Deserializer<'de>, T: Strict>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize_strict(deserializer).map(Some)
+}
+
+/// A [`Strict`] value as an ordinary `Deserialize` type, for elements of lists and maps.
+struct StrictValue<T>(T);
+
+impl<'de, T: Strict> Deserialize<'de> for StrictValue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize_strict(deserializer).map(StrictValue)
+    }
+}
+
+impl Strict for String {
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+                Ok(v)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Strict for bool {
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean (true or false)")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+                Ok(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "true" | "yes" | "on" | "1" => Ok(true),
+                    "false" | "no" | "off" | "0" => Ok(false),
+                    _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Strict for f64 {
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+                Ok(v as f64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+                Ok(v as f64)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+                v.trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// Implements [`Strict`] for unsigned integer types: integers in range and decimal strings.
+macro_rules! strict_unsigned {
+    ($($ty:ty),*) => {$(
+        impl Strict for $ty {
+            fn deserialize_strict<'de, D: Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "a non-negative integer of at most {}", <$ty>::MAX)
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$ty, E> {
+                        <$ty>::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
+                        <$ty>::try_from(v)
+                            .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.trim().parse().map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
+                    }
+                }
+                deserializer.deserialize_any(V)
+            }
+        }
+    )*};
+}
+
+strict_unsigned!(u32, usize);
+
+/// Lists: an array, or a comma-separated string (the only form the environment can give).
+impl<T: Strict + FromStr> Strict for Vec<T> {
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Strict + FromStr> Visitor<'de> for V<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array (or a comma-separated string)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(StrictValue(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(items)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| {
+                        item.parse()
+                            .map_err(|_| E::invalid_value(Unexpected::Str(item), &self))
+                    })
+                    .collect()
+            }
+        }
+        deserializer.deserialize_any(V(PhantomData))
+    }
+}
+
+/// Header tables: string keys, strict string values.
+impl Strict for BTreeMap<String, String> {
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BTreeMap<String, String>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of header names and values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut headers = BTreeMap::new();
+                while let Some((name, StrictValue(value))) = map.next_entry::<String, _>()? {
+                    headers.insert(name, value);
+                }
+                Ok(headers)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Strict for Mode {
+    fn deserialize_strict<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Mode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    r#"a file mode: an octal string such as "0600" or an integer such as 0o600"#,
+                )
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Mode, E> {
+                u32::try_from(v)
+                    .map(|bits| Mode {
+                        bits,
+                        from_integer: true,
+                    })
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Mode, E> {
+                u32::try_from(v)
+                    .map(|bits| Mode {
+                        bits,
+                        from_integer: true,
+                    })
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Mode, E> {
+                parse_octal(v)
+                    .map(|bits| Mode {
+                        bits,
+                        from_integer: false,
+                    })
+                    .ok_or_else(|| E::invalid_value(Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// Parses `"0600"`, `"0o660"` or `"660"` as octal.
+fn parse_octal(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let digits = text
+        .strip_prefix("0o")
+        .or_else(|| text.strip_prefix("0O"))
+        .unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_come_from_serde() {
+        assert_eq!(
+            known_keys(&["endpoints", "x", "heartbeat"]),
+            Some(
+                &[
+                    "interval",
+                    "timeout",
+                    "message",
+                    "message_hex",
+                    "reply",
+                    "reply_hex"
+                ][..]
+            )
+        );
+        assert!(known_keys(&[]).is_some_and(|keys| keys.contains(&"endpoints")));
+        assert_eq!(known_keys(&["endpoints"]), None);
+    }
+
+    #[test]
+    fn octal_modes() {
+        assert_eq!(parse_octal("0600"), Some(0o600));
+        assert_eq!(parse_octal("0o660"), Some(0o660));
+        assert_eq!(parse_octal("660"), Some(0o660));
+        assert_eq!(parse_octal("0o"), None);
+        assert_eq!(parse_octal("0x1f"), None);
+        assert_eq!(parse_octal("0800"), None);
+        assert_eq!(parse_octal("77777777777777"), None);
+    }
+}
