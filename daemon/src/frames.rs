@@ -1,0 +1,49 @@
+//! Encoding of the frames the daemon sends, with no failure path for callers to handle.
+
+use bytes::Bytes;
+use wsmux_proto::{encode_to_vec, Ack, ErrorCode, ErrorMsg, ServerMsg};
+
+/// A hand-encoded `{"type":"error","code":"internal","message":"encoding failed"}` frame, sent
+/// in the (never observed) case that one of the daemon's own messages fails to encode.
+const ENCODING_FAILED: &[u8] =
+    b"\x00\x00\x00\x32\x83\xa4type\xa5error\xa4code\xa8internal\xa7message\xafencoding failed";
+
+/// Encodes a message from the daemon into one frame.
+pub fn encode(msg: &ServerMsg) -> Bytes {
+    match encode_to_vec(msg, usize::MAX) {
+        Ok(v) => Bytes::from(v),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to encode a frame");
+            Bytes::from_static(ENCODING_FAILED)
+        }
+    }
+}
+
+/// An `error` frame.
+pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    encode(&ServerMsg::Error(ErrorMsg {
+        id,
+        code,
+        message: message.into(),
+    }))
+}
+
+/// An `ack` frame.
+pub fn ack(id: u64) -> Bytes {
+    encode(&ServerMsg::Ack(Ack { id }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_frame_is_a_valid_error() {
+        let len = u32::from_be_bytes(ENCODING_FAILED[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, ENCODING_FAILED.len() - 4);
+        match wsmux_proto::decode_server(&ENCODING_FAILED[4..]).unwrap() {
+            ServerMsg::Error(e) => assert_eq!(e.code, ErrorCode::Internal),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The platform parts of the local socket: binding (with stale-socket recovery and file
+//! mode), peer identity, and the default path. Everything else uses interprocess'
+//! cross-platform local-socket API.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use interprocess::local_socket::tokio::prelude::*;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::ListenerOptions;
+
+/// The local socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another daemon answers on the path.
+    #[error("another wsmuxd is already listening on {0}; stop it first or choose another socket")]
+    AlreadyRunning(PathBuf),
+    /// The path exists and is not a socket: never delete it.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The socket directory could not be created or is unsafe.
+    #[error("socket directory {path}: {reason}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The default socket path for this user (see `wsmux_proto::paths`).
+pub fn default_socket_path() -> PathBuf {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    wsmux_proto::paths::default_socket_path(xdg.as_deref(), &std::env::temp_dir(), &current_user())
+}
+
+/// The socket path to use: `WSMUX_SOCKET`, then the platform default.
+pub fn resolve_socket_path(configured: Option<&Path>) -> PathBuf {
+    match configured {
+        Some(p) => p.to_owned(),
+        None => std::env::var_os(wsmux_proto::paths::SOCKET_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(default_socket_path),
+    }
+}
+
+/// `AddrInUse` means a live listener owns the name; anything else is a plain I/O error.
+fn listen_error(path: &Path, e: io::Error) -> BindError {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        BindError::AlreadyRunning(path.to_owned())
+    } else {
+        BindError::Io {
+            path: path.to_owned(),
+            source: e,
+        }
+    }
+}
+
+#[cfg(unix)]
+mod imp {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+
+    use interprocess::local_socket::{GenericFilePath, ToFsName};
+    use interprocess::os::unix::local_socket::ListenerOptionsExt;
+
+    use super::*;
+
+    /// The effective uid of this process.
+    pub fn current_uid() -> u32 {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    /// The user part of the default socket path: the uid.
+    pub fn current_user() -> String {
+        current_uid().to_string()
+    }
+
+    /// The effective uid of the peer, when the platform tells.
+    pub fn peer_uid(stream: &Stream) -> Option<u32> {
+        stream.peer_creds().ok().and_then(|c| c.euid())
+    }
+
+    /// Makes sure the socket's directory exists and belongs to us. A directory we create is
+    /// mode 0700; an existing one must be ours (or root's) and not writable by others unless
+    /// sticky, so nobody can swap the socket under us.
+    fn prepare_dir(dir: &Path) -> Result<(), BindError> {
+        let err = |reason: String| BindError::Directory {
+            path: dir.to_owned(),
+            reason,
+        };
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(format!("cannot create: {e}")))?;
+        }
+        let meta = std::fs::metadata(dir).map_err(|e| err(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(err("not a directory".into()));
+        }
+        let uid = current_uid();
+        if meta.uid() != uid && meta.uid() != 0 {
+            return Err(err(format!(
+                "owned by uid {}, not by this user ({uid})",
+                meta.uid()
+            )));
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(err("writable by everyone and not sticky".into()));
+        }
+        Ok(())
+    }
+
+    /// Removes a socket file left by a daemon that is gone; refuses if one answers.
+    async fn clear_stale(path: &Path) -> Result<(), BindError> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(BindError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                })
+            }
+        };
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.to_owned()));
+        }
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => Err(BindError::AlreadyRunning(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "removing stale socket");
+                std::fs::remove_file(path).map_err(|e| BindError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                })
+            }
+            Err(e) => Err(BindError::Io {
+                path: path.to_owned(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Binds the socket at `path` with file mode `mode`, replacing a stale socket file but
+    /// never a live daemon's.
+    pub async fn bind(path: &Path, mode: u32) -> Result<Listener, BindError> {
+        let io_err = |source| BindError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            prepare_dir(dir)?;
+        }
+        clear_stale(path).await?;
+        let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
+        let listener = ListenerOptions::new()
+            .name(name)
+            .mode(mode as libc::mode_t)
+            .create_tokio()
+            .map_err(|e| listen_error(path, e))?;
+        // The mode was applied before bind; setting it again costs nothing and covers
+        // platforms where fchmod on an unbound socket has no effect.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+        Ok(listener)
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use interprocess::local_socket::{GenericNamespaced, ToNsName};
+
+    use super::*;
+
+    /// Windows has no uids; access is governed by the pipe's security descriptor.
+    pub fn current_uid() -> u32 {
+        0
+    }
+
+    pub fn current_user() -> String {
+        std::env::var("USERNAME").unwrap_or_else(|_| "default".into())
+    }
+
+    pub fn peer_uid(_stream: &Stream) -> Option<u32> {
+        Some(0)
+    }
+
+    pub async fn bind(path: &Path, _mode: u32) -> Result<Listener, BindError> {
+        let io_err = |source| BindError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let pipe = path
+            .to_string_lossy()
+            .trim_start_matches(r"\\.\pipe\")
+            .to_owned();
+        let name = pipe.to_ns_name::<GenericNamespaced>().map_err(io_err)?;
+        ListenerOptions::new()
+            .name(name)
+            .create_tokio()
+            .map_err(|e| listen_error(path, e))
+    }
+}
+
+pub use imp::{bind, current_uid, current_user, peer_uid};

@@ -1,0 +1,100 @@
+//! Logging: always to stderr, and to daily-rotated files when a log directory is set.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{Builder, Rotation};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+use wsmux_config::LogSettings;
+
+/// Logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The filter directive is invalid.
+    #[error("invalid log level `{level}`: {reason}")]
+    Filter {
+        /// The directive.
+        level: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The log directory or file could not be opened.
+    #[error("cannot write logs to {dir}: {reason}")]
+    File {
+        /// The directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
+    /// A global subscriber was already installed.
+    #[error("logging was already initialised")]
+    AlreadyInitialised,
+}
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `settings.level`.
+///
+/// Keep the returned guard alive until the process exits: dropping it flushes the file
+/// writer.
+pub fn init(settings: &LogSettings) -> Result<Option<WorkerGuard>, LogError> {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| settings.level.clone());
+    let filter = || {
+        EnvFilter::builder()
+            .parse(&level)
+            .map_err(|e| LogError::Filter {
+                level: level.clone(),
+                reason: e.to_string(),
+            })
+    };
+    let stderr = if settings.json {
+        fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter()?)
+            .boxed()
+    } else {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter()?)
+            .boxed()
+    };
+    let (file, guard) = match &settings.dir {
+        Some(dir) => {
+            let appender = Builder::new()
+                .rotation(Rotation::DAILY)
+                .filename_prefix("wsmuxd")
+                .filename_suffix("log")
+                .build(dir)
+                .map_err(|e| LogError::File {
+                    dir: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            // Lossy under extreme load rather than blocking the daemon on a slow disk.
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = if settings.json {
+                fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_writer(writer)
+                    .with_filter(filter()?)
+                    .boxed()
+            } else {
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(writer)
+                    .with_filter(filter()?)
+                    .boxed()
+            };
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init()
+        .map_err(|_| LogError::AlreadyInitialised)?;
+    Ok(guard)
+}

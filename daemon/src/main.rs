@@ -1,0 +1,160 @@
+//! `wsmuxd`: the daemon binary. Parses flags, loads settings, sets up logging and signals,
+//! and calls [`wsmuxd::run`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use wsmux_config::Settings;
+
+/// Keeps one healthy upstream WebSocket per configured endpoint and shares it with local
+/// processes over a local socket.
+#[derive(Debug, Parser)]
+#[command(name = "wsmuxd", version, about)]
+struct Args {
+    /// Configuration file (TOML). Default: $XDG_CONFIG_HOME/wsmux/wsmux.toml, then
+    /// ~/.config/wsmux/wsmux.toml, then /etc/wsmux/wsmux.toml.
+    #[arg(short, long, env = "WSMUX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Run with a built-in demo upstream on 127.0.0.1 instead of a configuration file.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+
+    /// Local socket path (overrides the configuration and WSMUX_SOCKET).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Validate the configuration, print a summary and exit.
+    #[arg(long, conflicts_with = "demo")]
+    check: bool,
+
+    /// Log filter, e.g. `debug` or `wsmuxd=trace` (overrides the configuration).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsmuxd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_config() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        candidates.push(PathBuf::from(dir).join("wsmux/wsmux.toml"));
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        candidates.push(PathBuf::from(home).join(".config/wsmux/wsmux.toml"));
+    }
+    candidates.push(PathBuf::from("/etc/wsmux/wsmux.toml"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn load(path: &Path) -> anyhow::Result<Settings> {
+    Ok(wsmux_config::load(path)?)
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
+    let demo_cancel = CancellationToken::new();
+    let (mut settings, origin) = if args.demo {
+        let addr = runtime
+            .block_on(wsmuxd::demo::start(demo_cancel.clone()))
+            .context("cannot start the demo upstream")?;
+        (
+            wsmuxd::demo::settings(addr, None),
+            "built-in demo".to_owned(),
+        )
+    } else {
+        let path = match args.config.clone().or_else(default_config) {
+            Some(p) => p,
+            None => bail!(
+                "no configuration file: pass --config FILE (see config/wsmux.example.toml), \
+                 or try `wsmuxd --demo`"
+            ),
+        };
+        let settings = load(&path)?;
+        (settings, path.display().to_string())
+    };
+    if let Some(socket) = args.socket {
+        settings.server.socket = Some(socket);
+    }
+    if let Some(level) = args.log_level {
+        settings.log.level = level;
+    }
+
+    if args.check {
+        let socket = wsmuxd::local::resolve_socket_path(settings.server.socket.as_deref());
+        println!("{origin}: OK");
+        println!("socket: {}", socket.display());
+        for ep in &settings.endpoints {
+            println!(
+                "endpoint {}: {}",
+                ep.name,
+                wsmuxd::endpoint::redact_url(&ep.url)
+            );
+        }
+        return Ok(());
+    }
+
+    // Keep the guard until main returns so the file writer is flushed.
+    let _log_guard = wsmuxd::logging::init(&settings.log)?;
+    tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "wsmuxd starting");
+
+    let shutdown = CancellationToken::new();
+    runtime.spawn(wait_for_signal(shutdown.clone()));
+    let demo = args.demo;
+    let ready: wsmuxd::ReadyHook = Box::new(move |path| {
+        if demo {
+            tracing::info!(
+                "demo running: try `wsmux subscribe {}` (or `cargo run -p wsmux-client -- subscribe {}`) with WSMUX_SOCKET={}",
+                wsmuxd::demo::ENDPOINT,
+                wsmuxd::demo::ENDPOINT,
+                path.display()
+            );
+        }
+    });
+    let result = runtime.block_on(wsmuxd::run_with(settings, shutdown, Some(ready)));
+    demo_cancel.cancel();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal(shutdown: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::info!("Ctrl-C received");
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,426 @@
+//! The timing policy of one upstream connection, as a sans-IO state machine.
+//!
+//! [`Policy`] decides *when* to connect, send a heartbeat, declare a silent connection dead and
+//! retry; the driver in [`crate::upstream`] only performs what it is told. Time comes in as an
+//! argument (`now`) and leaves as a deadline ([`Policy::poll_timeout`]), so every rule here is
+//! tested without sockets or sleeps.
+
+use std::time::{Duration, Instant};
+
+use wsmux_config::{HeartbeatSettings, ReconnectSettings};
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a new connection; `attempt` counts consecutive tries (1 after a healthy period).
+    Connect {
+        /// Consecutive attempt number.
+        attempt: u32,
+    },
+    /// Send one heartbeat now.
+    SendHeartbeat,
+    /// The connection has been silent too long: drop it without a closing handshake.
+    Drop {
+        /// Why, for logs and the `state` event.
+        reason: String,
+    },
+}
+
+/// What follows a failed attempt or a lost connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Wait `delay`, then the driver gets [`Action::Connect`] from [`Policy::handle_timeout`].
+    After {
+        /// How long to wait.
+        delay: Duration,
+        /// The number of the attempt that will follow.
+        attempt: u32,
+    },
+    /// `max_attempts` consecutive failures: give up.
+    GiveUp {
+        /// How many attempts failed.
+        attempts: u32,
+    },
+}
+
+/// Where the connection stands, as far as timing is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started, or gave up, or stopped: no timers.
+    Idle,
+    /// A connection attempt is under way (the driver enforces `connect_timeout`).
+    Connecting,
+    /// Open.
+    Open {
+        /// When the next heartbeat is due.
+        next_heartbeat: Instant,
+        /// When the connection is declared dead unless something arrives first; set when a
+        /// heartbeat goes out and nothing is pending, cleared by any inbound frame.
+        silence_deadline: Option<Instant>,
+        /// When the connection counts as stable and the backoff resets; `None` once it did.
+        stable_at: Option<Instant>,
+    },
+    /// Waiting before the next attempt.
+    Backoff {
+        /// When to try again.
+        until: Instant,
+    },
+}
+
+/// The timing policy of one endpoint.
+#[derive(Debug)]
+pub struct Policy {
+    /// Heartbeat interval and silence timeout.
+    heartbeat: HeartbeatSettings,
+    /// Backoff schedule.
+    reconnect: ReconnectSettings,
+    /// Source of jitter.
+    rng: fastrand::Rng,
+    /// Current phase.
+    phase: Phase,
+    /// Consecutive attempts since the last stable connection (0 while stable).
+    attempt: u32,
+}
+
+impl Policy {
+    /// A policy in the idle phase. `seed` feeds the jitter, so a test can fix it.
+    pub fn new(heartbeat: HeartbeatSettings, reconnect: ReconnectSettings, seed: u64) -> Self {
+        Policy {
+            heartbeat,
+            reconnect,
+            rng: fastrand::Rng::with_seed(seed),
+            phase: Phase::Idle,
+            attempt: 0,
+        }
+    }
+
+    /// Starts (or restarts) the connection cycle: the driver must connect now.
+    pub fn start(&mut self) -> Action {
+        self.attempt += 1;
+        self.phase = Phase::Connecting;
+        Action::Connect {
+            attempt: self.attempt,
+        }
+    }
+
+    /// The consecutive attempt number of the current or next try.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The connection is open.
+    pub fn on_open(&mut self, now: Instant) {
+        self.phase = Phase::Open {
+            next_heartbeat: now + self.heartbeat.interval,
+            silence_deadline: None,
+            stable_at: Some(now + self.reconnect.stable_after),
+        };
+    }
+
+    /// Something arrived from upstream: the connection is alive.
+    pub fn on_inbound(&mut self, _now: Instant) {
+        if let Phase::Open {
+            silence_deadline, ..
+        } = &mut self.phase
+        {
+            *silence_deadline = None;
+        }
+    }
+
+    /// An attempt failed or the open connection was lost. Returns what happens next.
+    pub fn on_failure(&mut self, now: Instant) -> Retry {
+        let max = self.reconnect.max_attempts;
+        if max != 0 && self.attempt >= max {
+            self.phase = Phase::Idle;
+            return Retry::GiveUp {
+                attempts: self.attempt,
+            };
+        }
+        let delay = self.delay_after(self.attempt.max(1));
+        self.phase = Phase::Backoff { until: now + delay };
+        Retry::After {
+            delay,
+            attempt: self.attempt + 1,
+        }
+    }
+
+    /// Stops all timers (shutdown, or after giving up).
+    pub fn stop(&mut self) {
+        self.phase = Phase::Idle;
+    }
+
+    /// Forgets past failures, as after a stable connection.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The earliest instant at which [`Policy::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Idle | Phase::Connecting => None,
+            Phase::Backoff { until } => Some(*until),
+            Phase::Open {
+                next_heartbeat,
+                silence_deadline,
+                stable_at,
+            } => [Some(*next_heartbeat), *silence_deadline, *stable_at]
+                .into_iter()
+                .flatten()
+                .min(),
+        }
+    }
+
+    /// Advances the timers to `now` and returns the action that is due, if any. Call it again
+    /// until it returns `None`: several things can fall due at once.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
+        match &mut self.phase {
+            Phase::Idle | Phase::Connecting => None,
+            Phase::Backoff { until } => {
+                if *until > now {
+                    return None;
+                }
+                Some(self.start())
+            }
+            Phase::Open {
+                next_heartbeat,
+                silence_deadline,
+                stable_at,
+            } => {
+                if let Some(at) = *stable_at {
+                    if at <= now {
+                        *stable_at = None;
+                        self.attempt = 0;
+                    }
+                }
+                if let Some(deadline) = *silence_deadline {
+                    if deadline <= now {
+                        return Some(Action::Drop {
+                            reason: format!(
+                                "heartbeat timeout: nothing received for {} after a heartbeat",
+                                humanize(self.heartbeat.timeout)
+                            ),
+                        });
+                    }
+                }
+                if *next_heartbeat <= now {
+                    *next_heartbeat = now + self.heartbeat.interval;
+                    if silence_deadline.is_none() {
+                        *silence_deadline = Some(now + self.heartbeat.timeout);
+                    }
+                    return Some(Action::SendHeartbeat);
+                }
+                None
+            }
+        }
+    }
+
+    /// The delay that follows the `failures`-th consecutive failure (1-based), jittered.
+    fn delay_after(&mut self, failures: u32) -> Duration {
+        let r = &self.reconnect;
+        let exp = r
+            .multiplier
+            .powi(failures.saturating_sub(1).min(1024) as i32);
+        let base = (r.initial_delay.as_secs_f64() * exp).min(r.max_delay.as_secs_f64());
+        let spread = 1.0 - r.jitter + 2.0 * r.jitter * self.rng.f64();
+        Duration::from_secs_f64((base * spread).clamp(0.0, r.max_delay.as_secs_f64()))
+    }
+}
+
+/// `1.5s`, `250ms`: a short human form of a duration for reasons and logs.
+pub fn humanize(d: Duration) -> String {
+    if d.as_millis() < 1000 || d.subsec_millis() != 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn policy(jitter: f64, max_attempts: u32) -> Policy {
+        Policy::new(
+            HeartbeatSettings {
+                interval: ms(1000),
+                timeout: ms(500),
+                ..HeartbeatSettings::default()
+            },
+            ReconnectSettings {
+                initial_delay: ms(100),
+                max_delay: ms(1000),
+                multiplier: 2.0,
+                jitter,
+                max_attempts,
+                stable_after: ms(3000),
+            },
+            7,
+        )
+    }
+
+    /// Drives a policy through `n` failed connects and returns the delays it chose.
+    fn delays(p: &mut Policy, t: &mut Instant, n: usize) -> Vec<Retry> {
+        let mut out = Vec::new();
+        assert!(matches!(p.start(), Action::Connect { attempt: 1 }));
+        for _ in 0..n {
+            let r = p.on_failure(*t);
+            if let Retry::After { delay, attempt } = &r {
+                *t += *delay;
+                assert_eq!(p.poll_timeout(), Some(*t));
+                assert_eq!(
+                    p.handle_timeout(*t),
+                    Some(Action::Connect { attempt: *attempt })
+                );
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut p = policy(0.0, 0);
+        let mut t = Instant::now();
+        let got: Vec<_> = delays(&mut p, &mut t, 6)
+            .into_iter()
+            .map(|r| match r {
+                Retry::After { delay, .. } => delay.as_millis(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds_and_varies() {
+        let mut p = policy(0.5, 0);
+        let mut t = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for r in delays(&mut p, &mut t, 3) {
+            let Retry::After { delay, attempt } = r else {
+                panic!()
+            };
+            let base = [100.0, 200.0, 400.0][attempt as usize - 2];
+            let d = delay.as_secs_f64() * 1000.0;
+            assert!(
+                d >= base * 0.5 - 1e-6 && d <= base * 1.5 + 1e-6,
+                "{d} vs {base}"
+            );
+            seen.insert(delay);
+        }
+        assert_eq!(seen.len(), 3);
+        // Two daemons with different seeds do not reconnect in lockstep.
+        let mut a = policy(0.5, 0);
+        let mut b = Policy::new(a.heartbeat.clone(), a.reconnect.clone(), 8);
+        a.start();
+        b.start();
+        assert_ne!(a.on_failure(t), b.on_failure(t));
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts() {
+        let mut p = policy(0.0, 3);
+        let mut t = Instant::now();
+        let r = delays(&mut p, &mut t, 3);
+        assert_eq!(
+            r[..2],
+            [
+                Retry::After {
+                    delay: ms(100),
+                    attempt: 2
+                },
+                Retry::After {
+                    delay: ms(200),
+                    attempt: 3
+                }
+            ]
+        );
+        assert_eq!(r[2], Retry::GiveUp { attempts: 3 });
+        assert_eq!(p.poll_timeout(), None, "no timers after giving up");
+        assert_eq!(p.handle_timeout(t + ms(1_000_000)), None);
+    }
+
+    #[test]
+    fn heartbeat_every_interval_while_data_flows() {
+        let mut p = policy(0.0, 0);
+        let t0 = Instant::now();
+        p.start();
+        p.on_open(t0);
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(1000)));
+        assert_eq!(p.handle_timeout(t0 + ms(999)), None);
+        assert_eq!(p.handle_timeout(t0 + ms(1000)), Some(Action::SendHeartbeat));
+        p.on_inbound(t0 + ms(1100));
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(2000)));
+        assert_eq!(p.handle_timeout(t0 + ms(2000)), Some(Action::SendHeartbeat));
+        p.on_inbound(t0 + ms(2400));
+        // Three seconds in, the connection becomes stable; that is not an action.
+        assert_eq!(p.handle_timeout(t0 + ms(3000)), Some(Action::SendHeartbeat));
+        assert_eq!(p.attempt(), 0);
+    }
+
+    #[test]
+    fn silence_after_a_heartbeat_drops_the_connection() {
+        let mut p = policy(0.0, 0);
+        let t0 = Instant::now();
+        p.start();
+        p.on_open(t0);
+        p.on_inbound(t0 + ms(10));
+        assert_eq!(p.handle_timeout(t0 + ms(1000)), Some(Action::SendHeartbeat));
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(1500)));
+        match p.handle_timeout(t0 + ms(1500)) {
+            Some(Action::Drop { reason }) => assert!(reason.contains("heartbeat timeout")),
+            other => panic!("{other:?}"),
+        }
+        // Detected within interval + timeout of the last inbound frame.
+        assert!(ms(1500) <= ms(1000) + ms(500) + ms(10));
+    }
+
+    #[test]
+    fn backoff_resets_only_after_stable_after() {
+        let mut p = policy(0.0, 0);
+        let mut t = Instant::now();
+        delays(&mut p, &mut t, 3); // next attempt is 4, next delay 800ms
+        p.on_open(t);
+        // Lost after 1s: not stable yet, so the schedule carries on.
+        t += ms(1000);
+        while p.handle_timeout(t).is_some() {
+            p.on_inbound(t);
+        }
+        assert_eq!(
+            p.on_failure(t),
+            Retry::After {
+                delay: ms(800),
+                attempt: 5
+            }
+        );
+        t += ms(800);
+        assert_eq!(p.handle_timeout(t), Some(Action::Connect { attempt: 5 }));
+        p.on_open(t);
+        // Stays up past stable_after, with traffic: the schedule starts over.
+        for step in 1..=4 {
+            let now = t + ms(1000 * step);
+            while p.handle_timeout(now).is_some() {
+                p.on_inbound(now);
+            }
+        }
+        t += ms(4000);
+        assert_eq!(
+            p.on_failure(t),
+            Retry::After {
+                delay: ms(100),
+                attempt: 1
+            }
+        );
+    }
+
+    #[test]
+    fn humanize_prints_short_forms() {
+        assert_eq!(humanize(ms(250)), "250ms");
+        assert_eq!(humanize(ms(10_000)), "10s");
+        assert_eq!(humanize(ms(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,429 @@
+//! The local server: accepts clients and runs one session per client.
+//!
+//! A session is two halves. The reader decodes requests and answers them by pushing frames
+//! into the client's [`Outbox`]; the writer drains the outbox into the socket in batches.
+//! Endpoint drivers push data frames into the same outbox, so one slow client only ever fills
+//! its own queue.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsmux_proto::frame::check;
+use wsmux_proto::{
+    decode_client, ClientMsg, ErrorCode, Pong, ServerMsg, StatusReply, Welcome, HEADER_LEN,
+    PROTOCOL_VERSION,
+};
+
+use crate::endpoint::{ClientId, Endpoint, SendRequest};
+use crate::frames;
+use crate::local;
+use crate::outbox::Outbox;
+
+/// How long a closing session may take to flush its last frames.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every session shares.
+pub struct ServerContext {
+    /// Endpoints by name.
+    pub endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// Largest frame accepted from a client.
+    pub max_frame: usize,
+    /// Per-client queue limit in messages.
+    pub queue_messages: usize,
+    /// Per-client queue limit in bytes.
+    pub queue_bytes: usize,
+    /// Uids allowed to connect (the daemon's own is always allowed).
+    pub allowed_uids: HashSet<u32>,
+    /// `wsmuxd/<version>`.
+    pub server_name: String,
+}
+
+/// Accepts clients until `cancel` fires. Sessions are spawned on `tracker` and stop when
+/// `sessions_cancel` fires.
+pub async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<ServerContext>,
+    max_clients: usize,
+    cancel: CancellationToken,
+    sessions_cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(max_clients));
+    let next_id = AtomicU64::new(1);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let mut stream = match stream {
+            Ok(s) => {
+                backoff = Duration::from_millis(5);
+                s
+            }
+            Err(e) => {
+                // Typically EMFILE: wait instead of spinning, and keep serving the others.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let id: ClientId = next_id.fetch_add(1, Ordering::Relaxed);
+        let uid = local::peer_uid(&stream);
+        let allowed =
+            uid.is_some_and(|u| u == local::current_uid() || ctx.allowed_uids.contains(&u));
+        if !allowed {
+            tracing::warn!(
+                client = id,
+                ?uid,
+                "refusing a peer whose uid is not allowed"
+            );
+            tracker.spawn(refuse(
+                stream,
+                ErrorCode::PermissionDenied,
+                "this user may not use this daemon",
+            ));
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(
+                client = id,
+                max_clients,
+                "refusing a client: too many clients"
+            );
+            tracker.spawn(refuse(
+                stream,
+                ErrorCode::TooManyClients,
+                "the daemon has too many clients",
+            ));
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        let cancel = sessions_cancel.child_token();
+        tracker.spawn(async move {
+            tracing::debug!(client = id, "connected");
+            let session = Session::new(id, ctx);
+            session.run(&mut stream, cancel).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one fatal error and closes.
+async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
+    let frame = frames::error(None, code, message);
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+        stream.write_all(&frame).await?;
+        stream.flush().await
+    })
+    .await;
+}
+
+/// One client connection.
+struct Session {
+    /// Client id, for logs.
+    id: ClientId,
+    /// Shared server state.
+    ctx: Arc<ServerContext>,
+    /// Frames waiting to be written to this client.
+    outbox: Arc<Outbox>,
+    /// Whether `hello` was received.
+    greeted: bool,
+    /// The name the client gave in `hello`.
+    client_name: Option<String>,
+    /// Endpoints this client is subscribed to.
+    subscriptions: HashSet<String>,
+}
+
+/// Why the reader stopped.
+enum End {
+    /// Clean EOF between frames.
+    Eof,
+    /// EOF in the middle of a frame.
+    Truncated,
+    /// A fatal protocol error: the error frame is queued, close after flushing it.
+    Fatal,
+    /// Read error.
+    Io(std::io::Error),
+    /// Shutdown or writer failure.
+    Cancelled,
+}
+
+impl Session {
+    fn new(id: ClientId, ctx: Arc<ServerContext>) -> Self {
+        let outbox = Arc::new(Outbox::new(ctx.queue_messages, ctx.queue_bytes));
+        Session {
+            id,
+            ctx,
+            outbox,
+            greeted: false,
+            client_name: None,
+            subscriptions: HashSet::new(),
+        }
+    }
+
+    async fn run(mut self, stream: &mut Stream, cancel: CancellationToken) {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let writer_cancel = cancel.clone();
+        let outbox = Arc::clone(&self.outbox);
+        let write_half = async move {
+            let r = write_loop(&mut writer, &outbox).await;
+            if let Err(e) = &r {
+                tracing::debug!(error = %e, "write to client failed");
+                writer_cancel.cancel();
+            }
+            let _ = writer.shutdown().await;
+        };
+        let read_half = async {
+            let end = self.read_loop(&mut reader, &cancel).await;
+            // Leave every endpoint before closing the outbox, so no frame is pushed after.
+            for name in self.subscriptions.drain() {
+                if let Some(ep) = self.ctx.endpoints.get(&name) {
+                    ep.unsubscribe(self.id);
+                }
+            }
+            self.outbox.close();
+            end
+        };
+        let (end, ()) = tokio::join!(read_half, async {
+            // The writer flushes what is queued after close; bound that at shutdown.
+            tokio::select! {
+                _ = write_half => {}
+                _ = async {
+                    cancel.cancelled().await;
+                    tokio::time::sleep(FLUSH_TIMEOUT).await;
+                } => {}
+            }
+        });
+        match end {
+            End::Eof => tracing::debug!(client = self.id, name = ?self.client_name, "disconnected"),
+            End::Truncated => tracing::info!(
+                client = self.id,
+                "client disconnected in the middle of a frame"
+            ),
+            End::Fatal => {
+                tracing::info!(client = self.id, "closed a client after a protocol error")
+            }
+            End::Io(e) => tracing::debug!(client = self.id, error = %e, "read from client failed"),
+            End::Cancelled => tracing::debug!(client = self.id, "session ended"),
+        }
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        cancel: &CancellationToken,
+    ) -> End {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        loop {
+            // Handle every whole frame already buffered.
+            loop {
+                let total = match check(&buf, self.ctx.max_frame) {
+                    Ok(Some(total)) => total,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.outbox.push_control(frames::error(
+                            None,
+                            ErrorCode::FrameTooLarge,
+                            e.to_string(),
+                        ));
+                        return End::Fatal;
+                    }
+                };
+                let frame = buf.split_to(total);
+                if !self.handle_frame(&frame[HEADER_LEN..]).await {
+                    return End::Fatal;
+                }
+                // A client that sends requests but never reads the answers waits here.
+                tokio::select! {
+                    _ = cancel.cancelled() => return End::Cancelled,
+                    _ = self.outbox.wait_below_limit() => {}
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8 * 1024);
+            }
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return End::Cancelled,
+                r = reader.read_buf(&mut buf) => r,
+            };
+            match n {
+                Ok(0) if buf.is_empty() => return End::Eof,
+                Ok(0) => return End::Truncated,
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            }
+        }
+    }
+
+    fn reply(&self, msg: ServerMsg) {
+        self.outbox.push_control(frames::encode(&msg));
+    }
+
+    fn fail(&self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        self.outbox.push_control(frames::error(id, code, message));
+    }
+
+    fn ack(&self, id: Option<u64>) {
+        if let Some(id) = id {
+            self.outbox.push_control(frames::ack(id));
+        }
+    }
+
+    /// Handles one frame body. Returns `false` when the connection must close.
+    async fn handle_frame(&mut self, body: &[u8]) -> bool {
+        let msg = match decode_client(body) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::debug!(client = self.id, code = %e.code, "bad request: {}", e.message);
+                self.outbox.push_control(frames::encode(&e.to_server_msg()));
+                // A message-level error: the frame was well delimited, so carry on. Before
+                // `hello`, though, the peer is not speaking this protocol at all.
+                return self.greeted;
+            }
+        };
+        if !self.greeted {
+            let ClientMsg::Hello(hello) = msg else {
+                self.fail(
+                    msg.id(),
+                    ErrorCode::HelloRequired,
+                    "the first message must be `hello`",
+                );
+                return false;
+            };
+            if hello.version != PROTOCOL_VERSION {
+                self.fail(
+                    None,
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "protocol version {} is not supported; this daemon speaks {PROTOCOL_VERSION}",
+                        hello.version
+                    ),
+                );
+                return false;
+            }
+            self.greeted = true;
+            tracing::debug!(client = self.id, name = ?hello.client, "hello");
+            self.client_name = hello.client;
+            self.reply(ServerMsg::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                server: self.ctx.server_name.clone(),
+                endpoints: self.ctx.endpoints.values().map(|e| e.summary()).collect(),
+            }));
+            return true;
+        }
+        match msg {
+            ClientMsg::Hello(_) => {
+                self.fail(None, ErrorCode::AlreadyGreeted, "`hello` was already sent")
+            }
+            ClientMsg::Subscribe(m) => match self.ctx.endpoints.get(&m.endpoint) {
+                Some(ep) => {
+                    self.ack(m.id);
+                    ep.subscribe(self.id, &self.outbox);
+                    self.subscriptions.insert(m.endpoint);
+                }
+                None => self.unknown_endpoint(m.id, &m.endpoint),
+            },
+            ClientMsg::Unsubscribe(m) => match self.ctx.endpoints.get(&m.endpoint) {
+                Some(ep) => {
+                    if ep.unsubscribe(self.id) {
+                        self.subscriptions.remove(&m.endpoint);
+                        self.ack(m.id);
+                    } else {
+                        self.fail(
+                            m.id,
+                            ErrorCode::NotSubscribed,
+                            format!("not subscribed to `{}`", m.endpoint),
+                        );
+                    }
+                }
+                None => self.unknown_endpoint(m.id, &m.endpoint),
+            },
+            ClientMsg::Send(m) => match self.ctx.endpoints.get(&m.endpoint) {
+                Some(ep) if m.data.len() > ep.max_message_size() => self.fail(
+                    m.id,
+                    ErrorCode::TooLarge,
+                    format!(
+                        "message of {} bytes exceeds the endpoint's max_message_size of {}",
+                        m.data.len(),
+                        ep.max_message_size()
+                    ),
+                ),
+                Some(ep) => {
+                    let ep = Arc::clone(ep);
+                    ep.send(SendRequest {
+                        data: m.data,
+                        id: m.id,
+                        reply: Arc::clone(&self.outbox),
+                    })
+                    .await;
+                }
+                None => self.unknown_endpoint(m.id, &m.endpoint),
+            },
+            ClientMsg::Status(m) => self.reply(ServerMsg::Status(StatusReply {
+                id: m.id,
+                endpoints: self.ctx.endpoints.values().map(|e| e.status()).collect(),
+            })),
+            ClientMsg::Ping(m) => self.reply(ServerMsg::Pong(Pong { id: m.id })),
+        }
+        true
+    }
+
+    fn unknown_endpoint(&self, id: Option<u64>, name: &str) {
+        let known: Vec<&str> = self.ctx.endpoints.keys().map(String::as_str).collect();
+        self.fail(
+            id,
+            ErrorCode::UnknownEndpoint,
+            format!(
+                "no endpoint named `{name}` (configured: {})",
+                known.join(", ")
+            ),
+        );
+    }
+}
+
+/// Drains the outbox into the socket: one write per wake-up, whatever was queued.
+async fn write_loop<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &Outbox) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let batch = outbox.take().await;
+        buf.clear();
+        if batch.dropped > 0 {
+            buf.extend_from_slice(&frames::error(
+                None,
+                ErrorCode::Lagged,
+                format!(
+                    "dropped {} messages: this client did not read fast enough",
+                    batch.dropped
+                ),
+            ));
+        }
+        for frame in &batch.frames {
+            buf.extend_from_slice(frame);
+        }
+        if !buf.is_empty() {
+            writer.write_all(&buf).await?;
+        }
+        if batch.last {
+            writer.flush().await?;
+            return Ok(());
+        }
+        if buf.capacity() > 4 * 1024 * 1024 {
+            // Do not keep a huge buffer around after one large burst.
+            buf = Vec::with_capacity(64 * 1024);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `wsmuxd --demo`, the README's first command: the daemon and its built-in upstream start
+//! with no configuration, and messages flow to a subscriber.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use wsmux_proto::frame::{check, encode_to_vec};
+use wsmux_proto::{
+    decode_server, ClientMsg, ConnState, Hello, Payload, Send, ServerMsg, Subscribe, HEADER_LEN,
+};
+
+async fn recv(stream: &mut UnixStream, buf: &mut BytesMut) -> ServerMsg {
+    loop {
+        if let Some(n) = check(buf, usize::MAX).unwrap() {
+            let frame = buf.split_to(n);
+            return decode_server(&frame[HEADER_LEN..]).unwrap();
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(buf));
+        assert!(
+            read.await.expect("frame in time").unwrap() > 0,
+            "daemon closed"
+        );
+    }
+}
+
+async fn send(stream: &mut UnixStream, msg: &ClientMsg) {
+    stream
+        .write_all(&encode_to_vec(msg, usize::MAX).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn demo_mode_streams_ticks_and_echoes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("demo.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
+        .arg("--demo")
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        if let Ok(s) = UnixStream::connect(&socket).await {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo daemon did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut buf = BytesMut::new();
+    send(
+        &mut stream,
+        &ClientMsg::Hello(Hello {
+            version: 1,
+            client: None,
+        }),
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut stream, &mut buf).await,
+        ServerMsg::Welcome(_)
+    ));
+    send(
+        &mut stream,
+        &ClientMsg::Subscribe(Subscribe {
+            id: Some(1),
+            endpoint: "demo".into(),
+        }),
+    )
+    .await;
+    let mut ticks = 0;
+    let mut sent = false;
+    let mut echoed = false;
+    while ticks < 2 || !echoed {
+        match recv(&mut stream, &mut buf).await {
+            ServerMsg::State(s) if s.state == ConnState::Open && !sent => {
+                send(
+                    &mut stream,
+                    &ClientMsg::Send(Send {
+                        id: Some(2),
+                        endpoint: "demo".into(),
+                        data: Payload::Text("hi demo".into()),
+                    }),
+                )
+                .await;
+                sent = true;
+            }
+            ServerMsg::Message(m) => {
+                let Payload::Text(t) = m.data else {
+                    panic!("text expected")
+                };
+                if t.contains(r#""type":"tick""#) {
+                    ticks += 1;
+                }
+                if t.contains("hi demo") {
+                    echoed = true;
+                }
+                assert!(!t.contains("heartbeat_ack"), "heartbeat answers are hidden");
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists());
+}
