@@ -1,0 +1,406 @@
+//! `wsmux`: the command-line client of `wsmuxd`, for people and shell scripts.
+//!
+//! Exit codes: 0 success, 1 other failure, 2 usage error, 3 cannot reach the daemon,
+//! 4 the daemon refused the request (unknown endpoint, not connected, ...).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use wsmux_client::proto::{EndpointStatus, Payload};
+use wsmux_client::{Client, ClientError, Event};
+
+/// Talk to a running wsmuxd: status, subscribe, send, bridge.
+#[derive(Debug, Parser)]
+#[command(name = "wsmux", version, about)]
+struct Cli {
+    /// Daemon socket. Default: $WSMUX_SOCKET, then $XDG_RUNTIME_DIR/wsmux/wsmuxd.sock, then
+    /// <tmp>/wsmux-<uid>/wsmuxd.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show every endpoint's state and counters.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an endpoint's messages and state changes, one JSON object per line.
+    Subscribe {
+        /// Endpoint names.
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+        /// Print only message payloads (text as is, binary as base64), one per line.
+        #[arg(long)]
+        data_only: bool,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Send one message upstream (TEXT, or standard input) and wait until it is written.
+    Send {
+        /// Endpoint name.
+        endpoint: String,
+        /// The message. Without it, standard input is sent (a trailing newline removed).
+        text: Option<String>,
+        /// Send standard input as one binary message, unchanged.
+        #[arg(long, conflicts_with = "text")]
+        binary: bool,
+        /// Send every line of standard input as its own text message.
+        #[arg(long, conflicts_with_all = ["text", "binary"])]
+        lines: bool,
+    },
+    /// Standard input lines go upstream; upstream messages come out as JSON lines.
+    Bridge {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Check that the daemon answers, and how fast.
+    Ping,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Connect { .. } => 3,
+            ClientError::Server { .. } => 4,
+            _ => 1,
+        };
+        Failure {
+            code,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsmux: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // A closed stdout (e.g. `wsmux subscribe x | head`) is not an error.
+            if let Some(io) = f.error.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("wsmux: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let mut client = Client::connect(cli.socket.as_deref(), "wsmux-cli").await?;
+    match cli.command {
+        Command::Status { json } => {
+            let endpoints = client.status().await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", status_json(&endpoints))?;
+            } else {
+                write!(out, "{}", status_table(&endpoints))?;
+            }
+        }
+        Command::Subscribe {
+            endpoints,
+            data_only,
+            count,
+        } => {
+            for ep in &endpoints {
+                client.subscribe(ep).await?;
+            }
+            let mut seen = 0u64;
+            while let Some(event) = client.next_event().await {
+                let is_message = matches!(event, Event::Message(_));
+                print_event(&event, data_only)?;
+                if is_message {
+                    seen += 1;
+                    if count.is_some_and(|c| seen >= c) {
+                        return Ok(());
+                    }
+                }
+            }
+            return Err(Failure {
+                code: 1,
+                error: anyhow::anyhow!("the daemon closed the connection"),
+            });
+        }
+        Command::Send {
+            endpoint,
+            text,
+            binary,
+            lines,
+        } => {
+            if lines {
+                let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+                while let Some(line) = stdin.next_line().await? {
+                    client.send(&endpoint, line).await?;
+                }
+            } else {
+                let payload = match text {
+                    Some(t) => Payload::Text(t),
+                    None => {
+                        let mut input = Vec::new();
+                        tokio::io::stdin().read_to_end(&mut input).await?;
+                        if binary {
+                            Payload::from(input)
+                        } else {
+                            let mut s = String::from_utf8(input).map_err(|_| Failure {
+                                code: 1,
+                                error: anyhow::anyhow!(
+                                    "standard input is not UTF-8 text; use --binary"
+                                ),
+                            })?;
+                            if s.ends_with('\n') {
+                                s.pop();
+                                if s.ends_with('\r') {
+                                    s.pop();
+                                }
+                            }
+                            Payload::Text(s)
+                        }
+                    }
+                };
+                client.send(&endpoint, payload).await?;
+            }
+        }
+        Command::Bridge { endpoint } => bridge(&mut client, &endpoint).await?,
+        Command::Ping => {
+            let rtt = client.ping().await?;
+            println!("pong from {} in {:?}", client.welcome().server, rtt);
+        }
+    }
+    Ok(())
+}
+
+/// Runs both directions until standard input ends (after its last message is written) or
+/// the daemon goes away.
+async fn bridge(client: &mut Client, endpoint: &str) -> Result<(), Failure> {
+    client.subscribe(endpoint).await?;
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = stdin.next_line(), if stdin_open => match line? {
+                Some(line) => {
+                    if let Err(e) = client.send(endpoint, line).await {
+                        if !matches!(e, ClientError::Server { .. }) {
+                            return Err(e.into());
+                        }
+                        // Report and carry on: the upstream may come back.
+                        print_json(&json!({"type": "error", "code": e.code().map(|c| c.as_str()), "message": e.to_string()}))?;
+                    }
+                }
+                None => stdin_open = false,
+            },
+            event = client.next_event() => match event {
+                Some(event) => print_event(&event, false)?,
+                None => return Err(Failure { code: 1, error: anyhow::anyhow!("the daemon closed the connection") }),
+            },
+        }
+        if !stdin_open {
+            return Ok(());
+        }
+    }
+}
+
+fn print_json(v: &Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    out.flush()
+}
+
+fn payload_fields(data: &Payload, obj: &mut serde_json::Map<String, Value>) {
+    match data {
+        Payload::Text(t) => {
+            obj.insert("data".into(), Value::String(t.clone()));
+        }
+        Payload::Binary(b) => {
+            obj.insert(
+                "data_base64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+            );
+        }
+    }
+}
+
+/// One event as one line of output.
+fn print_event(event: &Event, data_only: bool) -> std::io::Result<()> {
+    match event {
+        Event::Message(m) if data_only => {
+            let mut out = std::io::stdout().lock();
+            match &m.data {
+                Payload::Text(t) => writeln!(out, "{t}")?,
+                Payload::Binary(b) => writeln!(
+                    out,
+                    "{}",
+                    base64::engine::general_purpose::STANDARD.encode(b)
+                )?,
+            }
+            out.flush()
+        }
+        Event::Message(m) => {
+            let mut obj = serde_json::Map::new();
+            obj.insert("type".into(), json!("message"));
+            obj.insert("endpoint".into(), json!(m.endpoint));
+            obj.insert("seq".into(), json!(m.seq));
+            payload_fields(&m.data, &mut obj);
+            print_json(&Value::Object(obj))
+        }
+        Event::State(s) if data_only => {
+            eprintln!(
+                "wsmux: {} is {}{}",
+                s.endpoint,
+                s.state,
+                s.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Event::State(s) => print_json(&json!({
+            "type": "state",
+            "endpoint": s.endpoint,
+            "state": s.state.as_str(),
+            "attempt": s.attempt,
+            "retry_in_ms": s.retry_in_ms,
+            "reason": s.reason,
+        })),
+        Event::Error(e) => {
+            eprintln!("wsmux: {}: {}", e.code, e.message);
+            if data_only {
+                return Ok(());
+            }
+            print_json(&json!({"type": "error", "code": e.code.as_str(), "message": e.message}))
+        }
+    }
+}
+
+fn status_json(endpoints: &[EndpointStatus]) -> Value {
+    Value::Array(
+        endpoints
+            .iter()
+            .map(|e| {
+                json!({
+                    "name": e.name,
+                    "url": e.url,
+                    "state": e.state.as_str(),
+                    "since": e.since,
+                    "attempt": e.attempt,
+                    "connects": e.connects,
+                    "last_error": e.last_error,
+                    "heartbeat_rtt_us": e.heartbeat_rtt_us,
+                    "messages_in": e.messages_in,
+                    "bytes_in": e.bytes_in,
+                    "messages_out": e.messages_out,
+                    "bytes_out": e.bytes_out,
+                    "subscribers": e.subscribers,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn ago(since_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(since_ms);
+    let secs = now.saturating_sub(since_ms) / 1000;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn status_table(endpoints: &[EndpointStatus]) -> String {
+    let headers = [
+        "ENDPOINT",
+        "STATE",
+        "FOR",
+        "CONNECTS",
+        "SUBS",
+        "MSGS IN",
+        "MSGS OUT",
+        "RTT",
+        "URL",
+        "LAST ERROR",
+    ];
+    let rows: Vec<Vec<String>> = endpoints
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.state.to_string(),
+                ago(e.since),
+                e.connects.to_string(),
+                e.subscribers.to_string(),
+                e.messages_in.to_string(),
+                e.messages_out.to_string(),
+                e.heartbeat_rtt_us
+                    .map(|us| format!("{:.1}ms", us as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                e.url.clone(),
+                e.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+    out
+}
