@@ -1,0 +1,20 @@
+//! Test harness for the end-to-end suite: a scriptable WebSocket upstream, a TCP proxy that
+//! can blackhole or reset traffic, a real `wsmuxd` process, and a raw protocol client.
+//!
+//! Everything listens on 127.0.0.1 port 0 or in a temporary directory.
+
+pub mod daemon;
+pub mod proxy;
+pub mod raw;
+pub mod upstream;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Waits for `fut` at most `secs` seconds, failing the test with `what` otherwise.
+pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s waiting for {what}"),
+    }
+}

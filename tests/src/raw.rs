@@ -1,0 +1,115 @@
+//! A raw protocol connection: write any bytes, read typed frames. For tests that speak the
+//! protocol badly on purpose, or that check exact ordering.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use wsmux_proto::frame::{check, encode_to_vec};
+use wsmux_proto::{
+    decode_server, ClientMsg, ConnState, Hello, ServerMsg, StateEvent, Subscribe, HEADER_LEN,
+    PROTOCOL_VERSION,
+};
+
+/// A connection to the daemon's socket.
+pub struct Raw {
+    stream: UnixStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    /// Connects without saying anything.
+    pub async fn connect(socket: &Path) -> Raw {
+        Raw {
+            stream: UnixStream::connect(socket)
+                .await
+                .expect("connect to daemon"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and completes `hello`/`welcome`.
+    pub async fn greeted(socket: &Path) -> (Raw, ServerMsg) {
+        let mut raw = Self::connect(socket).await;
+        raw.send(&ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: Some("test".into()),
+        }))
+        .await;
+        let welcome = raw.recv().await.expect("welcome");
+        assert!(matches!(welcome, ServerMsg::Welcome(_)), "{welcome:?}");
+        (raw, welcome)
+    }
+
+    /// Writes raw bytes.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Writes one framed message.
+    pub async fn send(&mut self, msg: &ClientMsg) {
+        let frame = encode_to_vec(msg, usize::MAX).expect("encode");
+        self.write(&frame).await;
+    }
+
+    /// Writes one frame with an arbitrary body.
+    pub async fn send_body(&mut self, body: &[u8]) {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        self.write(&frame).await;
+    }
+
+    /// Reads the next frame; `None` on end of stream. Fails the test after 10 s.
+    pub async fn recv(&mut self) -> Option<ServerMsg> {
+        self.recv_within(Duration::from_secs(10)).await
+    }
+
+    /// Reads the next frame within `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerMsg> {
+        let read = async {
+            loop {
+                if let Some(total) = check(&self.buf, usize::MAX).expect("frame") {
+                    let frame = self.buf.split_to(total);
+                    return Some(decode_server(&frame[HEADER_LEN..]).expect("decodable frame"));
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, read)
+            .await
+            .expect("no frame from the daemon in time")
+    }
+
+    /// Subscribes (with id 1000) and returns the initial state event, checking the ack.
+    pub async fn subscribe(&mut self, endpoint: &str) -> StateEvent {
+        self.send(&ClientMsg::Subscribe(Subscribe {
+            id: Some(1000),
+            endpoint: endpoint.into(),
+        }))
+        .await;
+        match self.recv().await {
+            Some(ServerMsg::Ack(a)) if a.id == 1000 => {}
+            other => panic!("expected ack, got {other:?}"),
+        }
+        match self.recv().await {
+            Some(ServerMsg::State(s)) => s,
+            other => panic!("expected state, got {other:?}"),
+        }
+    }
+
+    /// Reads frames until a `state` event with `state` arrives; returns it.
+    pub async fn until_state(&mut self, state: ConnState) -> StateEvent {
+        loop {
+            match self.recv().await {
+                Some(ServerMsg::State(s)) if s.state == state => return s,
+                Some(_) => {}
+                None => panic!("connection closed while waiting for state {state}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! End-to-end suite: real `wsmuxd` processes, real Unix sockets in temp dirs, real WebSocket
+//! servers and TCP proxies on 127.0.0.1.
+
+/// Malformed input from one client never disturbs the others.
+mod bad_input;
+/// The `wsmux` command-line client.
+mod cli;
+/// Configuration errors and environment overrides, through the real binary.
+mod config;
+/// Fan-out to many subscribers, ordering, `send` with ack, status.
+mod fanout;
+/// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
+mod health;
+/// Signals and shutdown.
+mod lifecycle;
+/// The Python example client from `examples/python`.
+mod python;
+/// The local socket: file mode, stale sockets, a second daemon, peer uid.
+mod socket;
+
+use wsmux_tests::upstream::Upstream;
+
+/// Config for one endpoint `name` at `url`, with fast timings suited to tests, plus `extra`
+/// TOML appended inside the endpoint's table.
+pub fn endpoint_toml(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[endpoints.{name}]
+url = "{url}"
+connect_timeout = "2s"
+{extra}
+
+[endpoints.{name}.reconnect]
+initial_delay = "50ms"
+max_delay = "200ms"
+jitter = 0.0
+stable_after = "1s"
+"#
+    )
+}
+
+/// Starts an upstream and a daemon with one endpoint `feed` pointing at it, and waits until
+/// the daemon is connected.
+pub async fn daemon_with_feed(extra: &str) -> (Upstream, wsmux_tests::daemon::Daemon) {
+    let mut up = Upstream::start().await;
+    let d = wsmux_tests::daemon::Daemon::start(&endpoint_toml("feed", &up.url(), extra));
+    wsmux_tests::within(10, "first upstream connection", up.wait_connected(1)).await;
+    (up, d)
+}

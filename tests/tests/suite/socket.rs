@@ -1,0 +1,86 @@
+use std::os::unix::fs::PermissionsExt;
+
+use wsmux_proto::ErrorCode;
+use wsmux_tests::daemon::{bin, run_wsmuxd, Daemon};
+use wsmux_tests::raw::Raw;
+use wsmux_tests::upstream::Upstream;
+
+use crate::endpoint_toml;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_file_is_private_by_default() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&endpoint_toml("feed", &up.url(), ""));
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_socket_from_a_crashed_daemon_is_replaced() {
+    let up = Upstream::start().await;
+    let mut first = Daemon::start(&endpoint_toml("feed", &up.url(), ""));
+    first.kill(); // SIGKILL: no cleanup, the socket file stays.
+    assert!(
+        first.socket.exists(),
+        "a crashed daemon leaves its socket behind"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let second = Daemon::start_in(
+        dir,
+        first.socket.clone(),
+        &endpoint_toml("feed", &up.url(), ""),
+    );
+    let (_c, welcome) = Raw::greeted(&second.socket).await;
+    assert!(matches!(welcome, wsmux_proto::ServerMsg::Welcome(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_socket_is_refused_and_the_first_keeps_serving() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&endpoint_toml("feed", &up.url(), ""));
+    let (status, out) = run_wsmuxd(&["--config", d.config.to_str().unwrap()], &[]);
+    assert!(!status.success());
+    assert!(out.contains("already listening"), "{out}");
+    assert!(
+        d.socket.exists(),
+        "the live daemon's socket was not touched"
+    );
+    let (_c, welcome) = Raw::greeted(&d.socket).await;
+    assert!(matches!(welcome, wsmux_proto::ServerMsg::Welcome(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_uid_is_refused() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: connecting as another user needs root");
+        return;
+    }
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("wsmuxd.sock");
+    // The file mode lets everyone connect, so the uid check is what refuses.
+    let config = format!(
+        "socket_mode = \"0666\"\n{}",
+        endpoint_toml("feed", &up.url(), "")
+    );
+    let d = Daemon::start_in(dir, socket, &config);
+    let out = std::process::Command::new(bin("wsmux"))
+        .args(["--socket", d.socket.to_str().unwrap(), "status"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(ErrorCode::PermissionDenied.as_str()),
+        "{stderr}"
+    );
+    // The daemon's own user is still welcome.
+    let (_c, welcome) = Raw::greeted(&d.socket).await;
+    assert!(matches!(welcome, wsmux_proto::ServerMsg::Welcome(_)));
+}
+
+use std::os::unix::process::CommandExt;
