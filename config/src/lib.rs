@@ -58,8 +58,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Origin};
 pub use settings::{
-    EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings, LogSettings,
-    ReconnectSettings, ServerSettings, Settings,
+    AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply,
+    HeartbeatSettings, LogSettings, OutboundMessage, QueueOverflow, QueueSettings,
+    ReconnectSettings, ServerSettings, Settings, SlowClientPolicy, TlsSettings,
 };
 
 use env::EnvSnapshot;

@@ -36,6 +36,13 @@ pub struct ServerSettings {
     pub client_queue_messages: usize,
     /// Per-client outbound queue: most bytes waiting to be written. Default 64 MiB.
     pub client_queue_bytes: usize,
+    /// Most endpoints one client may be subscribed to at once. Default 256.
+    pub max_subscriptions_per_client: usize,
+    /// At shutdown, how long to keep delivering queued outbound messages upstream before
+    /// closing. Default 5 s.
+    pub drain_timeout: Duration,
+    /// Loopback address for the Prometheus metrics endpoint; `None` disables it.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Logging.
@@ -47,6 +54,9 @@ pub struct LogSettings {
     pub dir: Option<PathBuf>,
     /// Log lines as JSON instead of text. Default false.
     pub json: bool,
+    /// How many rotated log files to keep in `dir` (older ones are deleted); 0 keeps all.
+    /// Default 7.
+    pub max_files: usize,
 }
 
 /// One upstream WebSocket endpoint.
@@ -68,6 +78,104 @@ pub struct EndpointSettings {
     pub heartbeat: HeartbeatSettings,
     /// The reconnect schedule.
     pub reconnect: ReconnectSettings,
+    /// Messages sent after every (re)connect, before anything else, `${VAR}` resolved.
+    pub on_connect: Vec<OutboundMessage>,
+    /// Holding `send`s while the endpoint is not open.
+    pub queue: QueueSettings,
+    /// Answers to server-initiated application pings, in order; the first match wins.
+    pub auto_reply: Vec<AutoReplyRule>,
+    /// What to do with a local client that does not read fast enough.
+    pub slow_client: SlowClientPolicy,
+    /// Rotate the connection (make-before-break) once it has been open this long; `None`
+    /// never rotates.
+    pub max_lifetime: Option<Duration>,
+    /// Handshake HTTP statuses that put the endpoint in `failed` instead of retrying.
+    /// Default `[401, 403]`.
+    pub fatal_statuses: Vec<u16>,
+    /// Close codes from the upstream that put the endpoint in `failed`. Default empty.
+    pub fatal_close_codes: Vec<u16>,
+    /// TLS options for `wss://`.
+    pub tls: TlsSettings,
+}
+
+/// A message the daemon sends upstream on its own (`on_connect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundMessage {
+    /// A text message.
+    Text(String),
+    /// A binary message (given as base64 or hex in TOML).
+    Binary(Vec<u8>),
+}
+
+/// What happens to a `send` when the endpoint's outbound queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueOverflow {
+    /// Refuse the new message (`queue_full`). The default.
+    Reject,
+    /// Drop the oldest queued message and tell its sender.
+    DropOldest,
+}
+
+/// The per-endpoint queue of `send`s waiting for the endpoint to open.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSettings {
+    /// Most messages held. Default 1000; 0 disables queueing (sends fail with
+    /// `not_connected`).
+    pub max_messages: usize,
+    /// Most bytes held. Default 1 MiB.
+    pub max_bytes: usize,
+    /// Policy when full. Default `Reject`.
+    pub overflow: QueueOverflow,
+    /// A queued message older than this is dropped (and its sender told); `None` keeps
+    /// messages until they are sent or the daemon stops. Default `None`.
+    pub max_age: Option<Duration>,
+}
+
+/// Payload decompression applied to binary messages before auto-reply matching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decompress {
+    /// Match text messages only (the default).
+    None,
+    /// Gunzip binary messages first.
+    Gzip,
+    /// Inflate (zlib or raw deflate) binary messages first.
+    Deflate,
+}
+
+/// Answer a server-initiated application ping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoReplyRule {
+    /// Regular expression (Rust `regex` syntax, already checked to compile) matched against
+    /// the whole message text.
+    pub pattern: String,
+    /// Reply template: `$1`, `${name}` refer to capture groups, `$$` is a literal `$`.
+    pub reply: String,
+    /// Send the reply as a binary message instead of text. Default false.
+    pub reply_binary: bool,
+    /// Decompression applied before matching binary messages.
+    pub decompress: Decompress,
+    /// Hide matched messages from subscribers. Default true.
+    pub hide: bool,
+}
+
+/// Policy for a local client whose queue overflows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowClientPolicy {
+    /// Drop the client's oldest queued messages and tell it with `lagged`. The default.
+    Drop,
+    /// Disconnect the client (after an `error` with code `lagged`).
+    Disconnect,
+}
+
+/// TLS options of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Extra PEM CA certificates trusted for this endpoint (besides the platform roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// What a heartbeat is.
@@ -91,6 +199,10 @@ pub struct HeartbeatSettings {
     pub timeout: Duration,
     /// What to send.
     pub kind: HeartbeatKind,
+    /// Send heartbeats only when nothing was written upstream for `interval` (for services
+    /// that close after N seconds without client data), instead of at a fixed interval.
+    /// Default false.
+    pub idle_only: bool,
     /// Prefix that marks an inbound message as the heartbeat's answer: such messages measure
     /// the round trip and are not passed to subscribers. Text prefixes match text messages,
     /// binary ones (given as hex) binary messages.
@@ -135,6 +247,9 @@ impl Default for ServerSettings {
             max_clients: 1024,
             client_queue_messages: 65_536,
             client_queue_bytes: 64 * 1024 * 1024,
+            max_subscriptions_per_client: 256,
+            drain_timeout: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -145,6 +260,7 @@ impl Default for LogSettings {
             level: "info".into(),
             dir: None,
             json: false,
+            max_files: 7,
         }
     }
 }
@@ -155,6 +271,7 @@ impl Default for HeartbeatSettings {
             interval: Duration::from_secs(15),
             timeout: Duration::from_secs(10),
             kind: HeartbeatKind::Ping,
+            idle_only: false,
             reply: None,
         }
     }
@@ -185,6 +302,25 @@ impl EndpointSettings {
             max_message_size: 16 * 1024 * 1024,
             heartbeat: HeartbeatSettings::default(),
             reconnect: ReconnectSettings::default(),
+            on_connect: Vec::new(),
+            queue: QueueSettings::default(),
+            auto_reply: Vec::new(),
+            slow_client: SlowClientPolicy::Drop,
+            max_lifetime: None,
+            fatal_statuses: vec![401, 403],
+            fatal_close_codes: Vec::new(),
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_messages: 1000,
+            max_bytes: 1024 * 1024,
+            overflow: QueueOverflow::Reject,
+            max_age: None,
         }
     }
 }

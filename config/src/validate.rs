@@ -79,6 +79,7 @@ impl Validator<'_> {
                 raw.client_queue_bytes,
                 defaults.client_queue_bytes,
             )?,
+            ..defaults
         };
         let log = self.log(&root.key("log"), raw.log.unwrap_or_default())?;
         let endpoints_key = root.key("endpoints");
@@ -107,6 +108,7 @@ impl Validator<'_> {
                 .unwrap_or(defaults.level),
             dir: self.non_empty(&key.key("dir"), raw.dir)?.map(PathBuf::from),
             json: raw.json.unwrap_or(defaults.json),
+            ..defaults
         })
     }
 
@@ -268,6 +270,7 @@ impl Validator<'_> {
             timeout: self.positive(&key.key("timeout"), raw.timeout, defaults.timeout)?,
             kind,
             reply,
+            ..defaults
         })
     }
 

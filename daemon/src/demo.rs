@@ -107,6 +107,7 @@ pub fn settings(addr: SocketAddr, socket: Option<PathBuf>) -> Settings {
         timeout: Duration::from_secs(5),
         kind: HeartbeatKind::Text(HEARTBEAT.into()),
         reply: Some(HeartbeatReply::Text(r#"{"type":"heartbeat_ack""#.into())),
+        idle_only: false,
     };
     Settings {
         server: ServerSettings {
