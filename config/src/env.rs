@@ -1,7 +1,8 @@
-//! The environment: a snapshot of variables, `${VAR}` interpolation, and the mapping of
-//! `WSMUX_*` variables to configuration keys.
+//! The environment: a snapshot of variables, `${VAR}` and `${file:PATH}` interpolation, and
+//! the mapping of `WSMUX_*` variables to configuration keys.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 use config::Source as _;
 
@@ -103,12 +104,22 @@ pub(crate) fn config_key(name: &str) -> Option<Vec<String>> {
     Some(key.split('.').map(str::to_owned).collect())
 }
 
-/// Replaces `${VAR}` references with the variables' values and `$$` with `$`.
+/// Prefix of a reference to a file's content: `${file:/run/secrets/token}`.
+const FILE_PREFIX: &str = "file:";
+
+/// Replaces `${VAR}` references with the variables' values, `${file:PATH}` references with
+/// the files' contents (less one trailing `\n` or `\r\n`), and `$$` with `$`.
 ///
-/// Substituted values are not scanned again. Any other `$` is an error, so that a forgotten
-/// pair of braces (`$TOKEN`) does not go unnoticed. The error is a reason for the caller to
-/// attach to a key; it never contains the text or a variable's value.
-pub(crate) fn interpolate(text: &str, env: &EnvSnapshot) -> Result<String, String> {
+/// A relative `PATH` is taken relative to `base` (the directory of the configuration file
+/// that set the value) if given, else to the current directory. Substituted values are not
+/// scanned again. Any other `$` is an error, so that a forgotten pair of braces (`$TOKEN`)
+/// does not go unnoticed. The error is a reason for the caller to attach to a key; it never
+/// contains the text, a variable's value or a file's content (file paths are named).
+pub(crate) fn interpolate(
+    text: &str,
+    env: &EnvSnapshot,
+    base: Option<&Path>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -119,20 +130,27 @@ pub(crate) fn interpolate(text: &str, env: &EnvSnapshot) -> Result<String, Strin
             rest = after;
         } else if let Some(reference) = after.strip_prefix('{') {
             let Some(end) = reference.find('}') else {
-                return Err("unterminated `${`: write `${NAME}`, or `$$` for a literal `$`".into());
+                return Err(
+                    "unterminated `${`: write `${NAME}` or `${file:PATH}`, or `$$` for \
+                            a literal `$`"
+                        .into(),
+                );
             };
             let name = &reference[..end];
-            if !is_variable_name(name) {
+            if let Some(path) = name.strip_prefix(FILE_PREFIX) {
+                out.push_str(&read_secret(path, base)?);
+            } else if !is_variable_name(name) {
                 return Err(format!(
-                    "`${{{name}}}` is not a valid variable reference: names are letters, \
-                     digits and `_`, not starting with a digit"
+                    "`${{{name}}}` is not a valid reference: variable names are letters, \
+                     digits and `_`, not starting with a digit (files are `${{file:PATH}}`)"
                 ));
-            }
-            match env.get(name) {
-                Lookup::Found(value) => out.push_str(value),
-                Lookup::Unset => return Err(format!("environment variable {name} is not set")),
-                Lookup::NotUnicode => {
-                    return Err(format!("environment variable {name} is not valid Unicode"))
+            } else {
+                match env.get(name) {
+                    Lookup::Found(value) => out.push_str(value),
+                    Lookup::Unset => return Err(format!("environment variable {name} is not set")),
+                    Lookup::NotUnicode => {
+                        return Err(format!("environment variable {name} is not valid Unicode"))
+                    }
                 }
             }
             rest = &reference[end + 1..];
@@ -144,6 +162,27 @@ pub(crate) fn interpolate(text: &str, env: &EnvSnapshot) -> Result<String, Strin
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The content of the file a `${file:PATH}` reference names, less one trailing newline.
+/// Errors name the path, never the content.
+fn read_secret(path: &str, base: Option<&Path>) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("`${file:}` needs a path, as in `${file:/run/secrets/token}`".into());
+    }
+    let path = match base {
+        Some(base) if Path::new(path).is_relative() => base.join(path),
+        _ => PathBuf::from(path),
+    };
+    let mut content = std::fs::read_to_string(&path)
+        .map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
+    let trailing = if content.ends_with("\r\n") {
+        2
+    } else {
+        usize::from(content.ends_with('\n'))
+    };
+    content.truncate(content.len() - trailing);
+    Ok(content)
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.
@@ -185,36 +224,75 @@ mod tests {
     fn interpolates() {
         let env = env(&[("TOKEN", "s3cr$t"), ("EMPTY", "")]);
         assert_eq!(
-            interpolate("Bearer ${TOKEN}", &env).as_deref(),
+            interpolate("Bearer ${TOKEN}", &env, None).as_deref(),
             Ok("Bearer s3cr$t")
         );
         assert_eq!(
-            interpolate("a$$b$${TOKEN}", &env).as_deref(),
+            interpolate("a$$b$${TOKEN}", &env, None).as_deref(),
             Ok("a$b${TOKEN}")
         );
         assert_eq!(
-            interpolate("${EMPTY}x${TOKEN}", &env).as_deref(),
+            interpolate("${EMPTY}x${TOKEN}", &env, None).as_deref(),
             Ok("xs3cr$t")
         );
-        assert_eq!(interpolate("plain", &env).as_deref(), Ok("plain"));
+        assert_eq!(interpolate("plain", &env, None).as_deref(), Ok("plain"));
+    }
+
+    #[test]
+    fn file_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, content: &str| std::fs::write(dir.path().join(name), content);
+        write("lf", "one\n").unwrap();
+        write("crlf", "two\r\n").unwrap();
+        write("both", "three\n\r\n").unwrap();
+        write("none", "four").unwrap();
+        write("empty", "").unwrap();
+        let env = env(&[("X", "x")]);
+        let base = Some(dir.path());
+        let resolve = |text| interpolate(text, &env, base);
+        assert_eq!(resolve("${file:lf}").as_deref(), Ok("one"));
+        assert_eq!(resolve("${file:crlf}").as_deref(), Ok("two"));
+        assert_eq!(resolve("${file:both}").as_deref(), Ok("three\n"));
+        assert_eq!(resolve("[${file:none}]").as_deref(), Ok("[four]"));
+        assert_eq!(resolve("${file:empty}${X}").as_deref(), Ok("x"));
+        let absolute = dir.path().join("lf");
+        let text = format!("${{file:{}}}", absolute.display());
+        assert_eq!(interpolate(&text, &env, None).as_deref(), Ok("one"));
+        // Contents are not scanned again, and `$$` still escapes.
+        write("dollar", "${X}$").unwrap();
+        assert_eq!(resolve("${file:dollar}").as_deref(), Ok("${X}$"));
+        assert_eq!(resolve("$${file:lf}").as_deref(), Ok("${file:lf}"));
+
+        let missing = dir.path().join("missing");
+        let err = resolve("${file:missing}").unwrap_err();
+        assert!(
+            err.starts_with(&format!("cannot read `{}`: ", missing.display())),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("binary"), b"\xffsecret").unwrap();
+        let err = resolve("${file:binary}").unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(resolve("${file:}").unwrap_err().contains("needs a path"));
     }
 
     #[test]
     fn interpolation_errors() {
         let env = env(&[]);
         assert_eq!(
-            interpolate("x=${NOPE}", &env),
+            interpolate("x=${NOPE}", &env, None),
             Err("environment variable NOPE is not set".into())
         );
-        assert!(interpolate("$TOKEN", &env).unwrap_err().contains("`$$`"));
-        assert!(interpolate("trailing $", &env).is_err());
-        assert!(interpolate("${TOKEN", &env)
+        assert!(interpolate("$TOKEN", &env, None)
+            .unwrap_err()
+            .contains("`$$`"));
+        assert!(interpolate("trailing $", &env, None).is_err());
+        assert!(interpolate("${TOKEN", &env, None)
             .unwrap_err()
             .contains("unterminated"));
-        assert!(interpolate("${}", &env)
+        assert!(interpolate("${}", &env, None)
             .unwrap_err()
             .contains("not a valid"));
-        assert!(interpolate("${1X}", &env).is_err());
-        assert!(interpolate("${A-B}", &env).is_err());
+        assert!(interpolate("${1X}", &env, None).is_err());
+        assert!(interpolate("${A-B}", &env, None).is_err());
     }
 }

@@ -46,21 +46,27 @@ impl KeyPath {
             .collect()
     }
 
-    /// Parses a key as the `config` crate writes it in its errors: `a.b[2].c`.
+    /// Parses a key as the `config` crate writes it in its errors: `a.b[2].c`, or `a.b[2]c`,
+    /// as it writes a key below an array element (without the dot).
     ///
     /// Keys containing `.` or `[` cannot be told apart from nesting; they are rare (and
     /// invalid here anyway), and the worst outcome is a less precise origin.
     pub(crate) fn parse(text: &str) -> Self {
         let mut path = KeyPath::root();
         for part in text.split('.') {
-            let (name, mut rest) = match part.find('[') {
-                Some(at) => part.split_at(at),
-                None => (part, ""),
-            };
-            if !name.is_empty() {
-                path = path.key(name);
-            }
-            while let Some(inner) = rest.strip_prefix('[') {
+            // Keys and `[index]`es, alternating: `name[1][2]next[3]`.
+            let mut rest = part;
+            loop {
+                let (name, tail) = match rest.find('[') {
+                    Some(at) => rest.split_at(at),
+                    None => (rest, ""),
+                };
+                if !name.is_empty() {
+                    path = path.key(name);
+                }
+                let Some(inner) = tail.strip_prefix('[') else {
+                    break;
+                };
                 let Some(end) = inner.find(']') else { break };
                 if let Ok(index) = inner[..end].trim().parse() {
                     path = path.index(index);
@@ -170,6 +176,20 @@ mod tests {
         assert_eq!(path.to_string(), "endpoints.feed.subprotocols[2]");
         assert_eq!(KeyPath::parse("endpoints.feed.subprotocols[2]"), path);
         assert_eq!(path.keys(), ["endpoints", "feed", "subprotocols"]);
+        let below = KeyPath::root()
+            .key("endpoints")
+            .key("feed")
+            .key("on_connect")
+            .index(1)
+            .key("text");
+        assert_eq!(below.to_string(), "endpoints.feed.on_connect[1].text");
+        assert_eq!(KeyPath::parse("endpoints.feed.on_connect[1].text"), below);
+        assert_eq!(KeyPath::parse("endpoints.feed.on_connect[1]text"), below);
+        assert_eq!(
+            KeyPath::parse("a[1][2]b[3]").to_string(),
+            "a[1][2].b[3]",
+            "nested arrays"
+        );
         let odd = KeyPath::root().key("endpoints").key("my feed").key("url");
         assert_eq!(odd.to_string(), r#"endpoints."my feed".url"#);
         assert_eq!(KeyPath::root().key("").to_string(), r#""""#);

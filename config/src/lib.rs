@@ -2,8 +2,9 @@
 //!
 //! Loading happens in two stages: TOML sources and `WSMUX_*` environment variables are merged
 //! (with the `config` crate) and deserialized into a raw form where every key is optional, then
-//! validated into [`Settings`], with defaults applied and `${VAR}` references resolved. Every
-//! error names its origin (file, inline text or environment variable) and the key:
+//! validated into [`Settings`], with defaults applied and `${VAR}` and `${file:PATH}`
+//! references resolved. Every error names its origin (file, inline text or environment
+//! variable) and the key:
 //!
 //! ```text
 //! wsmux.toml: endpoints.feed.heartbeat.interval: must be greater than zero
@@ -27,20 +28,40 @@
 //!   lowercase: the environment cannot create endpoint names or header names with capitals,
 //!   `-` (unless the shell allows it in names) or `__`.
 //! - Values are strings, converted as the key requires: `WSMUX_MAX_CLIENTS=10`,
-//!   `WSMUX_LOG__JSON=true`, `WSMUX_SOCKET_MODE=0660` (octal, as in TOML strings). Lists
-//!   (`allowed_uids`, `subprotocols`) are comma-separated. String values are kept exactly
-//!   (`000123` stays `000123`).
+//!   `WSMUX_LOG__JSON=true`, `WSMUX_SOCKET_MODE=0660` (octal, as in TOML strings),
+//!   `WSMUX_DRAIN_TIMEOUT=0s`. Lists of numbers or names (`allowed_uids`, `subprotocols`,
+//!   `fatal_statuses`, `fatal_close_codes`) are comma-separated; a lone `,` is an empty list.
+//!   String values are kept exactly (`000123` stays `000123`).
+//! - `on_connect` and `auto_reply` are arrays of free text and tables, which a variable cannot
+//!   express: set them in a TOML source. Every other key, including those of
+//!   `[endpoints.NAME.queue]` and `[endpoints.NAME.tls]`, can be overridden.
 //! - Empty values count as unset.
 //! - Variables whose first key is not a top-level key are ignored, so `${WSMUX_TOKEN}` may
 //!   be referenced freely, unless they look like a misspelt key (`WSMUX_SOCKT`,
 //!   `WSMUX_LOG_LEVEL`), which is an error.
 //!
-//! # `${VAR}` references
+//! # `${VAR}` and `${file:PATH}` references
 //!
-//! Endpoint `url`s and header values may refer to environment variables as `${NAME}`; `$$`
-//! stands for a literal `$`, and any other `$` is an error. An unset variable is an error
-//! naming the key and the variable. Variables come from the same environment as overrides
-//! (the process environment, or the map given to [`Loader::env`]).
+//! Endpoint `url`s, header values and `on_connect` text messages may refer to environment
+//! variables as `${NAME}`; `$$` stands for a literal `$`, and any other `$` is an error. An
+//! unset variable is an error naming the key and the variable. Variables come from the same
+//! environment as overrides (the process environment, or the map given to [`Loader::env`]).
+//!
+//! In the same places, `${file:PATH}` is replaced by the content of the file at `PATH`, with
+//! one trailing newline (`\n` or `\r\n`) removed: handy for secrets mounted as files
+//! (`${file:/run/secrets/feed_token}`). A relative `PATH` is relative to the directory of the
+//! configuration file that set the value, or to the current directory when the value comes
+//! from inline text or the environment. `PATH` is taken literally up to the first `}`. The
+//! file must be readable UTF-8; otherwise the error names the key and the path, never the
+//! content. Replaced text is not scanned for references again.
+//!
+//! # Files named by the configuration
+//!
+//! The TLS files of an endpoint (`tls.ca_file`, `tls.client_cert`, `tls.client_key`) must
+//! exist and be readable when the configuration is loaded. Relative paths are resolved like
+//! `${file:PATH}` (against the directory of the configuration file that set them, else the
+//! current directory), and [`TlsSettings`] holds them as absolute paths, so that the daemon
+//! does not depend on its working directory.
 
 #![warn(missing_docs)]
 
@@ -58,9 +79,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Origin};
 pub use settings::{
-    AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply,
-    HeartbeatSettings, LogSettings, OutboundMessage, QueueOverflow, QueueSettings,
-    ReconnectSettings, ServerSettings, Settings, SlowClientPolicy, TlsSettings,
+    AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
+    LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
+    Settings, SlowClientPolicy, TlsSettings,
 };
 
 use env::EnvSnapshot;

@@ -39,6 +39,15 @@ pub(crate) struct RawConfig {
     /// Per-client queue length in bytes.
     #[serde(default, deserialize_with = "strict")]
     pub client_queue_bytes: Option<usize>,
+    /// Most endpoints one client may subscribe to.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// How long to keep delivering queued messages at shutdown (may be zero).
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    /// Loopback `IP:PORT` of the metrics endpoint.
+    #[serde(default, deserialize_with = "strict")]
+    pub metrics_listen: Option<String>,
     /// `[log]`.
     #[serde(default)]
     pub log: Option<RawLog>,
@@ -60,6 +69,9 @@ pub(crate) struct RawLog {
     /// JSON lines.
     #[serde(default, deserialize_with = "strict")]
     pub json: Option<bool>,
+    /// Rotated files to keep (0: all).
+    #[serde(default, deserialize_with = "strict")]
+    pub max_files: Option<usize>,
 }
 
 /// `[endpoints.NAME]`.
@@ -87,6 +99,108 @@ pub(crate) struct RawEndpoint {
     /// `[endpoints.NAME.reconnect]`.
     #[serde(default)]
     pub reconnect: Option<RawReconnect>,
+    /// Messages sent after every (re)connect.
+    #[serde(default, deserialize_with = "messages")]
+    pub on_connect: Option<Vec<RawMessage>>,
+    /// `[endpoints.NAME.queue]`.
+    #[serde(default)]
+    pub queue: Option<RawQueue>,
+    /// `[[endpoints.NAME.auto_reply]]`, in order.
+    #[serde(default, deserialize_with = "auto_replies")]
+    pub auto_reply: Option<Vec<RawAutoReply>>,
+    /// `drop` or `disconnect`.
+    #[serde(default, deserialize_with = "strict")]
+    pub slow_client: Option<String>,
+    /// Connection rotation period.
+    #[serde(default, with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+    /// Handshake statuses that stop retrying (unchecked numbers).
+    #[serde(default, deserialize_with = "strict")]
+    pub fatal_statuses: Option<Vec<u32>>,
+    /// Close codes that stop retrying (unchecked numbers).
+    #[serde(default, deserialize_with = "strict")]
+    pub fatal_close_codes: Option<Vec<u32>>,
+    /// `[endpoints.NAME.tls]`.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// One `on_connect` item: a string (text), or a table with one of `text`, `base64`, `hex`.
+#[derive(Debug)]
+pub(crate) enum RawMessage {
+    /// A plain string: a text message, possibly with `${...}` references.
+    Text(String),
+    /// An inline table; which keys it has is checked during validation.
+    Table(RawMessageTable),
+}
+
+/// The table form of an `on_connect` item.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a message table with one of `text`, `base64` or `hex`")]
+pub(crate) struct RawMessageTable {
+    /// A text message, possibly with `${...}` references.
+    #[serde(default, deserialize_with = "strict")]
+    pub text: Option<String>,
+    /// A binary message, as base64.
+    #[serde(default, deserialize_with = "strict")]
+    pub base64: Option<String>,
+    /// A binary message, as hex.
+    #[serde(default, deserialize_with = "strict")]
+    pub hex: Option<String>,
+}
+
+/// `[endpoints.NAME.queue]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of queue settings")]
+pub(crate) struct RawQueue {
+    /// Most queued messages (0: no queueing).
+    #[serde(default, deserialize_with = "strict")]
+    pub max_messages: Option<usize>,
+    /// Most queued bytes.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_bytes: Option<usize>,
+    /// `reject` or `drop_oldest`.
+    #[serde(default, deserialize_with = "strict")]
+    pub overflow: Option<String>,
+    /// Age after which a queued message is dropped.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// One `[[endpoints.NAME.auto_reply]]` rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "an auto-reply rule: a table with `match` and `reply`")]
+pub(crate) struct RawAutoReply {
+    /// The regular expression (required).
+    #[serde(default, rename = "match", deserialize_with = "strict")]
+    pub pattern: Option<String>,
+    /// The reply template (required).
+    #[serde(default, deserialize_with = "strict")]
+    pub reply: Option<String>,
+    /// Reply with a binary message.
+    #[serde(default, deserialize_with = "strict")]
+    pub reply_binary: Option<bool>,
+    /// `none`, `gzip` or `deflate`.
+    #[serde(default, deserialize_with = "strict")]
+    pub decompress: Option<String>,
+    /// Hide matched messages from subscribers.
+    #[serde(default, deserialize_with = "strict")]
+    pub hide: Option<bool>,
+}
+
+/// `[endpoints.NAME.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of TLS settings")]
+pub(crate) struct RawTls {
+    /// Extra CA certificates (PEM file).
+    #[serde(default, deserialize_with = "strict")]
+    pub ca_file: Option<String>,
+    /// Client certificate chain (PEM file).
+    #[serde(default, deserialize_with = "strict")]
+    pub client_cert: Option<String>,
+    /// Client private key (PEM file).
+    #[serde(default, deserialize_with = "strict")]
+    pub client_key: Option<String>,
 }
 
 /// `[endpoints.NAME.heartbeat]`.
@@ -111,6 +225,9 @@ pub(crate) struct RawHeartbeat {
     /// Binary prefix of answers, as hex.
     #[serde(default, deserialize_with = "strict")]
     pub reply_hex: Option<String>,
+    /// Heartbeat only after `interval` without outbound traffic.
+    #[serde(default, deserialize_with = "strict")]
+    pub idle_only: Option<bool>,
 }
 
 /// `[endpoints.NAME.reconnect]`.
@@ -145,6 +262,11 @@ pub(crate) fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
         ["endpoints", _] => Some(field_names::<RawEndpoint>()),
         ["endpoints", _, "heartbeat"] => Some(field_names::<RawHeartbeat>()),
         ["endpoints", _, "reconnect"] => Some(field_names::<RawReconnect>()),
+        ["endpoints", _, "queue"] => Some(field_names::<RawQueue>()),
+        ["endpoints", _, "tls"] => Some(field_names::<RawTls>()),
+        // Array items: the path leaves the index out.
+        ["endpoints", _, "on_connect"] => Some(field_names::<RawMessageTable>()),
+        ["endpoints", _, "auto_reply"] => Some(field_names::<RawAutoReply>()),
         _ => None,
     }
 }
@@ -203,6 +325,87 @@ pub(crate) trait Strict: Sized {
 /// `deserialize_with` adapter for optional [`Strict`] fields.
 fn strict<'de, D: Deserializer<'de>, T: Strict>(deserializer: D) -> Result<Option<T>, D::Error> {
     T::deserialize_strict(deserializer).map(Some)
+}
+
+/// `deserialize_with` adapter for `on_connect`: an array only, since its items may contain
+/// commas (so the comma-separated form of [`Strict`] lists does not apply).
+fn messages<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<RawMessage>>, D::Error> {
+    deserializer
+        .deserialize_any(ArrayOf::new(
+            "an array of messages (strings, or tables with one of `text`, `base64` or `hex`)",
+        ))
+        .map(Some)
+}
+
+/// `deserialize_with` adapter for `auto_reply`: an array of tables.
+fn auto_replies<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<RawAutoReply>>, D::Error> {
+    deserializer
+        .deserialize_any(ArrayOf::new(
+            "an array of tables (one [[endpoints.NAME.auto_reply]] section per rule)",
+        ))
+        .map(Some)
+}
+
+/// Visits an array of `T`, and nothing else, saying what it expected.
+struct ArrayOf<T> {
+    /// What an error says was expected.
+    expecting: &'static str,
+    /// The item type.
+    item: PhantomData<T>,
+}
+
+impl<T> ArrayOf<T> {
+    /// A visitor expecting `expecting`.
+    fn new(expecting: &'static str) -> Self {
+        ArrayOf {
+            expecting,
+            item: PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ArrayOf<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMessage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawMessage;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message: a string, or a table with one of `text`, `base64` or `hex`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMessage, E> {
+                Ok(RawMessage::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawMessage, E> {
+                Ok(RawMessage::Text(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMessage, A::Error> {
+                // Through the same map access, so that unknown keys are still reported.
+                RawMessageTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawMessage::Table)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// A [`Strict`] value as an ordinary `Deserialize` type, for elements of lists and maps.
@@ -434,12 +637,19 @@ mod tests {
                     "message",
                     "message_hex",
                     "reply",
-                    "reply_hex"
+                    "reply_hex",
+                    "idle_only"
                 ][..]
             )
         );
         assert!(known_keys(&[]).is_some_and(|keys| keys.contains(&"endpoints")));
         assert_eq!(known_keys(&["endpoints"]), None);
+        assert!(known_keys(&["endpoints", "x", "auto_reply"])
+            .is_some_and(|keys| keys.contains(&"match") && !keys.contains(&"pattern")));
+        assert_eq!(
+            known_keys(&["endpoints", "x", "on_connect"]),
+            Some(&["text", "base64", "hex"][..])
+        );
     }
 
     #[test]

@@ -1,17 +1,29 @@
-//! From the raw form to [`Settings`]: defaults, `${VAR}` references, and every check.
+//! From the raw form to [`Settings`]: defaults, `${VAR}` and `${file:PATH}` references, and
+//! every check.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use regex::Regex;
+
 use crate::env::{interpolate, EnvSnapshot};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Origin};
 use crate::key::KeyPath;
 use crate::layers::Layers;
-use crate::raw::{Mode, RawConfig, RawEndpoint, RawHeartbeat, RawLog, RawReconnect};
+use crate::raw::{
+    Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawLog, RawMessage, RawMessageTable,
+    RawQueue, RawReconnect, RawTls,
+};
 use crate::settings::{
-    EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings, LogSettings,
-    ReconnectSettings, ServerSettings, Settings,
+    AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
+    LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
+    Settings, SlowClientPolicy, TlsSettings,
 };
 
 /// Smallest allowed `max_frame_size`.
@@ -29,6 +41,37 @@ const HANDSHAKE_HEADERS: &[&str] = &[
     "sec-websocket-accept",
     "sec-websocket-extensions",
 ];
+/// Statuses `fatal_statuses` may list.
+const HTTP_STATUSES: RangeInclusive<u16> = 100..=599;
+/// Codes `fatal_close_codes` may list.
+const CLOSE_CODES: RangeInclusive<u16> = 1000..=4999;
+/// Values of `slow_client`.
+const SLOW_CLIENT_POLICIES: &[(&str, SlowClientPolicy)] = &[
+    ("drop", SlowClientPolicy::Drop),
+    ("disconnect", SlowClientPolicy::Disconnect),
+];
+/// Values of `queue.overflow`.
+const QUEUE_OVERFLOWS: &[(&str, QueueOverflow)] = &[
+    ("reject", QueueOverflow::Reject),
+    ("drop_oldest", QueueOverflow::DropOldest),
+];
+/// Values of `auto_reply.decompress`.
+const DECOMPRESSIONS: &[(&str, Decompress)] = &[
+    ("none", Decompress::None),
+    ("gzip", Decompress::Gzip),
+    ("deflate", Decompress::Deflate),
+];
+/// Default of `auto_reply.decompress`.
+const DEFAULT_DECOMPRESS: Decompress = Decompress::None;
+/// Default of `auto_reply.reply_binary`.
+const DEFAULT_REPLY_BINARY: bool = false;
+/// Default of `auto_reply.hide`.
+const DEFAULT_HIDE: bool = true;
+/// `on_connect` base64: the standard alphabet, with or without padding.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// What validation needs besides the raw values: where keys came from, and the variables
 /// for `${VAR}` references.
@@ -79,7 +122,13 @@ impl Validator<'_> {
                 raw.client_queue_bytes,
                 defaults.client_queue_bytes,
             )?,
-            ..defaults
+            max_subscriptions_per_client: self.at_least_one(
+                &root.key("max_subscriptions_per_client"),
+                raw.max_subscriptions_per_client,
+                defaults.max_subscriptions_per_client,
+            )?,
+            drain_timeout: raw.drain_timeout.unwrap_or(defaults.drain_timeout),
+            metrics_listen: self.metrics_listen(&root.key("metrics_listen"), raw.metrics_listen)?,
         };
         let log = self.log(&root.key("log"), raw.log.unwrap_or_default())?;
         let endpoints_key = root.key("endpoints");
@@ -108,7 +157,7 @@ impl Validator<'_> {
                 .unwrap_or(defaults.level),
             dir: self.non_empty(&key.key("dir"), raw.dir)?.map(PathBuf::from),
             json: raw.json.unwrap_or(defaults.json),
-            ..defaults
+            max_files: raw.max_files.unwrap_or(defaults.max_files),
         })
     }
 
@@ -123,37 +172,96 @@ impl Validator<'_> {
                 ),
             ));
         }
+        // Taken apart field by field, so that no raw key can be left unchecked.
+        let RawEndpoint {
+            url,
+            headers,
+            subprotocols,
+            connect_timeout,
+            max_message_size,
+            heartbeat,
+            reconnect,
+            on_connect,
+            queue,
+            auto_reply,
+            slow_client,
+            max_lifetime,
+            fatal_statuses,
+            fatal_close_codes,
+            tls,
+        } = raw;
         let url_key = key.key("url");
-        let Some(url) = raw.url else {
+        let Some(url) = url else {
             return Err(self.error(&url_key, "is required (a ws:// or wss:// URL)"));
         };
         let url = self.url(&url_key, &url)?;
-        let mut endpoint = EndpointSettings::new(name, url);
-        endpoint.headers = self.headers(&key.key("headers"), raw.headers.unwrap_or_default())?;
-        endpoint.subprotocols = self.subprotocols(
-            &key.key("subprotocols"),
-            raw.subprotocols.unwrap_or_default(),
-        )?;
-        endpoint.connect_timeout = self.positive(
-            &key.key("connect_timeout"),
-            raw.connect_timeout,
-            endpoint.connect_timeout,
-        )?;
-        endpoint.max_message_size = self.at_least_one(
-            &key.key("max_message_size"),
-            raw.max_message_size,
-            endpoint.max_message_size,
-        )?;
-        endpoint.heartbeat =
-            self.heartbeat(&key.key("heartbeat"), raw.heartbeat.unwrap_or_default())?;
-        endpoint.reconnect =
-            self.reconnect(&key.key("reconnect"), raw.reconnect.unwrap_or_default())?;
-        Ok(endpoint)
+        let defaults = EndpointSettings::new(name, url);
+        Ok(EndpointSettings {
+            headers: self.headers(&key.key("headers"), headers.unwrap_or_default())?,
+            subprotocols: self
+                .subprotocols(&key.key("subprotocols"), subprotocols.unwrap_or_default())?,
+            connect_timeout: self.positive(
+                &key.key("connect_timeout"),
+                connect_timeout,
+                defaults.connect_timeout,
+            )?,
+            max_message_size: self.at_least_one(
+                &key.key("max_message_size"),
+                max_message_size,
+                defaults.max_message_size,
+            )?,
+            heartbeat: self.heartbeat(&key.key("heartbeat"), heartbeat.unwrap_or_default())?,
+            reconnect: self.reconnect(&key.key("reconnect"), reconnect.unwrap_or_default())?,
+            on_connect: self.on_connect(&key.key("on_connect"), on_connect.unwrap_or_default())?,
+            queue: self.queue(&key.key("queue"), queue.unwrap_or_default())?,
+            auto_reply: self
+                .auto_replies(&key.key("auto_reply"), auto_reply.unwrap_or_default())?,
+            slow_client: self.choice(
+                &key.key("slow_client"),
+                slow_client,
+                SLOW_CLIENT_POLICIES,
+                defaults.slow_client,
+            )?,
+            max_lifetime: self.optional_positive(&key.key("max_lifetime"), max_lifetime)?,
+            fatal_statuses: self.codes(
+                &key.key("fatal_statuses"),
+                fatal_statuses,
+                defaults.fatal_statuses,
+                HTTP_STATUSES,
+                "an HTTP status",
+            )?,
+            fatal_close_codes: self.codes(
+                &key.key("fatal_close_codes"),
+                fatal_close_codes,
+                defaults.fatal_close_codes,
+                CLOSE_CODES,
+                "a WebSocket close code",
+            )?,
+            tls: self.tls(&key.key("tls"), tls.unwrap_or_default())?,
+            name: defaults.name,
+            url: defaults.url,
+        })
+    }
+
+    /// `text` with `${VAR}` and `${file:PATH}` references resolved; relative paths are taken
+    /// from the directory of the configuration file that set `key`.
+    fn resolve(&self, key: &KeyPath, text: &str) -> Result<String> {
+        let dir = self.config_dir(key);
+        interpolate(text, self.env, dir.as_deref()).map_err(|reason| self.error(key, reason))
+    }
+
+    /// The directory of the configuration file that set `key`, if a file did (rather than
+    /// inline text or the environment).
+    fn config_dir(&self, key: &KeyPath) -> Option<PathBuf> {
+        match self.layers.origin_of(&key.keys()) {
+            Origin::File(path) => path.parent().map(Path::to_path_buf),
+            _ => None,
+        }
     }
 
     /// An endpoint URL: `${VAR}` resolved, `ws`/`wss`, with a host, without a fragment.
     fn url(&self, key: &KeyPath, text: &str) -> Result<url::Url> {
-        let resolved = interpolate(text, self.env).map_err(|reason| self.error(key, reason))?;
+        let resolved = self.resolve(key, text)?;
         // `url`'s errors never quote the input, which may hold a token.
         let url = url::Url::parse(&resolved).map_err(|error| {
             let note = resolved_note(text, &resolved);
@@ -201,8 +309,7 @@ impl Validator<'_> {
                     format!("duplicates header `{other}` (header names are case-insensitive)"),
                 ));
             }
-            let resolved =
-                interpolate(&value, self.env).map_err(|reason| self.error(&key, reason))?;
+            let resolved = self.resolve(&key, &value)?;
             if resolved.chars().any(|c| c.is_ascii_control() && c != '\t') {
                 let note = resolved_note(&value, &resolved);
                 return Err(self.error(
@@ -269,8 +376,8 @@ impl Validator<'_> {
             interval: self.positive(&key.key("interval"), raw.interval, defaults.interval)?,
             timeout: self.positive(&key.key("timeout"), raw.timeout, defaults.timeout)?,
             kind,
+            idle_only: raw.idle_only.unwrap_or(defaults.idle_only),
             reply,
-            ..defaults
         })
     }
 
@@ -325,6 +432,289 @@ impl Validator<'_> {
                 defaults.stable_after,
             )?,
         })
+    }
+
+    /// `on_connect`: each item a non-empty text (references resolved) or binary message.
+    fn on_connect(&self, key: &KeyPath, raw: Vec<RawMessage>) -> Result<Vec<OutboundMessage>> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, item)| self.message(&key.index(i), item))
+            .collect()
+    }
+
+    /// One `on_connect` item: a string, or a table with exactly one of `text`, `base64`, `hex`.
+    fn message(&self, key: &KeyPath, raw: RawMessage) -> Result<OutboundMessage> {
+        let RawMessageTable { text, base64, hex } = match raw {
+            RawMessage::Text(text) => return self.text_message(key, &text),
+            RawMessage::Table(table) => table,
+        };
+        match (text, base64, hex) {
+            (Some(text), None, None) => self.text_message(&key.key("text"), &text),
+            (None, Some(data), None) => Ok(OutboundMessage::Binary(
+                self.base64(&key.key("base64"), &data)?,
+            )),
+            (None, None, Some(data)) => {
+                Ok(OutboundMessage::Binary(self.hex(&key.key("hex"), &data)?))
+            }
+            (None, None, None) => Err(self.error(
+                key,
+                "needs one of `text`, `base64` or `hex` (or write a text message as a plain \
+                 string)",
+            )),
+            (text, base64, _) => {
+                let (first, second) = match (text, base64) {
+                    (Some(_), Some(_)) => ("text", "base64"),
+                    (Some(_), None) => ("text", "hex"),
+                    _ => ("base64", "hex"),
+                };
+                Err(self.error(
+                    &key.key(second),
+                    format!(
+                        "cannot be combined with `{first}`: a message has exactly one of \
+                         `text`, `base64` or `hex`"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A text message: references resolved, not empty.
+    fn text_message(&self, key: &KeyPath, text: &str) -> Result<OutboundMessage> {
+        let resolved = self.resolve(key, text)?;
+        if resolved.is_empty() {
+            let note = resolved_note(text, &resolved);
+            return Err(self.error(key, format!("the message{note} must not be empty")));
+        }
+        Ok(OutboundMessage::Text(resolved))
+    }
+
+    /// `[endpoints.NAME.queue]`.
+    fn queue(&self, key: &KeyPath, raw: RawQueue) -> Result<QueueSettings> {
+        let defaults = QueueSettings::default();
+        Ok(QueueSettings {
+            max_messages: raw.max_messages.unwrap_or(defaults.max_messages),
+            max_bytes: self.at_least_one(
+                &key.key("max_bytes"),
+                raw.max_bytes,
+                defaults.max_bytes,
+            )?,
+            overflow: self.choice(
+                &key.key("overflow"),
+                raw.overflow,
+                QUEUE_OVERFLOWS,
+                defaults.overflow,
+            )?,
+            max_age: self.optional_positive(&key.key("max_age"), raw.max_age)?,
+        })
+    }
+
+    /// `[[endpoints.NAME.auto_reply]]`, in order.
+    fn auto_replies(&self, key: &KeyPath, raw: Vec<RawAutoReply>) -> Result<Vec<AutoReplyRule>> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, rule)| self.auto_reply(&key.index(i), rule))
+            .collect()
+    }
+
+    /// One auto-reply rule: the pattern compiles, and the reply refers to its groups only.
+    fn auto_reply(&self, key: &KeyPath, raw: RawAutoReply) -> Result<AutoReplyRule> {
+        let RawAutoReply {
+            pattern,
+            reply,
+            reply_binary,
+            decompress,
+            hide,
+        } = raw;
+        let match_key = key.key("match");
+        let Some(pattern) = pattern else {
+            return Err(self.error(&match_key, "is required (a regular expression)"));
+        };
+        if pattern.is_empty() {
+            return Err(self.error(
+                &match_key,
+                "must not be empty (an empty pattern matches every message)",
+            ));
+        }
+        let regex = Regex::new(&pattern).map_err(|error| {
+            self.error(&match_key, format!("invalid regular expression: {error}"))
+        })?;
+        let reply_key = key.key("reply");
+        let Some(reply) = reply else {
+            return Err(self.error(
+                &reply_key,
+                "is required (the answer; `$1` or `${name}` insert capture groups)",
+            ));
+        };
+        if reply.is_empty() {
+            return Err(self.error(&reply_key, "must not be empty"));
+        }
+        check_template(&reply, &regex).map_err(|reason| self.error(&reply_key, reason))?;
+        Ok(AutoReplyRule {
+            pattern,
+            reply,
+            reply_binary: reply_binary.unwrap_or(DEFAULT_REPLY_BINARY),
+            decompress: self.choice(
+                &key.key("decompress"),
+                decompress,
+                DECOMPRESSIONS,
+                DEFAULT_DECOMPRESS,
+            )?,
+            hide: hide.unwrap_or(DEFAULT_HIDE),
+        })
+    }
+
+    /// `[endpoints.NAME.tls]`: files that exist now, certificate and key together.
+    fn tls(&self, key: &KeyPath, raw: RawTls) -> Result<TlsSettings> {
+        let ca_key = key.key("ca_file");
+        let cert_key = key.key("client_cert");
+        let private_key = key.key("client_key");
+        let ca_file = self.non_empty(&ca_key, raw.ca_file)?;
+        let client_cert = self.non_empty(&cert_key, raw.client_cert)?;
+        let client_key = self.non_empty(&private_key, raw.client_key)?;
+        match (&client_cert, &client_key) {
+            (Some(_), None) => {
+                return Err(self.error(
+                    &private_key,
+                    "is required with `client_cert`: a client certificate needs its private key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.error(
+                    &cert_key,
+                    "is required with `client_key`: a private key needs its client certificate",
+                ))
+            }
+            _ => {}
+        }
+        let file = |key: &KeyPath, path: Option<String>| {
+            path.map(|path| self.readable_file(key, &path)).transpose()
+        };
+        Ok(TlsSettings {
+            ca_file: file(&ca_key, ca_file)?,
+            client_cert: file(&cert_key, client_cert)?,
+            client_key: file(&private_key, client_key)?,
+        })
+    }
+
+    /// A file that must exist and be readable now, as an absolute path. A relative path is
+    /// taken relative to the directory of the configuration file that set `key`, or to the
+    /// current directory if no file did.
+    fn readable_file(&self, key: &KeyPath, text: &str) -> Result<PathBuf> {
+        let path = Path::new(text);
+        let path = match self.config_dir(key) {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        };
+        let path = std::path::absolute(&path).unwrap_or(path);
+        match std::fs::File::open(&path).and_then(|file| file.metadata()) {
+            Ok(metadata) if metadata.is_dir() => Err(self.error(
+                key,
+                format!("`{}` is a directory, not a file", path.display()),
+            )),
+            Ok(_) => Ok(path),
+            Err(error) => {
+                Err(self.error(key, format!("cannot read `{}`: {error}", path.display())))
+            }
+        }
+    }
+
+    /// `metrics_listen`: an `IP:PORT` socket address on a loopback interface.
+    fn metrics_listen(&self, key: &KeyPath, raw: Option<String>) -> Result<Option<SocketAddr>> {
+        let Some(text) = self.non_empty(key, raw)? else {
+            return Ok(None);
+        };
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            self.error(
+                key,
+                format!(
+                    "`{text}` is not an IP:PORT socket address such as \"127.0.0.1:9464\" or \
+                     \"[::1]:9464\" (host names are not accepted)"
+                ),
+            )
+        })?;
+        if !addr.ip().to_canonical().is_loopback() {
+            return Err(self.error(
+                key,
+                format!(
+                    "must be a loopback address such as 127.0.0.1 or [::1], not `{}`: metrics \
+                     are served on loopback only, since they are not authenticated",
+                    addr.ip()
+                ),
+            ));
+        }
+        Ok(Some(addr))
+    }
+
+    /// One of a fixed set of words.
+    fn choice<T: Copy>(
+        &self,
+        key: &KeyPath,
+        raw: Option<String>,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Result<T> {
+        let Some(text) = raw else {
+            return Ok(default);
+        };
+        if let Some((_, value)) = choices.iter().find(|(name, _)| *name == text) {
+            return Ok(*value);
+        }
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("`{name}`"))
+            .collect();
+        let alternatives = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.error(key, format!("must be {alternatives}, not {text:?}")))
+    }
+
+    /// A list of distinct numeric codes within `range`; `None` gives `default`.
+    fn codes(
+        &self,
+        key: &KeyPath,
+        raw: Option<Vec<u32>>,
+        default: Vec<u16>,
+        range: RangeInclusive<u16>,
+        what: &str,
+    ) -> Result<Vec<u16>> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let mut codes = Vec::with_capacity(raw.len());
+        for (i, value) in raw.into_iter().enumerate() {
+            let key = key.index(i);
+            let Some(code) = u16::try_from(value)
+                .ok()
+                .filter(|code| range.contains(code))
+            else {
+                return Err(self.error(
+                    &key,
+                    format!(
+                        "{value} is not {what}: must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            };
+            if codes.contains(&code) {
+                return Err(self.error(&key, format!("{code} is listed twice")));
+            }
+            codes.push(code);
+        }
+        Ok(codes)
+    }
+
+    /// A duration that must be greater than zero when given; `None` means no limit.
+    fn optional_positive(&self, key: &KeyPath, raw: Option<Duration>) -> Result<Option<Duration>> {
+        match raw {
+            Some(value) if value.is_zero() => {
+                Err(self.error(key, "must be greater than zero (leave it out for no limit)"))
+            }
+            other => Ok(other),
+        }
     }
 
     /// `socket_mode`: permission bits only.
@@ -403,6 +793,16 @@ impl Validator<'_> {
         Ok(text)
     }
 
+    /// Non-empty base64 bytes (standard alphabet, padding optional); ASCII whitespace is
+    /// ignored.
+    fn base64(&self, key: &KeyPath, text: &str) -> Result<Vec<u8>> {
+        let bytes = decode_base64(text).map_err(|reason| self.error(key, reason))?;
+        if bytes.is_empty() {
+            return Err(self.error(key, "must not be empty"));
+        }
+        Ok(bytes)
+    }
+
     /// Non-empty hex bytes; ASCII whitespace between digits is ignored.
     fn hex(&self, key: &KeyPath, text: &str) -> Result<Vec<u8>> {
         let bytes = decode_hex(text).map_err(|reason| self.error(key, reason))?;
@@ -421,6 +821,98 @@ fn resolved_note(raw: &str, resolved: &str) -> &'static str {
     } else {
         " (with `${VAR}` references resolved)"
     }
+}
+
+/// Decodes standard base64, padded or not, ignoring ASCII whitespace.
+fn decode_base64(text: &str) -> std::result::Result<Vec<u8>, String> {
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    BASE64.decode(compact).map_err(|error| {
+        let reason = match error {
+            base64::DecodeError::InvalidByte(_, byte) => format!(
+                "{:?} is not a base64 character (A-Z, a-z, 0-9, `+`, `/`, and `=` at the end)",
+                char::from(byte)
+            ),
+            base64::DecodeError::InvalidLength(_) => "the length is not valid".into(),
+            base64::DecodeError::InvalidLastSymbol(_, _) => {
+                "the last character is not valid there (truncated or altered data?)".into()
+            }
+            base64::DecodeError::InvalidPadding => "the `=` padding is not valid".into(),
+        };
+        format!("invalid base64: {reason}")
+    })
+}
+
+/// Checks a reply template as `regex`'s `Captures::expand` reads it: `$$` is a literal `$`;
+/// `${REF}` and `$REF` (the longest run of letters, digits and `_`) refer to a group by
+/// number if `REF` is a number, else by name. Unlike `expand`, which would silently leave
+/// out unknown groups and keep a stray `$`, both are errors here.
+fn check_template(template: &str, regex: &Regex) -> std::result::Result<(), String> {
+    let groups = regex.captures_len() - 1;
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at + 1..];
+        if let Some(after) = after.strip_prefix('$') {
+            rest = after;
+            continue;
+        }
+        let (name, written, braced) = if let Some(inner) = after.strip_prefix('{') {
+            let Some(end) = inner.find('}') else {
+                return Err(
+                    "unterminated `${`: write `${1}` or `${name}`, or `$$` for a \
+                            literal `$`"
+                        .into(),
+                );
+            };
+            (&inner[..end], &after[..end + 2], true)
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if end == 0 {
+                return Err(
+                    "a `$` must start a capture group reference such as `$1` or \
+                            `${name}`; write `$$` for a literal `$`"
+                        .into(),
+                );
+            }
+            (&after[..end], &after[..end], false)
+        };
+        rest = &after[written.len()..];
+        match name.parse::<usize>() {
+            Ok(number) if number <= groups => {}
+            Ok(number) => {
+                let has = match groups {
+                    0 => "no capture groups".to_owned(),
+                    1 => "only 1 capture group".to_owned(),
+                    n => format!("only {n} capture groups"),
+                };
+                return Err(format!(
+                    "`${written}` refers to capture group {number}, but the pattern has {has}"
+                ));
+            }
+            Err(_) if regex.capture_names().flatten().any(|group| group == name) => {}
+            Err(_) if name.is_empty() => {
+                return Err("`${}` names no capture group: write `${1}` or `${name}`".into());
+            }
+            Err(_) => {
+                let digits =
+                    name.len() - name.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let hint = if braced || digits == 0 || digits == name.len() {
+                    String::new()
+                } else {
+                    let (number, tail) = name.split_at(digits);
+                    format!(
+                        " (for group {number} followed by `{tail}`, write `${{{number}}}{tail}`)"
+                    )
+                };
+                return Err(format!(
+                    "`${written}` refers to a capture group named `{name}`, which the pattern \
+                     does not have{hint}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes hex digits (either case), ignoring ASCII whitespace.
@@ -480,6 +972,69 @@ mod tests {
             Err("invalid hex: 'g' is not a hex digit".into())
         );
         assert!(decode_hex("é0").is_err());
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(decode_base64("AAEC"), Ok(vec![0, 1, 2]));
+        assert_eq!(decode_base64("AQ=="), Ok(vec![1]));
+        assert_eq!(decode_base64("AQ"), Ok(vec![1]));
+        assert_eq!(decode_base64(" AA\nEC\t"), Ok(vec![0, 1, 2]));
+        assert_eq!(decode_base64(""), Ok(vec![]));
+        assert_eq!(
+            decode_base64("AA-_"),
+            Err(
+                "invalid base64: '-' is not a base64 character (A-Z, a-z, 0-9, `+`, `/`, and \
+                 `=` at the end)"
+                    .into()
+            )
+        );
+        assert!(decode_base64("A").is_err());
+        assert!(decode_base64("AR==").is_err(), "bits past the data");
+    }
+
+    #[test]
+    fn reply_templates() {
+        let regex = Regex::new(r"(?<kind>ping|hb) (\d+)").unwrap();
+        let check = |template| check_template(template, &regex);
+        for ok in [
+            "pong",
+            "$0",
+            "$1 $2 ${2}0 $kind ${kind}",
+            "$$1 costs $$",
+            "$${nope}",
+            "a$2-b",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check("$3"),
+            Err("`$3` refers to capture group 3, but the pattern has only 2 capture groups".into())
+        );
+        assert_eq!(
+            check("${kinds}"),
+            Err(
+                "`${kinds}` refers to a capture group named `kinds`, which the pattern does not \
+                 have"
+                    .into()
+            )
+        );
+        assert!(check("$2x").unwrap_err().contains("write `${2}x`"));
+        assert!(check("$kind_").unwrap_err().contains("named `kind_`"));
+        assert!(!check("$99999999999999999999999")
+            .unwrap_err()
+            .contains("followed by"));
+        assert!(check("$").is_err());
+        assert!(check("$ ").is_err());
+        assert!(check("$-1").is_err());
+        assert!(check("${2").unwrap_err().contains("unterminated"));
+        assert!(check("${}").is_err());
+        // Braced names may hold any character but `}`, as in `regex`.
+        let dotted = Regex::new(r"(?<a.b>x)").unwrap();
+        assert_eq!(check_template("${a.b}", &dotted), Ok(()));
+        assert!(check_template("$a.b", &dotted)
+            .unwrap_err()
+            .contains("named `a`"));
     }
 
     #[test]

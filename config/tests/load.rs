@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wsmux_config::{
-    ConfigError, HeartbeatKind, HeartbeatReply, HeartbeatSettings, Loader, LogSettings, Origin,
-    ReconnectSettings, ServerSettings, Settings,
+    AutoReplyRule, ConfigError, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply,
+    HeartbeatSettings, Loader, LogSettings, Origin, OutboundMessage, QueueOverflow, QueueSettings,
+    ReconnectSettings, ServerSettings, Settings, SlowClientPolicy, TlsSettings,
 };
 
 /// Name given to inline test texts; errors from them start with it.
@@ -58,6 +59,47 @@ fn defaults_when_only_a_url_is_given() {
 }
 
 #[test]
+fn an_endpoint_with_only_a_url_is_exactly_the_default_endpoint() {
+    let settings = load(MINIMAL);
+    assert_eq!(settings.endpoints, [expected_feed()]);
+
+    // The same defaults, spelled out.
+    let feed = &settings.endpoints[0];
+    assert!(feed.on_connect.is_empty());
+    assert_eq!(
+        feed.queue,
+        QueueSettings {
+            max_messages: 1000,
+            max_bytes: 1024 * 1024,
+            overflow: QueueOverflow::Reject,
+            max_age: None,
+        }
+    );
+    assert!(feed.auto_reply.is_empty());
+    assert_eq!(feed.slow_client, SlowClientPolicy::Drop);
+    assert_eq!(feed.max_lifetime, None);
+    assert_eq!(feed.fatal_statuses, [401, 403]);
+    assert!(feed.fatal_close_codes.is_empty());
+    assert_eq!(feed.tls, TlsSettings::default());
+    assert!(!feed.heartbeat.idle_only);
+    assert_eq!(settings.server.max_subscriptions_per_client, 256);
+    assert_eq!(settings.server.drain_timeout, Duration::from_secs(5));
+    assert_eq!(settings.server.metrics_listen, None);
+    assert_eq!(settings.log.max_files, 7);
+
+    // Empty tables change nothing either.
+    let settings = load(&format!(
+        "{MINIMAL}queue = {{}}\ntls = {{}}\non_connect = []\nheartbeat = {{}}\n"
+    ));
+    assert_eq!(settings.endpoints, [expected_feed()]);
+}
+
+/// The endpoint of [`MINIMAL`], with default settings.
+fn expected_feed() -> EndpointSettings {
+    EndpointSettings::new("feed", "wss://example.com/feed".parse().unwrap())
+}
+
+#[test]
 fn everything_set_in_toml() {
     let settings = load(
         r#"
@@ -68,10 +110,14 @@ fn everything_set_in_toml() {
         max_clients = 8
         client_queue_messages = 100
         client_queue_bytes = 2000000
+        max_subscriptions_per_client = 3
+        drain_timeout = "0s"
+        metrics_listen = "[::1]:9464"
         [log]
         level = "wsmuxd=debug,info"
         dir = "/var/log/wsmux"
         json = true
+        max_files = 0
         [endpoints.zeta]
         url = "ws://localhost:9000/"
         [endpoints.alpha]
@@ -79,11 +125,32 @@ fn everything_set_in_toml() {
         subprotocols = ["v1.json", "v2.json"]
         connect_timeout = "1m 30s"
         max_message_size = 4096
+        on_connect = ["hello", { text = "again" }, { base64 = "AAEC" }, { hex = "ff 00" }]
+        slow_client = "disconnect"
+        max_lifetime = "1h"
+        fatal_statuses = []
+        fatal_close_codes = [1008, 4000, 4999]
+        [endpoints.alpha.queue]
+        max_messages = 0
+        max_bytes = 1
+        overflow = "drop_oldest"
+        max_age = "10s"
         [endpoints.alpha.heartbeat]
         interval = "15s"
         timeout = "500ms"
         message = '{"type":"heartbeat"}'
         reply = '{"type":"heartbeat_ack"'
+        idle_only = true
+        [[endpoints.alpha.auto_reply]]
+        match = 'ping (?P<id>\d+)'
+        reply = "pong ${id}"
+        reply_binary = true
+        decompress = "gzip"
+        hide = false
+        [[endpoints.alpha.auto_reply]]
+        match = "^hb$"
+        reply = "hb"
+        decompress = "deflate"
         [endpoints.alpha.reconnect]
         initial_delay = "1s"
         max_delay = "1m"
@@ -101,9 +168,13 @@ fn everything_set_in_toml() {
     assert_eq!(server.max_clients, 8);
     assert_eq!(server.client_queue_messages, 100);
     assert_eq!(server.client_queue_bytes, 2_000_000);
+    assert_eq!(server.max_subscriptions_per_client, 3);
+    assert_eq!(server.drain_timeout, Duration::ZERO);
+    assert_eq!(server.metrics_listen, Some("[::1]:9464".parse().unwrap()));
     assert_eq!(settings.log.level, "wsmuxd=debug,info");
     assert_eq!(settings.log.dir, Some(PathBuf::from("/var/log/wsmux")));
     assert!(settings.log.json);
+    assert_eq!(settings.log.max_files, 0);
 
     let names: Vec<_> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["alpha", "zeta"], "sorted by name");
@@ -111,6 +182,52 @@ fn everything_set_in_toml() {
     assert_eq!(alpha.subprotocols, ["v1.json", "v2.json"]);
     assert_eq!(alpha.connect_timeout, Duration::from_secs(90));
     assert_eq!(alpha.max_message_size, 4096);
+    assert_eq!(
+        alpha.on_connect,
+        [
+            OutboundMessage::Text("hello".into()),
+            OutboundMessage::Text("again".into()),
+            OutboundMessage::Binary(vec![0, 1, 2]),
+            OutboundMessage::Binary(vec![0xff, 0]),
+        ]
+    );
+    assert_eq!(alpha.slow_client, SlowClientPolicy::Disconnect);
+    assert_eq!(alpha.max_lifetime, Some(Duration::from_secs(3600)));
+    assert!(alpha.fatal_statuses.is_empty(), "[] means never fatal");
+    assert_eq!(alpha.fatal_close_codes, [1008, 4000, 4999]);
+    assert_eq!(
+        alpha.queue,
+        QueueSettings {
+            max_messages: 0,
+            max_bytes: 1,
+            overflow: QueueOverflow::DropOldest,
+            max_age: Some(Duration::from_secs(10)),
+        }
+    );
+    assert!(alpha.heartbeat.idle_only);
+    assert_eq!(
+        alpha.auto_reply,
+        [
+            AutoReplyRule {
+                pattern: r"ping (?P<id>\d+)".into(),
+                reply: "pong ${id}".into(),
+                reply_binary: true,
+                decompress: Decompress::Gzip,
+                hide: false,
+            },
+            AutoReplyRule {
+                pattern: "^hb$".into(),
+                reply: "hb".into(),
+                reply_binary: false,
+                decompress: Decompress::Deflate,
+                hide: true,
+            },
+        ]
+    );
+    assert_eq!(
+        settings.endpoints[1],
+        EndpointSettings::new("zeta", "ws://localhost:9000/".parse().unwrap())
+    );
     assert_eq!(alpha.heartbeat.interval, Duration::from_secs(15));
     assert_eq!(alpha.heartbeat.timeout, Duration::from_millis(500));
     assert_eq!(
@@ -853,7 +970,7 @@ fn the_example_file_loads() {
     assert_eq!(settings.server, ServerSettings::default());
     assert_eq!(settings.log, LogSettings::default());
     let names: Vec<_> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["feed", "prices", "ticks"]);
+    assert_eq!(names, ["feed", "lines", "prices", "ticks"]);
 
     let feed = &settings.endpoints[0];
     assert_eq!(
@@ -870,21 +987,103 @@ fn the_example_file_loads() {
         Some(HeartbeatReply::Text(r#"{"type":"heartbeat_ack""#.into()))
     );
     // The first endpoint spells out the defaults.
-    assert_eq!(feed.reconnect, ReconnectSettings::default());
-    assert_eq!(feed.connect_timeout, Duration::from_secs(10));
+    let defaults = EndpointSettings::new("feed", feed.url.clone());
+    assert_eq!(feed.reconnect, defaults.reconnect);
+    assert_eq!(feed.connect_timeout, defaults.connect_timeout);
+    assert_eq!(feed.max_message_size, defaults.max_message_size);
+    assert_eq!(feed.heartbeat.interval, defaults.heartbeat.interval);
+    assert_eq!(feed.heartbeat.timeout, defaults.heartbeat.timeout);
+    assert_eq!(feed.heartbeat.idle_only, defaults.heartbeat.idle_only);
+    assert_eq!(feed.on_connect, defaults.on_connect);
+    assert_eq!(feed.queue, defaults.queue);
+    assert_eq!(feed.auto_reply, defaults.auto_reply);
+    assert_eq!(feed.slow_client, defaults.slow_client);
+    assert_eq!(feed.max_lifetime, defaults.max_lifetime);
+    assert_eq!(feed.fatal_statuses, defaults.fatal_statuses);
+    assert_eq!(feed.fatal_close_codes, defaults.fatal_close_codes);
+    assert_eq!(feed.tls, defaults.tls);
 
-    let prices = &settings.endpoints[1];
+    let lines = &settings.endpoints[1];
+    assert_eq!(
+        lines.on_connect,
+        [
+            OutboundMessage::Text("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n".into()),
+            OutboundMessage::Text("SUB updates 1\r\n".into()),
+        ]
+    );
+    assert_eq!(
+        lines.auto_reply,
+        [AutoReplyRule {
+            pattern: "^PING\r\n$".into(),
+            reply: "PONG\r\n".into(),
+            reply_binary: false,
+            decompress: Decompress::None,
+            hide: true,
+        }]
+    );
+
+    let prices = &settings.endpoints[2];
     assert_eq!(prices.heartbeat.kind, HeartbeatKind::Ping);
     assert_eq!(prices.heartbeat.timeout, Duration::from_secs(90));
+    assert!(prices.heartbeat.idle_only);
     assert_eq!(prices.headers["Authorization"], "Bearer pt");
     assert_eq!(prices.reconnect.max_attempts, 10);
+    assert_eq!(
+        prices.on_connect,
+        [
+            OutboundMessage::Text(r#"{"op":"subscribe","channels":["btc-usd","eth-usd"]}"#.into()),
+            OutboundMessage::Text(r#"{"op":"hello","client":"wsmux"}"#.into()),
+        ]
+    );
+    assert_eq!(prices.slow_client, SlowClientPolicy::Disconnect);
+    assert_eq!(prices.max_lifetime, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(prices.fatal_statuses, [401, 403, 404]);
+    assert_eq!(prices.fatal_close_codes, [4001]);
+    assert_eq!(
+        prices.queue,
+        QueueSettings {
+            max_messages: 100,
+            max_bytes: 65536,
+            overflow: QueueOverflow::DropOldest,
+            max_age: Some(Duration::from_secs(30)),
+        }
+    );
+    assert_eq!(
+        prices.auto_reply,
+        [AutoReplyRule {
+            pattern: r#"^\{"ping":(\d+)\}$"#.into(),
+            reply: r#"{"pong":$1}"#.into(),
+            reply_binary: false,
+            decompress: Decompress::None,
+            hide: true,
+        }]
+    );
 
-    let ticks = &settings.endpoints[2];
+    let ticks = &settings.endpoints[3];
     assert_eq!(ticks.heartbeat.kind, HeartbeatKind::Binary(vec![0xc0, 0]));
     assert_eq!(
         ticks.heartbeat.reply,
         Some(HeartbeatReply::Binary(vec![0xd0, 0]))
     );
+    assert_eq!(
+        ticks.on_connect,
+        [
+            OutboundMessage::Binary(vec![1, 0, 2]),
+            OutboundMessage::Binary(vec![1, 0, 3]),
+        ]
+    );
+    assert_eq!(ticks.queue.max_messages, 0);
+
+    // The rules do what the comments say, as `regex` applies them.
+    let ping = regex::Regex::new(&prices.auto_reply[0].pattern).unwrap();
+    let mut reply = String::new();
+    ping.captures(r#"{"ping":1700000000}"#)
+        .unwrap()
+        .expand(&prices.auto_reply[0].reply, &mut reply);
+    assert_eq!(reply, r#"{"pong":1700000000}"#);
+    let nats = regex::Regex::new(&lines.auto_reply[0].pattern).unwrap();
+    assert!(nats.is_match("PING\r\n"));
+    assert!(!nats.is_match("PING\r\nPING\r\n"));
 
     let err = Loader::new()
         .file(&path)
@@ -908,4 +1107,862 @@ fn loader_debug_hides_secrets() {
     let text = format!("{loader:?}");
     assert!(!text.contains("secret"), "{text}");
     assert!(text.contains("inline"), "{text}");
+}
+
+#[test]
+fn metrics_listen_accepts_loopback_socket_addresses_only() {
+    for (text, addr) in [
+        ("127.0.0.1:9464", "127.0.0.1:9464"),
+        ("127.1.2.3:80", "127.1.2.3:80"),
+        ("[::1]:9464", "[::1]:9464"),
+        ("[::ffff:127.0.0.1]:9464", "[::ffff:127.0.0.1]:9464"),
+    ] {
+        let settings = load(&format!("metrics_listen = {text:?}\n{MINIMAL}"));
+        assert_eq!(
+            settings.server.metrics_listen,
+            Some(addr.parse().unwrap()),
+            "{text}"
+        );
+    }
+    for (text, reason) in [
+        (
+            "0.0.0.0:9464",
+            "not `0.0.0.0`: metrics are served on loopback only",
+        ),
+        ("[::]:9464", "not `::`: metrics are served on loopback only"),
+        ("192.168.1.10:9464", "must be a loopback address"),
+        ("localhost:9464", "not an IP:PORT socket address"),
+        ("127.0.0.1", "not an IP:PORT socket address"),
+        ("::1:9464", "not an IP:PORT socket address"),
+        ("", "must not be empty"),
+    ] {
+        let err = load_err(&format!("metrics_listen = {text:?}\n{MINIMAL}"), &[]);
+        assert_eq!(err.key(), Some("metrics_listen"), "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+    let err = load_err(MINIMAL, &[("WSMUX_METRICS_LISTEN", "0.0.0.0:9464")]);
+    assert!(
+        err.to_string().starts_with(
+            "environment variable WSMUX_METRICS_LISTEN: metrics_listen: must be a loopback"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn on_connect_messages_resolve_references_and_decode_binary() {
+    let settings = load_with(
+        r#"
+        [endpoints.feed]
+        url = "wss://example.com/"
+        on_connect = [
+            '{"op":"auth","token":"${TOKEN}"}',
+            { text = "price: $$5" },
+            { base64 = "AQID" },
+            { base64 = "AQ" },
+            { base64 = """
+                AAEC
+                AwQF
+            """ },
+            { hex = "DEADbeef" },
+            "${EMPTY}not empty",
+        ]
+        "#,
+        &[("TOKEN", "t0k"), ("EMPTY", "")],
+    )
+    .unwrap();
+    assert_eq!(
+        settings.endpoints[0].on_connect,
+        [
+            OutboundMessage::Text(r#"{"op":"auth","token":"t0k"}"#.into()),
+            OutboundMessage::Text("price: $5".into()),
+            OutboundMessage::Binary(vec![1, 2, 3]),
+            OutboundMessage::Binary(vec![1]),
+            OutboundMessage::Binary(vec![0, 1, 2, 3, 4, 5]),
+            OutboundMessage::Binary(vec![0xde, 0xad, 0xbe, 0xef]),
+            OutboundMessage::Text("not empty".into()),
+        ]
+    );
+    // Base64 and hex are never interpolated.
+    let err = load_err(
+        "[endpoints.feed]\nurl = \"wss://example.com/\"\non_connect = [{ base64 = \"${X}\" }]",
+        &[("X", "AAAA")],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.on_connect[0].base64"));
+}
+
+#[test]
+fn on_connect_errors_name_the_element() {
+    let with_feed = |items: &str| {
+        format!("[endpoints.feed]\nurl = \"wss://example.com/\"\non_connect = [{items}]")
+    };
+    let cases = [
+        (
+            r#""ok", { hex = "abc" }"#,
+            "endpoints.feed.on_connect[1].hex",
+            "invalid hex: odd number of digits",
+        ),
+        (
+            r#""ok", { hex = "" }"#,
+            "endpoints.feed.on_connect[1].hex",
+            "must not be empty",
+        ),
+        (
+            r#"{ base64 = "AB$=" }"#,
+            "endpoints.feed.on_connect[0].base64",
+            "invalid base64: '$' is not a base64 character",
+        ),
+        (
+            r#"{ base64 = "A" }"#,
+            "endpoints.feed.on_connect[0].base64",
+            "invalid base64",
+        ),
+        (
+            r#"{ base64 = "" }"#,
+            "endpoints.feed.on_connect[0].base64",
+            "must not be empty",
+        ),
+        (
+            r#""""#,
+            "endpoints.feed.on_connect[0]",
+            "the message must not be empty",
+        ),
+        (
+            r#""a", "b", { text = "" }"#,
+            "endpoints.feed.on_connect[2].text",
+            "the message must not be empty",
+        ),
+        (
+            r#""${EMPTY}""#,
+            "endpoints.feed.on_connect[0]",
+            "the message (with `${VAR}` references resolved) must not be empty",
+        ),
+        (
+            r#""${UNSET}""#,
+            "endpoints.feed.on_connect[0]",
+            "environment variable UNSET is not set",
+        ),
+        (
+            r#""cost: $5""#,
+            "endpoints.feed.on_connect[0]",
+            "write `$$` for a literal `$`",
+        ),
+        (
+            r#"{ text = "a", hex = "00" }"#,
+            "endpoints.feed.on_connect[0].hex",
+            "cannot be combined with `text`",
+        ),
+        (
+            r#"{ base64 = "AA==", hex = "00" }"#,
+            "endpoints.feed.on_connect[0].hex",
+            "cannot be combined with `base64`",
+        ),
+        (
+            r#"{ text = "a", base64 = "AA==" }"#,
+            "endpoints.feed.on_connect[0].base64",
+            "cannot be combined with `text`",
+        ),
+        (
+            "{}",
+            "endpoints.feed.on_connect[0]",
+            "needs one of `text`, `base64` or `hex`",
+        ),
+        (
+            r#""a", { txt = "b" }"#,
+            "endpoints.feed.on_connect[1].txt",
+            "unknown key (did you mean `text`?)",
+        ),
+        (
+            r#""a", 5"#,
+            "endpoints.feed.on_connect[1]",
+            "invalid type: integer `5`, expected a message: a string, or a table",
+        ),
+        (
+            r#"{ text = 5 }"#,
+            "endpoints.feed.on_connect[0].text",
+            "expected a string",
+        ),
+    ];
+    for (items, key, reason) in cases {
+        let toml = with_feed(items);
+        let err = load_err(&toml, &[("EMPTY", "")]);
+        assert_eq!(err.key(), Some(key), "{toml}\n=> {err}");
+        assert_eq!(err.origin(), Origin::Inline(ORIGIN.into()), "{err}");
+        let prefix = format!("{ORIGIN}: {key}: ");
+        assert!(err.to_string().starts_with(&prefix), "{err}");
+        assert!(err.to_string().contains(reason), "{toml}\n=> {err}");
+    }
+
+    let err = load_err(
+        "[endpoints.feed]\nurl = \"wss://example.com/\"\non_connect = \"hello\"",
+        &[],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.on_connect"));
+    assert!(
+        err.to_string().contains("expected an array of messages"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_reply_rules_are_kept_in_order_with_defaults() {
+    let settings = load(
+        r#"
+        [endpoints.feed]
+        url = "wss://example.com/"
+        [[endpoints.feed.auto_reply]]
+        match = '^\{"ping":(\d+)\}$'
+        reply = '{"pong":$1}'
+        [[endpoints.feed.auto_reply]]
+        match = "^PING\r\n$"
+        reply = "PONG\r\n"
+        [[endpoints.feed.auto_reply]]
+        match = '(?<kind>hb|ping)-(\d+)-(?P<n>\d)'
+        reply = '$$${kind}:${2}0:$n:$0:$$'
+        "#,
+    );
+    let rules = &settings.endpoints[0].auto_reply;
+    let patterns: Vec<_> = rules.iter().map(|rule| rule.pattern.as_str()).collect();
+    assert_eq!(
+        patterns,
+        [
+            r#"^\{"ping":(\d+)\}$"#,
+            "^PING\r\n$",
+            r"(?<kind>hb|ping)-(\d+)-(?P<n>\d)"
+        ]
+    );
+    assert_eq!(rules[1].reply, "PONG\r\n");
+    for rule in rules {
+        assert!(!rule.reply_binary);
+        assert_eq!(rule.decompress, Decompress::None);
+        assert!(rule.hide);
+    }
+    // What validation accepted means what `regex` does with it.
+    let regex = regex::Regex::new(&rules[2].pattern).unwrap();
+    let mut reply = String::new();
+    regex
+        .captures("ping-42-7")
+        .unwrap()
+        .expand(&rules[2].reply, &mut reply);
+    assert_eq!(reply, "$ping:420:7:ping-42-7:$");
+}
+
+#[test]
+fn auto_reply_errors_name_the_rule_and_key() {
+    let rule = |body: &str| {
+        format!(
+            "[endpoints.feed]\nurl = \"wss://example.com/\"\n\
+             [[endpoints.feed.auto_reply]]\nmatch = \"a\"\nreply = \"b\"\n\
+             [[endpoints.feed.auto_reply]]\n{body}"
+        )
+    };
+    let cases = [
+        (
+            rule("reply = 'x'"),
+            "endpoints.feed.auto_reply[1].match",
+            "is required (a regular expression)",
+        ),
+        (
+            rule("match = ''\nreply = 'x'"),
+            "endpoints.feed.auto_reply[1].match",
+            "must not be empty",
+        ),
+        (
+            rule("match = '(ping'\nreply = 'x'"),
+            "endpoints.feed.auto_reply[1].match",
+            "invalid regular expression: regex parse error",
+        ),
+        (
+            rule("match = '(ping'\nreply = 'x'"),
+            "endpoints.feed.auto_reply[1].match",
+            "unclosed group",
+        ),
+        (
+            rule("match = 'ping'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "is required",
+        ),
+        (
+            rule("match = 'ping'\nreply = ''"),
+            "endpoints.feed.auto_reply[1].reply",
+            "must not be empty",
+        ),
+        (
+            rule("match = 'ping (\\d+)'\nreply = 'pong $2'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "`$2` refers to capture group 2, but the pattern has only 1 capture group",
+        ),
+        (
+            rule("match = 'ping'\nreply = 'pong ${1}'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "`${1}` refers to capture group 1, but the pattern has no capture groups",
+        ),
+        (
+            rule("match = 'ping (\\d+)'\nreply = 'pong ${id}'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "`${id}` refers to a capture group named `id`, which the pattern does not have",
+        ),
+        (
+            rule("match = 'ping (\\d+)'\nreply = 'pong $1a'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "`$1a` refers to a capture group named `1a`, which the pattern does not have \
+             (for group 1 followed by `a`, write `${1}a`)",
+        ),
+        (
+            rule("match = 'ping (?<id>\\d+)'\nreply = 'pong $id_x'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "`$id_x` refers to a capture group named `id_x`",
+        ),
+        (
+            rule("match = 'ping'\nreply = 'costs $ 5'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "write `$$` for a literal `$`",
+        ),
+        (
+            rule("match = 'ping'\nreply = 'pong $'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "write `$$` for a literal `$`",
+        ),
+        (
+            rule("match = 'ping'\nreply = 'pong ${1'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "unterminated `${`",
+        ),
+        (
+            rule("match = 'ping'\nreply = 'pong ${}'"),
+            "endpoints.feed.auto_reply[1].reply",
+            "`${}` names no capture group",
+        ),
+        (
+            rule("match = 'ping'\nreply = 'pong'\ndecompress = 'zip'"),
+            "endpoints.feed.auto_reply[1].decompress",
+            r#"must be `none`, `gzip` or `deflate`, not "zip""#,
+        ),
+        (
+            rule("match = 'ping'\nreply = 'pong'\nhide = 'maybe'"),
+            "endpoints.feed.auto_reply[1].hide",
+            "expected a boolean",
+        ),
+        (
+            rule("mach = 'ping'\nreply = 'pong'"),
+            "endpoints.feed.auto_reply[1].mach",
+            "unknown key (did you mean `match`?)",
+        ),
+        (
+            "[endpoints.feed]\nurl = \"wss://example.com/\"\n\
+             [endpoints.feed.auto_reply]\nmatch = 'a'\nreply = 'b'"
+                .into(),
+            "endpoints.feed.auto_reply",
+            "expected an array of tables",
+        ),
+    ];
+    for (toml, key, reason) in cases {
+        let err = load_err(&toml, &[]);
+        assert_eq!(err.key(), Some(key), "{toml}\n=> {err}");
+        assert_eq!(err.origin(), Origin::Inline(ORIGIN.into()), "{err}");
+        assert!(err.to_string().contains(reason), "{toml}\n=> {err}");
+    }
+}
+
+#[test]
+fn queue_and_endpoint_policy_errors() {
+    let with_feed =
+        |extra: &str| format!("[endpoints.feed]\nurl = \"wss://example.com/\"\n{extra}");
+    let cases = [
+        (
+            with_feed("[endpoints.feed.queue]\nmax_bytes = 0"),
+            "endpoints.feed.queue.max_bytes",
+            "must be at least 1",
+        ),
+        (
+            with_feed("[endpoints.feed.queue]\nmax_messages = -1"),
+            "endpoints.feed.queue.max_messages",
+            "invalid value: integer `-1`",
+        ),
+        (
+            with_feed("[endpoints.feed.queue]\noverflow = \"drop\""),
+            "endpoints.feed.queue.overflow",
+            r#"must be `reject` or `drop_oldest`, not "drop""#,
+        ),
+        (
+            with_feed("[endpoints.feed.queue]\nmax_age = \"0s\""),
+            "endpoints.feed.queue.max_age",
+            "must be greater than zero",
+        ),
+        (
+            with_feed("[endpoints.feed.queue]\nmax_mesages = 5"),
+            "endpoints.feed.queue.max_mesages",
+            "unknown key (did you mean `max_messages`?)",
+        ),
+        (
+            with_feed("slow_client = \"block\""),
+            "endpoints.feed.slow_client",
+            r#"must be `drop` or `disconnect`, not "block""#,
+        ),
+        (
+            with_feed("max_lifetime = \"0s\""),
+            "endpoints.feed.max_lifetime",
+            "must be greater than zero",
+        ),
+        (
+            with_feed("fatal_statuses = [401, 99]"),
+            "endpoints.feed.fatal_statuses[1]",
+            "99 is not an HTTP status: must be between 100 and 599",
+        ),
+        (
+            with_feed("fatal_statuses = [600]"),
+            "endpoints.feed.fatal_statuses[0]",
+            "must be between 100 and 599",
+        ),
+        (
+            with_feed("fatal_statuses = [70000]"),
+            "endpoints.feed.fatal_statuses[0]",
+            "70000 is not an HTTP status",
+        ),
+        (
+            with_feed("fatal_statuses = [401, 403, 401]"),
+            "endpoints.feed.fatal_statuses[2]",
+            "401 is listed twice",
+        ),
+        (
+            with_feed("fatal_statuses = [\"x\"]"),
+            "endpoints.feed.fatal_statuses[0]",
+            "invalid value",
+        ),
+        (
+            with_feed("fatal_close_codes = [999]"),
+            "endpoints.feed.fatal_close_codes[0]",
+            "999 is not a WebSocket close code: must be between 1000 and 4999",
+        ),
+        (
+            with_feed("fatal_close_codes = [4000, 5000]"),
+            "endpoints.feed.fatal_close_codes[1]",
+            "must be between 1000 and 4999",
+        ),
+        (
+            with_feed("[endpoints.feed.heartbeat]\nidle_only = 1"),
+            "endpoints.feed.heartbeat.idle_only",
+            "expected a boolean",
+        ),
+        (
+            format!("max_subscriptions_per_client = 0\n{MINIMAL}"),
+            "max_subscriptions_per_client",
+            "must be at least 1",
+        ),
+        (
+            format!("drain_timeout = \"soon\"\n{MINIMAL}"),
+            "drain_timeout",
+            "expected a duration",
+        ),
+        (
+            format!("[log]\nmax_files = -1\n{MINIMAL}"),
+            "log.max_files",
+            "invalid value: integer `-1`",
+        ),
+    ];
+    for (toml, key, reason) in cases {
+        let err = load_err(&toml, &[]);
+        assert_eq!(err.key(), Some(key), "{toml}\n=> {err}");
+        assert_eq!(err.origin(), Origin::Inline(ORIGIN.into()), "{err}");
+        let prefix = format!("{ORIGIN}: {key}: ");
+        assert!(err.to_string().starts_with(&prefix), "{err}");
+        assert!(err.to_string().contains(reason), "{toml}\n=> {err}");
+    }
+}
+
+#[test]
+fn new_keys_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let settings = load_with(
+        MINIMAL,
+        &[
+            ("WSMUX_MAX_SUBSCRIPTIONS_PER_CLIENT", "4"),
+            ("WSMUX_DRAIN_TIMEOUT", "0s"),
+            ("WSMUX_METRICS_LISTEN", "127.0.0.1:9464"),
+            ("WSMUX_LOG__MAX_FILES", "30"),
+            ("WSMUX_ENDPOINTS__FEED__SLOW_CLIENT", "disconnect"),
+            ("WSMUX_ENDPOINTS__FEED__MAX_LIFETIME", "6h"),
+            ("WSMUX_ENDPOINTS__FEED__FATAL_STATUSES", "401, 403,429"),
+            ("WSMUX_ENDPOINTS__FEED__FATAL_CLOSE_CODES", "4000"),
+            ("WSMUX_ENDPOINTS__FEED__QUEUE__MAX_MESSAGES", "0"),
+            ("WSMUX_ENDPOINTS__FEED__QUEUE__OVERFLOW", "drop_oldest"),
+            ("WSMUX_ENDPOINTS__FEED__QUEUE__MAX_AGE", "1m"),
+            ("WSMUX_ENDPOINTS__FEED__HEARTBEAT__IDLE_ONLY", "yes"),
+            ("WSMUX_ENDPOINTS__FEED__TLS__CA_FILE", ca.to_str().unwrap()),
+            // A lone comma: an empty list (an empty value would count as unset).
+            ("WSMUX_ENDPOINTS__OTHER__URL", "ws://localhost:1/"),
+            ("WSMUX_ENDPOINTS__OTHER__FATAL_STATUSES", ","),
+        ],
+    )
+    .unwrap();
+    assert_eq!(settings.server.max_subscriptions_per_client, 4);
+    assert_eq!(settings.server.drain_timeout, Duration::ZERO);
+    assert_eq!(
+        settings.server.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(settings.log.max_files, 30);
+    let feed = &settings.endpoints[0];
+    assert_eq!(feed.slow_client, SlowClientPolicy::Disconnect);
+    assert_eq!(feed.max_lifetime, Some(Duration::from_secs(6 * 3600)));
+    assert_eq!(feed.fatal_statuses, [401, 403, 429]);
+    assert_eq!(feed.fatal_close_codes, [4000]);
+    assert_eq!(
+        feed.queue,
+        QueueSettings {
+            max_messages: 0,
+            max_bytes: 1024 * 1024,
+            overflow: QueueOverflow::DropOldest,
+            max_age: Some(Duration::from_secs(60)),
+        }
+    );
+    assert!(feed.heartbeat.idle_only);
+    assert_eq!(feed.tls.ca_file.as_deref(), Some(ca.as_path()));
+    assert!(settings.endpoints[1].fatal_statuses.is_empty());
+
+    // Errors name the variable, and the element of a list.
+    let err = load_err(
+        MINIMAL,
+        &[("WSMUX_ENDPOINTS__FEED__FATAL_STATUSES", "401,99")],
+    );
+    assert_eq!(
+        err.to_string(),
+        "environment variable WSMUX_ENDPOINTS__FEED__FATAL_STATUSES: \
+         endpoints.feed.fatal_statuses[1]: 99 is not an HTTP status: must be between 100 and 599"
+    );
+    let err = load_err(
+        MINIMAL,
+        &[("WSMUX_ENDPOINTS__FEED__QUEUE__OVERFLOW", "oops")],
+    );
+    assert_eq!(
+        err.origin(),
+        Origin::EnvVar("WSMUX_ENDPOINTS__FEED__QUEUE__OVERFLOW".into())
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.queue.overflow"));
+    // Misspelt nested keys are caught as for the older tables.
+    let err = load_err(
+        MINIMAL,
+        &[("WSMUX_ENDPOINTS_FEED_QUEUE_OVERFLOW", "reject")],
+    );
+    assert!(err.to_string().contains("separated by `__`"), "{err}");
+
+    // Arrays of free text or tables cannot come from a variable.
+    let err = load_err(MINIMAL, &[("WSMUX_ENDPOINTS__FEED__ON_CONNECT", "hello")]);
+    assert_eq!(err.key(), Some("endpoints.feed.on_connect"));
+    assert_eq!(
+        err.origin(),
+        Origin::EnvVar("WSMUX_ENDPOINTS__FEED__ON_CONNECT".into())
+    );
+    assert!(
+        err.to_string().contains("expected an array of messages"),
+        "{err}"
+    );
+    let err = load_err(
+        MINIMAL,
+        &[("WSMUX_ENDPOINTS__FEED__AUTO_REPLY__MATCH", "ping")],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.auto_reply"));
+    assert!(
+        err.to_string().contains("expected an array of tables"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tls_files_are_resolved_against_the_config_file_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let ca = write(&certs, "ca.pem", "ca");
+    let cert = write(&certs, "client.pem", "cert");
+    let key = write(&certs, "client.key", "key");
+    let config = write(
+        dir.path(),
+        "wsmux.toml",
+        &format!(
+            "[endpoints.feed]\nurl = \"wss://example.com/\"\n[endpoints.feed.tls]\n\
+             ca_file = \"certs/ca.pem\"\nclient_cert = \"./certs/client.pem\"\n\
+             client_key = {:?}\n",
+            key.to_str().unwrap()
+        ),
+    );
+    let load_files = |files: &[&Path], env: &[(&str, &str)]| {
+        files
+            .iter()
+            .fold(Loader::new(), |loader, file| loader.file(file))
+            .env(vars(env))
+            .load()
+    };
+    let settings = load_files(&[&config], &[]).unwrap();
+    let tls = &settings.endpoints[0].tls;
+    assert_eq!(tls.ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(
+        tls.client_cert.as_deref(),
+        Some(certs.join(".").join("client.pem").as_path())
+    );
+    assert!(tls.client_cert.as_ref().unwrap().is_absolute());
+    assert_eq!(tls.client_key.as_deref(), Some(key.as_path()));
+    assert_eq!(
+        std::fs::read_to_string(tls.client_cert.as_ref().unwrap()).unwrap(),
+        "cert"
+    );
+
+    // A file in another directory resolves its own relative paths.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let sub_ca = write(&sub, "ca.pem", "other ca");
+    let overlay = write(
+        &sub,
+        "overlay.toml",
+        "[endpoints.feed.tls]\nca_file = \"ca.pem\"\n",
+    );
+    let settings = load_files(&[&config, &overlay], &[]).unwrap();
+    let tls = &settings.endpoints[0].tls;
+    assert_eq!(tls.ca_file.as_deref(), Some(sub_ca.as_path()));
+    assert_eq!(tls.client_key.as_deref(), Some(key.as_path()));
+
+    // Missing or unreadable files: the key and the resolved path.
+    let missing = write(
+        &sub,
+        "missing.toml",
+        "[endpoints.feed.tls]\nca_file = \"nope.pem\"\n",
+    );
+    let err = load_files(&[&config, &missing], &[]).unwrap_err();
+    assert_eq!(err.origin(), Origin::File(missing.clone()));
+    assert_eq!(err.key(), Some("endpoints.feed.tls.ca_file"));
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}: endpoints.feed.tls.ca_file: cannot read `{}`: ",
+            missing.display(),
+            sub.join("nope.pem").display()
+        )),
+        "{err}"
+    );
+    let a_dir = write(&sub, "dir.toml", "[endpoints.feed.tls]\nca_file = \".\"\n");
+    let err = load_files(&[&config, &a_dir], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("is a directory, not a file"),
+        "{err}"
+    );
+
+    // Certificate and key go together.
+    let err = load_err(
+        &format!(
+            "{MINIMAL}[endpoints.feed.tls]\nclient_cert = {:?}\n",
+            cert.to_str().unwrap()
+        ),
+        &[],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.tls.client_key"));
+    assert!(
+        err.to_string().contains("is required with `client_cert`"),
+        "{err}"
+    );
+    let err = load_err(
+        &format!(
+            "{MINIMAL}[endpoints.feed.tls]\nclient_key = {:?}\n",
+            key.to_str().unwrap()
+        ),
+        &[],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.tls.client_cert"));
+    assert!(
+        err.to_string().contains("is required with `client_key`"),
+        "{err}"
+    );
+    // Checked before the files are: the pairing error comes first.
+    let err = load_err(
+        &format!("{MINIMAL}[endpoints.feed.tls]\nclient_key = \"/nonexistent/k\"\n"),
+        &[],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.tls.client_cert"));
+    let err = load_err(
+        &format!("{MINIMAL}[endpoints.feed.tls]\nca_file = \"\"\n"),
+        &[],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.tls.ca_file"));
+    assert!(err.to_string().contains("must not be empty"), "{err}");
+
+    // From the environment, relative paths are relative to the current directory.
+    let err = load_files(
+        &[&config],
+        &[("WSMUX_ENDPOINTS__FEED__TLS__CA_FILE", "no-such-dir/ca.pem")],
+    )
+    .unwrap_err();
+    let expected = std::env::current_dir().unwrap().join("no-such-dir/ca.pem");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "environment variable WSMUX_ENDPOINTS__FEED__TLS__CA_FILE: endpoints.feed.tls.ca_file: \
+             cannot read `{}`",
+            expected.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_references_read_secrets_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    write(&secrets, "token", "s3cret\n");
+    write(&secrets, "crlf", "line\r\n");
+    write(&secrets, "two", "two\n\n");
+    let absolute = write(dir.path(), "absolute", "abs");
+    let config = write(
+        dir.path(),
+        "wsmux.toml",
+        &format!(
+            r#"
+            [endpoints.feed]
+            url = "wss://example.com/?token=${{file:secrets/token}}"
+            headers = {{ X-Crlf = "${{file:secrets/crlf}}", X-Abs = "${{file:{}}}" }}
+            on_connect = ["${{file:secrets/two}}", {{ text = "$${{file:x}} ${{file:./secrets/token}}" }}]
+            "#,
+            absolute.display()
+        ),
+    );
+    let settings = Loader::new()
+        .file(&config)
+        .env(HashMap::new())
+        .load()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let feed = &settings.endpoints[0];
+    assert_eq!(feed.url.as_str(), "wss://example.com/?token=s3cret");
+    assert_eq!(feed.headers["X-Crlf"], "line");
+    assert_eq!(feed.headers["X-Abs"], "abs");
+    assert_eq!(
+        feed.on_connect,
+        [
+            OutboundMessage::Text("two\n".into()),
+            OutboundMessage::Text("${file:x} s3cret".into()),
+        ]
+    );
+
+    // Only one newline is removed: a header value then fails its own check.
+    let two = write(
+        dir.path(),
+        "two.toml",
+        "[endpoints.feed.headers]\nX-Crlf = \"${file:secrets/two}\"\n",
+    );
+    let err = Loader::new()
+        .file(&config)
+        .file(&two)
+        .env(HashMap::new())
+        .load()
+        .unwrap_err();
+    assert_eq!(err.key(), Some("endpoints.feed.headers.X-Crlf"));
+    assert!(err.to_string().contains("control characters"), "{err}");
+
+    // An unreadable file: the key and the path, never the content.
+    let missing = write(
+        dir.path(),
+        "missing.toml",
+        "[endpoints.feed.headers]\nAuthorization = \"Bearer ${file:secrets/nope}\"\n",
+    );
+    let err = Loader::new()
+        .file(&config)
+        .file(&missing)
+        .env(HashMap::new())
+        .load()
+        .unwrap_err();
+    assert_eq!(err.origin(), Origin::File(missing.clone()));
+    assert_eq!(err.key(), Some("endpoints.feed.headers.Authorization"));
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}: endpoints.feed.headers.Authorization: cannot read `{}`: ",
+            missing.display(),
+            secrets.join("nope").display()
+        )),
+        "{err}"
+    );
+
+    // Not UTF-8: the path, not the bytes.
+    std::fs::write(secrets.join("binary"), b"\xff\xfe s3cret").unwrap();
+    let err = load_err(
+        &format!(
+            "[endpoints.feed]\nurl = \"wss://example.com/\"\non_connect = [\"${{file:{}}}\"]",
+            secrets.join("binary").display()
+        ),
+        &[],
+    );
+    assert_eq!(err.key(), Some("endpoints.feed.on_connect[0]"));
+    assert!(err.to_string().contains("binary"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+
+    // Inline text and variables: relative to the current directory.
+    let err = load_err(
+        "[endpoints.feed]\nurl = \"wss://example.com/?t=${file:no-such-dir/token}\"",
+        &[],
+    );
+    let expected = Path::new("no-such-dir/token");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "wsmux.toml: endpoints.feed.url: cannot read `{}`: ",
+            expected.display()
+        )),
+        "{err}"
+    );
+    let err = load_err(
+        "[endpoints.feed]\nurl = \"wss://example.com/?t=${file:}\"",
+        &[],
+    );
+    assert!(err.to_string().contains("`${file:}` needs a path"), "{err}");
+    let settings = load_with(
+        MINIMAL,
+        &[(
+            "WSMUX_ENDPOINTS__FEED__HEADERS__AUTHORIZATION",
+            &format!("Bearer ${{file:{}}}", secrets.join("token").display()),
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        settings.endpoints[0].headers["authorization"],
+        "Bearer s3cret"
+    );
+}
+
+#[test]
+fn later_files_replace_arrays_and_own_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write(
+        dir.path(),
+        "base.toml",
+        "[endpoints.feed]\nurl = \"wss://example.com\"\non_connect = [\"a\", \"b\"]\n\
+         fatal_statuses = [401]\n\
+         [[endpoints.feed.auto_reply]]\nmatch = \"x\"\nreply = \"y\"\n\
+         [[endpoints.feed.auto_reply]]\nmatch = \"z\"\nreply = \"w\"\n",
+    );
+    let local = write(
+        dir.path(),
+        "local.toml",
+        "[endpoints.feed]\non_connect = [\"c\"]\nfatal_statuses = [403]\n\
+         [[endpoints.feed.auto_reply]]\nmatch = \"q\"\nreply = \"r\"\n",
+    );
+    let settings = Loader::new()
+        .file(&base)
+        .file(&local)
+        .env(HashMap::new())
+        .load()
+        .unwrap();
+    let feed = &settings.endpoints[0];
+    assert_eq!(feed.on_connect, [OutboundMessage::Text("c".into())]);
+    assert_eq!(feed.fatal_statuses, [403]);
+    let patterns: Vec<_> = feed.auto_reply.iter().map(|r| r.pattern.as_str()).collect();
+    assert_eq!(patterns, ["q"]);
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[[endpoints.feed.auto_reply]]\nmatch = \"(\"\nreply = \"r\"\n",
+    );
+    let err = Loader::new()
+        .file(&base)
+        .file(&bad)
+        .env(HashMap::new())
+        .load()
+        .unwrap_err();
+    assert_eq!(err.origin(), Origin::File(bad.clone()));
+    assert_eq!(err.key(), Some("endpoints.feed.auto_reply[0].match"));
 }

@@ -30,7 +30,15 @@ pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> By
 
 /// An `ack` frame.
 pub fn ack(id: u64) -> Bytes {
-    encode(&ServerMsg::Ack(Ack { id }))
+    encode(&ServerMsg::Ack(Ack { id, queued: None }))
+}
+
+/// An `ack` frame for a `send` that was queued rather than written.
+pub fn ack_queued(id: u64) -> Bytes {
+    encode(&ServerMsg::Ack(Ack {
+        id,
+        queued: Some(true),
+    }))
 }
 
 #[cfg(test)]

@@ -12,27 +12,32 @@ pub mod local;
 pub mod logging;
 pub mod outbox;
 pub mod policy;
+pub mod rotation;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wsmux_config::EndpointSettings;
 pub use wsmux_config::Settings;
+use wsmux_proto::ErrorCode;
 
-use crate::endpoint::{redact_url, Endpoint};
-use crate::server::ServerContext;
+use crate::endpoint::{redact_url, Command, Endpoint};
+use crate::server::{ReloadRequest, ServerContext};
 use crate::upstream::Driver;
 
-/// How many client messages may wait for one endpoint's driver before senders wait.
+/// How many commands may wait for one endpoint's driver before senders wait.
 const COMMAND_QUEUE: usize = 1024;
 
-/// How long shutdown waits for endpoints to close and sessions to flush.
+/// How long shutdown waits for sessions to flush, beyond the drain of outbound queues.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The daemon could not run.
@@ -49,64 +54,158 @@ pub enum RunError {
 /// Called once the socket listens and every endpoint driver has started.
 pub type ReadyHook = Box<dyn FnOnce(&std::path::Path) + Send>;
 
-/// Runs the daemon until `shutdown` fires, then shuts down gracefully: stop accepting, send
-/// `closed` to subscribers, close every upstream with a close frame, flush clients, remove
-/// the socket file.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
-    run_with(settings, shutdown, None).await
+/// Produces fresh settings for a reload (re-reads the configuration file).
+pub type Reloader = Arc<dyn Fn() -> Result<Settings, String> + Send + Sync>;
+
+/// Optional parts of [`run_with`].
+#[derive(Default)]
+pub struct Options {
+    /// Called once the daemon is ready (readiness notification).
+    pub ready: Option<ReadyHook>,
+    /// How to re-read the configuration; without it, `reload` is refused.
+    pub reloader: Option<Reloader>,
+    /// Each message asks for a reload (SIGHUP).
+    pub reload_signals: Option<mpsc::Receiver<()>>,
 }
 
-/// [`run`], with a hook called once the daemon is ready (for readiness notification).
+/// Runs the daemon until `shutdown` fires, then shuts down gracefully: stop accepting, deliver
+/// queued messages (within `drain_timeout`), send `closed` to subscribers, close every upstream
+/// with a close frame, flush clients, remove the socket file.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with(settings, shutdown, Options::default()).await
+}
+
+/// The running endpoints and how to start and stop them.
+struct Endpoints {
+    /// Shared with the sessions.
+    ctx: Arc<ServerContext>,
+    /// Per endpoint: its stop token and the settings it runs with.
+    running: HashMap<String, (CancellationToken, EndpointSettings)>,
+    /// Parent of every endpoint's stop token.
+    cancel: CancellationToken,
+    /// Where drivers run.
+    tracker: TaskTracker,
+    /// Shared TLS configuration.
+    tls: Arc<rustls::ClientConfig>,
+    /// Largest frame sent to a client.
+    max_frame: usize,
+    /// Shutdown drain limit.
+    drain_timeout: Duration,
+}
+
+impl Endpoints {
+    fn start(&mut self, ep: &EndpointSettings) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let endpoint = Arc::new(Endpoint::new(ep, tx));
+        tracing::info!(endpoint = %ep.name, url = %redact_url(&ep.url), "starting endpoint");
+        let token = self.cancel.child_token();
+        let driver = Driver::new(
+            Arc::clone(&endpoint),
+            ep.clone(),
+            Arc::clone(&self.tls),
+            rx,
+            token.clone(),
+            self.max_frame,
+            self.drain_timeout,
+        );
+        self.tracker.spawn(driver.run());
+        self.ctx
+            .endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ep.name.clone(), endpoint);
+        self.running.insert(ep.name.clone(), (token, ep.clone()));
+    }
+
+    /// Applies new settings: added endpoints start, removed ones stop (their subscribers get
+    /// `closed`), changed ones reconnect with the new settings, the others are untouched.
+    async fn apply(&mut self, old: &Settings, new: &Settings) {
+        if old.server != new.server || old.log != new.log {
+            tracing::warn!("changes outside [endpoints] take effect only after a restart");
+        }
+        let wanted: BTreeMap<&str, &EndpointSettings> =
+            new.endpoints.iter().map(|e| (e.name.as_str(), e)).collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(endpoint = %name, "removed by reload");
+            let endpoint = self
+                .ctx
+                .endpoints
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            if let Some(endpoint) = endpoint {
+                endpoint.set_stop_reason("endpoint removed from the configuration");
+            }
+            if let Some((token, _)) = self.running.remove(&name) {
+                token.cancel();
+            }
+        }
+        for (name, settings) in wanted {
+            match self.running.get_mut(name) {
+                None => self.start(settings),
+                Some((_, current)) if current != settings => {
+                    *current = settings.clone();
+                    if let Some(ep) = self.ctx.endpoint(name) {
+                        ep.command(Command::Reconfigure(Box::new(settings.clone())))
+                            .await;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// [`run`], with readiness notification and configuration reload.
 pub async fn run_with(
     settings: Settings,
     shutdown: CancellationToken,
-    ready: Option<ReadyHook>,
+    options: Options,
 ) -> Result<(), RunError> {
+    let Options {
+        ready,
+        reloader,
+        reload_signals,
+    } = options;
     let path: PathBuf = local::resolve_socket_path(settings.server.socket.as_deref());
     let listener = local::bind(&path, settings.server.socket_mode).await?;
     tracing::info!(socket = %path.display(), "listening");
 
-    let tls = Arc::new(tls_config()?);
-    let endpoints_cancel = CancellationToken::new();
+    let tls = Arc::new(tls::base_config().map_err(RunError::Tls)?);
     let sessions_cancel = CancellationToken::new();
     let accept_cancel = CancellationToken::new();
-    let drivers = TaskTracker::new();
     let sessions = TaskTracker::new();
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(16);
 
-    let mut endpoints = BTreeMap::new();
-    for ep in &settings.endpoints {
-        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let endpoint = Arc::new(Endpoint::new(
-            ep.name.clone(),
-            redact_url(&ep.url),
-            ep.max_message_size,
-            tx,
-        ));
-        tracing::info!(endpoint = %ep.name, url = %redact_url(&ep.url), "starting endpoint");
-        let driver = Driver::new(
-            Arc::clone(&endpoint),
-            ep.clone(),
-            Arc::clone(&tls),
-            rx,
-            endpoints_cancel.clone(),
-            settings.server.max_frame_size,
-        );
-        drivers.spawn(driver.run());
-        endpoints.insert(ep.name.clone(), endpoint);
-    }
     let ctx = Arc::new(ServerContext {
-        endpoints,
+        endpoints: RwLock::new(BTreeMap::new()),
+        reload: reloader.is_some().then_some(reload_tx),
+        max_subscriptions: settings.server.max_subscriptions_per_client,
+        clients: AtomicUsize::new(0),
         max_frame: settings.server.max_frame_size,
         queue_messages: settings.server.client_queue_messages,
         queue_bytes: settings.server.client_queue_bytes,
-        allowed_uids: settings
-            .server
-            .allowed_uids
-            .iter()
-            .copied()
-            .collect::<HashSet<_>>(),
+        allowed_uids: settings.server.allowed_uids.iter().copied().collect(),
         server_name: format!("wsmuxd/{}", env!("CARGO_PKG_VERSION")),
     });
+    let mut endpoints = Endpoints {
+        ctx: Arc::clone(&ctx),
+        running: HashMap::new(),
+        cancel: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        tls,
+        max_frame: settings.server.max_frame_size,
+        drain_timeout: settings.server.drain_timeout,
+    };
+    for ep in &settings.endpoints {
+        endpoints.start(ep);
+    }
     let accept = tokio::spawn(server::accept_loop(
         listener,
         Arc::clone(&ctx),
@@ -119,15 +218,49 @@ pub async fn run_with(
         ready(&path);
     }
 
-    shutdown.cancelled().await;
+    let mut current = settings;
+    let mut signals = reload_signals;
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = recv_opt(&mut signals) => None,
+            Some(request) = reload_rx.recv() => Some(request),
+        };
+        let Some(reloader) = &reloader else {
+            tracing::warn!("reload requested, but this daemon has no configuration file");
+            continue;
+        };
+        match reloader() {
+            Ok(new) => {
+                tracing::info!("configuration reloaded");
+                endpoints.apply(&current, &new).await;
+                current = new;
+                if let Some(ReloadRequest {
+                    id: Some(id),
+                    reply,
+                }) = request
+                {
+                    reply.push_control(frames::ack(id));
+                }
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "reload rejected; the running configuration stays");
+                if let Some(ReloadRequest { id, reply }) = request {
+                    reply.push_control(frames::error(id, ErrorCode::InvalidConfig, reason));
+                }
+            }
+        }
+    }
+
     tracing::info!("shutting down");
     // 1. Stop accepting; dropping the listener removes the socket file.
     accept_cancel.cancel();
     let _ = accept.await;
-    // 2. Endpoints send `closed` to their subscribers and close upstream.
-    endpoints_cancel.cancel();
-    drivers.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, drivers.wait())
+    // 2. Endpoints deliver their queues (bounded), send `closed`, close upstream.
+    endpoints.cancel.cancel();
+    endpoints.tracker.close();
+    let grace = current.server.drain_timeout + SHUTDOWN_GRACE;
+    if tokio::time::timeout(grace, endpoints.tracker.wait())
         .await
         .is_err()
     {
@@ -150,20 +283,9 @@ pub async fn run_with(
     Ok(())
 }
 
-/// rustls client configuration trusting the platform's roots plus the webpki roots.
-fn tls_config() -> Result<rustls::ClientConfig, RunError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "could not load some platform root certificates");
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(platform_roots = added, "TLS roots loaded");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RunError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }

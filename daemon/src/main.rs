@@ -70,6 +70,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
 
     let demo_cancel = CancellationToken::new();
+    let mut config_path: Option<PathBuf> = None;
     let (mut settings, origin) = if args.demo {
         let addr = runtime
             .block_on(wsmuxd::demo::start(demo_cancel.clone()))
@@ -87,7 +88,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             ),
         };
         let settings = load(&path)?;
-        (settings, path.display().to_string())
+        let origin = path.display().to_string();
+        config_path = Some(path);
+        (settings, origin)
     };
     if let Some(socket) = args.socket {
         settings.server.socket = Some(socket);
@@ -116,8 +119,25 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     runtime.spawn(wait_for_signal(shutdown.clone()));
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    #[cfg(unix)]
+    runtime.spawn(forward_sighup(reload_tx));
+    #[cfg(not(unix))]
+    drop(reload_tx);
+    // A reload re-reads the same file and re-applies the command-line overrides.
+    let reloader: Option<wsmuxd::Reloader> = config_path.map(|path| {
+        let overrides = (settings.server.socket.clone(), settings.log.level.clone());
+        let reload: wsmuxd::Reloader = std::sync::Arc::new(move || {
+            let mut s = wsmux_config::load(&path).map_err(|e| e.to_string())?;
+            s.server.socket.clone_from(&overrides.0);
+            s.log.level.clone_from(&overrides.1);
+            Ok(s)
+        });
+        reload
+    });
     let demo = args.demo;
     let ready: wsmuxd::ReadyHook = Box::new(move |path| {
+        notify_ready();
         if demo {
             tracing::info!(
                 "demo running: try `wsmux subscribe {}` (or `cargo run -p wsmux-client -- subscribe {}`) with WSMUX_SOCKET={}",
@@ -127,11 +147,57 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             );
         }
     });
-    let result = runtime.block_on(wsmuxd::run_with(settings, shutdown, Some(ready)));
+    let options = wsmuxd::Options {
+        ready: Some(ready),
+        reloader,
+        reload_signals: Some(reload_rx),
+    };
+    let result = runtime.block_on(wsmuxd::run_with(settings, shutdown, options));
     demo_cancel.cancel();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) that the daemon is ready, when started by it.
+fn notify_ready() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let addr = match target.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            None => SocketAddr::from_pathname(&target),
+        };
+        let sent = addr.and_then(|addr| {
+            let sock = UnixDatagram::unbound()?;
+            sock.send_to_addr(b"READY=1\nSTATUS=listening", &addr)
+        });
+        match sent {
+            Ok(_) => tracing::debug!("notified systemd: ready"),
+            Err(e) => tracing::warn!(error = %e, socket = %target, "cannot notify systemd"),
+        }
+    }
+}
+
+/// Turns every SIGHUP into a reload request.
+#[cfg(unix)]
+async fn forward_sighup(tx: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with `wsmux reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        if tx.send(()).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(unix)]

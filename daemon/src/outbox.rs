@@ -7,7 +7,7 @@
 //! error before the next frame it delivers; replies and state events are never dropped.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 /// One encoded frame waiting for the writer.
 #[derive(Clone, Debug)]
 enum Item {
-    /// An upstream data message: may be dropped when the client lags.
-    Data(Bytes),
+    /// An upstream data message of an endpoint: may be dropped when the client lags.
+    Data(Arc<str>, Bytes),
     /// A reply or state event: always delivered.
     Control(Bytes),
 }
@@ -24,9 +24,18 @@ enum Item {
 impl Item {
     fn bytes(&self) -> &Bytes {
         match self {
-            Item::Data(b) | Item::Control(b) => b,
+            Item::Data(_, b) | Item::Control(b) => b,
         }
     }
+}
+
+/// What a push of a data frame did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; this many older data frames were dropped to make room.
+    Queued(u64),
+    /// The queue was full and the client is to be disconnected; the outbox is now closed.
+    Disconnected,
 }
 
 #[derive(Debug, Default)]
@@ -37,8 +46,8 @@ struct Inner {
     data_count: usize,
     /// Bytes of all frames in `queue`.
     bytes: usize,
-    /// Data frames dropped since the writer last reported it.
-    dropped: u64,
+    /// Data frames dropped per endpoint since the writer last reported it.
+    dropped: Vec<(Arc<str>, u64)>,
     /// No more frames are accepted; the writer drains what is queued and stops.
     closed: bool,
 }
@@ -48,8 +57,8 @@ struct Inner {
 pub struct Batch {
     /// Frames to write, in order.
     pub frames: Vec<Bytes>,
-    /// Data frames dropped before these (announce with `lagged` first).
-    pub dropped: u64,
+    /// Data frames dropped before these, per endpoint (announce with `lagged` first).
+    pub lagged: Vec<(Arc<str>, u64)>,
     /// The outbox is closed and this is the last batch.
     pub last: bool,
 }
@@ -87,35 +96,62 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an upstream data frame, dropping the oldest queued data frames if the limits
-    /// would be exceeded. Returns the number of frames dropped by this call.
-    pub fn push_data(&self, frame: Bytes) -> u64 {
+    /// Queues an upstream data frame of `endpoint`. When the limits would be exceeded, either
+    /// drops the oldest queued data frames (`disconnect == false`) or closes the outbox with
+    /// `farewell` as its last frame (`disconnect == true`).
+    pub fn push_data(
+        &self,
+        endpoint: &Arc<str>,
+        frame: Bytes,
+        disconnect: bool,
+        farewell: impl FnOnce() -> Bytes,
+    ) -> Pushed {
         let mut dropped = 0;
         {
             let mut inner = self.lock();
             if inner.closed {
-                return 0;
+                return Pushed::Queued(0);
             }
-            while inner.data_count > 0
-                && (inner.data_count + 1 > self.max_messages
-                    || inner.bytes + frame.len() > self.max_bytes)
-            {
-                let Some(pos) = inner.queue.iter().position(|i| matches!(i, Item::Data(_))) else {
+            let over = |inner: &Inner| {
+                inner.data_count > 0
+                    && (inner.data_count + 1 > self.max_messages
+                        || inner.bytes + frame.len() > self.max_bytes)
+            };
+            if disconnect && over(&inner) {
+                inner.queue.retain(|i| matches!(i, Item::Control(_)));
+                inner.bytes = inner.queue.iter().map(|i| i.bytes().len()).sum();
+                inner.data_count = 0;
+                let last = farewell();
+                inner.bytes += last.len();
+                inner.queue.push_back(Item::Control(last));
+                inner.closed = true;
+                drop(inner);
+                self.ready.notify_one();
+                self.drained.notify_waiters();
+                return Pushed::Disconnected;
+            }
+            while over(&inner) {
+                let Some(pos) = inner.queue.iter().position(|i| matches!(i, Item::Data(..))) else {
                     break;
                 };
-                if let Some(old) = inner.queue.remove(pos) {
-                    inner.bytes -= old.bytes().len();
+                if let Some(Item::Data(ep, old)) = inner.queue.remove(pos) {
+                    inner.bytes -= old.len();
                     inner.data_count -= 1;
                     dropped += 1;
+                    match inner.dropped.iter_mut().find(|(e, _)| *e == ep) {
+                        Some((_, n)) => *n += 1,
+                        None => inner.dropped.push((ep, 1)),
+                    }
                 }
             }
-            inner.dropped += dropped;
             inner.bytes += frame.len();
             inner.data_count += 1;
-            inner.queue.push_back(Item::Data(frame));
+            inner
+                .queue
+                .push_back(Item::Data(Arc::clone(endpoint), frame));
         }
         self.ready.notify_one();
-        dropped
+        Pushed::Queued(dropped)
     }
 
     /// Queues a reply or state event. These are never dropped.
@@ -170,13 +206,13 @@ impl Outbox {
             let notified = self.ready.notified();
             {
                 let mut inner = self.lock();
-                if !inner.queue.is_empty() || inner.dropped > 0 || inner.closed {
+                if !inner.queue.is_empty() || !inner.dropped.is_empty() || inner.closed {
                     let frames = inner.queue.drain(..).map(|i| match i {
-                        Item::Data(b) | Item::Control(b) => b,
+                        Item::Data(_, b) | Item::Control(b) => b,
                     });
                     let batch = Batch {
                         frames: frames.collect(),
-                        dropped: std::mem::take(&mut inner.dropped),
+                        lagged: std::mem::take(&mut inner.dropped),
                         last: inner.closed,
                     };
                     inner.bytes = 0;
@@ -199,15 +235,23 @@ mod tests {
         Bytes::from(vec![n; 10])
     }
 
+    fn ep() -> Arc<str> {
+        Arc::from("feed")
+    }
+
+    fn push(o: &Outbox, n: u8) -> Pushed {
+        o.push_data(&ep(), f(n), false, || f(99))
+    }
+
     #[tokio::test]
     async fn delivers_in_order_in_one_batch() {
         let o = Outbox::new(10, 1000);
-        o.push_data(f(1));
+        push(&o, 1);
         o.push_control(f(2));
-        o.push_data(f(3));
+        push(&o, 3);
         let b = o.take().await;
         assert_eq!(b.frames, vec![f(1), f(2), f(3)]);
-        assert_eq!(b.dropped, 0);
+        assert!(b.lagged.is_empty());
         assert!(!b.last);
     }
 
@@ -215,31 +259,51 @@ mod tests {
     async fn overflow_drops_oldest_data_but_keeps_control() {
         let o = Outbox::new(2, 1000);
         o.push_control(f(0));
-        assert_eq!(o.push_data(f(1)), 0);
-        assert_eq!(o.push_data(f(2)), 0);
-        assert_eq!(o.push_data(f(3)), 1);
+        assert_eq!(push(&o, 1), Pushed::Queued(0));
+        assert_eq!(push(&o, 2), Pushed::Queued(0));
+        assert_eq!(push(&o, 3), Pushed::Queued(1));
         o.push_control(f(4));
-        assert_eq!(o.push_data(f(5)), 1);
+        assert_eq!(push(&o, 5), Pushed::Queued(1));
+        let other: Arc<str> = Arc::from("other");
+        assert_eq!(
+            o.push_data(&other, f(6), false, || f(99)),
+            Pushed::Queued(1)
+        );
         let b = o.take().await;
-        assert_eq!(b.frames, vec![f(0), f(3), f(4), f(5)]);
-        assert_eq!(b.dropped, 2);
+        assert_eq!(b.frames, vec![f(0), f(4), f(5), f(6)]);
+        assert_eq!(b.lagged, vec![(ep(), 3)]);
     }
 
     #[tokio::test]
     async fn byte_limit_applies_too() {
         let o = Outbox::new(100, 25);
-        o.push_data(f(1));
-        o.push_data(f(2));
-        assert_eq!(o.push_data(f(3)), 1);
+        push(&o, 1);
+        push(&o, 2);
+        assert_eq!(push(&o, 3), Pushed::Queued(1));
         assert_eq!(o.queued_bytes(), 20);
+    }
+
+    #[tokio::test]
+    async fn disconnect_policy_closes_with_a_farewell() {
+        let o = Outbox::new(1, 1000);
+        o.push_control(f(0));
+        assert_eq!(o.push_data(&ep(), f(1), true, || f(99)), Pushed::Queued(0));
+        assert_eq!(
+            o.push_data(&ep(), f(2), true, || f(99)),
+            Pushed::Disconnected
+        );
+        assert!(o.is_closed());
+        let b = o.take().await;
+        assert_eq!(b.frames, vec![f(0), f(99)]);
+        assert!(b.last);
     }
 
     #[tokio::test]
     async fn close_hands_over_the_rest_and_refuses_more() {
         let o = Outbox::new(10, 1000);
-        o.push_data(f(1));
+        push(&o, 1);
         o.close();
-        o.push_data(f(2));
+        push(&o, 2);
         let b = o.take().await;
         assert_eq!(b.frames, vec![f(1)]);
         assert!(b.last);

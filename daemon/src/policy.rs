@@ -24,6 +24,8 @@ pub enum Action {
         /// Why, for logs and the `state` event.
         reason: String,
     },
+    /// The connection reached `max_lifetime`: open a replacement, then retire this one.
+    Rotate,
 }
 
 /// What follows a failed attempt or a lost connection.
@@ -59,6 +61,8 @@ enum Phase {
         silence_deadline: Option<Instant>,
         /// When the connection counts as stable and the backoff resets; `None` once it did.
         stable_at: Option<Instant>,
+        /// When to rotate the connection (`max_lifetime`); `None` once asked, or never.
+        rotate_at: Option<Instant>,
     },
     /// Waiting before the next attempt.
     Backoff {
@@ -74,6 +78,8 @@ pub struct Policy {
     heartbeat: HeartbeatSettings,
     /// Backoff schedule.
     reconnect: ReconnectSettings,
+    /// Rotate connections after this long.
+    max_lifetime: Option<Duration>,
     /// Source of jitter.
     rng: fastrand::Rng,
     /// Current phase.
@@ -88,10 +94,29 @@ impl Policy {
         Policy {
             heartbeat,
             reconnect,
+            max_lifetime: None,
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::Idle,
             attempt: 0,
         }
+    }
+
+    /// Rotates connections once they have been open for `lifetime`.
+    pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Takes new settings (a configuration reload); timers restart at the next open.
+    pub fn reconfigure(
+        &mut self,
+        heartbeat: HeartbeatSettings,
+        reconnect: ReconnectSettings,
+        max_lifetime: Option<Duration>,
+    ) {
+        self.heartbeat = heartbeat;
+        self.reconnect = reconnect;
+        self.max_lifetime = max_lifetime;
     }
 
     /// Starts (or restarts) the connection cycle: the driver must connect now.
@@ -114,7 +139,33 @@ impl Policy {
             next_heartbeat: now + self.heartbeat.interval,
             silence_deadline: None,
             stable_at: Some(now + self.reconnect.stable_after),
+            rotate_at: self.max_lifetime.map(|l| now + l),
         };
+    }
+
+    /// A replacement connection took over (rotation): same as a fresh open, but the backoff
+    /// schedule is not touched.
+    pub fn on_rotated(&mut self, now: Instant) {
+        let attempt = self.attempt;
+        self.on_open(now);
+        self.attempt = attempt;
+    }
+
+    /// Something was written upstream. With `idle_only` heartbeats, this postpones the next
+    /// heartbeat: the link is not idle.
+    pub fn on_outbound(&mut self, now: Instant) {
+        if !self.heartbeat.idle_only {
+            return;
+        }
+        if let Phase::Open { next_heartbeat, .. } = &mut self.phase {
+            *next_heartbeat = now + self.heartbeat.interval;
+        }
+    }
+
+    /// Gives up at once (a fatal refusal): no more attempts until [`Policy::start`].
+    pub fn give_up(&mut self) -> u32 {
+        self.phase = Phase::Idle;
+        self.attempt
     }
 
     /// Something arrived from upstream: the connection is alive.
@@ -129,6 +180,11 @@ impl Policy {
 
     /// An attempt failed or the open connection was lost. Returns what happens next.
     pub fn on_failure(&mut self, now: Instant) -> Retry {
+        self.on_failure_at_least(now, None)
+    }
+
+    /// Like [`Policy::on_failure`], waiting at least `at_least` (a server's `Retry-After`).
+    pub fn on_failure_at_least(&mut self, now: Instant, at_least: Option<Duration>) -> Retry {
         let max = self.reconnect.max_attempts;
         if max != 0 && self.attempt >= max {
             self.phase = Phase::Idle;
@@ -137,6 +193,7 @@ impl Policy {
             };
         }
         let delay = self.delay_after(self.attempt.max(1));
+        let delay = at_least.map_or(delay, |min| delay.max(min));
         self.phase = Phase::Backoff { until: now + delay };
         Retry::After {
             delay,
@@ -163,10 +220,16 @@ impl Policy {
                 next_heartbeat,
                 silence_deadline,
                 stable_at,
-            } => [Some(*next_heartbeat), *silence_deadline, *stable_at]
-                .into_iter()
-                .flatten()
-                .min(),
+                rotate_at,
+            } => [
+                Some(*next_heartbeat),
+                *silence_deadline,
+                *stable_at,
+                *rotate_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 
@@ -185,11 +248,18 @@ impl Policy {
                 next_heartbeat,
                 silence_deadline,
                 stable_at,
+                rotate_at,
             } => {
                 if let Some(at) = *stable_at {
                     if at <= now {
                         *stable_at = None;
                         self.attempt = 0;
+                    }
+                }
+                if let Some(at) = *rotate_at {
+                    if at <= now {
+                        *rotate_at = None;
+                        return Some(Action::Rotate);
                     }
                 }
                 if let Some(deadline) = *silence_deadline {
@@ -415,6 +485,88 @@ mod tests {
                 attempt: 1
             }
         );
+    }
+
+    #[test]
+    fn idle_only_heartbeats_wait_for_a_quiet_link() {
+        let mut p = policy(0.0, 0);
+        p.heartbeat.idle_only = true;
+        let t0 = Instant::now();
+        p.start();
+        p.on_open(t0);
+        // Client data every 600ms keeps the link busy: no heartbeat.
+        for step in 1..=5 {
+            let now = t0 + ms(600 * step);
+            assert_eq!(p.handle_timeout(now), None, "step {step}");
+            p.on_outbound(now);
+            p.on_inbound(now);
+        }
+        let last = t0 + ms(3000);
+        assert_eq!(p.poll_timeout(), Some(last + ms(1000)));
+        assert_eq!(
+            p.handle_timeout(last + ms(1000)),
+            Some(Action::SendHeartbeat)
+        );
+        // Fixed-interval heartbeats ignore outbound traffic.
+        let mut q = policy(0.0, 0);
+        q.start();
+        q.on_open(t0);
+        q.on_outbound(t0 + ms(900));
+        assert_eq!(q.handle_timeout(t0 + ms(1000)), Some(Action::SendHeartbeat));
+    }
+
+    #[test]
+    fn retry_after_stretches_the_delay() {
+        let mut p = policy(0.0, 0);
+        let t = Instant::now();
+        p.start();
+        assert_eq!(
+            p.on_failure_at_least(t, Some(ms(5000))),
+            Retry::After {
+                delay: ms(5000),
+                attempt: 2
+            }
+        );
+        p.handle_timeout(t + ms(5000));
+        // A shorter Retry-After than the schedule changes nothing.
+        assert_eq!(
+            p.on_failure_at_least(t, Some(ms(1))),
+            Retry::After {
+                delay: ms(200),
+                attempt: 3
+            }
+        );
+    }
+
+    #[test]
+    fn rotation_is_due_at_max_lifetime_and_keeps_the_schedule() {
+        let mut p = policy(0.0, 0).with_max_lifetime(Some(ms(2500)));
+        let t0 = Instant::now();
+        p.start();
+        p.on_open(t0);
+        let mut now = t0;
+        let mut rotated = None;
+        while rotated.is_none() {
+            now = p.poll_timeout().unwrap();
+            while let Some(a) = p.handle_timeout(now) {
+                p.on_inbound(now);
+                if a == Action::Rotate {
+                    rotated = Some(now);
+                }
+            }
+        }
+        assert_eq!(rotated, Some(t0 + ms(2500)));
+        p.on_rotated(now);
+        assert_eq!(p.poll_timeout().map(|d| d > now), Some(true));
+    }
+
+    #[test]
+    fn give_up_stops_every_timer() {
+        let mut p = policy(0.0, 0);
+        p.start();
+        assert_eq!(p.give_up(), 1);
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.start(), Action::Connect { attempt: 2 });
     }
 
     #[test]

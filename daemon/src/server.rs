@@ -6,24 +6,24 @@
 //! its own queue.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsmux_proto::frame::check;
 use wsmux_proto::{
-    decode_client, ClientMsg, ErrorCode, Pong, ServerMsg, StatusReply, Welcome, HEADER_LEN,
+    decode_client, ClientMsg, ErrorCode, Lagged, Pong, ServerMsg, StatusReply, Welcome, HEADER_LEN,
     PROTOCOL_VERSION,
 };
 
-use crate::endpoint::{ClientId, Endpoint, SendRequest};
+use crate::endpoint::{ClientId, Command, Endpoint, SendRequest};
 use crate::frames;
 use crate::local;
 use crate::outbox::Outbox;
@@ -31,10 +31,25 @@ use crate::outbox::Outbox;
 /// How long a closing session may take to flush its last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A `reload` request from a client.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// Request id to answer.
+    pub id: Option<u64>,
+    /// Where the answer goes.
+    pub reply: Arc<Outbox>,
+}
+
 /// What every session shares.
 pub struct ServerContext {
-    /// Endpoints by name.
-    pub endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// Endpoints by name; replaced entries on configuration reload.
+    pub endpoints: RwLock<BTreeMap<String, Arc<Endpoint>>>,
+    /// Where `reload` requests go; `None` when the daemon has no configuration file.
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// Most endpoints one client may subscribe to.
+    pub max_subscriptions: usize,
+    /// Clients connected now.
+    pub clients: AtomicUsize,
     /// Largest frame accepted from a client.
     pub max_frame: usize,
     /// Per-client queue limit in messages.
@@ -45,6 +60,38 @@ pub struct ServerContext {
     pub allowed_uids: HashSet<u32>,
     /// `wsmuxd/<version>`.
     pub server_name: String,
+}
+
+impl ServerContext {
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every endpoint, sorted by name.
+    pub fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Endpoint names, for error messages.
+    fn names(&self) -> String {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Accepts clients until `cancel` fires. Sessions are spawned on `tracker` and stop when
@@ -115,8 +162,10 @@ pub async fn accept_loop(
         let cancel = sessions_cancel.child_token();
         tracker.spawn(async move {
             tracing::debug!(client = id, "connected");
-            let session = Session::new(id, ctx);
+            ctx.clients.fetch_add(1, Ordering::Relaxed);
+            let session = Session::new(id, Arc::clone(&ctx));
             session.run(&mut stream, cancel).await;
+            ctx.clients.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -146,6 +195,8 @@ struct Session {
     client_name: Option<String>,
     /// Endpoints this client is subscribed to.
     subscriptions: HashSet<String>,
+    /// Endpoints this client sent sticky messages to.
+    sticky: HashSet<String>,
 }
 
 /// Why the reader stopped.
@@ -172,6 +223,7 @@ impl Session {
             greeted: false,
             client_name: None,
             subscriptions: HashSet::new(),
+            sticky: HashSet::new(),
         }
     }
 
@@ -180,22 +232,27 @@ impl Session {
         let writer_cancel = cancel.clone();
         let outbox = Arc::clone(&self.outbox);
         let write_half = async move {
-            let r = write_loop(&mut writer, &outbox).await;
-            if let Err(e) = &r {
+            if let Err(e) = write_loop(&mut writer, &outbox).await {
                 tracing::debug!(error = %e, "write to client failed");
-                writer_cancel.cancel();
             }
+            // Whether the client went away or was closed (lagging), the reader stops too.
+            writer_cancel.cancel();
             let _ = writer.shutdown().await;
         };
         let read_half = async {
             let end = self.read_loop(&mut reader, &cancel).await;
             // Leave every endpoint before closing the outbox, so no frame is pushed after.
             for name in self.subscriptions.drain() {
-                if let Some(ep) = self.ctx.endpoints.get(&name) {
+                if let Some(ep) = self.ctx.endpoint(&name) {
                     ep.unsubscribe(self.id);
                 }
             }
             self.outbox.close();
+            for name in self.sticky.drain() {
+                if let Some(ep) = self.ctx.endpoint(&name) {
+                    ep.command(Command::ClientGone(self.id)).await;
+                }
+            }
             end
         };
         let (end, ()) = tokio::join!(read_half, async {
@@ -321,7 +378,12 @@ impl Session {
             self.reply(ServerMsg::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
                 server: self.ctx.server_name.clone(),
-                endpoints: self.ctx.endpoints.values().map(|e| e.summary()).collect(),
+                endpoints: self
+                    .ctx
+                    .all_endpoints()
+                    .iter()
+                    .map(|e| e.summary())
+                    .collect(),
             }));
             return true;
         }
@@ -329,7 +391,20 @@ impl Session {
             ClientMsg::Hello(_) => {
                 self.fail(None, ErrorCode::AlreadyGreeted, "`hello` was already sent")
             }
-            ClientMsg::Subscribe(m) => match self.ctx.endpoints.get(&m.endpoint) {
+            ClientMsg::Subscribe(m) => match self.ctx.endpoint(&m.endpoint) {
+                Some(_)
+                    if !self.subscriptions.contains(&m.endpoint)
+                        && self.subscriptions.len() >= self.ctx.max_subscriptions =>
+                {
+                    self.fail(
+                        m.id,
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "at most {} subscriptions per client",
+                            self.ctx.max_subscriptions
+                        ),
+                    )
+                }
                 Some(ep) => {
                     self.ack(m.id);
                     ep.subscribe(self.id, &self.outbox);
@@ -337,7 +412,7 @@ impl Session {
                 }
                 None => self.unknown_endpoint(m.id, &m.endpoint),
             },
-            ClientMsg::Unsubscribe(m) => match self.ctx.endpoints.get(&m.endpoint) {
+            ClientMsg::Unsubscribe(m) => match self.ctx.endpoint(&m.endpoint) {
                 Some(ep) => {
                     if ep.unsubscribe(self.id) {
                         self.subscriptions.remove(&m.endpoint);
@@ -352,44 +427,94 @@ impl Session {
                 }
                 None => self.unknown_endpoint(m.id, &m.endpoint),
             },
-            ClientMsg::Send(m) => match self.ctx.endpoints.get(&m.endpoint) {
-                Some(ep) if m.data.len() > ep.max_message_size() => self.fail(
-                    m.id,
-                    ErrorCode::TooLarge,
-                    format!(
-                        "message of {} bytes exceeds the endpoint's max_message_size of {}",
-                        m.data.len(),
-                        ep.max_message_size()
-                    ),
-                ),
-                Some(ep) => {
-                    let ep = Arc::clone(ep);
-                    ep.send(SendRequest {
+            ClientMsg::Send(m) => {
+                let Some(ep) = self.ctx.endpoint(&m.endpoint) else {
+                    self.unknown_endpoint(m.id, &m.endpoint);
+                    return true;
+                };
+                let max = ep.max_message_size();
+                let too_large =
+                    m.data.len() > max || m.undo.as_ref().is_some_and(|u| u.len() > max);
+                let sticky = m.sticky.unwrap_or(false);
+                if too_large {
+                    self.fail(
+                        m.id,
+                        ErrorCode::TooLarge,
+                        format!(
+                            "message of {} bytes exceeds the endpoint's max_message_size of {max}",
+                            m.data.len().max(m.undo.as_ref().map_or(0, |u| u.len())),
+                        ),
+                    );
+                } else if m.undo.is_some() && !sticky {
+                    self.fail(
+                        m.id,
+                        ErrorCode::InvalidMessage,
+                        "`undo` is only meaningful with `sticky: true`",
+                    );
+                } else {
+                    if sticky {
+                        self.sticky.insert(m.endpoint.clone());
+                    }
+                    ep.command(Command::Send(SendRequest {
+                        client: self.id,
                         data: m.data,
                         id: m.id,
                         reply: Arc::clone(&self.outbox),
-                    })
+                        queue: m.queue.unwrap_or(true),
+                        sticky,
+                        undo: m.undo,
+                    }))
                     .await;
+                }
+            }
+            ClientMsg::Status(m) => self.reply(ServerMsg::Status(StatusReply {
+                id: m.id,
+                endpoints: self
+                    .ctx
+                    .all_endpoints()
+                    .iter()
+                    .map(|e| e.status())
+                    .collect(),
+            })),
+            ClientMsg::Ping(m) => self.reply(ServerMsg::Pong(Pong { id: m.id })),
+            ClientMsg::Reconnect(m) => match self.ctx.endpoint(&m.endpoint) {
+                Some(ep) => {
+                    tracing::info!(client = self.id, endpoint = %m.endpoint, "reconnect requested");
+                    ep.command(Command::Reconnect {
+                        id: m.id,
+                        reply: Arc::clone(&self.outbox),
+                    })
+                    .await
                 }
                 None => self.unknown_endpoint(m.id, &m.endpoint),
             },
-            ClientMsg::Status(m) => self.reply(ServerMsg::Status(StatusReply {
-                id: m.id,
-                endpoints: self.ctx.endpoints.values().map(|e| e.status()).collect(),
-            })),
-            ClientMsg::Ping(m) => self.reply(ServerMsg::Pong(Pong { id: m.id })),
+            ClientMsg::Reload(m) => match &self.ctx.reload {
+                Some(tx) => {
+                    let request = ReloadRequest {
+                        id: m.id,
+                        reply: Arc::clone(&self.outbox),
+                    };
+                    if tx.send(request).await.is_err() {
+                        self.fail(m.id, ErrorCode::ShuttingDown, "the daemon is shutting down");
+                    }
+                }
+                None => self.fail(
+                    m.id,
+                    ErrorCode::Unsupported,
+                    "this daemon runs without a configuration file (demo mode): nothing to reload",
+                ),
+            },
         }
         true
     }
 
     fn unknown_endpoint(&self, id: Option<u64>, name: &str) {
-        let known: Vec<&str> = self.ctx.endpoints.keys().map(String::as_str).collect();
         self.fail(
             id,
             ErrorCode::UnknownEndpoint,
             format!(
                 "no endpoint named `{name}` (configured: {})",
-                known.join(", ")
+                self.ctx.names()
             ),
         );
     }
@@ -401,15 +526,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &Outbox) -> s
     loop {
         let batch = outbox.take().await;
         buf.clear();
-        if batch.dropped > 0 {
-            buf.extend_from_slice(&frames::error(
-                None,
-                ErrorCode::Lagged,
-                format!(
-                    "dropped {} messages: this client did not read fast enough",
-                    batch.dropped
-                ),
-            ));
+        for (endpoint, dropped) in batch.lagged {
+            buf.extend_from_slice(&frames::encode(&ServerMsg::Lagged(Lagged {
+                endpoint: endpoint.to_string(),
+                dropped,
+            })));
         }
         for frame in &batch.frames {
             buf.extend_from_slice(frame);

@@ -2,11 +2,19 @@
 //! [`Policy`] decides.
 //!
 //! One `select!` loop waits on, in order of priority: shutdown, the connection (a connect in
-//! progress, or the next inbound frame), messages from clients, and the policy's next
-//! deadline. The read side is polled on every turn, so server pings are answered and liveness
-//! is seen even when local clients are slow: fan-out never waits on a subscriber.
+//! progress, or the next inbound frame), a replacement connection during a rotation, commands
+//! from clients, and the policy's next deadline. The read side is polled on every turn, so
+//! server pings are answered and liveness is seen even when local clients are slow: fan-out
+//! never waits on a subscriber.
+//!
+//! Besides the connection, the driver owns what must survive it: the outbound queue (client
+//! messages held while the endpoint is down), the sticky messages of connected clients, and
+//! the `on_connect` messages from the configuration. After every (re)connect it writes, in
+//! this order: `on_connect`, sticky messages, the queue.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use regex::Regex;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,18 +33,53 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wsmux_config::{EndpointSettings, HeartbeatKind, HeartbeatReply};
-use wsmux_proto::{encode_data_message, ConnState, ErrorCode, Payload, PayloadRef};
+use wsmux_config::{
+    AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, OutboundMessage,
+    QueueOverflow,
+};
+use wsmux_proto::{
+    encode_data_message, ConnState, Dropped, ErrorCode, Payload, PayloadRef, Sent, ServerMsg,
+    StateEvent,
+};
 
-use crate::endpoint::{Endpoint, SendRequest};
+use crate::endpoint::{ClientId, Command, Endpoint, SendRequest};
 use crate::frames;
+use crate::outbox::Outbox;
 use crate::policy::{humanize, Action, Policy, Retry};
+use crate::rotation::{Join, Overlap};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<Ws>, String>> + Send>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<Ws>, ConnectError>> + Send>>;
 
-/// How long a graceful close of the upstream may take at shutdown.
+/// How long a graceful close of the upstream may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a rotation may look for the point where the new stream joins the old one.
+const ROTATION_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A failed connection attempt.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// Human-readable reason, e.g. `HTTP 401 Unauthorized: invalid token`.
+    reason: String,
+    /// The HTTP status of a refused handshake.
+    status: Option<u16>,
+    /// The server's `Retry-After`, in seconds form.
+    retry_after: Option<Duration>,
+}
+
+impl ConnectError {
+    fn plain(reason: impl Into<String>) -> Self {
+        ConnectError {
+            reason: reason.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+}
 
 /// The upstream connection, as far as the driver is concerned.
 enum Link {
@@ -47,10 +91,10 @@ enum Link {
     Open(Box<Ws>),
 }
 
-/// What the link produced.
+/// What a link produced.
 enum LinkEvent {
     /// A connection attempt finished.
-    Connected(Result<Box<Ws>, String>),
+    Connected(Result<Box<Ws>, ConnectError>),
     /// The open WebSocket yielded a frame, an error, or its end.
     Inbound(Option<Result<Message, tungstenite::Error>>),
 }
@@ -71,6 +115,46 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// A client message waiting for the endpoint to open.
+struct Queued {
+    /// The message.
+    data: Payload,
+    /// The `send`'s id, for `sent` / `dropped`.
+    id: Option<u64>,
+    /// Where the fate is reported.
+    reply: Arc<Outbox>,
+    /// When it was queued, for `max_age`.
+    since: Instant,
+}
+
+/// A message replayed after every reconnect while its client is connected.
+struct Sticky {
+    /// The client that sent it.
+    client: ClientId,
+    /// The message.
+    data: Payload,
+    /// Sent when the client leaves.
+    undo: Option<Payload>,
+}
+
+/// A compiled `auto_reply` rule.
+struct AutoReply {
+    /// The pattern.
+    regex: Regex,
+    /// The configured rule.
+    rule: AutoReplyRule,
+}
+
+/// A replacement connection during a rotation.
+struct Rotation {
+    /// The new connection, connecting then open.
+    link: Link,
+    /// Where the new stream joins the old one.
+    overlap: Overlap,
+    /// Give up looking for the join at this instant (set when the new link opens).
+    deadline: Option<Instant>,
+}
+
 /// Everything one endpoint's driver needs.
 pub struct Driver {
     /// The shared side: state, subscribers, counters.
@@ -79,14 +163,16 @@ pub struct Driver {
     settings: Arc<EndpointSettings>,
     /// TLS client configuration for `wss://`.
     tls: Arc<rustls::ClientConfig>,
-    /// Messages from clients to write upstream.
-    commands: mpsc::Receiver<SendRequest>,
-    /// Fires at daemon shutdown.
+    /// Commands from clients and the daemon.
+    commands: mpsc::Receiver<Command>,
+    /// Fires at daemon shutdown or when the endpoint is removed.
     cancel: CancellationToken,
     /// Timing decisions.
     policy: Policy,
     /// The connection.
     link: Link,
+    /// A replacement connection, during a rotation.
+    rotation: Option<Rotation>,
     /// Sequence number of the last data message fanned out.
     seq: u64,
     /// Largest frame sent to a client.
@@ -95,6 +181,52 @@ pub struct Driver {
     heartbeat_sent: Option<Instant>,
     /// Payload of the last ping-frame heartbeat, to match its pong.
     ping_payload: u64,
+    /// Client messages waiting for the endpoint to open.
+    queue: VecDeque<Queued>,
+    /// Bytes in `queue`.
+    queue_bytes: usize,
+    /// Sticky messages, in the order they were sent.
+    stickies: Vec<Sticky>,
+    /// Compiled auto-reply rules.
+    auto_replies: Vec<AutoReply>,
+    /// Whether the endpoint has been open before (so the next open is a reconnect).
+    opened_before: bool,
+    /// Since when the endpoint is not open.
+    down_since: Option<Instant>,
+    /// How long shutdown may wait to deliver the queue.
+    drain_timeout: Duration,
+}
+
+fn compile_auto_replies(settings: &EndpointSettings) -> Vec<AutoReply> {
+    settings
+        .auto_reply
+        .iter()
+        .filter_map(|rule| match Regex::new(&rule.pattern) {
+            Ok(regex) => Some(AutoReply {
+                regex,
+                rule: rule.clone(),
+            }),
+            Err(e) => {
+                // The configuration checked this already; keep going without the rule.
+                tracing::error!(endpoint = %settings.name, pattern = %rule.pattern, error = %e, "invalid auto_reply pattern");
+                None
+            }
+        })
+        .collect()
+}
+
+fn to_message(data: &Payload) -> Message {
+    match data {
+        Payload::Text(t) => Message::text(t.clone()),
+        Payload::Binary(b) => Message::Binary(b.clone()),
+    }
+}
+
+fn outbound_to_message(m: &OutboundMessage) -> Message {
+    match m {
+        OutboundMessage::Text(t) => Message::text(t.clone()),
+        OutboundMessage::Binary(b) => Message::binary(b.clone()),
+    }
 }
 
 impl Driver {
@@ -103,46 +235,82 @@ impl Driver {
         endpoint: Arc<Endpoint>,
         settings: EndpointSettings,
         tls: Arc<rustls::ClientConfig>,
-        commands: mpsc::Receiver<SendRequest>,
+        commands: mpsc::Receiver<Command>,
         cancel: CancellationToken,
         max_frame: usize,
+        drain_timeout: Duration,
     ) -> Self {
         let policy = Policy::new(
             settings.heartbeat.clone(),
             settings.reconnect.clone(),
             fastrand::u64(..),
-        );
+        )
+        .with_max_lifetime(settings.max_lifetime);
         Driver {
             endpoint,
+            auto_replies: compile_auto_replies(&settings),
             settings: Arc::new(settings),
             tls,
             commands,
             cancel,
             policy,
             link: Link::Idle,
+            rotation: None,
             seq: 0,
             max_frame,
             heartbeat_sent: None,
             ping_payload: 0,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            stickies: Vec::new(),
+            opened_before: false,
+            down_since: Some(Instant::now()),
+            drain_timeout,
         }
     }
 
-    /// Runs until the cancellation token fires, then closes the upstream and tells
-    /// subscribers the endpoint is `closed`.
+    fn name(&self) -> &str {
+        self.endpoint.name()
+    }
+
+    /// Runs until the cancellation token fires (and the queue is drained, within
+    /// `drain_timeout`), then closes the upstream and tells subscribers the endpoint is
+    /// `closed`.
     pub async fn run(mut self) {
         let first = self.policy.start();
         self.perform(first).await;
+        let mut drain_until: Option<Instant> = None;
         loop {
             let deadline = self.policy.poll_timeout().map(Instant::from_std);
+            let rotation_deadline = self.rotation.as_ref().and_then(|r| r.deadline);
+            let draining = drain_until.is_some();
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = self.cancel.cancelled(), if !draining => {
+                    if self.queue.is_empty() || self.drain_timeout.is_zero() {
+                        break;
+                    }
+                    tracing::info!(endpoint = %self.name(), queued = self.queue.len(), "delivering queued messages before closing");
+                    drain_until = Some(Instant::now() + self.drain_timeout);
+                }
+                _ = sleep_until(drain_until) => break,
                 event = link_event(&mut self.link) => match event {
-                    LinkEvent::Connected(result) => self.on_connected(result),
-                    LinkEvent::Inbound(msg) => self.on_inbound(msg),
+                    LinkEvent::Connected(result) => self.on_connected(result).await,
+                    LinkEvent::Inbound(msg) => self.on_inbound(msg).await,
                 },
-                Some(request) = self.commands.recv() => self.on_send(request).await,
+                event = rotation_event(&mut self.rotation) => self.on_rotation_event(event).await,
+                Some(command) = self.commands.recv() => self.on_command(command).await,
+                _ = sleep_until(rotation_deadline) => {
+                    tracing::warn!(endpoint = %self.name(), "rotation: the new stream never joined the old one; switching anyway");
+                    if let Some(r) = self.rotation.as_mut() {
+                        let join = r.overlap.force();
+                        self.finish_rotation(join).await;
+                    }
+                }
                 _ = sleep_until(deadline) => self.on_timer().await,
+            }
+            if draining && self.queue.is_empty() {
+                break;
             }
         }
         self.shutdown().await;
@@ -156,113 +324,327 @@ impl Driver {
         while let Some(action) = self.policy.handle_timeout(Self::now()) {
             self.perform(action).await;
         }
+        self.expire_queue();
     }
 
     async fn perform(&mut self, action: Action) {
         match action {
             Action::Connect { attempt } => {
-                tracing::info!(endpoint = %self.endpoint.name(), attempt, "connecting");
-                self.endpoint
-                    .set_state(ConnState::Connecting, Some(attempt), None, None);
-                self.link = Link::Connecting(Box::pin(connect(
-                    Arc::clone(&self.settings),
-                    Arc::clone(&self.tls),
-                )));
+                tracing::info!(endpoint = %self.name(), attempt, "connecting");
+                let mut ev = StateEvent::new(self.name(), ConnState::Connecting);
+                ev.attempt = Some(attempt);
+                self.endpoint.set_state(ev);
+                self.link = Link::Connecting(self.connect_future());
             }
             Action::SendHeartbeat => self.send_heartbeat().await,
-            Action::Drop { reason } => self.lost(reason),
+            Action::Drop { reason } => self.lost(reason, false, None),
+            Action::Rotate => {
+                if self.rotation.is_none() && matches!(self.link, Link::Open(_)) {
+                    tracing::info!(endpoint = %self.name(), "max_lifetime reached: opening a replacement connection");
+                    self.rotation = Some(Rotation {
+                        link: Link::Connecting(self.connect_future()),
+                        overlap: Overlap::default(),
+                        deadline: None,
+                    });
+                }
+            }
         }
     }
 
-    fn on_connected(&mut self, result: Result<Box<Ws>, String>) {
-        match result {
-            Ok(ws) => {
-                self.link = Link::Open(ws);
-                self.heartbeat_sent = None;
-                self.policy.on_open(Self::now());
-                self.endpoint
-                    .counters
-                    .connects
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(endpoint = %self.endpoint.name(), "open");
-                self.endpoint.set_state(ConnState::Open, None, None, None);
-            }
-            Err(reason) => {
+    fn connect_future(&self) -> ConnectFuture {
+        Box::pin(connect(Arc::clone(&self.settings), Arc::clone(&self.tls)))
+    }
+
+    async fn on_connected(&mut self, result: Result<Box<Ws>, ConnectError>) {
+        let mut ws = match result {
+            Ok(ws) => ws,
+            Err(e) => {
                 self.link = Link::Idle;
-                self.retry_or_give_up(reason);
+                let fatal = e
+                    .status
+                    .is_some_and(|s| self.settings.fatal_statuses.contains(&s));
+                return self.retry_or_give_up(e.reason, fatal, e.retry_after);
             }
+        };
+        // Before anyone sees `open`: configuration messages, then sticky ones.
+        if let Err(reason) = self.replay(&mut ws).await {
+            self.link = Link::Idle;
+            return self.retry_or_give_up(reason, false, None);
+        }
+        self.link = Link::Open(ws);
+        self.heartbeat_sent = None;
+        self.policy.on_open(Self::now());
+        self.endpoint
+            .counters
+            .connects
+            .fetch_add(1, Ordering::Relaxed);
+        let mut ev = StateEvent::new(self.name(), ConnState::Open);
+        ev.reconnect = Some(self.opened_before);
+        if self.opened_before {
+            self.endpoint
+                .counters
+                .reconnects
+                .fetch_add(1, Ordering::Relaxed);
+            ev.downtime_ms = self.down_since.map(|t| t.elapsed().as_millis() as u64);
+        }
+        self.opened_before = true;
+        self.down_since = None;
+        tracing::info!(endpoint = %self.name(), reconnect = ?ev.reconnect, downtime_ms = ?ev.downtime_ms, "open");
+        self.endpoint.set_state(ev);
+        self.flush_queue().await;
+    }
+
+    /// Writes the `on_connect` messages, then the sticky messages, to a fresh connection.
+    async fn replay(&mut self, ws: &mut Ws) -> Result<(), String> {
+        let limit = self.settings.connect_timeout;
+        let mut msgs: Vec<Message> = self
+            .settings
+            .on_connect
+            .iter()
+            .map(outbound_to_message)
+            .collect();
+        msgs.extend(self.stickies.iter().map(|s| to_message(&s.data)));
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let write_all = async {
+            for m in msgs {
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(limit, write_all).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "writing on_connect/sticky messages failed: {}",
+                describe_error(&e)
+            )),
+            Err(_) => Err(format!(
+                "writing on_connect/sticky messages stalled for {}",
+                humanize(limit)
+            )),
+        }
+    }
+
+    /// Writes the queued messages in order; stops (keeping the rest) at the first failure.
+    async fn flush_queue(&mut self) {
+        self.expire_queue();
+        while let Some(q) = self.queue.front() {
+            if !matches!(self.link, Link::Open(_)) {
+                return;
+            }
+            let msg = to_message(&q.data);
+            let len = q.data.len();
+            match self.write(msg).await {
+                Ok(()) => {
+                    let q = self.pop_queue().unwrap_or_else(|| unreachable!());
+                    self.count_out(len);
+                    if q.id.is_some() {
+                        q.reply.push_control(frames::encode(&ServerMsg::Sent(Sent {
+                            id: q.id,
+                            endpoint: self.name().to_owned(),
+                        })));
+                    }
+                }
+                Err(reason) => return self.lost(reason, false, None),
+            }
+        }
+    }
+
+    fn pop_queue(&mut self) -> Option<Queued> {
+        let q = self.queue.pop_front()?;
+        self.queue_bytes -= q.data.len();
+        self.endpoint
+            .counters
+            .queue_depth
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        Some(q)
+    }
+
+    fn report_dropped(&self, q: &Queued, code: ErrorCode, message: String) {
+        q.reply
+            .push_control(frames::encode(&ServerMsg::Dropped(Dropped {
+                id: q.id,
+                endpoint: self.name().to_owned(),
+                code,
+                message,
+            })));
+    }
+
+    /// Drops queued messages older than `max_age`, telling their senders.
+    fn expire_queue(&mut self) {
+        let Some(max_age) = self.settings.queue.max_age else {
+            return;
+        };
+        while let Some(q) = self.queue.front() {
+            if q.since.elapsed() < max_age {
+                break;
+            }
+            let q = self.pop_queue().unwrap_or_else(|| unreachable!());
+            self.report_dropped(
+                &q,
+                ErrorCode::Expired,
+                format!("queued longer than max_age ({})", humanize(max_age)),
+            );
         }
     }
 
     /// The open connection is gone (or declared dead): drop it and schedule a retry.
-    fn lost(&mut self, reason: String) {
+    fn lost(&mut self, reason: String, fatal: bool, retry_after: Option<Duration>) {
         self.link = Link::Idle;
-        self.retry_or_give_up(reason);
+        self.rotation = None;
+        self.retry_or_give_up(reason, fatal, retry_after);
     }
 
-    fn retry_or_give_up(&mut self, reason: String) {
-        let name = self.endpoint.name();
-        match self.policy.on_failure(Self::now()) {
+    fn retry_or_give_up(&mut self, reason: String, fatal: bool, retry_after: Option<Duration>) {
+        if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+        }
+        let name = self.endpoint.name_arc().clone();
+        if fatal {
+            let attempts = self.policy.give_up();
+            tracing::error!(endpoint = %name, %reason, "fatal refusal: not retrying (use `wsmux reconnect` after fixing it)");
+            return self.failed(attempts, reason);
+        }
+        match self
+            .policy
+            .on_failure_at_least(Self::now(), retry_after.map(|d| d.min(MAX_RETRY_AFTER)))
+        {
             Retry::After { delay, attempt } => {
                 tracing::warn!(endpoint = %name, %reason, retry_in = %humanize(delay), attempt, "upstream unavailable");
-                self.endpoint.set_state(
-                    ConnState::Backoff,
-                    Some(attempt),
-                    Some(delay.as_millis() as u64),
-                    Some(reason),
-                );
+                let mut ev = StateEvent::new(&*name, ConnState::Backoff);
+                ev.attempt = Some(attempt);
+                ev.retry_in_ms = Some(delay.as_millis() as u64);
+                ev.reason = Some(reason);
+                self.endpoint.set_state(ev);
             }
             Retry::GiveUp { attempts } => {
                 tracing::error!(endpoint = %name, %reason, attempts, "giving up after max_attempts");
                 self.policy.stop();
-                self.endpoint
-                    .set_state(ConnState::Failed, Some(attempts), None, Some(reason));
+                self.failed(attempts, reason);
             }
         }
     }
 
-    fn on_inbound(&mut self, msg: Option<Result<Message, tungstenite::Error>>) {
+    fn failed(&mut self, attempts: u32, reason: String) {
+        let mut ev = StateEvent::new(self.name(), ConnState::Failed);
+        ev.attempt = Some(attempts);
+        ev.reason = Some(reason);
+        self.endpoint.set_state(ev);
+        // Nothing will be written until someone asks for a reconnect.
+        while let Some(q) = self.pop_queue() {
+            self.report_dropped(
+                &q,
+                ErrorCode::NotConnected,
+                format!("endpoint `{}` failed", self.name()),
+            );
+        }
+    }
+
+    async fn on_inbound(&mut self, msg: Option<Result<Message, tungstenite::Error>>) {
         let msg = match msg {
             Some(Ok(msg)) => msg,
-            Some(Err(e)) => return self.lost(describe_error(&e)),
-            None => return self.lost("connection closed by upstream".into()),
+            Some(Err(e)) => return self.lost(describe_error(&e), false, None),
+            None => return self.lost("connection closed by upstream".into(), false, None),
         };
         let now = Instant::now();
         self.policy.on_inbound(now.into_std());
-        match msg {
-            Message::Text(text) => {
-                if self.is_heartbeat_reply(PayloadRef::Text(&text)) {
-                    self.record_rtt(now);
-                    return;
-                }
-                self.fan_out(PayloadRef::Text(&text));
+        if let Some(payload) = self.payload_of(msg, now).await {
+            let join = match self.rotation.as_mut() {
+                Some(r) if r.deadline.is_some() => Some(r.overlap.on_old(&payload)),
+                _ => None,
+            };
+            self.fan_out(payload.as_ref());
+            if let Some(join @ Join::Switch(_)) = join {
+                self.finish_rotation(join).await;
             }
-            Message::Binary(bin) => {
-                if self.is_heartbeat_reply(PayloadRef::Binary(&bin)) {
+        }
+    }
+
+    /// Handles control frames, heartbeat answers and auto-replies; returns the data payload
+    /// to fan out, if any.
+    async fn payload_of(&mut self, msg: Message, now: Instant) -> Option<Payload> {
+        let payload = match msg {
+            Message::Text(t) => Payload::Text(t.as_str().to_owned()),
+            Message::Binary(b) => Payload::Binary(b),
+            Message::Pong(p) => {
+                if p.as_ref() == self.ping_payload.to_be_bytes() {
                     self.record_rtt(now);
-                    return;
                 }
-                self.fan_out(PayloadRef::Binary(&bin));
-            }
-            Message::Pong(payload) => {
-                if payload.as_ref() == self.ping_payload.to_be_bytes() {
-                    self.record_rtt(now);
-                }
+                return None;
             }
             // tungstenite queues the pong itself; it goes out on the next read or write,
             // which is the next turn of the loop.
-            Message::Ping(_) | Message::Frame(_) => {}
+            Message::Ping(_) | Message::Frame(_) => return None,
             Message::Close(frame) => {
-                let reason = match frame {
-                    Some(f) if f.reason.is_empty() => {
-                        format!("closed by upstream: {}", u16::from(f.code))
+                let (reason, fatal) = match frame {
+                    Some(f) => {
+                        let code = u16::from(f.code);
+                        let fatal = self.settings.fatal_close_codes.contains(&code);
+                        let reason = if f.reason.is_empty() {
+                            format!("closed by upstream: {code}")
+                        } else {
+                            format!("closed by upstream: {code} {}", f.reason)
+                        };
+                        (reason, fatal)
                     }
-                    Some(f) => format!("closed by upstream: {} {}", u16::from(f.code), f.reason),
-                    None => "closed by upstream".into(),
+                    None => ("closed by upstream".into(), false),
                 };
-                self.lost(reason);
+                self.lost(reason, fatal, None);
+                return None;
+            }
+        };
+        if self.is_heartbeat_reply(payload.as_ref()) {
+            self.record_rtt(now);
+            return None;
+        }
+        if let Some((reply, hide)) = self.auto_reply_for(&payload) {
+            if let Err(reason) = self.write(reply).await {
+                self.lost(reason, false, None);
+                return None;
+            }
+            if hide {
+                return None;
             }
         }
+        Some(payload)
+    }
+
+    /// The reply to a server-initiated application ping, if a rule matches.
+    fn auto_reply_for(&self, payload: &Payload) -> Option<(Message, bool)> {
+        if self.auto_replies.is_empty() {
+            return None;
+        }
+        let mut inflated = None;
+        for ar in &self.auto_replies {
+            let text: &str = match (payload, ar.rule.decompress) {
+                (Payload::Text(t), _) => t,
+                (Payload::Binary(_), Decompress::None) => continue,
+                (Payload::Binary(b), method) => {
+                    let s = inflated.get_or_insert_with(|| {
+                        decompress(b, method, self.settings.max_message_size)
+                    });
+                    match s {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(caps) = ar.regex.captures(text) {
+                if caps.get(0).map(|m| m.as_str().len()) != Some(text.len()) {
+                    continue;
+                }
+                let mut out = String::new();
+                caps.expand(&ar.rule.reply, &mut out);
+                let msg = if ar.rule.reply_binary {
+                    Message::binary(out.into_bytes())
+                } else {
+                    Message::text(out)
+                };
+                return Some((msg, ar.rule.hide));
+            }
+        }
+        None
     }
 
     fn is_heartbeat_reply(&self, data: PayloadRef<'_>) -> bool {
@@ -309,9 +691,9 @@ impl Driver {
         };
         let sent_at = Instant::now();
         if let Err(reason) = self.write(msg).await {
-            return self.lost(reason);
+            return self.lost(reason, false, None);
         }
-        tracing::trace!(endpoint = %self.endpoint.name(), "heartbeat sent");
+        tracing::trace!(endpoint = %self.name(), "heartbeat sent");
         self.heartbeat_sent = Some(sent_at);
     }
 
@@ -322,116 +704,409 @@ impl Driver {
             return Err("not connected".into());
         };
         let limit = self.settings.heartbeat.timeout;
-        match tokio::time::timeout(limit, ws.send(msg)).await {
+        let result = match tokio::time::timeout(limit, ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("write failed: {}", describe_error(&e))),
             Err(_) => Err(format!("write stalled for {}", humanize(limit))),
+        };
+        if result.is_ok() {
+            self.policy.on_outbound(Self::now());
         }
+        result
     }
 
-    async fn on_send(&mut self, request: SendRequest) {
-        let SendRequest { data, id, reply } = request;
-        if !matches!(self.link, Link::Open(_)) {
-            let state = self.endpoint.state();
-            reply.push_control(frames::error(
-                id,
-                ErrorCode::NotConnected,
-                format!("endpoint `{}` is {state}", self.endpoint.name()),
-            ));
-            return;
-        }
-        let len = data.len() as u64;
-        let msg = match data {
-            Payload::Text(t) => Message::text(t),
-            Payload::Binary(b) => Message::Binary(b),
-        };
-        match self.write(msg).await {
-            Ok(()) => {
-                let c = &self.endpoint.counters;
-                c.messages_out.fetch_add(1, Ordering::Relaxed);
-                c.bytes_out.fetch_add(len, Ordering::Relaxed);
+    fn count_out(&self, len: usize) {
+        let c = &self.endpoint.counters;
+        c.messages_out.fetch_add(1, Ordering::Relaxed);
+        c.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Send(request) => self.on_send(request).await,
+            Command::ClientGone(client) => self.on_client_gone(client).await,
+            Command::Reconnect { id, reply } => {
+                self.force_reconnect("reconnect requested").await;
                 if let Some(id) = id {
                     reply.push_control(frames::ack(id));
                 }
             }
-            Err(reason) => {
-                reply.push_control(frames::error(id, ErrorCode::SendFailed, reason.clone()));
-                self.lost(reason);
+            Command::Reconfigure(settings) => {
+                let settings = *settings;
+                if settings == *self.settings {
+                    return;
+                }
+                tracing::info!(endpoint = %self.name(), "configuration changed: reconnecting");
+                self.endpoint.reconfigure(&settings);
+                self.policy.reconfigure(
+                    settings.heartbeat.clone(),
+                    settings.reconnect.clone(),
+                    settings.max_lifetime,
+                );
+                self.auto_replies = compile_auto_replies(&settings);
+                self.settings = Arc::new(settings);
+                self.force_reconnect("configuration changed").await;
             }
+        }
+    }
+
+    /// Closes the current connection (if any) and connects again right away, forgetting past
+    /// failures; revives a `failed` endpoint.
+    async fn force_reconnect(&mut self, why: &str) {
+        if let Link::Open(ws) = &mut self.link {
+            close_gracefully(ws, CloseCode::Normal, why, self.endpoint.name()).await;
+        }
+        self.link = Link::Idle;
+        self.rotation = None;
+        if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+        }
+        self.policy.reset();
+        let action = self.policy.start();
+        self.perform(action).await;
+    }
+
+    async fn on_send(&mut self, request: SendRequest) {
+        let SendRequest {
+            client,
+            data,
+            id,
+            reply,
+            queue,
+            sticky,
+            undo,
+        } = request;
+        let open = matches!(self.link, Link::Open(_));
+        if sticky {
+            self.stickies.push(Sticky {
+                client,
+                data: data.clone(),
+                undo,
+            });
+            if !open {
+                // Written right after the next connect, with the other sticky messages.
+                if let Some(id) = id {
+                    reply.push_control(frames::ack_queued(id));
+                }
+                return;
+            }
+        }
+        if open {
+            let len = data.len();
+            match self.write(to_message(&data)).await {
+                Ok(()) => {
+                    self.count_out(len);
+                    if let Some(id) = id {
+                        reply.push_control(frames::ack(id));
+                    }
+                }
+                Err(reason) => {
+                    reply.push_control(frames::error(id, ErrorCode::SendFailed, reason.clone()));
+                    self.lost(reason, false, None);
+                }
+            }
+            return;
+        }
+        let state = self.endpoint.state();
+        let settings = Arc::clone(&self.settings);
+        let q = &settings.queue;
+        if !queue || q.max_messages == 0 || state == ConnState::Failed {
+            reply.push_control(frames::error(
+                id,
+                ErrorCode::NotConnected,
+                format!("endpoint `{}` is {state}", self.name()),
+            ));
+            return;
+        }
+        let full = |d: &Self| {
+            d.queue.len() + 1 > q.max_messages || d.queue_bytes + data.len() > q.max_bytes
+        };
+        if data.len() > q.max_bytes {
+            reply.push_control(frames::error(
+                id,
+                ErrorCode::QueueFull,
+                format!("message larger than the queue ({} bytes)", q.max_bytes),
+            ));
+            return;
+        }
+        if full(self) {
+            match q.overflow {
+                QueueOverflow::Reject => {
+                    reply.push_control(frames::error(
+                        id,
+                        ErrorCode::QueueFull,
+                        format!(
+                            "endpoint `{}` is {state} and its queue is full ({} messages, {} bytes)",
+                            self.name(),
+                            self.queue.len(),
+                            self.queue_bytes
+                        ),
+                    ));
+                    return;
+                }
+                QueueOverflow::DropOldest => {
+                    while full(self) {
+                        let Some(old) = self.pop_queue() else { break };
+                        self.report_dropped(
+                            &old,
+                            ErrorCode::Overflowed,
+                            "pushed out of the full queue by a newer message (drop_oldest)".into(),
+                        );
+                    }
+                }
+            }
+        }
+        self.queue_bytes += data.len();
+        self.queue.push_back(Queued {
+            data,
+            id,
+            reply: Arc::clone(&reply),
+            since: Instant::now(),
+        });
+        self.endpoint
+            .counters
+            .queue_depth
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        if let Some(id) = id {
+            reply.push_control(frames::ack_queued(id));
+        }
+    }
+
+    async fn on_client_gone(&mut self, client: ClientId) {
+        let mut undo = Vec::new();
+        self.stickies.retain_mut(|s| {
+            if s.client != client {
+                return true;
+            }
+            if let Some(u) = s.undo.take() {
+                undo.push(u);
+            }
+            false
+        });
+        if !matches!(self.link, Link::Open(_)) {
+            return;
+        }
+        for u in undo {
+            let len = u.len();
+            match self.write(to_message(&u)).await {
+                Ok(()) => self.count_out(len),
+                Err(reason) => return self.lost(reason, false, None),
+            }
+        }
+    }
+
+    async fn on_rotation_event(&mut self, event: LinkEvent) {
+        if self.rotation.is_none() {
+            return;
+        }
+        match event {
+            LinkEvent::Connected(Ok(mut ws)) => {
+                if let Err(reason) = self.replay(&mut ws).await {
+                    tracing::warn!(endpoint = %self.name(), %reason, "rotation: replacement failed; keeping the current connection");
+                    self.rotation = None;
+                    return;
+                }
+                let Some(rotation) = self.rotation.as_mut() else {
+                    return;
+                };
+                rotation.link = Link::Open(ws);
+                rotation.deadline = Some(Instant::now() + ROTATION_JOIN_TIMEOUT);
+                tracing::info!(endpoint = %self.name(), "rotation: replacement open, joining the streams");
+            }
+            LinkEvent::Connected(Err(e)) => {
+                tracing::warn!(endpoint = %self.name(), reason = %e.reason, "rotation: replacement failed; keeping the current connection");
+                self.rotation = None;
+            }
+            LinkEvent::Inbound(Some(Ok(msg))) => {
+                let payload = match msg {
+                    Message::Text(t) => Payload::Text(t.as_str().to_owned()),
+                    Message::Binary(b) => Payload::Binary(b),
+                    _ => return,
+                };
+                if self.is_heartbeat_reply(payload.as_ref()) {
+                    return;
+                }
+                let Some(rotation) = self.rotation.as_mut() else {
+                    return;
+                };
+                let join = rotation.overlap.on_new(payload);
+                if matches!(join, Join::Switch(_)) {
+                    self.finish_rotation(join).await;
+                }
+            }
+            LinkEvent::Inbound(_) => {
+                tracing::warn!(endpoint = %self.name(), "rotation: replacement closed; keeping the current connection");
+                self.rotation = None;
+            }
+        }
+    }
+
+    /// The new connection takes over: forward what only it delivered, retire the old one.
+    async fn finish_rotation(&mut self, join: Join) {
+        let Join::Switch(rest) = join else { return };
+        let Some(rotation) = self.rotation.take() else {
+            return;
+        };
+        let Link::Open(new) = rotation.link else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.link, Link::Open(new));
+        for p in rest {
+            self.fan_out(p.as_ref());
+        }
+        self.heartbeat_sent = None;
+        self.policy.on_rotated(Self::now());
+        self.endpoint
+            .counters
+            .connects
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(endpoint = %self.name(), "rotation: switched to the replacement connection");
+        if let Link::Open(mut ws) = old {
+            let name = self.endpoint.name_arc().clone();
+            tokio::spawn(async move {
+                close_gracefully(&mut ws, CloseCode::Normal, "rotated", &name).await;
+            });
         }
     }
 
     async fn shutdown(&mut self) {
         self.policy.stop();
-        self.endpoint.set_state(
-            ConnState::Closed,
-            None,
-            None,
-            Some("daemon shutting down".into()),
+        let mut ev = StateEvent::new(self.name(), ConnState::Closed);
+        ev.reason = Some(
+            self.endpoint
+                .stop_reason()
+                .unwrap_or("daemon shutting down")
+                .to_owned(),
         );
+        self.endpoint.set_state(ev);
         self.commands.close();
-        while let Ok(request) = self.commands.try_recv() {
-            request.reply.push_control(frames::error(
-                request.id,
-                ErrorCode::ShuttingDown,
-                "the daemon is shutting down",
-            ));
-        }
-        if let Link::Open(ws) = &mut self.link {
-            let frame = CloseFrame {
-                code: CloseCode::Away,
-                reason: "wsmuxd shutting down".into(),
-            };
-            let close = async {
-                ws.send(Message::Close(Some(frame))).await?;
-                // Wait for the peer's close reply so the close handshake completes.
-                while let Some(msg) = ws.next().await {
-                    msg?;
-                }
-                Ok::<(), tungstenite::Error>(())
-            };
-            match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
-                Ok(Ok(())) | Ok(Err(tungstenite::Error::ConnectionClosed)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(endpoint = %self.endpoint.name(), error = %e, "close failed")
-                }
-                Err(_) => {
-                    tracing::debug!(endpoint = %self.endpoint.name(), "close handshake timed out")
-                }
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Send(r) => r.reply.push_control(frames::error(
+                    r.id,
+                    ErrorCode::ShuttingDown,
+                    "the endpoint is shutting down",
+                )),
+                Command::Reconnect { id, reply } => reply.push_control(frames::error(
+                    id,
+                    ErrorCode::ShuttingDown,
+                    "the endpoint is shutting down",
+                )),
+                Command::ClientGone(_) | Command::Reconfigure(_) => {}
             }
         }
+        while let Some(q) = self.pop_queue() {
+            self.report_dropped(
+                &q,
+                ErrorCode::ShuttingDown,
+                "the daemon stopped before the endpoint could deliver it".into(),
+            );
+        }
+        if let Link::Open(ws) = &mut self.link {
+            close_gracefully(
+                ws,
+                CloseCode::Away,
+                "wsmuxd shutting down",
+                self.endpoint.name(),
+            )
+            .await;
+        }
         self.link = Link::Idle;
-        tracing::info!(endpoint = %self.endpoint.name(), "closed");
+        self.rotation = None;
+        self.endpoint.clear_subscribers();
+        tracing::info!(endpoint = %self.name(), "closed");
     }
+}
+
+/// Waits for the replacement connection's next event; pending forever without a rotation.
+async fn rotation_event(rotation: &mut Option<Rotation>) -> LinkEvent {
+    match rotation {
+        Some(r) => link_event(&mut r.link).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a close frame and waits (briefly) for the peer's answer.
+async fn close_gracefully(ws: &mut Ws, code: CloseCode, reason: &str, endpoint: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let close = async {
+        ws.send(Message::Close(Some(frame))).await?;
+        while let Some(msg) = ws.next().await {
+            msg?;
+        }
+        Ok::<(), tungstenite::Error>(())
+    };
+    match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
+        Ok(Ok(())) | Ok(Err(tungstenite::Error::ConnectionClosed)) => {}
+        Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, "close failed"),
+        Err(_) => tracing::debug!(%endpoint, "close handshake timed out"),
+    }
+}
+
+/// Decompresses a binary message for auto-reply matching; `None` if it is not valid
+/// compressed UTF-8 text within `limit` bytes.
+fn decompress(data: &[u8], method: Decompress, limit: usize) -> Option<String> {
+    let mut out = Vec::new();
+    let limit = limit as u64;
+    let ok = match method {
+        Decompress::None => return None,
+        Decompress::Gzip => flate2::read::GzDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        Decompress::Deflate => {
+            let zlib = flate2::read::ZlibDecoder::new(data)
+                .take(limit)
+                .read_to_end(&mut out)
+                .is_ok();
+            if !zlib {
+                out.clear();
+                flate2::read::DeflateDecoder::new(data)
+                    .take(limit)
+                    .read_to_end(&mut out)
+                    .is_ok()
+            } else {
+                true
+            }
+        }
+    };
+    if !ok {
+        return None;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Opens the WebSocket: TCP, TLS and the handshake, all within `connect_timeout`.
 async fn connect(
     settings: Arc<EndpointSettings>,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Box<Ws>, String> {
+) -> Result<Box<Ws>, ConnectError> {
     let mut request = settings
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("invalid request: {e}"))?;
+        .map_err(|e| ConnectError::plain(format!("invalid request: {e}")))?;
     let headers = request.headers_mut();
     for (name, value) in &settings.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| format!("invalid header name `{name}`: {e}"))?;
+            .map_err(|e| ConnectError::plain(format!("invalid header name `{name}`: {e}")))?;
         let value = HeaderValue::from_str(value)
-            .map_err(|e| format!("invalid value for header `{name}`: {e}"))?;
+            .map_err(|e| ConnectError::plain(format!("invalid value for header `{name}`: {e}")))?;
         headers.insert(name, value);
     }
     if !settings.subprotocols.is_empty() {
         let joined = settings.subprotocols.join(", ");
         let value = HeaderValue::from_str(&joined)
-            .map_err(|e| format!("invalid subprotocols `{joined}`: {e}"))?;
+            .map_err(|e| ConnectError::plain(format!("invalid subprotocols `{joined}`: {e}")))?;
         headers.insert("sec-websocket-protocol", value);
     }
     let config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_message_size))
         .max_frame_size(Some(settings.max_message_size));
+    let tls = crate::tls::for_endpoint(&settings, tls).map_err(ConnectError::plain)?;
     let handshake = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
@@ -440,11 +1115,30 @@ async fn connect(
     );
     match tokio::time::timeout(settings.connect_timeout, handshake).await {
         Ok(Ok((ws, _response))) => Ok(Box::new(ws)),
-        Ok(Err(e)) => Err(describe_error(&e)),
-        Err(_) => Err(format!(
+        Ok(Err(e)) => {
+            let (status, retry_after) = match &e {
+                tungstenite::Error::Http(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = matches!(status, 429 | 503)
+                        .then(|| response.headers().get("retry-after"))
+                        .flatten()
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    (Some(status), retry_after)
+                }
+                _ => (None, None),
+            };
+            Err(ConnectError {
+                reason: describe_error(&e),
+                status,
+                retry_after,
+            })
+        }
+        Err(_) => Err(ConnectError::plain(format!(
             "connect timeout after {}",
             humanize(settings.connect_timeout)
-        )),
+        ))),
     }
 }
 
@@ -475,5 +1169,39 @@ fn describe_error(e: &tungstenite::Error) -> String {
             "connection closed".into()
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn decompresses_gzip_and_both_deflate_flavours() {
+        let text = r#"{"ping":1712345678}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(
+            decompress(&gz, Decompress::Gzip, 1024).as_deref(),
+            Some(text)
+        );
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(text.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        assert_eq!(
+            decompress(&z, Decompress::Deflate, 1024).as_deref(),
+            Some(text)
+        );
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(text.as_bytes()).unwrap();
+        let raw = raw.finish().unwrap();
+        assert_eq!(
+            decompress(&raw, Decompress::Deflate, 1024).as_deref(),
+            Some(text)
+        );
+        assert_eq!(decompress(b"not compressed", Decompress::Gzip, 1024), None);
     }
 }

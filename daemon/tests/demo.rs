@@ -81,11 +81,7 @@ async fn demo_mode_streams_ticks_and_echoes() {
             ServerMsg::State(s) if s.state == ConnState::Open && !sent => {
                 send(
                     &mut stream,
-                    &ClientMsg::Send(Send {
-                        id: Some(2),
-                        endpoint: "demo".into(),
-                        data: Payload::Text("hi demo".into()),
-                    }),
+                    &ClientMsg::Send(Send::new(Some(2), "demo", Payload::Text("hi demo".into()))),
                 )
                 .await;
                 sent = true;

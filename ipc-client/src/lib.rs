@@ -29,9 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use wsmux_proto::frame::check;
 use wsmux_proto::{
-    decode_server, encode, ClientMsg, DataMessage, EndpointStatus, ErrorCode, ErrorMsg, Hello,
-    Payload, Ping, Send, ServerMsg, StateEvent, StatusRequest, Subscribe, Unsubscribe, Welcome,
-    DEFAULT_MAX_FRAME, HEADER_LEN, PROTOCOL_VERSION,
+    decode_server, encode, ClientMsg, DataMessage, Dropped, EndpointStatus, ErrorCode, ErrorMsg,
+    Hello, Lagged, Payload, Ping, Reconnect, Reload, Send, Sent, ServerMsg, StateEvent,
+    StatusRequest, Subscribe, Unsubscribe, Welcome, DEFAULT_MAX_FRAME, HEADER_LEN,
+    PROTOCOL_VERSION,
 };
 
 pub use wsmux_proto as proto;
@@ -91,8 +92,34 @@ pub enum Event {
     Message(DataMessage),
     /// An endpoint's state changed.
     State(StateEvent),
-    /// An error not tied to a request (e.g. `lagged`).
+    /// An error not tied to a request.
     Error(ErrorMsg),
+    /// A queued `send` was written upstream.
+    Sent(Sent),
+    /// A queued `send` will never be written.
+    Dropped(Dropped),
+    /// This client fell behind and missed messages.
+    Lagged(Lagged),
+}
+
+/// What happened to a `send`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written to the upstream WebSocket.
+    Written,
+    /// Queued while the endpoint is down; `Event::Sent` or `Event::Dropped` follows.
+    Queued,
+}
+
+/// Options of one `send`.
+#[derive(Clone, Debug, Default)]
+pub struct SendOptions {
+    /// Fail with `not_connected` instead of queueing while the endpoint is down.
+    pub no_queue: bool,
+    /// Replay after every reconnect while this client stays connected.
+    pub sticky: bool,
+    /// With `sticky`: sent when this client disconnects.
+    pub undo: Option<Payload>,
 }
 
 /// The default socket path: `WSMUX_SOCKET`, then the platform default shared with the
@@ -257,9 +284,13 @@ impl Client {
             .remove(&id);
     }
 
-    async fn expect_ack(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<(), ClientError> {
+    async fn expect_ack(
+        &self,
+        make: impl FnOnce(u64) -> ClientMsg,
+    ) -> Result<Delivery, ClientError> {
         match self.request(make).await? {
-            ServerMsg::Ack(_) => Ok(()),
+            ServerMsg::Ack(a) if a.queued == Some(true) => Ok(Delivery::Queued),
+            ServerMsg::Ack(_) => Ok(Delivery::Written),
             other => Err(ClientError::Protocol(format!(
                 "expected ack, got {other:?}"
             ))),
@@ -275,6 +306,7 @@ impl Client {
             })
         })
         .await
+        .map(drop)
     }
 
     /// Unsubscribes from an endpoint.
@@ -286,17 +318,52 @@ impl Client {
             })
         })
         .await
+        .map(drop)
     }
 
-    /// Sends a message upstream and waits until the daemon has written it to the WebSocket.
-    pub async fn send(&self, endpoint: &str, data: impl Into<Payload>) -> Result<(), ClientError> {
-        let data = data.into();
+    /// Forces a fresh upstream connection, or revives a `failed` endpoint.
+    pub async fn reconnect(&self, endpoint: &str) -> Result<(), ClientError> {
         self.expect_ack(|id| {
-            ClientMsg::Send(Send {
+            ClientMsg::Reconnect(Reconnect {
                 id: Some(id),
                 endpoint: endpoint.to_owned(),
-                data,
             })
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Asks the daemon to re-read its configuration.
+    pub async fn reload(&self) -> Result<(), ClientError> {
+        self.expect_ack(|id| ClientMsg::Reload(Reload { id: Some(id) }))
+            .await
+            .map(drop)
+    }
+
+    /// Sends a message upstream and waits until the daemon has written it to the WebSocket
+    /// (or queued it while the endpoint is down).
+    pub async fn send(
+        &self,
+        endpoint: &str,
+        data: impl Into<Payload>,
+    ) -> Result<Delivery, ClientError> {
+        self.send_with(endpoint, data, SendOptions::default()).await
+    }
+
+    /// [`Client::send`] with options (no queueing, sticky, undo).
+    pub async fn send_with(
+        &self,
+        endpoint: &str,
+        data: impl Into<Payload>,
+        options: SendOptions,
+    ) -> Result<Delivery, ClientError> {
+        let data = data.into();
+        self.expect_ack(|id| {
+            let mut send = Send::new(Some(id), endpoint, data);
+            send.queue = options.no_queue.then_some(false);
+            send.sticky = options.sticky.then_some(true);
+            send.undo = options.undo;
+            ClientMsg::Send(send)
         })
         .await
     }
@@ -416,6 +483,9 @@ async fn read_loop(
             ServerMsg::Message(m) => Event::Message(m),
             ServerMsg::State(s) => Event::State(s),
             ServerMsg::Error(e) => Event::Error(e),
+            ServerMsg::Sent(m) => Event::Sent(m),
+            ServerMsg::Dropped(m) => Event::Dropped(m),
+            ServerMsg::Lagged(m) => Event::Lagged(m),
             _ => continue,
         };
         if events.send(event).await.is_err() {

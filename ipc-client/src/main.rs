@@ -1,7 +1,7 @@
 //! `wsmux`: the command-line client of `wsmuxd`, for people and shell scripts.
 //!
 //! Exit codes: 0 success, 1 other failure, 2 usage error, 3 cannot reach the daemon,
-//! 4 the daemon refused the request (unknown endpoint, not connected, ...).
+//! 4 the daemon refused the request (unknown endpoint, not connected, ...), 5 `wait` timed out.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use wsmux_client::proto::{EndpointStatus, Payload};
-use wsmux_client::{Client, ClientError, Event};
+use wsmux_client::{Client, ClientError, Delivery, Event, SendOptions};
 
 /// Talk to a running wsmuxd: status, subscribe, send, bridge.
 #[derive(Debug, Parser)]
@@ -60,7 +60,28 @@ enum Command {
         /// Send every line of standard input as its own text message.
         #[arg(long, conflicts_with_all = ["text", "binary"])]
         lines: bool,
+        /// Fail (exit 4, `not_connected`) instead of queueing while the endpoint is down.
+        #[arg(long)]
+        no_queue: bool,
     },
+    /// Wait until an endpoint reaches a state (for start-up scripts).
+    Wait {
+        /// Endpoint name.
+        endpoint: String,
+        /// The state to wait for.
+        #[arg(long, default_value = "open")]
+        state: String,
+        /// Give up after this long (exit code 5), e.g. `10s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Force a fresh upstream connection, or revive a `failed` endpoint.
+    Reconnect {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Make the daemon re-read its configuration file.
+    Reload,
     /// Standard input lines go upstream; upstream messages come out as JSON lines.
     Bridge {
         /// Endpoint name.
@@ -167,11 +188,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             text,
             binary,
             lines,
+            no_queue,
         } => {
+            let options = || SendOptions {
+                no_queue,
+                ..SendOptions::default()
+            };
             if lines {
                 let mut stdin = BufReader::new(tokio::io::stdin()).lines();
                 while let Some(line) = stdin.next_line().await? {
-                    client.send(&endpoint, line).await?;
+                    client.send_with(&endpoint, line, options()).await?;
                 }
             } else {
                 let payload = match text {
@@ -198,9 +224,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         }
                     }
                 };
-                client.send(&endpoint, payload).await?;
+                if client.send_with(&endpoint, payload, options()).await? == Delivery::Queued {
+                    eprintln!("wsmux: `{endpoint}` is not open; the message was queued");
+                }
             }
         }
+        Command::Wait {
+            endpoint,
+            state,
+            timeout,
+        } => wait(&mut client, &endpoint, &state, timeout).await?,
+        Command::Reconnect { endpoint } => client.reconnect(&endpoint).await?,
+        Command::Reload => client.reload().await?,
         Command::Bridge { endpoint } => bridge(&mut client, &endpoint).await?,
         Command::Ping => {
             let rtt = client.ping().await?;
@@ -208,6 +243,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Subscribes and waits for `endpoint` to be in `state`.
+async fn wait(
+    client: &mut Client,
+    endpoint: &str,
+    state: &str,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let known = ["connecting", "open", "backoff", "failed", "closed"];
+    if !known.contains(&state) {
+        return Err(Failure {
+            code: 2,
+            error: anyhow::anyhow!("unknown state `{state}` (one of {})", known.join(", ")),
+        });
+    }
+    let watch = async {
+        client.subscribe(endpoint).await?;
+        while let Some(event) = client.next_event().await {
+            if let Event::State(s) = event {
+                if s.endpoint == endpoint && s.state.as_str() == state {
+                    return Ok(());
+                }
+            }
+        }
+        Err(ClientError::Closed)
+    };
+    match tokio::time::timeout(timeout, watch).await {
+        Ok(result) => result.map_err(Failure::from),
+        Err(_) => Err(Failure {
+            code: 5,
+            error: anyhow::anyhow!(
+                "`{endpoint}` did not reach `{state}` within {}",
+                humantime::format_duration(timeout)
+            ),
+        }),
+    }
 }
 
 /// Runs both directions until standard input ends (after its last message is written) or
@@ -296,14 +368,25 @@ fn print_event(event: &Event, data_only: bool) -> std::io::Result<()> {
             );
             Ok(())
         }
-        Event::State(s) => print_json(&json!({
-            "type": "state",
-            "endpoint": s.endpoint,
-            "state": s.state.as_str(),
-            "attempt": s.attempt,
-            "retry_in_ms": s.retry_in_ms,
-            "reason": s.reason,
-        })),
+        Event::State(s) => {
+            let mut obj = serde_json::Map::new();
+            obj.insert("type".into(), json!("state"));
+            obj.insert("endpoint".into(), json!(s.endpoint));
+            obj.insert("state".into(), json!(s.state.as_str()));
+            let optional = [
+                ("attempt", s.attempt.map(|v| json!(v))),
+                ("retry_in_ms", s.retry_in_ms.map(|v| json!(v))),
+                ("reason", s.reason.as_ref().map(|v| json!(v))),
+                ("reconnect", s.reconnect.map(|v| json!(v))),
+                ("downtime_ms", s.downtime_ms.map(|v| json!(v))),
+            ];
+            for (k, v) in optional {
+                if let Some(v) = v {
+                    obj.insert(k.into(), v);
+                }
+            }
+            print_json(&Value::Object(obj))
+        }
         Event::Error(e) => {
             eprintln!("wsmux: {}: {}", e.code, e.message);
             if data_only {
@@ -311,6 +394,32 @@ fn print_event(event: &Event, data_only: bool) -> std::io::Result<()> {
             }
             print_json(&json!({"type": "error", "code": e.code.as_str(), "message": e.message}))
         }
+        Event::Lagged(l) => {
+            eprintln!(
+                "wsmux: fell behind on {}: {} messages skipped",
+                l.endpoint, l.dropped
+            );
+            if data_only {
+                return Ok(());
+            }
+            print_json(&json!({"type": "lagged", "endpoint": l.endpoint, "dropped": l.dropped}))
+        }
+        Event::Sent(m) if !data_only => {
+            print_json(&json!({"type": "sent", "id": m.id, "endpoint": m.endpoint}))
+        }
+        Event::Dropped(d) => {
+            eprintln!(
+                "wsmux: a queued message for {} was dropped: {}",
+                d.endpoint, d.message
+            );
+            if data_only {
+                return Ok(());
+            }
+            print_json(
+                &json!({"type": "dropped", "id": d.id, "endpoint": d.endpoint, "code": d.code.as_str(), "message": d.message}),
+            )
+        }
+        Event::Sent(_) => Ok(()),
     }
 }
 

@@ -48,6 +48,20 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The upstream connection went away before the message was written.
     SendFailed,
+    /// The endpoint's outbound queue is full.
+    QueueFull,
+    /// A queued message waited longer than the queue's `max_age`.
+    Expired,
+    /// A queued message was pushed out by a newer one (`drop_oldest`).
+    Overflowed,
+    /// The client is subscribed to too many endpoints.
+    TooManySubscriptions,
+    /// The endpoint refused the connection in a way that retrying will not fix.
+    Fatal,
+    /// The new configuration is invalid; the old one keeps running.
+    InvalidConfig,
+    /// The request is not available in this daemon (e.g. `reload` without a config file).
+    Unsupported,
     /// Something failed inside the daemon.
     Internal,
     /// A code this version of the crate does not know (sent by a newer peer).
@@ -79,6 +93,13 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::SendFailed => "send_failed",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::Expired => "expired",
+            ErrorCode::Overflowed => "overflowed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Fatal => "fatal",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

@@ -19,9 +19,9 @@ mod payload;
 pub use codes::ErrorCode;
 pub use frame::{encode, encode_data_message, encode_to_vec, EncodeError, FrameError};
 pub use message::{
-    decode_client, decode_server, Ack, ClientMsg, ConnState, DataMessage, EndpointStatus,
-    EndpointSummary, ErrorMsg, Hello, MessageError, Ping, Pong, Send, ServerMsg, StateEvent,
-    StatusReply, StatusRequest, Subscribe, Unsubscribe, Welcome,
+    decode_client, decode_server, Ack, ClientMsg, ConnState, DataMessage, Dropped, EndpointStatus,
+    EndpointSummary, ErrorMsg, Hello, Lagged, MessageError, Ping, Pong, Reconnect, Reload, Send,
+    Sent, ServerMsg, StateEvent, StatusReply, StatusRequest, Subscribe, Unsubscribe, Welcome,
 };
 pub use payload::{Payload, PayloadRef};
 

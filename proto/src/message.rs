@@ -25,6 +25,10 @@ pub enum ClientMsg {
     Status(StatusRequest),
     /// Ask the daemon to answer with `pong`.
     Ping(Ping),
+    /// Force a fresh upstream connection, or revive a `failed` endpoint.
+    Reconnect(Reconnect),
+    /// Ask the daemon to re-read its configuration.
+    Reload(Reload),
 }
 
 /// A message from the daemon to a local client.
@@ -45,6 +49,12 @@ pub enum ServerMsg {
     Status(StatusReply),
     /// The answer to `ping`.
     Pong(Pong),
+    /// A queued `send` was finally written upstream.
+    Sent(Sent),
+    /// A queued `send` will never be written (queue overflow, age limit, shutdown).
+    Dropped(Dropped),
+    /// This client did not read fast enough: `dropped` messages of `endpoint` were skipped.
+    Lagged(Lagged),
 }
 
 /// `hello {version, client?}`.
@@ -87,6 +97,81 @@ pub struct Send {
     pub endpoint: String,
     /// The message to send upstream.
     pub data: Payload,
+    /// `false`: fail with `not_connected` instead of queueing while the endpoint is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<bool>,
+    /// `true`: replay this message after every reconnect for as long as this client stays
+    /// connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<bool>,
+    /// With `sticky`: a message to send when this client leaves (e.g. an unsubscribe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Payload>,
+}
+
+impl Send {
+    /// A plain `send` (queued if the endpoint is down, not sticky).
+    pub fn new(id: Option<u64>, endpoint: impl Into<String>, data: impl Into<Payload>) -> Self {
+        Send {
+            id,
+            endpoint: endpoint.into(),
+            data: data.into(),
+            queue: None,
+            sticky: None,
+            undo: None,
+        }
+    }
+}
+
+/// `reconnect {id?, endpoint}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconnect {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Endpoint name.
+    pub endpoint: String,
+}
+
+/// `reload {id?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reload {
+    /// Request id; the reply carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+/// `sent {id?, endpoint}`: the final fate of a queued `send` that carried an id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The id of the original `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Endpoint name.
+    pub endpoint: String,
+}
+
+/// `dropped {id?, endpoint, code, message}`: a queued `send` that will never be written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// The id of the original `send`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Why: `queue_full`, `expired` or `shutting_down`.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// `lagged {endpoint, dropped}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lagged {
+    /// Endpoint whose messages were skipped.
+    pub endpoint: String,
+    /// How many messages were skipped since the last `lagged`.
+    pub dropped: u64,
 }
 
 /// `status {id?}` (request).
@@ -191,6 +276,28 @@ pub struct StateEvent {
     /// Why the connection was lost or refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `open`: `false` for the first connection since the daemon started, `true` for a
+    /// reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<bool>,
+    /// With `open` after a reconnect: milliseconds the endpoint was not open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+}
+
+impl StateEvent {
+    /// A state event with no optional fields.
+    pub fn new(endpoint: impl Into<String>, state: ConnState) -> Self {
+        StateEvent {
+            endpoint: endpoint.into(),
+            state,
+            attempt: None,
+            retry_in_ms: None,
+            reason: None,
+            reconnect: None,
+            downtime_ms: None,
+        }
+    }
 }
 
 /// `ack {id}`.
@@ -198,6 +305,10 @@ pub struct StateEvent {
 pub struct Ack {
     /// The id of the request that succeeded.
     pub id: u64,
+    /// With `send`: `true` when the message was queued (the endpoint is not open) rather than
+    /// written; its fate follows as `sent` or `dropped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<bool>,
 }
 
 /// `error {id?, code, message}`.
@@ -254,6 +365,15 @@ pub struct EndpointStatus {
     pub bytes_out: u64,
     /// Local clients subscribed now.
     pub subscribers: u32,
+    /// Connects after the first one.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Client messages waiting in the outbound queue for the endpoint to open.
+    #[serde(default)]
+    pub queued: u64,
+    /// Messages dropped for subscribers that did not read fast enough.
+    #[serde(default)]
+    pub lagged_drops: u64,
 }
 
 /// `pong {id?}`.
@@ -274,6 +394,8 @@ impl ClientMsg {
             ClientMsg::Send(m) => m.id,
             ClientMsg::Status(m) => m.id,
             ClientMsg::Ping(m) => m.id,
+            ClientMsg::Reconnect(m) => m.id,
+            ClientMsg::Reload(m) => m.id,
         }
     }
 }
@@ -449,6 +571,8 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, MessageError> {
         "send" => ClientMsg::Send(body_as(body, id)?),
         "status" => ClientMsg::Status(body_as(body, id)?),
         "ping" => ClientMsg::Ping(body_as(body, id)?),
+        "reconnect" => ClientMsg::Reconnect(body_as(body, id)?),
+        "reload" => ClientMsg::Reload(body_as(body, id)?),
         other => {
             return Err(MessageError::new(
                 ErrorCode::UnknownType,
@@ -470,6 +594,9 @@ pub fn decode_server(body: &[u8]) -> Result<ServerMsg, MessageError> {
         "error" => ServerMsg::Error(body_as(body, id)?),
         "status" => ServerMsg::Status(body_as(body, id)?),
         "pong" => ServerMsg::Pong(body_as(body, id)?),
+        "sent" => ServerMsg::Sent(body_as(body, id)?),
+        "dropped" => ServerMsg::Dropped(body_as(body, id)?),
+        "lagged" => ServerMsg::Lagged(body_as(body, id)?),
         other => {
             return Err(MessageError::new(
                 ErrorCode::UnknownType,

@@ -69,11 +69,7 @@ fn ping_frame_has_the_documented_bytes() {
 #[test]
 fn text_and_binary_data_use_str_and_bin() {
     let text = encode_to_vec(
-        &ClientMsg::Send(Send {
-            id: None,
-            endpoint: "e".into(),
-            data: Payload::Text("hi".into()),
-        }),
+        &ClientMsg::Send(Send::new(None, "e", Payload::Text("hi".into()))),
         MAX,
     )
     .unwrap();
@@ -86,11 +82,11 @@ fn text_and_binary_data_use_str_and_bin() {
         ])
     );
     let bin = encode_to_vec(
-        &ClientMsg::Send(Send {
-            id: None,
-            endpoint: "e".into(),
-            data: Payload::Binary(Bytes::from_static(&[1, 2])),
-        }),
+        &ClientMsg::Send(Send::new(
+            None,
+            "e",
+            Payload::Binary(Bytes::from_static(&[1, 2])),
+        )),
         MAX,
     )
     .unwrap();
@@ -150,12 +146,23 @@ fn every_client_message_round_trips() {
             id: None,
             endpoint: "a".into(),
         }),
-        ClientMsg::Send(Send {
-            id: Some(u64::MAX),
-            endpoint: "a".into(),
-            data: Payload::Binary(Bytes::from(vec![0u8; 300])),
-        }),
+        ClientMsg::Send(Send::new(
+            Some(u64::MAX),
+            "a",
+            Payload::Binary(Bytes::from(vec![0u8; 300])),
+        )),
         ClientMsg::Status(StatusRequest { id: Some(3) }),
+        ClientMsg::Send(Send {
+            queue: Some(false),
+            sticky: Some(true),
+            undo: Some(Payload::Text("unsub".into())),
+            ..Send::new(Some(5), "a", "sub")
+        }),
+        ClientMsg::Reconnect(Reconnect {
+            id: Some(6),
+            endpoint: "a".into(),
+        }),
+        ClientMsg::Reload(Reload { id: None }),
         ClientMsg::Ping(Ping { id: None }),
     ];
     for m in msgs {
@@ -181,8 +188,36 @@ fn every_server_message_round_trips() {
             attempt: Some(3),
             retry_in_ms: Some(1500),
             reason: Some("HTTP 503".into()),
+            reconnect: None,
+            downtime_ms: None,
         }),
-        ServerMsg::Ack(Ack { id: 9 }),
+        ServerMsg::State(StateEvent {
+            reconnect: Some(true),
+            downtime_ms: Some(1234),
+            ..StateEvent::new("a", ConnState::Open)
+        }),
+        ServerMsg::Ack(Ack {
+            id: 9,
+            queued: None,
+        }),
+        ServerMsg::Ack(Ack {
+            id: 10,
+            queued: Some(true),
+        }),
+        ServerMsg::Sent(Sent {
+            id: Some(4),
+            endpoint: "a".into(),
+        }),
+        ServerMsg::Dropped(Dropped {
+            id: None,
+            endpoint: "a".into(),
+            code: ErrorCode::QueueFull,
+            message: "full".into(),
+        }),
+        ServerMsg::Lagged(Lagged {
+            endpoint: "a".into(),
+            dropped: 17,
+        }),
         ServerMsg::Error(ErrorMsg {
             id: None,
             code: ErrorCode::Lagged,
@@ -204,6 +239,9 @@ fn every_server_message_round_trips() {
                 messages_out: 5,
                 bytes_out: 6,
                 subscribers: 7,
+                reconnects: 1,
+                queued: 2,
+                lagged_drops: 3,
             }],
         }),
         ServerMsg::Pong(Pong { id: Some(2) }),
@@ -308,11 +346,7 @@ fn errors_keep_the_request_id() {
 
 #[test]
 fn encode_refuses_frames_over_the_maximum() {
-    let msg = ClientMsg::Send(Send {
-        id: None,
-        endpoint: "e".into(),
-        data: Payload::Text("x".repeat(100)),
-    });
+    let msg = ClientMsg::Send(Send::new(None, "e", Payload::Text("x".repeat(100))));
     let mut buf = vec![9];
     assert!(matches!(
         encode(&msg, &mut buf, 50),

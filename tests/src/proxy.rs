@@ -15,6 +15,8 @@ pub enum Mode {
     Forward,
     /// Read and discard both directions; keep the sockets open.
     Blackhole,
+    /// Close new connections at once (existing ones are left alone).
+    Refuse,
 }
 
 /// A running proxy.
@@ -37,6 +39,10 @@ impl Proxy {
         let c = Arc::clone(&conns);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *rx.borrow() == Mode::Refuse {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -110,14 +116,15 @@ async fn pump(
         if *mode.borrow() == Mode::Blackhole {
             continue;
         }
+        // Refuse only affects new connections.
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }
     // Keep the other side open in blackhole mode: that is the point of it.
-    if *mode.borrow() == Mode::Forward {
-        let _ = to.shutdown().await;
-    } else {
+    if *mode.borrow() == Mode::Blackhole {
         std::future::pending::<()>().await;
+    } else {
+        let _ = to.shutdown().await;
     }
 }

@@ -55,11 +55,11 @@ async fn three_subscribers_share_one_upstream_and_see_every_message_in_order() {
 async fn send_is_acked_after_the_upstream_got_it() {
     let (mut up, d) = daemon_with_feed("").await;
     let mut c = subscribed(&d.socket).await;
-    c.send(&ClientMsg::Send(Send {
-        id: Some(7),
-        endpoint: "feed".into(),
-        data: Payload::Text("hello upstream".into()),
-    }))
+    c.send(&ClientMsg::Send(Send::new(
+        Some(7),
+        "feed",
+        Payload::Text("hello upstream".into()),
+    )))
     .await;
     match c.recv().await {
         Some(ServerMsg::Ack(a)) => assert_eq!(a.id, 7),
@@ -74,11 +74,11 @@ async fn send_is_acked_after_the_upstream_got_it() {
     assert_eq!(seen, Seen::Message(1, Message::text("hello upstream")));
 
     // Binary, and without an id: no reply on success, so the next frame is the pong.
-    c.send(&ClientMsg::Send(Send {
-        id: None,
-        endpoint: "feed".into(),
-        data: Payload::from(vec![0u8, 1, 2, 255]),
-    }))
+    c.send(&ClientMsg::Send(Send::new(
+        None,
+        "feed",
+        Payload::from(vec![0u8, 1, 2, 255]),
+    )))
     .await;
     c.send(&ClientMsg::Ping(Ping { id: Some(8) })).await;
     match c.recv().await {
@@ -97,11 +97,11 @@ async fn send_is_acked_after_the_upstream_got_it() {
     );
 
     // Unknown endpoint: an error with the request's id.
-    c.send(&ClientMsg::Send(Send {
-        id: Some(9),
-        endpoint: "nope".into(),
-        data: Payload::Text("x".into()),
-    }))
+    c.send(&ClientMsg::Send(Send::new(
+        Some(9),
+        "nope",
+        Payload::Text("x".into()),
+    )))
     .await;
     match c.recv().await {
         Some(ServerMsg::Error(e)) => {
@@ -125,11 +125,11 @@ async fn status_reports_counters_and_redacts_the_url() {
     let mut c = subscribed(&d.socket).await;
     up.broadcast(Message::text("abc"));
     assert!(matches!(c.recv().await, Some(ServerMsg::Message(_))));
-    c.send(&ClientMsg::Send(Send {
-        id: Some(1),
-        endpoint: "feed".into(),
-        data: Payload::Text("hello".into()),
-    }))
+    c.send(&ClientMsg::Send(Send::new(
+        Some(1),
+        "feed",
+        Payload::Text("hello".into()),
+    )))
     .await;
     assert!(matches!(c.recv().await, Some(ServerMsg::Ack(_))));
     c.send(&ClientMsg::Status(StatusRequest { id: Some(2) }))

@@ -195,8 +195,8 @@ async fn gives_up_after_max_attempts_with_the_reason() {
     );
 }
 
-/// A minimal HTTP server that answers every request with `status`.
-async fn refusing_server(status: &'static str) -> std::net::SocketAddr {
+/// A minimal HTTP server that answers every request with `status` (and `Retry-After`).
+async fn refusing_server(status: &'static str, retry_after: Option<u64>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -205,8 +205,11 @@ async fn refusing_server(status: &'static str) -> std::net::SocketAddr {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
                 let body = "invalid token";
+                let extra = retry_after
+                    .map(|s| format!("retry-after: {s}\r\n"))
+                    .unwrap_or_default();
                 let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = s.write_all(resp.as_bytes()).await;
@@ -218,14 +221,53 @@ async fn refusing_server(status: &'static str) -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_refusal_is_reported_in_the_reason() {
-    let addr = refusing_server("401 Unauthorized").await;
+    let addr = refusing_server("404 Not Found", None).await;
     let d = Daemon::start(&endpoint_toml("feed", &format!("ws://{addr}/"), ""));
     let (mut c, _) = Raw::greeted(&d.socket).await;
     c.subscribe("feed").await;
     let backoff = within(5, "backoff", c.until_state(ConnState::Backoff)).await;
     let reason = backoff.reason.unwrap_or_default();
-    assert!(reason.contains("401"), "{reason}");
+    assert!(reason.contains("404"), "{reason}");
     assert!(reason.contains("invalid token"), "the body helps: {reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_is_fatal_until_a_reconnect_request() {
+    let addr = refusing_server("401 Unauthorized", None).await;
+    let d = Daemon::start(&endpoint_toml("feed", &format!("ws://{addr}/"), ""));
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    c.subscribe("feed").await;
+    let failed = within(5, "failed", c.until_state(ConnState::Failed)).await;
+    assert!(failed.reason.unwrap_or_default().contains("401"));
+    assert_eq!(failed.attempt, Some(1), "no hammering: one attempt");
+    // A reconnect request revives it (and it fails again, once).
+    c.send(&ClientMsg::Reconnect(wsmux_proto::Reconnect {
+        id: Some(5),
+        endpoint: "feed".into(),
+    }))
+    .await;
+    let mut acked = false;
+    loop {
+        match within(5, "reconnect", c.recv()).await {
+            Some(ServerMsg::Ack(a)) if a.id == 5 => acked = true,
+            Some(ServerMsg::State(s)) if s.state == ConnState::Connecting => {
+                assert_eq!(s.attempt, Some(1), "a reconnect request starts afresh");
+            }
+            Some(ServerMsg::State(s)) if s.state == ConnState::Failed => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_on_503() {
+    let addr = refusing_server("503 Service Unavailable", Some(3)).await;
+    let d = Daemon::start(&endpoint_toml("feed", &format!("ws://{addr}/"), ""));
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    c.subscribe("feed").await;
+    let backoff = within(5, "backoff", c.until_state(ConnState::Backoff)).await;
+    assert_eq!(backoff.retry_in_ms, Some(3000), "{backoff:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

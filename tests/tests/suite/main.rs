@@ -5,14 +5,22 @@
 mod bad_input;
 /// The `wsmux` command-line client.
 mod cli;
+/// Slow and misbehaving clients, limits, and many clients at once.
+mod clients;
 /// Configuration errors and environment overrides, through the real binary.
 mod config;
+/// Delivery guarantees: outbound queue, `on_connect`, sticky sends.
+mod delivery;
 /// Fan-out to many subscribers, ordering, `send` with ack, status.
 mod fanout;
 /// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
 mod health;
 /// Signals and shutdown.
 mod lifecycle;
+/// Liveness conventions: auto-replies, idle-only and binary heartbeats.
+mod liveness;
+/// Configuration reload, rotation and shutdown drain.
+mod operations;
 /// The Python example client from `examples/python`.
 mod python;
 /// The local socket: file mode, stale sockets, a second daemon, peer uid.

@@ -1,0 +1,78 @@
+//! TLS client configuration: the platform's and webpki's roots for every endpoint, plus an
+//! endpoint's own CA file and client certificate (mutual TLS) when configured.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use wsmux_config::EndpointSettings;
+
+/// The shared configuration: platform roots plus the webpki roots.
+pub fn base_config() -> Result<rustls::ClientConfig, String> {
+    Ok(builder()?
+        .with_root_certificates(base_roots())
+        .with_no_client_auth())
+}
+
+fn base_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "could not load some platform root certificates");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(platform_roots = added, "TLS roots loaded");
+    roots
+}
+
+fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))
+}
+
+/// The configuration for one endpoint: `shared` unless it has a CA file or a client
+/// certificate. Files are read at every connect, so renewed certificates are picked up.
+pub fn for_endpoint(
+    settings: &EndpointSettings,
+    shared: Arc<rustls::ClientConfig>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let tls = &settings.tls;
+    if tls.ca_file.is_none() && tls.client_cert.is_none() {
+        return Ok(shared);
+    }
+    let mut roots = base_roots();
+    if let Some(ca) = &tls.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+        let mut n = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("invalid certificate in {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable CA certificate in {}: {e}", ca.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("no certificate found in ca_file {}", ca.display()));
+        }
+    }
+    let builder = builder()?.with_root_certificates(roots);
+    let config = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("cannot read client_cert {}: {e}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("invalid certificate in {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read client_key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate rejected: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,175 @@
+//! Operations: configuration reload, connection rotation, draining at shutdown.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::Message;
+use wsmux_proto::{ClientMsg, ConnState, ErrorCode, Send, ServerMsg};
+use wsmux_tests::daemon::Daemon;
+use wsmux_tests::raw::Raw;
+use wsmux_tests::upstream::{Seen, Upstream};
+use wsmux_tests::within;
+
+use crate::endpoint_toml;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_adds_removes_changes_and_keeps_the_rest() {
+    let mut keep = Upstream::start().await;
+    let mut change = Upstream::start().await;
+    let gone = Upstream::start().await;
+    let added = Upstream::start().await;
+    let before = format!(
+        "{}{}{}",
+        endpoint_toml("keep", &keep.url(), ""),
+        endpoint_toml("change", &change.url(), ""),
+        endpoint_toml("gone", &gone.url(), "")
+    );
+    let d = Daemon::start(&before);
+    keep.wait_connected(1).await;
+    change.wait_connected(1).await;
+    let (mut k, _) = Raw::greeted(&d.socket).await;
+    k.subscribe("keep").await;
+    let (mut g, _) = Raw::greeted(&d.socket).await;
+    g.subscribe("gone").await;
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    if c.subscribe("change").await.state != ConnState::Open {
+        c.until_state(ConnState::Open).await;
+    }
+
+    let after = format!(
+        "socket = {:?}\n{}{}{}",
+        d.socket.display().to_string(),
+        endpoint_toml("keep", &keep.url(), ""),
+        endpoint_toml("change", &change.url(), "headers = { X-Config = \"v2\" }"),
+        endpoint_toml("added", &added.url(), "")
+    );
+    std::fs::write(&d.config, after).unwrap();
+    d.signal(libc::SIGHUP);
+
+    let closed = within(10, "gone closed", g.until_state(ConnState::Closed)).await;
+    assert!(closed.reason.unwrap_or_default().contains("removed"));
+    within(10, "change reconnects", c.until_state(ConnState::Open)).await;
+    change.wait_connected(2).await;
+    let (mut a, _) = Raw::greeted(&d.socket).await;
+    if a.subscribe("added").await.state != ConnState::Open {
+        within(10, "added open", a.until_state(ConnState::Open)).await;
+    }
+    // The untouched endpoint kept its connection and its subscriber.
+    keep.broadcast(Message::text("still here"));
+    match within(5, "keep message", k.recv()).await {
+        Some(ServerMsg::Message(m)) => assert_eq!(m.seq, 1),
+        Some(ServerMsg::State(s)) => panic!("keep changed state: {s:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(keep.connections(), 1);
+
+    // An invalid configuration is rejected; the running one stays.
+    std::fs::write(&d.config, "[endpoints.keep]\nurl = \"http://nope\"\n").unwrap();
+    k.send(&ClientMsg::Reload(wsmux_proto::Reload { id: Some(7) }))
+        .await;
+    match within(5, "reload reply", k.recv()).await {
+        Some(ServerMsg::Error(e)) => {
+            assert_eq!((e.id, e.code), (Some(7), ErrorCode::InvalidConfig));
+            assert!(e.message.contains("endpoints.keep.url"), "{}", e.message);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    keep.broadcast(Message::text("after bad reload"));
+    assert!(matches!(
+        within(5, "message", k.recv()).await,
+        Some(ServerMsg::Message(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_at_max_lifetime_leaves_no_gap() {
+    let mut up = Upstream::start().await;
+    let d = Daemon::start(&endpoint_toml(
+        "feed",
+        &up.url(),
+        "max_lifetime = \"700ms\"",
+    ));
+    up.wait_connected(1).await;
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    if c.subscribe("feed").await.state != ConnState::Open {
+        c.until_state(ConnState::Open).await;
+    }
+    // A numbered stream, the same on every connection, for longer than two lifetimes.
+    let publisher = tokio::spawn(async move {
+        for n in 1..=400u32 {
+            up.broadcast(Message::text(format!("n{n}")));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        up
+    });
+    let mut got = Vec::new();
+    while got.len() < 400 {
+        match within(10, "numbered message", c.recv()).await {
+            Some(ServerMsg::Message(m)) => {
+                let wsmux_proto::Payload::Text(t) = m.data else {
+                    panic!()
+                };
+                got.push(t[1..].parse::<u32>().unwrap());
+            }
+            Some(ServerMsg::State(s)) => panic!("a rotation is invisible to subscribers: {s:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        if got.last() == Some(&400) {
+            break;
+        }
+    }
+    let mut up = publisher.await.unwrap();
+    assert_eq!(
+        got,
+        (1..=400).collect::<Vec<_>>(),
+        "no gap and no duplicate across rotations"
+    );
+    assert!(
+        up.connections() >= 3,
+        "rotated at least twice: {}",
+        up.connections()
+    );
+    // Old connections were closed with a close frame.
+    within(5, "close", up.wait_for(|s| matches!(s, Seen::Close(1, _)))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_queue_when_the_upstream_comes_back() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let config = format!(
+        "drain_timeout = \"5s\"\n{}",
+        endpoint_toml("feed", &format!("ws://{addr}/"), "")
+    );
+    let mut d = Daemon::start(&config);
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    c.send(&ClientMsg::Send(Send::new(Some(1), "feed", "last words")))
+        .await;
+    match c.recv().await {
+        Some(ServerMsg::Ack(a)) => assert_eq!(a.queued, Some(true)),
+        other => panic!("unexpected {other:?}"),
+    }
+    d.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The upstream appears while the daemon is draining.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let mut up = Upstream::on(listener, Default::default());
+    let seen = within(
+        10,
+        "drained message",
+        up.wait_for(|s| matches!(s, Seen::Message(..))),
+    )
+    .await;
+    assert_eq!(seen, Seen::Message(1, Message::text("last words")));
+    loop {
+        match within(10, "sent", c.recv()).await {
+            Some(ServerMsg::Sent(s)) => {
+                assert_eq!(s.id, Some(1));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed before `sent`"),
+        }
+    }
+    assert!(d.wait_exit().success());
+}
