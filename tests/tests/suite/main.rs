@@ -3,6 +3,8 @@
 
 /// Malformed input from one client never disturbs the others.
 mod bad_input;
+/// A flapping upstream under client churn: nothing lost, nothing leaked.
+mod chaos;
 /// The `wsmux` command-line client.
 mod cli;
 /// Slow and misbehaving clients, limits, and many clients at once.

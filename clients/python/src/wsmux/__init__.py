@@ -1,0 +1,69 @@
+"""Python client for wsmuxd, the daemon that shares one upstream WebSocket per endpoint
+between local processes. See PROTOCOL.md in the wsmux repository for the wire protocol.
+
+Blocking::
+
+    import wsmux
+
+    with wsmux.Client.connect() as client:          # $WSMUX_SOCKET or the default socket
+        client.subscribe("prices")
+        client.wait_for_state("prices", "open", timeout=10)
+        client.send("prices", '{"op":"subscribe","channel":"BTC-USD"}')
+        for event in client.events():
+            if isinstance(event, wsmux.Message):
+                print(event.seq, event.data)
+            elif isinstance(event, wsmux.State):
+                print(event.endpoint, "is", event.state)
+
+asyncio::
+
+    async with await wsmux.AsyncClient.connect() as client:
+        await client.subscribe("prices")
+        async for event in client.events():
+            ...
+"""
+
+from .aio import AsyncClient
+from .client import Client
+from .errors import (
+    ConnectionClosed,
+    DaemonError,
+    DaemonUnavailable,
+    ProtocolError,
+    WsmuxError,
+)
+from .events import ErrorEvent, Event, Lagged, Message, OtherEvent, State
+from .protocol import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    decode_body,
+    decode_frame,
+    default_socket_path,
+    encode_frame,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "AsyncClient",
+    "Client",
+    "ConnectionClosed",
+    "DaemonError",
+    "DaemonUnavailable",
+    "ErrorEvent",
+    "Event",
+    "FrameDecoder",
+    "Lagged",
+    "Message",
+    "OtherEvent",
+    "ProtocolError",
+    "State",
+    "WsmuxError",
+    "decode_body",
+    "decode_frame",
+    "default_socket_path",
+    "encode_frame",
+]

@@ -1,0 +1,62 @@
+"""Exceptions raised by the wsmux clients. Timeouts raise the built-in ``TimeoutError``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class WsmuxError(Exception):
+    """Base class of every wsmux exception."""
+
+
+class DaemonUnavailable(WsmuxError):
+    """The daemon's socket could not be reached (not running, wrong path, no permission)."""
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        super().__init__(
+            f"cannot connect to wsmuxd at {path}: {cause} "
+            "(is the daemon running? the path comes from the argument, $WSMUX_SOCKET or the "
+            "default location)"
+        )
+        self.path = path
+
+
+class DaemonError(WsmuxError):
+    """The daemon answered with an ``error`` frame.
+
+    ``code`` is the stable, machine-readable code (``"not_connected"``, ``"unknown_endpoint"``,
+    ...; PROTOCOL.md section 11); ``message`` is for humans and may change.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request_id: int | None = None,
+        frame: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.frame = dict(frame) if frame is not None else {}
+
+    @classmethod
+    def from_frame(cls, frame: Mapping[str, Any]) -> DaemonError:
+        return cls(str(frame.get("code")), str(frame.get("message", "")), frame.get("id"), frame)
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the daemon closes the connection after this error."""
+        from .protocol import FATAL_CODES
+
+        return self.code in FATAL_CODES
+
+
+class ConnectionClosed(WsmuxError):
+    """The connection to the daemon ended (daemon shutdown or restart, or ``close()``)."""
+
+
+class ProtocolError(WsmuxError):
+    """The daemon sent bytes that are not a valid frame."""
