@@ -10,6 +10,7 @@ pub mod endpoint;
 mod frames;
 pub mod local;
 pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod policy;
 pub mod rotation;
@@ -46,6 +47,15 @@ pub enum RunError {
     /// The local socket could not be set up.
     #[error(transparent)]
     Bind(#[from] local::BindError),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// TLS could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -206,6 +216,18 @@ pub async fn run_with(
     for ep in &settings.endpoints {
         endpoints.start(ep);
     }
+    let metrics_cancel = CancellationToken::new();
+    if let Some(addr) = settings.server.metrics_listen {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| RunError::Metrics { addr, source })?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&ctx),
+            metrics_cancel.clone(),
+        ));
+    }
     let accept = tokio::spawn(server::accept_loop(
         listener,
         Arc::clone(&ctx),
@@ -255,6 +277,7 @@ pub async fn run_with(
     tracing::info!("shutting down");
     // 1. Stop accepting; dropping the listener removes the socket file.
     accept_cancel.cancel();
+    metrics_cancel.cancel();
     let _ = accept.await;
     // 2. Endpoints deliver their queues (bounded), send `closed`, close upstream.
     endpoints.cancel.cancel();

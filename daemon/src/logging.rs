@@ -62,15 +62,18 @@ pub fn init(settings: &LogSettings) -> Result<Option<WorkerGuard>, LogError> {
     };
     let (file, guard) = match &settings.dir {
         Some(dir) => {
-            let appender = Builder::new()
+            let mut builder = Builder::new()
                 .rotation(Rotation::DAILY)
                 .filename_prefix("wsmuxd")
-                .filename_suffix("log")
-                .build(dir)
-                .map_err(|e| LogError::File {
-                    dir: dir.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                .filename_suffix("log");
+            if settings.max_files > 0 {
+                // Older files are deleted at each rotation.
+                builder = builder.max_log_files(settings.max_files);
+            }
+            let appender = builder.build(dir).map_err(|e| LogError::File {
+                dir: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
             // Lossy under extreme load rather than blocking the daemon on a slow disk.
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = if settings.json {

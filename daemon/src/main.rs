@@ -118,10 +118,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "wsmuxd starting");
 
     let shutdown = CancellationToken::new();
-    runtime.spawn(wait_for_signal(shutdown.clone()));
+    // Handlers are installed before the socket exists, so a signal sent as soon as the
+    // daemon answers is never fatal.
+    let signals = runtime.block_on(async { install_signals() })?;
+    runtime.spawn(wait_for_signal(signals.shutdown, shutdown.clone()));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     #[cfg(unix)]
-    runtime.spawn(forward_sighup(reload_tx));
+    runtime.spawn(forward_sighup(signals.hangup, reload_tx));
     #[cfg(not(unix))]
     drop(reload_tx);
     // A reload re-reads the same file and re-applies the command-line overrides.
@@ -184,14 +187,38 @@ fn notify_ready() {
     }
 }
 
+/// Signal streams, created before the daemon starts listening.
+struct Signals {
+    /// SIGTERM and SIGINT (Ctrl-C elsewhere).
+    #[cfg(unix)]
+    shutdown: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    #[cfg(not(unix))]
+    shutdown: (),
+    /// SIGHUP.
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+fn install_signals() -> anyhow::Result<Signals> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok(Signals {
+        shutdown: (
+            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        ),
+        hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+    })
+}
+
+#[cfg(not(unix))]
+fn install_signals() -> anyhow::Result<Signals> {
+    Ok(Signals { shutdown: () })
+}
+
 /// Turns every SIGHUP into a reload request.
 #[cfg(unix)]
-async fn forward_sighup(tx: tokio::sync::mpsc::Sender<()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload with `wsmux reload`");
-        return;
-    };
+async fn forward_sighup(mut hup: tokio::signal::unix::Signal, tx: tokio::sync::mpsc::Sender<()>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the configuration");
         if tx.send(()).await.is_err() {
@@ -201,15 +228,10 @@ async fn forward_sighup(tx: tokio::sync::mpsc::Sender<()>) {
 }
 
 #[cfg(unix)]
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return;
-    };
+async fn wait_for_signal(
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
@@ -218,7 +240,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal(shutdown: CancellationToken) {
+async fn wait_for_signal((): (), shutdown: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
         tracing::info!("Ctrl-C received");
     }

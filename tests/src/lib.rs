@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

@@ -27,6 +27,8 @@ mod operations;
 mod python;
 /// The local socket: file mode, stale sockets, a second daemon, peer uid.
 mod socket;
+/// `wss://` with private CAs, wrong names and client certificates.
+mod tls;
 
 use wsmux_tests::upstream::Upstream;
 

@@ -173,3 +173,53 @@ async fn shutdown_drains_the_queue_when_the_upstream_comes_back() {
     }
     assert!(d.wait_exit().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_over_real_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\n{}",
+        endpoint_toml("feed", &up.url(), "")
+    );
+    let d = Daemon::start(&config);
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    if c.subscribe("feed").await.state != ConnState::Open {
+        c.until_state(ConnState::Open).await;
+    }
+    up.broadcast(Message::text("counted"));
+    assert!(matches!(c.recv().await, Some(ServerMsg::Message(_))));
+
+    let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    for line in [
+        r#"wsmux_endpoint_state{endpoint="feed",state="open"} 1"#,
+        r#"wsmux_endpoint_state{endpoint="feed",state="backoff"} 0"#,
+        r#"wsmux_endpoint_messages_in_total{endpoint="feed"} 1"#,
+        r#"wsmux_endpoint_connects_total{endpoint="feed"} 1"#,
+        r#"wsmux_endpoint_subscribers{endpoint="feed"} 1"#,
+        r#"wsmux_endpoint_queue_depth{endpoint="feed"} 0"#,
+    ] {
+        assert!(response.contains(line), "missing `{line}` in:\n{response}");
+    }
+    assert!(response.contains("wsmux_clients{"), "{response}");
+
+    let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+}
