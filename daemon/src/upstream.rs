@@ -115,6 +115,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// An upstream data message, still in tungstenite's buffers (no copy).
+enum Inbound {
+    /// A text message.
+    Text(tungstenite::Utf8Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Inbound {
+    fn as_ref(&self) -> PayloadRef<'_> {
+        match self {
+            Inbound::Text(t) => PayloadRef::Text(t.as_str()),
+            Inbound::Binary(b) => PayloadRef::Binary(b),
+        }
+    }
+
+    fn to_payload(&self) -> Payload {
+        match self {
+            Inbound::Text(t) => Payload::Text(t.as_str().to_owned()),
+            Inbound::Binary(b) => Payload::Binary(b.clone()),
+        }
+    }
+}
+
 /// A client message waiting for the endpoint to open.
 struct Queued {
     /// The message.
@@ -551,7 +575,7 @@ impl Driver {
         self.policy.on_inbound(now.into_std());
         if let Some(payload) = self.payload_of(msg, now).await {
             let join = match self.rotation.as_mut() {
-                Some(r) if r.deadline.is_some() => Some(r.overlap.on_old(&payload)),
+                Some(r) if r.deadline.is_some() => Some(r.overlap.on_old(&payload.to_payload())),
                 _ => None,
             };
             self.fan_out(payload.as_ref());
@@ -563,10 +587,10 @@ impl Driver {
 
     /// Handles control frames, heartbeat answers and auto-replies; returns the data payload
     /// to fan out, if any.
-    async fn payload_of(&mut self, msg: Message, now: Instant) -> Option<Payload> {
+    async fn payload_of(&mut self, msg: Message, now: Instant) -> Option<Inbound> {
         let payload = match msg {
-            Message::Text(t) => Payload::Text(t.as_str().to_owned()),
-            Message::Binary(b) => Payload::Binary(b),
+            Message::Text(t) => Inbound::Text(t),
+            Message::Binary(b) => Inbound::Binary(b),
             Message::Pong(p) => {
                 if p.as_ref() == self.ping_payload.to_be_bytes() {
                     self.record_rtt(now);
@@ -611,16 +635,16 @@ impl Driver {
     }
 
     /// The reply to a server-initiated application ping, if a rule matches.
-    fn auto_reply_for(&self, payload: &Payload) -> Option<(Message, bool)> {
+    fn auto_reply_for(&self, payload: &Inbound) -> Option<(Message, bool)> {
         if self.auto_replies.is_empty() {
             return None;
         }
         let mut inflated = None;
         for ar in &self.auto_replies {
             let text: &str = match (payload, ar.rule.decompress) {
-                (Payload::Text(t), _) => t,
-                (Payload::Binary(_), Decompress::None) => continue,
-                (Payload::Binary(b), method) => {
+                (Inbound::Text(t), _) => t.as_str(),
+                (Inbound::Binary(_), Decompress::None) => continue,
+                (Inbound::Binary(b), method) => {
                     let s = inflated.get_or_insert_with(|| {
                         decompress(b, method, self.settings.max_message_size)
                     });

@@ -442,6 +442,9 @@ fn status_json(endpoints: &[EndpointStatus]) -> Value {
                     "messages_out": e.messages_out,
                     "bytes_out": e.bytes_out,
                     "subscribers": e.subscribers,
+                    "reconnects": e.reconnects,
+                    "queued": e.queued,
+                    "lagged_drops": e.lagged_drops,
                 })
             })
             .collect(),
@@ -455,6 +458,21 @@ fn ago(since_ms: u64) -> String {
         .unwrap_or(since_ms);
     let secs = now.saturating_sub(since_ms) / 1000;
     humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
 }
 
 fn status_table(endpoints: &[EndpointStatus]) -> String {
@@ -480,7 +498,10 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
                 e.connects.to_string(),
                 e.subscribers.to_string(),
                 e.messages_in.to_string(),
+                human_bytes(e.bytes_in),
                 e.messages_out.to_string(),
+                e.queued.to_string(),
+                e.lagged_drops.to_string(),
                 e.heartbeat_rtt_us
                     .map(|us| format!("{:.1}ms", us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),

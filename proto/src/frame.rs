@@ -82,40 +82,102 @@ pub fn encode_to_vec<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u
     Ok(buf)
 }
 
-#[derive(Serialize)]
-struct DataMessageRef<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    endpoint: &'a str,
-    seq: u64,
-    data: PayloadRef<'a>,
+/// Appends a MessagePack str header for `len` bytes (the smallest form, as rmp does).
+fn put_str_header(buf: &mut BytesMut, len: usize) {
+    match len {
+        0..=31 => buf.put_u8(0xa0 | len as u8),
+        32..=0xff => {
+            buf.put_u8(0xd9);
+            buf.put_u8(len as u8);
+        }
+        0x100..=0xffff => {
+            buf.put_u8(0xda);
+            buf.put_u16(len as u16);
+        }
+        _ => {
+            buf.put_u8(0xdb);
+            buf.put_u32(len as u32);
+        }
+    }
+}
+
+/// Appends a MessagePack bin header for `len` bytes.
+fn put_bin_header(buf: &mut BytesMut, len: usize) {
+    match len {
+        0..=0xff => {
+            buf.put_u8(0xc4);
+            buf.put_u8(len as u8);
+        }
+        0x100..=0xffff => {
+            buf.put_u8(0xc5);
+            buf.put_u16(len as u16);
+        }
+        _ => {
+            buf.put_u8(0xc6);
+            buf.put_u32(len as u32);
+        }
+    }
+}
+
+/// Appends a MessagePack unsigned integer in its smallest form.
+fn put_uint(buf: &mut BytesMut, v: u64) {
+    match v {
+        0..=0x7f => buf.put_u8(v as u8),
+        0x80..=0xff => {
+            buf.put_u8(0xcc);
+            buf.put_u8(v as u8);
+        }
+        0x100..=0xffff => {
+            buf.put_u8(0xcd);
+            buf.put_u16(v as u16);
+        }
+        0x1_0000..=0xffff_ffff => {
+            buf.put_u8(0xce);
+            buf.put_u32(v as u32);
+        }
+        _ => {
+            buf.put_u8(0xcf);
+            buf.put_u64(v);
+        }
+    }
 }
 
 /// Encodes a `message {endpoint, seq, data}` frame without copying `data` into an owned
 /// message first. The daemon encodes each upstream message once with this and shares the
 /// resulting bytes with every subscriber.
+///
+/// Written by hand rather than through serde because it runs once per upstream message; it
+/// produces exactly the bytes [`encode`] produces for the same message (a test checks).
 pub fn encode_data_message(
     endpoint: &str,
     seq: u64,
     data: PayloadRef<'_>,
     max: usize,
 ) -> Result<Bytes, EncodeError> {
-    let msg = DataMessageRef {
-        ty: "message",
-        endpoint,
-        seq,
-        data,
-    };
-    // Map header, three short keys and values, the endpoint name and the payload header.
     let payload_len = match data {
         PayloadRef::Text(t) => t.len(),
         PayloadRef::Binary(b) => b.len(),
     };
+    // Header, map, four keys, "message", seq, and the endpoint and payload with headers.
     let mut buf = BytesMut::with_capacity(HEADER_LEN + 48 + endpoint.len() + payload_len);
     buf.put_slice(&[0; HEADER_LEN]);
-    let mut w = buf.writer();
-    rmp_serde::encode::write_named(&mut w, &msg)?;
-    let mut buf = w.into_inner();
+    buf.put_u8(0x84);
+    buf.put_slice(b"\xa4type\xa7message\xa8endpoint");
+    put_str_header(&mut buf, endpoint.len());
+    buf.put_slice(endpoint.as_bytes());
+    buf.put_slice(b"\xa3seq");
+    put_uint(&mut buf, seq);
+    buf.put_slice(b"\xa4data");
+    match data {
+        PayloadRef::Text(t) => {
+            put_str_header(&mut buf, t.len());
+            buf.put_slice(t.as_bytes());
+        }
+        PayloadRef::Binary(b) => {
+            put_bin_header(&mut buf, b.len());
+            buf.put_slice(b);
+        }
+    }
     let len = buf.len() - HEADER_LEN;
     if len > max {
         return Err(EncodeError::TooLarge { len, max });

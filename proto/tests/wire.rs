@@ -363,3 +363,38 @@ fn json_view_of_the_error_code_is_snake_case() {
     );
     assert_eq!(ErrorCode::UnknownEndpoint.as_str(), "unknown_endpoint");
 }
+
+#[test]
+fn data_fast_path_matches_at_every_size_boundary() {
+    for len in [0usize, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
+        for seq in [
+            0u64,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
+            for data in [
+                Payload::Text("x".repeat(len)),
+                Payload::Binary(Bytes::from(vec![7u8; len])),
+            ] {
+                let endpoint = "e".repeat(len.min(300));
+                let fast = encode_data_message(&endpoint, seq, data.as_ref(), MAX).unwrap();
+                let generic = encode_to_vec(
+                    &ServerMsg::Message(DataMessage {
+                        endpoint,
+                        seq,
+                        data,
+                    }),
+                    MAX,
+                )
+                .unwrap();
+                assert_eq!(&fast[..], &generic[..], "len {len}, seq {seq}");
+            }
+        }
+    }
+}

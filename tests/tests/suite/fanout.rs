@@ -120,7 +120,11 @@ async fn send_is_acked_after_the_upstream_got_it() {
 async fn status_reports_counters_and_redacts_the_url() {
     let mut up = wsmux_tests::upstream::Upstream::start().await;
     let url = format!("ws://user:secret@{}/feed?token=hunter2", up.addr);
-    let d = wsmux_tests::daemon::Daemon::start(&crate::endpoint_toml("feed", &url, ""));
+    let d = wsmux_tests::daemon::Daemon::start(&crate::endpoint_toml(
+        "feed",
+        &url,
+        "headers = { Authorization = \"Bearer tops3cret\" }",
+    ));
     within(10, "connection", up.wait_connected(1)).await;
     let mut c = subscribed(&d.socket).await;
     up.broadcast(Message::text("abc"));
@@ -151,5 +155,8 @@ async fn status_reports_counters_and_redacts_the_url() {
         ep.url
     );
     assert!(ep.url.contains("token=***"), "{}", ep.url);
-    assert!(!d.log().contains("hunter2"), "secrets never reach the log");
+    let log = d.log();
+    for secret in ["hunter2", "secret", "tops3cret"] {
+        assert!(!log.contains(secret), "`{secret}` reached the log:\n{log}");
+    }
 }
