@@ -162,10 +162,11 @@ impl Policy {
         }
     }
 
-    /// Gives up at once (a fatal refusal): no more attempts until [`Policy::start`].
+    /// Gives up at once (a fatal refusal): no more attempts until [`Policy::start`]. Returns
+    /// the number of the attempt that was refused (at least 1).
     pub fn give_up(&mut self) -> u32 {
         self.phase = Phase::Idle;
-        self.attempt
+        self.attempt.max(1)
     }
 
     /// Something arrived from upstream: the connection is alive.

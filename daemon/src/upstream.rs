@@ -307,6 +307,11 @@ impl Driver {
         loop {
             let deadline = self.policy.poll_timeout().map(Instant::from_std);
             let rotation_deadline = self.rotation.as_ref().and_then(|r| r.deadline);
+            let expiry = self
+                .settings
+                .queue
+                .max_age
+                .and_then(|age| self.queue.front().map(|q| q.since + age));
             let draining = drain_until.is_some();
             tokio::select! {
                 biased;
@@ -332,6 +337,7 @@ impl Driver {
                     }
                 }
                 _ = sleep_until(deadline) => self.on_timer().await,
+                _ = sleep_until(expiry) => self.expire_queue(),
             }
             if draining && self.queue.is_empty() {
                 break;
@@ -949,6 +955,27 @@ impl Driver {
                 };
                 if self.is_heartbeat_reply(payload.as_ref()) {
                     return;
+                }
+                let inbound = match &payload {
+                    Payload::Text(t) => Inbound::Text(t.as_str().into()),
+                    Payload::Binary(b) => Inbound::Binary(b.clone()),
+                };
+                let reply = self.auto_reply_for(&inbound);
+                let Some(rotation) = self.rotation.as_mut() else {
+                    return;
+                };
+                if let Some((reply, hide)) = reply {
+                    if let Link::Open(ws) = &mut rotation.link {
+                        let limit = self.settings.heartbeat.timeout;
+                        if !matches!(tokio::time::timeout(limit, ws.send(reply)).await, Ok(Ok(()))) {
+                            tracing::warn!(endpoint = %self.endpoint.name(), "rotation: replacement failed; keeping the current connection");
+                            self.rotation = None;
+                            return;
+                        }
+                    }
+                    if hide {
+                        return;
+                    }
                 }
                 let Some(rotation) = self.rotation.as_mut() else {
                     return;

@@ -46,6 +46,13 @@ SEND_BIN = bytes.fromhex(
     "6f 69 6e 74 a4 66 65 65 64 a4 64 61 74 61 c4 03 01 02 03"
 )
 ACK_2 = bytes.fromhex("00 00 00 0e 82 a4 74 79 70 65 a3 61 63 6b a2 69 64 02")
+ACK_14_QUEUED = bytes.fromhex(
+    "00 00 00 16 83 a4 74 79 70 65 a3 61 63 6b a2 69 64 0e a6 71 75 65 75 65 64 c3"
+)
+LAGGED_3 = bytes.fromhex(
+    "00 00 00 24 83 a4 74 79 70 65 a6 6c 61 67 67 65 64 a8 65 6e 64 70 6f 69"
+    "6e 74 a4 66 65 65 64 a7 64 72 6f 70 70 65 64 03"
+)
 
 
 E = TypeVar("E", bound=BaseException)
@@ -75,6 +82,20 @@ def test_send_frames_have_the_documented_bytes() -> None:
         encode_frame(request_message("send", 3, endpoint="feed", data=b"\x01\x02\x03")) == SEND_BIN
     )
     assert encode_frame({"type": "ack", "id": 2}) == ACK_2
+
+
+def test_new_frames_have_the_documented_bytes() -> None:
+    # PROTOCOL.md section 3.3: a boolean is MessagePack true (c3), not an integer.
+    assert encode_frame({"type": "ack", "id": 14, "queued": True}) == ACK_14_QUEUED
+    assert encode_frame({"type": "lagged", "endpoint": "feed", "dropped": 3}) == LAGGED_3
+    decoder = FrameDecoder()
+    decoder.feed(ACK_14_QUEUED + LAGGED_3)
+    assert list(decoder) == [
+        {"type": "ack", "id": 14, "queued": True},
+        {"type": "lagged", "endpoint": "feed", "dropped": 3},
+    ]
+    body = encode_frame(request_message("send", 5, endpoint="e", data="x", queue=False))[4:]
+    assert body.endswith(bytes.fromhex("a5 71 75 65 75 65 c2"))  # "queue": false
 
 
 def test_documented_frames_decode() -> None:
@@ -120,7 +141,31 @@ def test_every_message_round_trips() -> None:
             "reason": "HTTP 503",
         },
         {"type": "ack", "id": 9},
-        {"type": "error", "code": "lagged", "message": "dropped 3 messages"},
+        {"type": "error", "code": "lagged", "message": "disconnected: too slow"},
+        {
+            "type": "send",
+            "id": 16,
+            "endpoint": "a",
+            "data": '{"op":"subscribe"}',
+            "queue": False,
+            "sticky": True,
+            "undo": b"\x00unsub",
+        },
+        {"type": "reconnect", "id": 12, "endpoint": "a"},
+        {"type": "reload", "id": 13},
+        {"type": "reload"},
+        {"type": "ack", "id": 14, "queued": True},
+        {"type": "sent", "id": 14, "endpoint": "a"},
+        {"type": "dropped", "endpoint": "a", "code": "overflowed", "message": "pushed out"},
+        {"type": "dropped", "id": 15, "endpoint": "a", "code": "expired", "message": "too old"},
+        {"type": "lagged", "endpoint": "a", "dropped": 70_000},
+        {
+            "type": "state",
+            "endpoint": "a",
+            "state": "open",
+            "reconnect": True,
+            "downtime_ms": 2350,
+        },
         {
             "type": "status",
             "id": 1,
@@ -138,6 +183,9 @@ def test_every_message_round_trips() -> None:
                     "messages_out": 5,
                     "bytes_out": 6,
                     "subscribers": 7,
+                    "reconnects": 1,
+                    "queued": 8,
+                    "lagged_drops": 9,
                 }
             ],
         },
@@ -378,6 +426,122 @@ def test_reply_wait_times_out() -> None:
     _finish(thread, errors)
 
 
+def test_send_ack_says_queued_and_the_report_is_an_event() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        send = d.expect("send")
+        assert send == {
+            "type": "send",
+            "id": 1,
+            "endpoint": "feed",
+            "data": b"\x01",
+            "sticky": True,
+            "undo": "bye",
+        }
+        d.write({"type": "ack", "id": 1})
+        send = d.expect("send")
+        assert send == {"type": "send", "id": 2, "endpoint": "feed", "data": "x", "queue": False}
+        d.write({"type": "ack", "id": 2, "queued": True})
+        d.write({"type": "state", "endpoint": "feed", "state": "open", "reconnect": True})
+        d.write({"type": "sent", "id": 2, "endpoint": "feed"})
+
+    client, thread, errors = _client_with(script)
+    client.hello(timeout=5)
+    assert client.send_ack("feed", bytearray(b"\x01"), timeout=5, sticky=True, undo="bye") == {
+        "type": "ack",
+        "id": 1,
+    }
+    assert client.send_ack("feed", "x", timeout=5, queue=False) == {
+        "type": "ack",
+        "id": 2,
+        "queued": True,
+    }
+    events = client.events(timeout=5)
+    assert [next(events)["type"] for _ in range(2)] == ["state", "sent"]
+    client.close()
+    _finish(thread, errors)
+
+
+def test_a_report_carrying_a_request_id_is_not_taken_for_the_reply() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        ping = d.expect("ping")
+        # `sent` and `dropped` carry the id of a send; only the type tells them from a reply.
+        d.write({"type": "sent", "id": ping["id"], "endpoint": "feed"})
+        d.write(
+            {
+                "type": "dropped",
+                "id": ping["id"],
+                "endpoint": "feed",
+                "code": "shutting_down",
+                "message": "the daemon stopped",
+            }
+        )
+        d.write({"type": "lagged", "endpoint": "feed", "dropped": 2})
+        d.write({"type": "pong", "id": ping["id"]})
+
+    client, thread, errors = _client_with(script)
+    client.hello(timeout=5)
+    client.ping(timeout=5)
+    assert client.buffered_events == 3
+    events = client.events(timeout=5)
+    assert [next(events)["type"] for _ in range(3)] == ["sent", "dropped", "lagged"]
+    assert client.buffered_events == 0
+    client.close()
+    _finish(thread, errors)
+
+
+def test_reconnect_and_reload() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        reconnect = d.expect("reconnect")
+        assert reconnect == {"type": "reconnect", "id": 1, "endpoint": "feed"}
+        d.write({"type": "ack", "id": 1})
+        reload = d.expect("reload")
+        assert reload == {"type": "reload", "id": 2}
+        d.write(
+            {
+                "type": "error",
+                "id": 2,
+                "code": "invalid_config",
+                "message": "wsmux.toml: endpoints.feed.url: the scheme must be `ws` or `wss`",
+            }
+        )
+        d.expect("reload")
+        d.write({"type": "ack", "id": 3})
+
+    client, thread, errors = _client_with(script)
+    client.hello(timeout=5)
+    client.reconnect("feed", timeout=5)
+    err = _assert_raises(WsmuxError, lambda: client.reload(timeout=5))
+    assert (err.code, err.request_id, err.fatal) == ("invalid_config", 2, False)
+    client.reload(timeout=5)
+    client.close()
+    _finish(thread, errors)
+
+
+def test_undo_without_sticky_is_refused_before_sending() -> None:
+    ours, theirs = socket.socketpair()
+    client = WsmuxClient(SocketTransport(ours))
+    _assert_raises(ValueError, lambda: client.send("feed", "x", undo="y"))
+    _assert_raises(ValueError, lambda: client.send("feed", "x", sticky=False, undo="y"))
+    client.close()
+    theirs.close()
+
+
+def test_disconnect_for_lagging_is_fatal() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        d.write({"type": "error", "code": "lagged", "message": "disconnected: too slow"})
+
+    client, thread, errors = _client_with(script)
+    client.hello(timeout=5)
+    err = _assert_raises(WsmuxError, lambda: next(client.events(timeout=5)))
+    assert (err.code, err.fatal) == ("lagged", True)
+    client.close()
+    _finish(thread, errors)
+
+
 # --------------------------------------------------------------------------------------------
 # The command line against a fake daemon on a Unix socket
 
@@ -418,15 +582,15 @@ def _run_cli(script: Script, *args: str) -> tuple[int, list[str], str]:
     return code, out.getvalue().splitlines(), err.getvalue()
 
 
-def test_cli_waits_for_open_sends_and_prints_messages() -> None:
+def test_cli_sends_and_prints_messages() -> None:
     def script(d: FakeDaemon) -> None:
         d.greet()
         sub = d.expect("subscribe")
         d.write({"type": "ack", "id": sub["id"]})
         d.write({"type": "state", "endpoint": "feed", "state": "connecting", "attempt": 1})
-        d.write({"type": "state", "endpoint": "feed", "state": "open"})
+        d.write({"type": "state", "endpoint": "feed", "state": "open", "reconnect": False})
         send = d.expect("send")
-        assert send["data"] == "ping me"
+        assert send == {"type": "send", "id": 2, "endpoint": "feed", "data": "ping me"}
         d.write({"type": "message", "endpoint": "feed", "seq": 7, "data": "ping me"})
         d.write({"type": "ack", "id": send["id"]})
         d.write({"type": "message", "endpoint": "feed", "seq": 8, "data": b"\x00\xff"})
@@ -439,6 +603,193 @@ def test_cli_waits_for_open_sends_and_prints_messages() -> None:
         {"endpoint": "feed", "seq": 8, "data_base64": "AP8="},
     ]
     assert "endpoint feed is connecting (attempt 1)" in err
+
+
+def test_cli_reports_a_queued_send_once_it_is_sent() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "backoff", "attempt": 2})
+        send = d.expect("send")
+        d.write({"type": "ack", "id": send["id"], "queued": True})
+        d.write({"type": "state", "endpoint": "feed", "state": "connecting", "attempt": 2})
+        d.write(
+            {
+                "type": "state",
+                "endpoint": "feed",
+                "state": "open",
+                "reconnect": True,
+                "downtime_ms": 2350,
+            }
+        )
+        d.write({"type": "sent", "id": send["id"], "endpoint": "feed"})
+        d.write({"type": "message", "endpoint": "feed", "seq": 11, "data": "echo"})
+
+    code, lines, err = _run_cli(script, "--endpoint", "feed", "--count", "1", "--send", "hi")
+    assert code == 0, err
+    assert [json.loads(line) for line in lines] == [
+        {"ack": 2, "queued": True},
+        {"sent": 2},
+        {"endpoint": "feed", "seq": 11, "data": "echo"},
+    ]
+    assert "endpoint feed is open (reconnected after 2350 ms)" in err
+
+
+def test_cli_waits_for_the_sent_report_before_exiting() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "backoff", "attempt": 1})
+        send = d.expect("send")
+        d.write({"type": "ack", "id": send["id"], "queued": True})
+        with contextlib.suppress(ConnectionClosed, OSError):
+            d.read()  # never sent: wait until the client gives up
+
+    code, lines, err = _run_cli(
+        script, "--endpoint", "feed", "--count", "0", "--send", "hi", "--timeout", "0.5"
+    )
+    assert code == 2
+    assert [json.loads(line) for line in lines] == [{"ack": 2, "queued": True}]
+    assert "timed out" in err
+
+
+def test_cli_exits_2_when_the_queued_send_is_dropped() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "backoff", "attempt": 1})
+        send = d.expect("send")
+        d.write({"type": "ack", "id": send["id"], "queued": True})
+        d.write(
+            {
+                "type": "dropped",
+                "id": send["id"],
+                "endpoint": "feed",
+                "code": "expired",
+                "message": "queued longer than max_age (30s)",
+            }
+        )
+
+    code, lines, err = _run_cli(script, "--endpoint", "feed", "--count", "0", "--send", "hi")
+    assert code == 2
+    assert [json.loads(line) for line in lines] == [{"ack": 2, "queued": True}]
+    assert "was dropped: expired" in err
+
+
+def test_cli_sticky_send_waits_for_the_next_open() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "open", "reconnect": False})
+        send = d.expect("send")
+        assert send == {
+            "type": "send",
+            "id": 2,
+            "endpoint": "feed",
+            "data": "sub",
+            "sticky": True,
+            "undo": "unsub",
+        }
+        # The connection was lost just before the send arrived: the sticky message is held.
+        d.write({"type": "state", "endpoint": "feed", "state": "backoff", "attempt": 1})
+        d.write({"type": "ack", "id": 2, "queued": True})
+        d.write({"type": "state", "endpoint": "feed", "state": "connecting", "attempt": 1})
+        d.write({"type": "state", "endpoint": "feed", "state": "open", "reconnect": True})
+        with contextlib.suppress(ConnectionClosed, OSError):
+            d.read()
+
+    code, lines, err = _run_cli(
+        script,
+        "--endpoint",
+        "feed",
+        "--count",
+        "0",
+        "--send",
+        "sub",
+        "--sticky",
+        "--undo",
+        "unsub",
+    )
+    assert code == 0, err
+    assert [json.loads(line) for line in lines] == [{"ack": 2, "queued": True}]
+    # The open before the ack did not count: the client waited for the one after it.
+    assert "endpoint feed is connecting (attempt 1)" in err
+    assert "sticky message has been sent" in err
+
+
+def test_cli_no_queue_fails_fast() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "backoff", "attempt": 1})
+        send = d.expect("send")
+        assert send["queue"] is False
+        d.write(
+            {
+                "type": "error",
+                "id": send["id"],
+                "code": "not_connected",
+                "message": "endpoint `feed` is backoff",
+            }
+        )
+
+    code, lines, err = _run_cli(script, "--endpoint", "feed", "--send", "now", "--no-queue")
+    assert code == 2 and lines == []
+    assert "not_connected" in err
+
+
+def test_cli_exits_3_on_a_lagged_event() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "open"})
+        d.write({"type": "message", "endpoint": "feed", "seq": 1, "data": "x"})
+        d.write({"type": "lagged", "endpoint": "feed", "dropped": 3})
+        d.write({"type": "message", "endpoint": "feed", "seq": 5, "data": "y"})
+
+    code, lines, err = _run_cli(script, "--endpoint", "feed")
+    assert code == 3
+    assert [json.loads(line)["seq"] for line in lines] == [1]
+    assert "3 messages of feed were dropped" in err
+
+
+def test_cli_exits_3_when_disconnected_for_lagging() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "open"})
+        d.write(
+            {
+                "type": "error",
+                "code": "lagged",
+                "message": "disconnected: this client did not read `feed` fast enough",
+            }
+        )
+
+    code, lines, err = _run_cli(script, "--endpoint", "feed")
+    assert code == 3 and lines == []
+    assert "error lagged" in err
+
+
+def test_cli_ignores_unknown_frame_types() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        d.write({"type": "ack", "id": sub["id"]})
+        d.write({"type": "state", "endpoint": "feed", "state": "open", "future_field": 1})
+        d.write({"type": "something_new", "endpoint": "feed"})
+        d.write({"type": "message", "endpoint": "feed", "seq": 1, "data": "x"})
+
+    code, lines, err = _run_cli(script, "--endpoint", "feed", "--count", "1")
+    assert code == 0, err
+    assert [json.loads(line)["seq"] for line in lines] == [1]
 
 
 def test_cli_exits_3_on_a_seq_gap() -> None:

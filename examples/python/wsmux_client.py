@@ -10,7 +10,9 @@ Library use::
     # The socket is found as PROTOCOL.md section 2.1 describes, unless a path is given.
     with WsmuxClient.connect() as client:
         client.subscribe("feed", timeout=5)
-        client.send("feed", '{"op": "hello"}', timeout=5)  # returns once acknowledged
+        ack = client.send_ack("feed", '{"op": "hello"}', timeout=5)
+        if ack.get("queued"):
+            pass  # the endpoint is down: a `sent` (or `dropped`) event with ack["id"] follows
         for event in client.events(timeout=30):
             if event["type"] == "message":
                 # event["data"] is a str for a text message, bytes for a binary one.
@@ -19,7 +21,7 @@ Library use::
 Command line::
 
     python3 wsmux_client.py [--socket PATH] --endpoint NAME [--count N] [--send TEXT]
-                            [--timeout SECONDS]
+                            [--no-queue] [--sticky] [--undo TEXT] [--timeout SECONDS]
 
 See README.md next to this file for the output format and exit codes.
 """
@@ -46,6 +48,8 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # the daemon's default max_frame_size
 HEADER = struct.Struct(">I")  # 4-byte unsigned big-endian body length
 
 # Error codes after which the daemon closes the connection (PROTOCOL.md section 11).
+# `lagged` is an error only when the endpoint's slow-client policy is "disconnect"; with the
+# default policy the daemon sends a `lagged` event instead, which is not an error.
 FATAL_CODES = frozenset(
     {
         "frame_too_large",
@@ -54,10 +58,12 @@ FATAL_CODES = frozenset(
         "unsupported_version",
         "too_many_clients",
         "permission_denied",
+        "lagged",
     }
 )
 
-# Frame types that answer a request; they carry the request's id when it had one.
+# Frame types that answer a request; they carry the request's id when it had one. The reports
+# `sent` and `dropped` also carry the id of a `send`, but they are events, never the reply.
 REPLY_TYPES = frozenset({"ack", "error", "status", "pong"})
 
 Message = dict[str, Any]
@@ -418,16 +424,72 @@ class WsmuxClient:
         events already queued in this client)."""
         self.request("unsubscribe", timeout, endpoint=endpoint)
 
-    def send(self, endpoint: str, data: Data, timeout: float | None = None) -> int:
-        """Sends one message upstream and waits until the daemon has written it.
+    def send(
+        self,
+        endpoint: str,
+        data: Data,
+        timeout: float | None = None,
+        *,
+        queue: bool | None = None,
+        sticky: bool | None = None,
+        undo: Data | None = None,
+    ) -> int:
+        """Sends one message upstream and waits for the daemon's acknowledgement.
 
         A ``str`` is sent as a WebSocket text message, bytes-like data as a binary message.
-        Returns the request id (the id of the ack).
+        Returns the request id (the id of the ack). If the endpoint is open, the message has
+        been written when this returns; if not, it may only have been queued: use
+        ``send_ack`` to tell the two apart. The keyword arguments are those of ``send_ack``.
         """
-        if not isinstance(data, str):
-            data = bytes(data)  # bytearray / memoryview -> bytes, packed as MessagePack bin
-        reply = self.request("send", timeout, endpoint=endpoint, data=data)
-        return int(reply["id"])
+        ack = self.send_ack(endpoint, data, timeout, queue=queue, sticky=sticky, undo=undo)
+        return int(ack["id"])
+
+    def send_ack(
+        self,
+        endpoint: str,
+        data: Data,
+        timeout: float | None = None,
+        *,
+        queue: bool | None = None,
+        sticky: bool | None = None,
+        undo: Data | None = None,
+    ) -> Message:
+        """Sends one message upstream and returns the daemon's ``ack`` map.
+
+        ``ack.get("queued")`` is true when the endpoint was not open and the message was held
+        instead of written. For a plain send, a ``sent`` event (written) or a ``dropped`` event
+        (given up) with the same ``id`` follows later; read it with ``events()``. A sticky
+        message held this way is written at the next connect, before ``state open``; no
+        ``sent`` follows.
+
+        ``queue=False`` fails with ``not_connected`` instead of queueing. ``sticky=True`` makes
+        the daemon write the message again after every reconnect while this client stays
+        connected; ``undo`` (only with ``sticky``) is written when this client disconnects.
+        None leaves a field out (the daemon's defaults: queue, not sticky).
+        """
+        if undo is not None and not sticky:
+            raise ValueError("undo is only meaningful with sticky=True")
+        return self.request(
+            "send",
+            timeout,
+            endpoint=endpoint,
+            data=_as_payload(data),
+            queue=queue,
+            sticky=sticky,
+            undo=None if undo is None else _as_payload(undo),
+        )
+
+    def reconnect(self, endpoint: str, timeout: float | None = None) -> None:
+        """Asks the daemon to close the endpoint's upstream connection and connect again at
+        once (this also revives a ``failed`` endpoint). Returns when the new attempt has
+        started; ``state`` events tell how it goes."""
+        self.request("reconnect", timeout, endpoint=endpoint)
+
+    def reload(self, timeout: float | None = None) -> None:
+        """Asks the daemon to re-read its configuration file. Raises WsmuxError with code
+        ``invalid_config`` (the old configuration keeps running) or ``unsupported`` (a daemon
+        without a configuration file)."""
+        self.request("reload", timeout)
 
     def status(self, timeout: float | None = None) -> list[Message]:
         """Returns the status of every endpoint (the ``endpoints`` of the status reply)."""
@@ -462,14 +524,22 @@ class WsmuxClient:
     def events(self, timeout: float | None = None) -> Iterator[Message]:
         """Yields incoming frames that no request consumed, in arrival order.
 
-        These are ``state`` and ``message`` events and ``error`` frames without id (such as
-        ``lagged``); callers should ignore types they do not know. ``timeout`` bounds the
-        whole iteration, counted from this call. A fatal error frame is raised as WsmuxError;
-        end of file as ConnectionClosed.
+        These are the events ``state``, ``message``, ``lagged``, ``sent`` and ``dropped`` and
+        ``error`` frames without id; callers should ignore types they do not know. ``timeout``
+        bounds the whole iteration, counted from this call. A fatal error frame (including
+        ``lagged`` when the daemon disconnects a slow client) is raised as WsmuxError; end of
+        file as ConnectionClosed.
 
         Requests may be made while iterating: frames they read meanwhile are yielded next.
         """
         return self._events(_deadline(timeout))
+
+    @property
+    def buffered_events(self) -> int:
+        """How many frames were received while waiting for replies and not yet handed out by
+        ``events()``. Right after a request returns, these are the frames that arrived before
+        its reply: ``events()`` yields them first."""
+        return len(self._pending)
 
     def _events(self, deadline: float | None) -> Iterator[Message]:
         while True:
@@ -504,12 +574,17 @@ class WsmuxClient:
             raise WsmuxError.from_frame(frame)
 
 
+def _as_payload(data: Data) -> str | bytes:
+    """``str`` stays text; bytearray / memoryview become bytes, packed as MessagePack bin."""
+    return data if isinstance(data, str) else bytes(data)
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 
 EXIT_OK = 0
-EXIT_FAILURE = 2  # timeout, error frame, connection problem
-EXIT_GAP = 3  # messages were missed (seq gap or `lagged`)
+EXIT_FAILURE = 2  # timeout, error frame, dropped send, connection problem
+EXIT_GAP = 3  # messages were missed (seq gap, `lagged` event, or disconnected for lagging)
 
 
 def _print_json(obj: Mapping[str, Any]) -> None:
@@ -526,6 +601,9 @@ def _describe_state(event: Mapping[str, Any]) -> str:
         details.append(f"attempt {event['attempt']}")
     if event.get("retry_in_ms") is not None:
         details.append(f"retry in {event['retry_in_ms']} ms")
+    if event.get("reconnect"):
+        downtime = event.get("downtime_ms")
+        details.append("reconnected" if downtime is None else f"reconnected after {downtime} ms")
     if event.get("reason") is not None:
         details.append(str(event["reason"]))
     suffix = f" ({', '.join(details)})" if details else ""
@@ -561,7 +639,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="exit after N messages (default 5)",
     )
     parser.add_argument(
-        "--send", metavar="TEXT", help="send TEXT as a text message once the endpoint is open"
+        "--send",
+        metavar="TEXT",
+        help="send TEXT as a text message (queued by the daemon if the endpoint is down)",
+    )
+    parser.add_argument(
+        "--no-queue",
+        action="store_true",
+        help="with --send: fail (not_connected) instead of queueing if the endpoint is down",
+    )
+    parser.add_argument(
+        "--sticky",
+        action="store_true",
+        help="with --send: the daemon sends TEXT again after every reconnect while this "
+        "client runs",
+    )
+    parser.add_argument(
+        "--undo",
+        metavar="TEXT",
+        help="with --sticky: text message the daemon sends when this client exits",
     )
     parser.add_argument(
         "--timeout",
@@ -575,32 +671,65 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--count must not be negative")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if args.send is None and (args.no_queue or args.sticky):
+        parser.error("--no-queue and --sticky need --send")
+    if args.undo is not None and not args.sticky:
+        parser.error("--undo needs --sticky")
     return args
 
 
 def _run(client: WsmuxClient, args: argparse.Namespace, deadline: float) -> int:
     endpoint: str = args.endpoint
-    to_send: str | None = args.send
     received = 0
     last_seq: int | None = None
+    # What the send still waits for: None (nothing, or no send), "sent" (a queued plain send:
+    # its `sent` or `dropped` report), or "open" (a held sticky send: the next `state open`,
+    # which the daemon announces only after writing the sticky messages).
+    waiting: str | None = None
+    send_id: int | None = None
+    # Events that arrived before the send's ack; a `state open` among them says nothing about
+    # the sticky message.
+    before_ack = 0
 
     client.subscribe(endpoint, timeout=_remaining(deadline))
-    if args.count == 0 and to_send is None:
+    if args.send is not None:
+        # The daemon queues the message if the endpoint is not open (unless --no-queue), so
+        # there is no need to wait for `open` first. Frames arriving before the ack are kept
+        # and come out of the loop below, after the ack line.
+        ack = client.send_ack(
+            endpoint,
+            args.send,
+            timeout=_remaining(deadline),
+            queue=False if args.no_queue else None,
+            sticky=True if args.sticky else None,
+            undo=args.undo,
+        )
+        send_id = int(ack["id"])
+        if ack.get("queued"):
+            _print_json({"ack": send_id, "queued": True})
+            waiting = "open" if args.sticky else "sent"
+            before_ack = client.buffered_events
+            _note(
+                f"endpoint {endpoint} is not open: the message will be sent when it opens"
+                if args.sticky
+                else f"endpoint {endpoint} is not open: the message is queued"
+            )
+        else:
+            _print_json({"ack": send_id})
+    if args.count == 0 and waiting is None:
         return EXIT_OK
 
     # The subscribe ack is followed by a `state` event with the current state, so the loop
     # below always sees whether the endpoint is open before any message arrives.
-    for event in client.events(timeout=_remaining(deadline)):
+    for index, event in enumerate(client.events(timeout=_remaining(deadline))):
         kind = event["type"]
         if kind == "state" and event.get("endpoint") == endpoint:
             _note(_describe_state(event))
-            if event.get("state") == "open" and to_send is not None:
-                # The daemon does not queue sends for a closed endpoint, so wait for `open`.
-                # Messages arriving before the ack are buffered and come out of this loop next.
-                ack_id = client.send(endpoint, to_send, timeout=_remaining(deadline))
-                _print_json({"ack": ack_id})
-                to_send = None
-            elif event.get("state") in ("failed", "closed"):
+            state = event.get("state")
+            if state == "open" and waiting == "open" and index >= before_ack:
+                _note("the sticky message has been sent")
+                waiting = None
+            elif state in ("failed", "closed"):
                 _note(f"endpoint {endpoint} will not deliver any more messages")
                 return EXIT_FAILURE
         elif kind == "message" and event.get("endpoint") == endpoint:
@@ -611,15 +740,28 @@ def _run(client: WsmuxClient, args: argparse.Namespace, deadline: float) -> int:
                 return EXIT_GAP
             last_seq = seq
             received += 1
+        elif kind == "sent" and send_id is not None and event.get("id") == send_id:
+            _print_json({"sent": send_id})
+            waiting = None
+        elif kind == "dropped":
+            _note(
+                f"send {event.get('id')} to {event.get('endpoint')} was dropped: "
+                f"{event.get('code')}: {event.get('message')}"
+            )
+            if send_id is not None and event.get("id") == send_id:
+                return EXIT_FAILURE
+        elif kind == "lagged":
+            _note(
+                f"{event.get('dropped')} messages of {event.get('endpoint')} were dropped: "
+                "this client did not read fast enough"
+            )
+            return EXIT_GAP
         elif kind == "error":
-            if event.get("code") == "lagged":
-                _note(f"messages were dropped: {event.get('message')}")
-                return EXIT_GAP
             _note(f"error {event.get('code')}: {event.get('message')}")
             return EXIT_FAILURE
         # Anything else (events of other endpoints, unknown types) is ignored.
 
-        if received >= args.count and to_send is None:
+        if received >= args.count and waiting is None:
             return EXIT_OK
     return EXIT_FAILURE  # not reached: events() only ends by raising
 
@@ -635,6 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _note(f"timed out after {args.timeout:g} s")
     except WsmuxError as exc:
         _note(f"error {exc.code}: {exc.message}")
+        if exc.code == "lagged":
+            # The endpoint's policy is to disconnect slow clients: messages were lost.
+            return EXIT_GAP
     except (ConnectionClosed, ProtocolError) as exc:
         _note(str(exc))
     except OSError as exc:

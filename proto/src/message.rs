@@ -159,7 +159,8 @@ pub struct Dropped {
     pub id: Option<u64>,
     /// Endpoint name.
     pub endpoint: String,
-    /// Why: `queue_full`, `expired` or `shutting_down`.
+    /// Why: `overflowed` (pushed out by `drop_oldest`), `expired` (`max_age`),
+    /// `not_connected` (the endpoint went `failed`) or `shutting_down`.
     pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
