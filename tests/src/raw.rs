@@ -102,6 +102,16 @@ impl Raw {
         }
     }
 
+    /// Subscribes and returns the first state event (the current state, or a later one) that
+    /// is `state`.
+    pub async fn subscribe_until(&mut self, endpoint: &str, state: ConnState) -> StateEvent {
+        let first = self.subscribe(endpoint).await;
+        if first.state == state {
+            return first;
+        }
+        self.until_state(state).await
+    }
+
     /// Reads frames until a `state` event with `state` arrives; returns it.
     pub async fn until_state(&mut self, state: ConnState) -> StateEvent {
         loop {
