@@ -49,6 +49,16 @@ impl Daemon {
 
     /// Like [`Daemon::start`] with a chosen socket path inside (or outside) `dir`.
     pub fn start_in(dir: TempDir, socket: PathBuf, config: &str) -> Daemon {
+        Self::start_with_env(dir, socket, config, &[])
+    }
+
+    /// Like [`Daemon::start_in`] with extra environment variables for the process.
+    pub fn start_with_env(
+        dir: TempDir,
+        socket: PathBuf,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let config_path = dir.path().join("wsmux.toml");
         let text = format!("socket = {:?}\n{config}", socket.display().to_string());
         std::fs::write(&config_path, text).expect("write config");
@@ -58,19 +68,20 @@ impl Daemon {
             socket,
             config: config_path,
         };
-        d.spawn();
+        d.spawn(env);
         d.wait_ready();
         d
     }
 
     /// Starts the process without waiting.
-    fn spawn(&mut self) {
+    fn spawn(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.path().join("wsmuxd.log")).expect("log file");
         let child = Command::new(bin("wsmuxd"))
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "wsmuxd=debug,info")
             .env_remove("WSMUX_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -299,3 +299,21 @@ async fn answered_pings_keep_the_connection_open() {
     );
     assert_eq!(up.connections(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_close_code_is_a_normal_drop() {
+    // NATS closes stale connections with 1006, which must never appear on the wire.
+    let (mut up, d) = daemon_with_feed("").await;
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    if c.subscribe("feed").await.state != ConnState::Open {
+        c.until_state(ConnState::Open).await;
+    }
+    up.close_all(1006, "stale connection");
+    let backoff = within(5, "backoff", c.until_state(ConnState::Backoff)).await;
+    assert!(
+        backoff.retry_in_ms.is_some(),
+        "retried, not failed: {backoff:?}"
+    );
+    within(5, "open again", c.until_state(ConnState::Open)).await;
+    within(5, "reconnected", up.wait_connected(2)).await;
+}

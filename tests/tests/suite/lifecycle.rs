@@ -75,3 +75,27 @@ async fn log_dir_gets_a_daily_file_flushed_at_exit() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_readiness_is_reported_once_listening() {
+    let up = wsmux_tests::upstream::Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let socket = dir.path().join("wsmuxd.sock");
+    let notify_path = notify.display().to_string();
+    let d = wsmux_tests::daemon::Daemon::start_with_env(
+        dir,
+        socket,
+        &crate::endpoint_toml("feed", &up.url(), ""),
+        &[("NOTIFY_SOCKET", notify_path.as_str())],
+    );
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("a readiness datagram");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.lines().any(|l| l == "READY=1"), "{text}");
+    assert!(d.socket.exists(), "ready means listening");
+}
