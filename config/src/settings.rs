@@ -32,7 +32,8 @@ pub struct ServerSettings {
     pub max_frame_size: usize,
     /// Most clients connected at once. Default 1024.
     pub max_clients: usize,
-    /// Per-client outbound queue: most messages waiting to be written. Default 65 536.
+    /// Per-client outbound queue: most messages waiting to be written. Default 1 048 576 (the
+    /// byte limit is the real bound; frames are shared between subscribers).
     pub client_queue_messages: usize,
     /// Per-client outbound queue: most bytes waiting to be written. Default 64 MiB.
     pub client_queue_bytes: usize,
@@ -245,7 +246,7 @@ impl Default for ServerSettings {
             allowed_uids: Vec::new(),
             max_frame_size: 16 * 1024 * 1024,
             max_clients: 1024,
-            client_queue_messages: 65_536,
+            client_queue_messages: 1 << 20,
             client_queue_bytes: 64 * 1024 * 1024,
             max_subscriptions_per_client: 256,
             drain_timeout: Duration::from_secs(5),

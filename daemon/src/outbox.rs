@@ -56,11 +56,18 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Frames to write, in order.
-    pub frames: Vec<Bytes>,
+    items: VecDeque<Item>,
     /// Data frames dropped before these, per endpoint (announce with `lagged` first).
     pub lagged: Vec<(Arc<str>, u64)>,
     /// The outbox is closed and this is the last batch.
     pub last: bool,
+}
+
+impl Batch {
+    /// The frames to write, in order.
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.items.iter().map(Item::bytes)
+    }
 }
 
 /// A client's outbound queue.
@@ -107,11 +114,15 @@ impl Outbox {
         farewell: impl FnOnce() -> Bytes,
     ) -> Pushed {
         let mut dropped = 0;
+        let wake;
         {
             let mut inner = self.lock();
             if inner.closed {
                 return Pushed::Queued(0);
             }
+            // The writer is woken when the queue becomes non-empty; later pushes find it
+            // either awake or about to take everything.
+            wake = inner.queue.is_empty() && inner.dropped.is_empty();
             let over = |inner: &Inner| {
                 inner.data_count > 0
                     && (inner.data_count + 1 > self.max_messages
@@ -150,21 +161,27 @@ impl Outbox {
                 .queue
                 .push_back(Item::Data(Arc::clone(endpoint), frame));
         }
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Pushed::Queued(dropped)
     }
 
     /// Queues a reply or state event. These are never dropped.
     pub fn push_control(&self, frame: Bytes) {
+        let wake;
         {
             let mut inner = self.lock();
             if inner.closed {
                 return;
             }
+            wake = inner.queue.is_empty() && inner.dropped.is_empty();
             inner.bytes += frame.len();
             inner.queue.push_back(Item::Control(frame));
         }
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     /// Stops accepting frames; the writer delivers what is queued, then ends.
@@ -207,11 +224,8 @@ impl Outbox {
             {
                 let mut inner = self.lock();
                 if !inner.queue.is_empty() || !inner.dropped.is_empty() || inner.closed {
-                    let frames = inner.queue.drain(..).map(|i| match i {
-                        Item::Data(_, b) | Item::Control(b) => b,
-                    });
                     let batch = Batch {
-                        frames: frames.collect(),
+                        items: std::mem::take(&mut inner.queue),
                         lagged: std::mem::take(&mut inner.dropped),
                         last: inner.closed,
                     };
@@ -250,7 +264,10 @@ mod tests {
         o.push_control(f(2));
         push(&o, 3);
         let b = o.take().await;
-        assert_eq!(b.frames, vec![f(1), f(2), f(3)]);
+        assert_eq!(
+            b.frames().cloned().collect::<Vec<_>>(),
+            vec![f(1), f(2), f(3)]
+        );
         assert!(b.lagged.is_empty());
         assert!(!b.last);
     }
@@ -270,7 +287,10 @@ mod tests {
             Pushed::Queued(1)
         );
         let b = o.take().await;
-        assert_eq!(b.frames, vec![f(0), f(4), f(5), f(6)]);
+        assert_eq!(
+            b.frames().cloned().collect::<Vec<_>>(),
+            vec![f(0), f(4), f(5), f(6)]
+        );
         assert_eq!(b.lagged, vec![(ep(), 3)]);
     }
 
@@ -294,7 +314,7 @@ mod tests {
         );
         assert!(o.is_closed());
         let b = o.take().await;
-        assert_eq!(b.frames, vec![f(0), f(99)]);
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(0), f(99)]);
         assert!(b.last);
     }
 
@@ -305,7 +325,7 @@ mod tests {
         o.close();
         push(&o, 2);
         let b = o.take().await;
-        assert_eq!(b.frames, vec![f(1)]);
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(1)]);
         assert!(b.last);
         assert!(o.take().await.last);
     }

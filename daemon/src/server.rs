@@ -284,7 +284,8 @@ impl Session {
         reader: &mut R,
         cancel: &CancellationToken,
     ) -> End {
-        let mut buf = BytesMut::with_capacity(8 * 1024);
+        // Small while idle (most clients send little); grows for large sends.
+        let mut buf = BytesMut::with_capacity(1024);
         loop {
             // Handle every whole frame already buffered.
             loop {
@@ -310,7 +311,7 @@ impl Session {
                     _ = self.outbox.wait_below_limit() => {}
                 }
             }
-            if buf.capacity() - buf.len() < 4096 {
+            if buf.capacity() - buf.len() < 512 {
                 buf.reserve(8 * 1024);
             }
             let n = tokio::select! {
@@ -520,20 +521,37 @@ impl Session {
     }
 }
 
-/// Drains the outbox into the socket: one write per wake-up, whatever was queued.
+/// Most bytes copied into one write. Frames are shared between subscribers; only this buffer
+/// is per client, so it bounds a client's private memory however much is queued.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Drains the outbox into the socket: whatever was queued, coalesced into as few writes as
+/// possible (each at most [`WRITE_CHUNK`] bytes, or one larger frame).
 async fn write_loop<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &Outbox) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(64 * 1024);
+    // Allocated on first use and shrunk after small batches, so an idle client costs nothing.
+    let mut buf = Vec::new();
     loop {
         let batch = outbox.take().await;
         buf.clear();
-        for (endpoint, dropped) in batch.lagged {
+        let mut written = 0;
+        for (endpoint, dropped) in &batch.lagged {
             buf.extend_from_slice(&frames::encode(&ServerMsg::Lagged(Lagged {
                 endpoint: endpoint.to_string(),
-                dropped,
+                dropped: *dropped,
             })));
         }
-        for frame in &batch.frames {
-            buf.extend_from_slice(frame);
+        for frame in batch.frames() {
+            written += frame.len();
+            if !buf.is_empty() && buf.len() + frame.len() > WRITE_CHUNK {
+                writer.write_all(&buf).await?;
+                buf.clear();
+            }
+            if frame.len() >= WRITE_CHUNK {
+                // A large frame goes out as it is, without a copy.
+                writer.write_all(frame).await?;
+            } else {
+                buf.extend_from_slice(frame);
+            }
         }
         if !buf.is_empty() {
             writer.write_all(&buf).await?;
@@ -542,9 +560,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &Outbox) -> s
             writer.flush().await?;
             return Ok(());
         }
-        if buf.capacity() > 4 * 1024 * 1024 {
-            // Do not keep a huge buffer around after one large burst.
-            buf = Vec::with_capacity(64 * 1024);
+        if buf.capacity() > 8 * 1024 && written < buf.capacity() / 4 {
+            buf = Vec::new();
         }
     }
 }

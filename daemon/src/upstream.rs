@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use regex::Regex;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -56,6 +56,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a rotation may look for the point where the new stream joins the old one.
 const ROTATION_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most frames handled from tungstenite's buffer before going back to the `select!` loop.
+const INBOUND_BATCH: usize = 256;
+
+/// Most `send`s written with one flush.
+const SEND_BATCH: usize = 256;
 
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -325,7 +331,10 @@ impl Driver {
                 _ = sleep_until(drain_until) => break,
                 event = link_event(&mut self.link) => match event {
                     LinkEvent::Connected(result) => self.on_connected(result).await,
-                    LinkEvent::Inbound(msg) => self.on_inbound(msg).await,
+                    LinkEvent::Inbound(msg) => {
+                        self.on_inbound(msg).await;
+                        self.drain_inbound().await;
+                    }
                 },
                 event = rotation_event(&mut self.rotation) => self.on_rotation_event(event).await,
                 Some(command) = self.commands.recv() => self.on_command(command).await,
@@ -591,6 +600,20 @@ impl Driver {
         }
     }
 
+    /// Handles the frames that are already readable without waiting (up to a bound), so a
+    /// busy upstream costs one trip round the `select!` loop per batch, not per message.
+    async fn drain_inbound(&mut self) {
+        for _ in 0..INBOUND_BATCH {
+            let Link::Open(ws) = &mut self.link else {
+                return;
+            };
+            match ws.next().now_or_never() {
+                Some(msg) => self.on_inbound(msg).await,
+                None => return,
+            }
+        }
+    }
+
     /// Handles control frames, heartbeat answers and auto-replies; returns the data payload
     /// to fan out, if any.
     async fn payload_of(&mut self, msg: Message, now: Instant) -> Option<Inbound> {
@@ -753,6 +776,9 @@ impl Driver {
 
     async fn on_command(&mut self, command: Command) {
         match command {
+            Command::Send(request) if matches!(self.link, Link::Open(_)) && !request.sticky => {
+                self.send_batch(request).await
+            }
             Command::Send(request) => self.on_send(request).await,
             Command::ClientGone(client) => self.on_client_gone(client).await,
             Command::Reconnect { id, reply } => {
@@ -902,6 +928,62 @@ impl Driver {
         }
     }
 
+    /// Writes `first` and the plain sends queued behind it with one flush, then answers them
+    /// all. Anything else in the channel is handled after, in order.
+    async fn send_batch(&mut self, first: SendRequest) {
+        let mut batch = vec![first];
+        let mut next = None;
+        while batch.len() < SEND_BATCH {
+            match self.commands.try_recv() {
+                Ok(Command::Send(r)) if !r.sticky => batch.push(r),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let Link::Open(ws) = &mut self.link else {
+            unreachable!("checked by the caller")
+        };
+        let limit = self.settings.heartbeat.timeout;
+        let write = async {
+            for r in &batch {
+                ws.feed(to_message(&r.data)).await?;
+            }
+            ws.flush().await
+        };
+        let result = match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write failed: {}", describe_error(&e))),
+            Err(_) => Err(format!("write stalled for {}", humanize(limit))),
+        };
+        match result {
+            Ok(()) => {
+                self.policy.on_outbound(Self::now());
+                for r in &batch {
+                    self.count_out(r.data.len());
+                    if let Some(id) = r.id {
+                        r.reply.push_control(frames::ack(id));
+                    }
+                }
+            }
+            Err(reason) => {
+                for r in &batch {
+                    r.reply.push_control(frames::error(
+                        r.id,
+                        ErrorCode::SendFailed,
+                        reason.clone(),
+                    ));
+                }
+                self.lost(reason, false, None);
+            }
+        }
+        if let Some(command) = next {
+            Box::pin(self.on_command(command)).await;
+        }
+    }
+
     async fn on_client_gone(&mut self, client: ClientId) {
         let mut undo = Vec::new();
         self.stickies.retain_mut(|s| {
@@ -967,7 +1049,10 @@ impl Driver {
                 if let Some((reply, hide)) = reply {
                     if let Link::Open(ws) = &mut rotation.link {
                         let limit = self.settings.heartbeat.timeout;
-                        if !matches!(tokio::time::timeout(limit, ws.send(reply)).await, Ok(Ok(()))) {
+                        if !matches!(
+                            tokio::time::timeout(limit, ws.send(reply)).await,
+                            Ok(Ok(()))
+                        ) {
                             tracing::warn!(endpoint = %self.endpoint.name(), "rotation: replacement failed; keeping the current connection");
                             self.rotation = None;
                             return;
@@ -1154,7 +1239,9 @@ async fn connect(
             .map_err(|e| ConnectError::plain(format!("invalid subprotocols `{joined}`: {e}")))?;
         headers.insert("sec-websocket-protocol", value);
     }
+    // tungstenite zero-fills its whole read buffer before every read: keep it small.
     let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(settings.max_message_size))
         .max_frame_size(Some(settings.max_message_size));
     let tls = crate::tls::for_endpoint(&settings, tls).map_err(ConnectError::plain)?;

@@ -1,0 +1,11 @@
+//! What every scenario shares: the upstream, the daemon process, the clients, websocat, and
+//! the bookkeeping of what arrived.
+
+pub mod client;
+pub mod daemon;
+pub mod msgpack;
+pub mod payload;
+pub mod stats;
+pub mod track;
+pub mod upstream;
+pub mod websocat;

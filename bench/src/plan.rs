@@ -1,0 +1,146 @@
+//! From the command line to the list of cases to run.
+
+use std::time::Duration;
+
+use crate::scenarios::{fanout, latency, scale, send, System};
+use crate::{Args, Scenario};
+
+/// What to run, after `--smoke` and the scenario list are taken into account.
+pub struct Plan {
+    /// Fan-out cases.
+    pub fanout: Vec<fanout::Case>,
+    /// Latency cases (rounds alternate between systems).
+    pub latency: Vec<latency::Case>,
+    /// Upstream-direction cases.
+    pub send: Vec<send::Case>,
+    /// The scale case.
+    pub scale: Option<scale::Case>,
+    /// Burst cases (fan-out with default queues).
+    pub burst: Vec<fanout::Case>,
+}
+
+/// The cases `args` ask for; the websocat leg only if `websocat` is available.
+pub fn plan(args: &Args, websocat: bool) -> Plan {
+    let all = args.scenarios.is_empty() || args.scenarios.contains(&Scenario::All);
+    let wants = |s: Scenario| all || args.scenarios.contains(&s);
+    let systems: Vec<System> = if websocat {
+        vec![System::Wsmux, System::Websocat]
+    } else {
+        vec![System::Wsmux]
+    };
+    let mut p = Plan {
+        fanout: Vec::new(),
+        latency: Vec::new(),
+        send: Vec::new(),
+        scale: None,
+        burst: Vec::new(),
+    };
+    if args.smoke {
+        let raised = |subscribers, size, messages| fanout::Case {
+            system: System::Wsmux,
+            subscribers,
+            size,
+            messages,
+            queues: fanout::Queues::Raised,
+        };
+        if wants(Scenario::Fanout) {
+            p.fanout = vec![
+                raised(1, 100, 5_000),
+                raised(10, 100, 2_000),
+                raised(3, 4096, 500),
+            ];
+        }
+        if wants(Scenario::Latency) {
+            p.latency = vec![latency::Case {
+                system: System::Wsmux,
+                rate: 2000,
+                duration: Duration::from_millis(500),
+                size: 100,
+                round: 1,
+            }];
+        }
+        if wants(Scenario::Send) {
+            p.send = [1, 4]
+                .into_iter()
+                .map(|clients| send::Case {
+                    clients,
+                    messages: 2_000,
+                    size: 100,
+                    window: 32,
+                })
+                .collect();
+        }
+        if wants(Scenario::Scale) {
+            p.scale = Some(scale::Case {
+                endpoints: 10,
+                clients: 50,
+            });
+        }
+        if wants(Scenario::Burst) {
+            p.burst = vec![fanout::Case {
+                queues: fanout::Queues::Default,
+                ..raised(1, 100, 20_000)
+            }];
+        }
+        return p;
+    }
+    if wants(Scenario::Fanout) {
+        for &size in &args.sizes {
+            for &k in &args.subscribers {
+                for &system in &systems {
+                    p.fanout.push(fanout::Case {
+                        system,
+                        subscribers: k,
+                        size,
+                        messages: args
+                            .messages
+                            .unwrap_or_else(|| fanout::default_messages(k, size)),
+                        queues: fanout::Queues::Raised,
+                    });
+                }
+            }
+        }
+    }
+    if wants(Scenario::Latency) {
+        // Rounds alternate between the systems, so both see the same conditions.
+        for round in 1..=args.rounds.max(1) {
+            for &system in &systems {
+                p.latency.push(latency::Case {
+                    system,
+                    rate: args.rate,
+                    duration: Duration::from_secs_f64(args.duration.max(0.1)),
+                    size: args.size,
+                    round,
+                });
+            }
+        }
+    }
+    if wants(Scenario::Send) {
+        for &clients in &args.senders {
+            p.send.push(send::Case {
+                clients,
+                messages: args.send_messages,
+                size: args.size,
+                window: args.window,
+            });
+        }
+    }
+    if wants(Scenario::Scale) {
+        p.scale = Some(scale::Case {
+            endpoints: args.endpoints,
+            clients: args.idle_clients,
+        });
+    }
+    if wants(Scenario::Burst) {
+        for queues in [fanout::Queues::Default, fanout::Queues::DefaultBytes] {
+            p.burst.push(fanout::Case {
+                system: System::Wsmux,
+                subscribers: args.burst_subscribers,
+                size: 100,
+                messages: args.burst,
+                queues,
+            });
+        }
+    }
+    p
+}

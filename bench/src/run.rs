@@ -1,0 +1,223 @@
+//! Runs the planned cases in order, checks them, prints each scenario's table as soon as it is
+//! complete and records every case as a JSON line.
+
+use anyhow::Result;
+
+use crate::harness;
+use crate::plan::Plan;
+use crate::report::{self, JsonSink};
+use crate::scenarios::{fanout, latency, scale, send, Ctx, System};
+use crate::tables;
+use crate::targets::Results;
+
+/// Records a failed check.
+fn check(failures: &mut Vec<String>, ok: bool, what: impl FnOnce() -> String) {
+    if !ok {
+        let w = what();
+        eprintln!("  FAILED: {w}");
+        failures.push(w);
+    }
+}
+
+/// Runs every case of `plan`; returns what was measured and the failed checks.
+pub async fn run_plan(
+    ctx: &Ctx,
+    plan: &Plan,
+    json: &mut JsonSink,
+    smoke: bool,
+) -> Result<(Results, Vec<String>)> {
+    let mut r = Results::default();
+    let mut failures = Vec::new();
+
+    for case in &plan.fanout {
+        let what = format!(
+            "fanout {} K={} size={} messages={}",
+            case.system.name(),
+            case.subscribers,
+            case.size,
+            case.messages
+        );
+        eprintln!("{what} ...");
+        match fanout::run(ctx, *case).await {
+            Ok(o) => {
+                eprintln!(
+                    "  {} msg/s total, {} lost, {:.2} s",
+                    report::rate(o.total_msgs_per_s),
+                    o.lost,
+                    o.elapsed_s
+                );
+                if case.system == System::Wsmux {
+                    check(
+                        &mut failures,
+                        o.lost == 0 && o.complete && o.disordered == 0,
+                        || {
+                            format!(
+                            "{what}: queues fit the run, yet {} lost, {} out of order, complete: {}",
+                            o.lost, o.disordered, o.complete
+                        )
+                        },
+                    );
+                }
+                json.record("fanout", &o)?;
+                r.fanout.push(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+    if !r.fanout.is_empty() {
+        let mut t = tables::fanout("fan-out throughput", &r.fanout);
+        t.notes.push(
+            "queue: per-client queue in messages (client_queue_messages, raised so the run fits; \
+             websocat --queue-len the same)"
+                .into(),
+        );
+        print!("{}", t.render());
+        if let Some(t) = tables::fanout_ratios(&r.fanout) {
+            print!("{}", t.render());
+        }
+    }
+
+    for case in &plan.latency {
+        let what = format!(
+            "latency {} rate={} round={}",
+            case.system.name(),
+            case.rate,
+            case.round
+        );
+        eprintln!("{what} ...");
+        match latency::run(ctx, *case).await {
+            Ok(o) => {
+                eprintln!(
+                    "  p50 {} µs / direct {} µs",
+                    harness::stats::us(o.through.p50),
+                    harness::stats::us(o.direct.p50)
+                );
+                if case.system == System::Wsmux {
+                    check(&mut failures, o.lost == 0 && o.direct_lost == 0, || {
+                        format!(
+                            "{what}: {} lost through the daemon, {} direct",
+                            o.lost, o.direct_lost
+                        )
+                    });
+                }
+                json.record("latency", &o)?;
+                r.latency.push(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+    if !r.latency.is_empty() {
+        let mut t = tables::latency(&r.latency);
+        let rate = r.latency[0].rate;
+        let medians = [System::Wsmux, System::Websocat]
+            .map(|s| latency::median_added(&r.latency, s.name(), rate));
+        for (system, m) in [System::Wsmux, System::Websocat].iter().zip(&medians) {
+            if let Some((p50, p99, n)) = m {
+                t.notes.push(format!(
+                    "{}: median over {n} round(s): added p50 {:+.1} µs, added p99 {:+.1} µs",
+                    system.name(),
+                    *p50 as f64 / 1e3,
+                    *p99 as f64 / 1e3
+                ));
+            }
+        }
+        if let [Some(w), Some(x)] = medians {
+            t.notes.push(format!(
+                "wsmux/websocat added latency (medians): p50 {}, p99 {}",
+                tables::ratio(w.0 as f64, x.0 as f64),
+                tables::ratio(w.1 as f64, x.1 as f64)
+            ));
+        }
+        print!("{}", t.render());
+    }
+
+    for case in &plan.send {
+        let what = format!(
+            "send clients={} messages={} window={}",
+            case.clients, case.messages, case.window
+        );
+        eprintln!("{what} ...");
+        match send::run(ctx, *case).await {
+            Ok(o) => {
+                eprintln!(
+                    "  {} msg/s upstream, ack p50 {} µs",
+                    report::rate(o.upstream_msgs_per_s),
+                    harness::stats::us(o.ack.p50)
+                );
+                check(
+                    &mut failures,
+                    o.acked == o.messages && o.errors == 0 && o.upstream_received == o.messages,
+                    || {
+                        format!(
+                            "{what}: {} acked, {} errors, {} arrived upstream of {}",
+                            o.acked, o.errors, o.upstream_received, o.messages
+                        )
+                    },
+                );
+                json.record("send", &o)?;
+                r.send.push(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+    if !r.send.is_empty() {
+        print!("{}", tables::send(&r.send).render());
+    }
+
+    if let Some(case) = plan.scale {
+        let what = format!(
+            "scale endpoints={} clients={}",
+            case.endpoints, case.clients
+        );
+        eprintln!("{what} ...");
+        match scale::run(ctx, case).await {
+            Ok(o) => {
+                check(
+                    &mut failures,
+                    o.idle_rss_1_endpoint_kib > 0 && o.rss_with_clients_kib > 0,
+                    || format!("{what}: no memory figures"),
+                );
+                json.record("scale", &o)?;
+                print!("{}", tables::scale(&o).render());
+                r.scale = Some(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+
+    for case in &plan.burst {
+        let what = format!(
+            "burst K={} messages={} queues={}",
+            case.subscribers,
+            case.messages,
+            case.queues.name()
+        );
+        eprintln!("{what} ...");
+        match fanout::run(ctx, *case).await {
+            Ok(o) => {
+                eprintln!("  {} of {} delivered", o.delivered, o.messages);
+                // Only a burst that fits the default queue on its own must be lossless; a
+                // larger one is a target (reported), not a check.
+                if case.queue_messages() > case.messages as usize || smoke {
+                    check(&mut failures, o.lost == 0 && o.complete, || {
+                        format!("{what}: {} lost, complete: {}", o.lost, o.complete)
+                    });
+                }
+                json.record("burst", &o)?;
+                r.burst.push(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+    if !r.burst.is_empty() {
+        let mut t = tables::fanout("burst with the daemon's default settings", &r.burst);
+        t.notes.push(format!(
+            "queue: client_queue_messages (default {}); client_queue_bytes is the default \
+             {} MiB in every row; the burst is sent as fast as the daemon reads it",
+            crate::scenarios::fanout::default_queue_messages(),
+            crate::scenarios::fanout::default_queue_bytes() / (1024 * 1024)
+        ));
+        print!("{}", t.render());
+    }
+    Ok((r, failures))
+}

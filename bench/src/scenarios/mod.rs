@@ -1,0 +1,116 @@
+//! The scenarios. Each module runs one case at a time and returns typed results (the burst is
+//! a fan-out case with the daemon's default queues); `tables` and `report` turn them into
+//! tables and JSON lines, `targets` compares them with the goals.
+
+pub mod fanout;
+pub mod latency;
+pub mod scale;
+pub mod send;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::harness::client::Client;
+use crate::harness::daemon::Launcher;
+use crate::harness::upstream::{self, Conn};
+
+/// Name of the endpoint every single-endpoint scenario uses.
+pub const ENDPOINT: &str = "feed";
+
+/// What is being measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum System {
+    /// `wsmuxd`.
+    Wsmux,
+    /// websocat in shared-connection (`reuse-broadcast:`) mode.
+    Websocat,
+}
+
+impl System {
+    /// Lower-case name, for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Wsmux => "wsmux",
+            System::Websocat => "websocat",
+        }
+    }
+}
+
+/// Settings every scenario needs.
+pub struct Ctx {
+    /// Starts daemons.
+    pub daemon: Launcher,
+    /// websocat and its version, when the comparison leg runs.
+    pub websocat: Option<(PathBuf, String)>,
+    /// Longest a single case may take once set up.
+    pub timeout: Duration,
+}
+
+impl Ctx {
+    /// The websocat binary, if the comparison leg runs.
+    pub fn websocat_bin(&self) -> Option<&Path> {
+        self.websocat.as_ref().map(|(p, _)| p.as_path())
+    }
+}
+
+/// Connects `n` clients to the daemon and subscribes each to [`ENDPOINT`], waiting until the
+/// endpoint is open for all of them. Connects 64 at a time so the listen backlog never fills.
+pub async fn subscribers(socket: &Path, n: usize, deadline: Instant) -> Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(n);
+    let mut remaining = n;
+    while remaining > 0 {
+        let batch = remaining.min(64);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let socket = socket.to_owned();
+            set.spawn(async move {
+                let mut c = Client::connect(&socket, deadline).await?;
+                c.subscribe_open(ENDPOINT, deadline).await?;
+                Ok::<_, anyhow::Error>(c)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            clients.push(r.context("subscriber task")??);
+        }
+        remaining -= batch;
+    }
+    Ok(clients)
+}
+
+/// Sends warm-up probes to `conns` from a blocking thread until `attached` reaches `want`.
+pub async fn warm_up(conns: Vec<Arc<Conn>>, attached: Arc<AtomicUsize>, want: usize) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        upstream::probe_until(
+            &conns,
+            Duration::from_millis(5),
+            Duration::from_secs(20),
+            || attached.load(Ordering::SeqCst) >= want,
+        )
+    })
+    .await
+    .context("probe thread")?
+}
+
+/// A flag that stops a pacing thread when dropped (so an early error ends the run).
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Messages per second, guarding against a zero interval.
+pub fn rate(messages: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        0.0
+    } else {
+        messages as f64 * 1e9 / ns as f64
+    }
+}

@@ -1,0 +1,251 @@
+//! Upstream direction: `clients` clients send `send` requests with ids through one endpoint;
+//! the upstream counts what arrives. Each client keeps at most `window` requests without an
+//! `ack` (a closed loop, so the ack latency is a round trip through the daemon and not the
+//! length of an ever-growing queue); a writer task batches whatever the window allows into
+//! one write, a reader task matches `ack`s by id.
+//!
+//! Measured: messages per second arriving upstream (first to last arrival) and the time from
+//! writing a request to reading its `ack`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use wsmux_proto::PayloadRef;
+
+use super::{rate, Ctx, ENDPOINT};
+use crate::harness::client::{encode_request, Client, SendRef};
+use crate::harness::daemon::Config;
+use crate::harness::msgpack;
+use crate::harness::payload::{self, now_ns};
+use crate::harness::stats::{self, Percentiles};
+use crate::harness::upstream::Upstream;
+
+/// Requests gathered into one write at most.
+const WRITE_BATCH: usize = 64;
+
+/// One upstream-direction case.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    /// Sending clients.
+    pub clients: usize,
+    /// Messages in all (split evenly).
+    pub messages: u64,
+    /// Message size, bytes.
+    pub size: usize,
+    /// Most unacknowledged requests per client.
+    pub window: usize,
+}
+
+/// The figures of one case.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Outcome {
+    /// Sending clients.
+    pub clients: usize,
+    /// Messages sent, all clients.
+    pub messages: u64,
+    /// Message size, bytes.
+    pub size: usize,
+    /// Window per client.
+    pub window: usize,
+    /// `ack`s received.
+    pub acked: u64,
+    /// `error` replies received.
+    pub errors: u64,
+    /// Messages that arrived upstream.
+    pub upstream_received: u64,
+    /// Payload bytes that arrived upstream.
+    pub upstream_bytes: u64,
+    /// Seconds from the first request to the last arrival upstream.
+    pub elapsed_s: f64,
+    /// Messages arriving upstream per second.
+    pub upstream_msgs_per_s: f64,
+    /// Request-to-ack time, nanoseconds.
+    pub ack: Percentiles,
+    /// Daemon CPU seconds during the run.
+    pub cpu_s: f64,
+    /// Daemon CPU per message, nanoseconds.
+    pub cpu_ns_per_msg: f64,
+    /// CPU seconds of the benchmark process during the run.
+    pub harness_cpu_s: f64,
+}
+
+struct ClientResult {
+    acked: u64,
+    errors: u64,
+    latencies: Vec<u64>,
+}
+
+async fn one_client(
+    client: Client,
+    first_id: u64,
+    count: u64,
+    size: usize,
+    window: usize,
+    deadline: Instant,
+) -> Result<ClientResult> {
+    let (mut reader, mut writer) = client.into_parts();
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+    let permits = Arc::new(Semaphore::new(window.max(1)));
+
+    let writer_sent = Arc::clone(&sent_at);
+    let writer_permits = Arc::clone(&permits);
+    let write_task = tokio::spawn(async move {
+        let mut body = vec![0u8; size.max(payload::HEADER)];
+        payload::fill(&mut body, 0, 0);
+        let mut buf = Vec::with_capacity(WRITE_BATCH * (size + 64));
+        let mut i = 0u64;
+        while i < count {
+            let first = writer_permits.acquire().await.context("window")?;
+            first.forget();
+            let mut n = 1;
+            while n < WRITE_BATCH && i + (n as u64) < count {
+                match writer_permits.try_acquire() {
+                    Ok(p) => {
+                        p.forget();
+                        n += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            buf.clear();
+            let now = now_ns();
+            for k in 0..n as u64 {
+                let idx = i + k;
+                payload::stamp(&mut body, first_id + idx, now);
+                encode_request(
+                    &SendRef {
+                        ty: "send",
+                        id: idx,
+                        endpoint: ENDPOINT,
+                        data: PayloadRef::Binary(&body),
+                    },
+                    &mut buf,
+                )?;
+                writer_sent[idx as usize].store(now, Ordering::Relaxed);
+            }
+            writer.write_all(&buf).await.context("writing requests")?;
+            i += n as u64;
+        }
+        Ok::<_, anyhow::Error>(writer)
+    });
+
+    let mut result = ClientResult {
+        acked: 0,
+        errors: 0,
+        latencies: Vec::with_capacity(count as usize),
+    };
+    let mut unexpected = None;
+    let finished = reader
+        .read_frames(deadline, |body| {
+            let f = msgpack::fields(body)?;
+            let idx = f.id.filter(|&id| id < count);
+            match (f.ty, idx) {
+                ("ack", Some(id)) => {
+                    let at = sent_at[id as usize].load(Ordering::Relaxed);
+                    result.latencies.push(now_ns().saturating_sub(at));
+                    result.acked += 1;
+                    permits.add_permits(1);
+                }
+                ("error", Some(_)) => {
+                    result.errors += 1;
+                    if unexpected.is_none() {
+                        unexpected = Some(format!("{:?}: {:?}", f.code, f.message));
+                    }
+                    permits.add_permits(1);
+                }
+                _ => {}
+            }
+            Ok(result.acked + result.errors >= count)
+        })
+        .await?;
+    if let Some(e) = unexpected {
+        eprintln!("  send: error replies, the first: {e}");
+    }
+    if !finished {
+        write_task.abort();
+        return Ok(result);
+    }
+    let _writer = write_task.await.context("writer task")??;
+    Ok(result)
+}
+
+/// Runs one case.
+pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
+    let upstream = Upstream::start()?;
+    let daemon = ctx
+        .daemon
+        .start(&Config::single(ENDPOINT, &upstream.url()))?;
+    let conns = upstream.wait_live(1, Duration::from_secs(10))?;
+    let conn = Arc::clone(&conns[0]);
+    let setup_deadline = Instant::now() + Duration::from_secs(30);
+    let clients = super::subscribers(&daemon.socket, case.clients, setup_deadline).await?;
+    let per_client = case.messages / case.clients.max(1) as u64;
+    let total = per_client * case.clients as u64;
+    if total == 0 {
+        bail!("fewer messages than clients");
+    }
+
+    daemon.profile_zero()?;
+    let cpu0 = daemon.cpu_seconds()?;
+    let own0 = stats::own_cpu_seconds()?;
+    let t0 = now_ns();
+    let deadline = Instant::now() + ctx.timeout;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, c) in clients.into_iter().enumerate() {
+        let first_id = k as u64 * per_client;
+        tasks.spawn(one_client(
+            c,
+            first_id,
+            per_client,
+            case.size,
+            case.window,
+            deadline,
+        ));
+    }
+    let mut results = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        results.push(r.context("client task")??);
+    }
+    // The last ack can overtake nothing (acks follow the write), but wait for the count.
+    let wait_until = Instant::now() + Duration::from_secs(5);
+    while conn.received().messages < total && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cpu1 = daemon.cpu_seconds()?;
+    let own1 = stats::own_cpu_seconds()?;
+    daemon.profile_dump()?;
+    let rx = conn.received();
+    daemon.stop()?;
+
+    let mut latencies: Vec<u64> = results
+        .iter_mut()
+        .flat_map(|r| r.latencies.drain(..))
+        .collect();
+    let elapsed = rx.last_ns.saturating_sub(t0);
+    let cpu = (cpu1 - cpu0).max(0.0);
+    Ok(Outcome {
+        clients: case.clients,
+        messages: total,
+        size: case.size,
+        window: case.window,
+        acked: results.iter().map(|r| r.acked).sum(),
+        errors: results.iter().map(|r| r.errors).sum(),
+        upstream_received: rx.messages,
+        upstream_bytes: rx.bytes,
+        elapsed_s: elapsed as f64 / 1e9,
+        upstream_msgs_per_s: rate(rx.messages, elapsed),
+        ack: Percentiles::of(&mut latencies),
+        cpu_s: cpu,
+        cpu_ns_per_msg: if rx.messages > 0 {
+            cpu * 1e9 / rx.messages as f64
+        } else {
+            0.0
+        },
+        harness_cpu_s: (own1 - own0).max(0.0),
+    })
+}

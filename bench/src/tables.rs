@@ -1,0 +1,229 @@
+//! One table per scenario, built from the typed outcomes.
+
+use crate::harness::stats::{us, us_diff};
+use crate::report::{mib, rate, Table};
+use crate::scenarios::{fanout, latency, scale, send};
+
+/// Fan-out (and burst) cases.
+pub fn fanout(title: &str, rows: &[fanout::Outcome]) -> Table {
+    let mut t = Table::new(
+        title,
+        vec![
+            "system",
+            "K",
+            "size",
+            "sent",
+            "queue",
+            "delivered",
+            "lost",
+            "lagged",
+            "msg/s/sub",
+            "msg/s total",
+            "secs",
+            "CPU s",
+            "CPU %",
+            "CPU ns/msg",
+            "peak RSS MiB",
+            "bench CPU s",
+        ],
+    );
+    for o in rows {
+        t.rows.push(vec![
+            o.system.to_owned(),
+            o.subscribers.to_string(),
+            o.size.to_string(),
+            o.messages.to_string(),
+            if o.queues == "raised" {
+                o.queue_messages.to_string()
+            } else {
+                format!("{} ({})", o.queue_messages, o.queues)
+            },
+            o.delivered.to_string(),
+            if o.complete {
+                o.lost.to_string()
+            } else {
+                format!("{} (timeout)", o.lost)
+            },
+            o.lagged_reports.to_string(),
+            rate(o.per_subscriber_msgs_per_s),
+            rate(o.total_msgs_per_s),
+            format!("{:.2}", o.elapsed_s),
+            format!("{:.2}", o.cpu_s),
+            if o.elapsed_s > 0.0 {
+                format!("{:.0}", 100.0 * o.cpu_s / o.elapsed_s)
+            } else {
+                "-".into()
+            },
+            format!("{:.0}", o.cpu_ns_per_msg),
+            mib(o.peak_rss_kib),
+            format!("{:.2}", o.harness_cpu_s),
+        ]);
+    }
+    t
+}
+
+/// wsmux/websocat ratios of fan-out cases run back to back.
+pub fn fanout_ratios(rows: &[fanout::Outcome]) -> Option<Table> {
+    let mut t = Table::new(
+        "fan-out: wsmux / websocat, same run",
+        vec![
+            "K",
+            "size",
+            "throughput ×",
+            "CPU per msg ×",
+            "websocat lost",
+        ],
+    );
+    for w in rows.iter().filter(|o| o.system == "wsmux") {
+        let Some(x) = rows
+            .iter()
+            .find(|o| o.system == "websocat" && o.subscribers == w.subscribers && o.size == w.size)
+        else {
+            continue;
+        };
+        t.rows.push(vec![
+            w.subscribers.to_string(),
+            w.size.to_string(),
+            ratio(w.total_msgs_per_s, x.total_msgs_per_s),
+            ratio(w.cpu_ns_per_msg, x.cpu_ns_per_msg),
+            x.lost.to_string(),
+        ]);
+    }
+    t.notes.push(
+        "throughput × > 1: wsmux delivers more per second; CPU per msg × < 1: wsmux spends less"
+            .into(),
+    );
+    (!t.rows.is_empty()).then_some(t)
+}
+
+/// `a / b` as `1.23×`, or `n/a`.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}×", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Latency cases.
+pub fn latency(rows: &[latency::Outcome]) -> Table {
+    let mut t = Table::new(
+        "added latency (µs): receive delay through the system vs. a direct WebSocket client",
+        vec![
+            "system",
+            "round",
+            "rate",
+            "samples",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "direct p50",
+            "p99",
+            "p99.9",
+            "added p50",
+            "added p99",
+            "added p99.9",
+            "lost",
+        ],
+    );
+    for o in rows {
+        t.rows.push(vec![
+            o.system.to_owned(),
+            o.round.to_string(),
+            o.rate.to_string(),
+            o.through.count.to_string(),
+            us(o.through.p50),
+            us(o.through.p99),
+            us(o.through.p999),
+            us(o.through.max),
+            us(o.direct.p50),
+            us(o.direct.p99),
+            us(o.direct.p999),
+            us_diff(o.through.p50, o.direct.p50),
+            us_diff(o.through.p99, o.direct.p99),
+            us_diff(o.through.p999, o.direct.p999),
+            format!("{}/{}", o.lost, o.direct_lost),
+        ]);
+    }
+    t.notes.push(
+        "lost: through the system / direct; the pacer stamps each copy right before its write"
+            .into(),
+    );
+    t
+}
+
+/// Upstream-direction cases.
+pub fn send(rows: &[send::Outcome]) -> Table {
+    let mut t = Table::new(
+        "upstream direction: `send` with ids through one endpoint",
+        vec![
+            "clients",
+            "window",
+            "size",
+            "sent",
+            "acked",
+            "errors",
+            "upstream rx",
+            "msg/s upstream",
+            "ack p50 µs",
+            "p99",
+            "p99.9",
+            "CPU ns/msg",
+            "bench CPU s",
+        ],
+    );
+    for o in rows {
+        t.rows.push(vec![
+            o.clients.to_string(),
+            o.window.to_string(),
+            o.size.to_string(),
+            o.messages.to_string(),
+            o.acked.to_string(),
+            o.errors.to_string(),
+            o.upstream_received.to_string(),
+            rate(o.upstream_msgs_per_s),
+            us(o.ack.p50),
+            us(o.ack.p99),
+            us(o.ack.p999),
+            format!("{:.0}", o.cpu_ns_per_msg),
+            format!("{:.2}", o.harness_cpu_s),
+        ]);
+    }
+    t
+}
+
+/// The scale figures.
+pub fn scale(o: &scale::Outcome) -> Table {
+    let mut t = Table::new("scale and memory (daemon VmRSS)", vec!["measure", "value"]);
+    let kib = |k: u64| format!("{k} KiB ({} MiB)", mib(k));
+    t.rows.push(vec![
+        "idle, 1 endpoint".into(),
+        kib(o.idle_rss_1_endpoint_kib),
+    ]);
+    t.rows.push(vec![
+        format!("idle, {} endpoints", o.endpoints),
+        kib(o.idle_rss_n_endpoints_kib),
+    ]);
+    t.rows.push(vec![
+        "1 endpoint, before clients".into(),
+        kib(o.rss_before_clients_kib),
+    ]);
+    t.rows.push(vec![
+        format!("1 endpoint, {} idle clients", o.clients),
+        kib(o.rss_with_clients_kib),
+    ]);
+    t.rows.push(vec![
+        "per idle client".into(),
+        format!(
+            "{} bytes ({:.1} KiB)",
+            o.rss_per_client_bytes,
+            o.rss_per_client_bytes as f64 / 1024.0
+        ),
+    ]);
+    t.rows.push(vec![
+        format!("peak (VmHWM) with {} clients", o.clients),
+        kib(o.peak_rss_with_clients_kib),
+    ]);
+    t
+}
