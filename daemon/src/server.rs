@@ -395,7 +395,7 @@ impl Session {
             ClientMsg::Subscribe(m) => match self.ctx.endpoint(&m.endpoint) {
                 Some(_)
                     if !self.subscriptions.contains(&m.endpoint)
-                        && self.subscriptions.len() >= self.ctx.max_subscriptions =>
+                        && self.live_subscriptions() >= self.ctx.max_subscriptions =>
                 {
                     self.fail(
                         m.id,
@@ -507,6 +507,14 @@ impl Session {
             },
         }
         true
+    }
+
+    /// Subscriptions to endpoints that still exist (a reload may have removed some).
+    fn live_subscriptions(&mut self) -> usize {
+        let ctx = &self.ctx;
+        self.subscriptions
+            .retain(|name| ctx.endpoint(name).is_some());
+        self.subscriptions.len()
     }
 
     fn unknown_endpoint(&self, id: Option<u64>, name: &str) {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -80,12 +81,27 @@ impl Upstream {
         let (c, l) = (Arc::clone(&connections), Arc::clone(&live));
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                // Register the connection before the handshake answer goes out: once the
+                // client sees the connection open, a broadcast must reach it.
+                let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+                // The callback's error type is fixed by tungstenite.
+                #[allow(clippy::result_large_err)]
+                let register = {
+                    let (c, l) = (Arc::clone(&c), Arc::clone(&l));
+                    move |_: &Request, response: Response| {
+                        l.lock().unwrap().push(ctl_tx);
+                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                        let mut response = response;
+                        response
+                            .headers_mut()
+                            .insert("x-connection", n.to_string().parse().unwrap());
+                        Ok(response)
+                    }
+                };
+                let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, register).await else {
                     continue;
                 };
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-                l.lock().unwrap().push(ctl_tx);
+                let n = c.load(Ordering::SeqCst);
                 let _ = seen_tx.send(Seen::Connected(n));
                 tokio::spawn(serve(ws, n, ctl_rx, seen_tx.clone(), behaviour.clone()));
             }
