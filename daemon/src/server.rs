@@ -171,12 +171,23 @@ pub async fn accept_loop(
     }
 }
 
-/// Sends one fatal error and closes.
+/// Sends one fatal error and closes. The peer's first bytes (its `hello`) are read and
+/// discarded for a moment first: closing with unread input would reset the connection, and
+/// the peer could lose the error before reading it.
 async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
     let frame = frames::error(None, code, message);
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
         stream.write_all(&frame).await?;
-        stream.flush().await
+        stream.flush().await?;
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => break,
+            }
+        }
+        Ok::<(), std::io::Error>(())
     })
     .await;
 }

@@ -194,16 +194,22 @@ impl Client {
             .map_err(connect_err)?;
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(16 * 1024);
-        write_msg(
-            &mut writer,
-            &ClientMsg::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                client: Some(name.to_owned()),
-            }),
-        )
-        .await?;
-        let welcome = match read_msg(&mut reader, &mut buf).await? {
-            Some(ServerMsg::Welcome(w)) => w,
+        let hello = ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: Some(name.to_owned()),
+        });
+        // If the daemon refused us at once, the write may fail while its reason is already
+        // waiting to be read: read it either way.
+        let written = write_msg(&mut writer, &hello).await;
+        let first = match read_msg(&mut reader, &mut buf).await {
+            Ok(first) => first,
+            Err(e) => return Err(written.err().unwrap_or(e)),
+        };
+        let welcome = match first {
+            Some(ServerMsg::Welcome(w)) => {
+                written?;
+                w
+            }
             Some(ServerMsg::Error(e)) => {
                 return Err(ClientError::Server {
                     code: e.code,
