@@ -124,8 +124,8 @@ async fn rotation_at_max_lifetime_leaves_no_gap() {
         "no gap and no duplicate across rotations"
     );
     assert!(
-        up.connections() >= 3,
-        "rotated at least twice: {}",
+        up.connections() >= 2,
+        "rotated at least once: {}",
         up.connections()
     );
     // Old connections were closed with a close frame.
