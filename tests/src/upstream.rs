@@ -29,6 +29,8 @@ pub enum Seen {
     Message(usize, Message),
     /// A ping frame arrived on connection `n`.
     Ping(usize),
+    /// A pong frame arrived on connection `n`, with its payload.
+    Pong(usize, Vec<u8>),
     /// A close frame arrived on connection `n` (code).
     Close(usize, Option<u16>),
     /// Connection `n` ended.
@@ -200,7 +202,10 @@ async fn serve(
                 Some(Ok(Message::Ping(_))) => {
                     let _ = seen.send(Seen::Ping(n));
                 }
-                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => {}
+                Some(Ok(Message::Pong(p))) => {
+                    let _ = seen.send(Seen::Pong(n, p.to_vec()));
+                }
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(f))) => {
                     let _ = seen.send(Seen::Close(n, f.map(|f| u16::from(f.code))));
                     let _ = ws.close(None).await;

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wsmux_proto::{ClientMsg, ConnState, ErrorCode, Send, ServerMsg, Subscribe};
 use wsmux_tests::daemon::Daemon;
 use wsmux_tests::raw::Raw;
-use wsmux_tests::upstream::Upstream;
+use wsmux_tests::upstream::{Seen, Upstream};
 use wsmux_tests::within;
 
 use crate::endpoint_toml;
@@ -214,5 +214,26 @@ async fn dozens_of_clients_at_once_while_the_upstream_comes_and_goes() {
             Some(_) => {}
             None => panic!("closed"),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_pings_are_answered_while_a_client_stalls() {
+    let mut up = Upstream::start().await;
+    let d = Daemon::start(&format!(
+        "{SMALL_QUEUE}{}",
+        endpoint_toml("feed", &up.url(), "")
+    ));
+    up.wait_connected(1).await;
+    // A subscriber that never reads, with a full queue and a full socket buffer.
+    let _stalled = open_client(&d.socket).await;
+    for i in 0..20_000u32 {
+        up.broadcast(Message::text(format!("{i:0>200}")));
+    }
+    // Every server ping is answered, promptly, while the client stays stalled.
+    for i in 0..20u8 {
+        up.broadcast(Message::Ping(vec![i].into()));
+        let pong = within(2, "pong", up.wait_for(|s| matches!(s, Seen::Pong(..)))).await;
+        assert_eq!(pong, Seen::Pong(1, vec![i]));
     }
 }
