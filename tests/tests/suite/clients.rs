@@ -237,3 +237,25 @@ async fn server_pings_are_answered_while_a_client_stalls() {
         assert_eq!(pong, Seen::Pong(1, vec![i]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_beyond_max_clients_are_told_and_closed() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&format!(
+        "max_clients = 2\n{}",
+        endpoint_toml("feed", &up.url(), "")
+    ));
+    let (_a, _) = Raw::greeted(&d.socket).await;
+    let (_b, _) = Raw::greeted(&d.socket).await;
+    let mut c = Raw::connect(&d.socket).await;
+    match c.recv().await {
+        Some(ServerMsg::Error(e)) => assert_eq!(e.code, ErrorCode::TooManyClients),
+        other => panic!("expected too_many_clients, got {other:?}"),
+    }
+    assert!(c.recv().await.is_none(), "then closed");
+    // A place frees up when a client leaves.
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_c, welcome) = Raw::greeted(&d.socket).await;
+    assert!(matches!(welcome, ServerMsg::Welcome(_)));
+}
