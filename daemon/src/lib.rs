@@ -96,7 +96,7 @@ struct Endpoints {
     /// Where drivers run.
     tracker: TaskTracker,
     /// Shared TLS configuration.
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<tls::TlsBase>,
     /// Largest frame sent to a client.
     max_frame: usize,
     /// Shutdown drain limit.
@@ -187,7 +187,7 @@ pub async fn run_with(
     let listener = local::bind(&path, settings.server.socket_mode).await?;
     tracing::info!(socket = %path.display(), "listening");
 
-    let tls = Arc::new(tls::base_config().map_err(RunError::Tls)?);
+    let tls = Arc::new(tls::TlsBase::load().map_err(RunError::Tls)?);
     let sessions_cancel = CancellationToken::new();
     let accept_cancel = CancellationToken::new();
     let sessions = TaskTracker::new();

@@ -1,13 +1,12 @@
 //! `wsmuxd`: the daemon binary. Parses flags, loads settings, sets up logging and signals,
 //! and calls [`wsmuxd::run`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use wsmux_config::Settings;
 
 /// Keeps one healthy upstream WebSocket per configured endpoint and shares it with local
 /// processes over a local socket.
@@ -59,10 +58,6 @@ fn default_config() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn load(path: &Path) -> anyhow::Result<Settings> {
-    Ok(wsmux_config::load(path)?)
-}
-
 fn real_main(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,7 +82,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                  or try `wsmuxd --demo`"
             ),
         };
-        let settings = load(&path)?;
+        let settings = wsmux_config::load(&path)?;
         let origin = path.display().to_string();
         config_path = Some(path);
         (settings, origin)

@@ -55,11 +55,6 @@ impl Overlap {
         Join::Switch(std::mem::take(&mut self.new))
     }
 
-    /// Whether the new connection has delivered anything yet.
-    pub fn new_is_empty(&self) -> bool {
-        self.new.is_empty()
-    }
-
     /// Looks for an index `i` in `old` such that `old[i..]` is a prefix of `new`: then the
     /// new stream continues exactly where the old one is.
     fn try_join(&mut self) -> Join {

@@ -7,11 +7,27 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use wsmux_config::EndpointSettings;
 
-/// The shared configuration: platform roots plus the webpki roots.
-pub fn base_config() -> Result<rustls::ClientConfig, String> {
-    Ok(builder()?
-        .with_root_certificates(base_roots())
-        .with_no_client_auth())
+/// What every endpoint starts from, loaded once at start-up: the roots (platform plus
+/// webpki) and the configuration built from them.
+pub struct TlsBase {
+    /// Platform and webpki roots; endpoints with a CA file add theirs to a copy.
+    roots: rustls::RootCertStore,
+    /// The configuration of endpoints without TLS options of their own.
+    shared: Arc<rustls::ClientConfig>,
+}
+
+impl TlsBase {
+    /// Loads the roots and builds the shared configuration.
+    pub fn load() -> Result<TlsBase, String> {
+        let roots = base_roots();
+        let shared = builder()?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        Ok(TlsBase {
+            roots,
+            shared: Arc::new(shared),
+        })
+    }
 }
 
 fn base_roots() -> rustls::RootCertStore {
@@ -33,17 +49,17 @@ fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::Wants
         .map_err(|e| format!("TLS setup failed: {e}"))
 }
 
-/// The configuration for one endpoint: `shared` unless it has a CA file or a client
-/// certificate. Files are read at every connect, so renewed certificates are picked up.
+/// The configuration for one endpoint: the shared one unless it has a CA file or a client
+/// certificate. Those files are read at every connect, so renewed certificates are picked up.
 pub fn for_endpoint(
     settings: &EndpointSettings,
-    shared: Arc<rustls::ClientConfig>,
+    base: &TlsBase,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let tls = &settings.tls;
     if tls.ca_file.is_none() && tls.client_cert.is_none() {
-        return Ok(shared);
+        return Ok(Arc::clone(&base.shared));
     }
-    let mut roots = base_roots();
+    let mut roots = base.roots.clone();
     if let Some(ca) = &tls.ca_file {
         let certs = CertificateDer::pem_file_iter(ca)
             .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;

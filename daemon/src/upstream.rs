@@ -191,8 +191,8 @@ pub struct Driver {
     endpoint: Arc<Endpoint>,
     /// Validated settings of this endpoint.
     settings: Arc<EndpointSettings>,
-    /// TLS client configuration for `wss://`.
-    tls: Arc<rustls::ClientConfig>,
+    /// TLS roots and configuration for `wss://`.
+    tls: Arc<crate::tls::TlsBase>,
     /// Commands from clients and the daemon.
     commands: mpsc::Receiver<Command>,
     /// Fires at daemon shutdown or when the endpoint is removed.
@@ -264,7 +264,7 @@ impl Driver {
     pub fn new(
         endpoint: Arc<Endpoint>,
         settings: EndpointSettings,
-        tls: Arc<rustls::ClientConfig>,
+        tls: Arc<crate::tls::TlsBase>,
         commands: mpsc::Receiver<Command>,
         cancel: CancellationToken,
         max_frame: usize,
@@ -446,23 +446,9 @@ impl Driver {
         if msgs.is_empty() {
             return Ok(());
         }
-        let write_all = async {
-            for m in msgs {
-                ws.feed(m).await?;
-            }
-            ws.flush().await
-        };
-        match tokio::time::timeout(limit, write_all).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "writing on_connect/sticky messages failed: {}",
-                describe_error(&e)
-            )),
-            Err(_) => Err(format!(
-                "writing on_connect/sticky messages stalled for {}",
-                humanize(limit)
-            )),
-        }
+        write_all(ws, msgs, limit)
+            .await
+            .map_err(|reason| format!("on_connect/sticky messages: {reason}"))
     }
 
     /// Writes the queued messages in order; stops (keeping the rest) at the first failure.
@@ -493,11 +479,16 @@ impl Driver {
     fn pop_queue(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
         self.queue_bytes -= q.data.len();
+        self.publish_queue_depth();
+        Some(q)
+    }
+
+    /// Makes the queue's length visible to `status` and metrics.
+    fn publish_queue_depth(&self) {
         self.endpoint
             .counters
             .queue_depth
             .store(self.queue.len() as u64, Ordering::Relaxed);
-        Some(q)
     }
 
     fn report_dropped(&self, q: &Queued, code: ErrorCode, message: String) {
@@ -756,12 +747,7 @@ impl Driver {
         let Link::Open(ws) = &mut self.link else {
             return Err("not connected".into());
         };
-        let limit = self.settings.heartbeat.timeout;
-        let result = match tokio::time::timeout(limit, ws.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write failed: {}", describe_error(&e))),
-            Err(_) => Err(format!("write stalled for {}", humanize(limit))),
-        };
+        let result = write_all(ws, vec![msg], self.settings.heartbeat.timeout).await;
         if result.is_ok() {
             self.policy.on_outbound(Self::now());
         }
@@ -776,10 +762,14 @@ impl Driver {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Send(request) if matches!(self.link, Link::Open(_)) && !request.sticky => {
-                self.send_batch(request).await
+            Command::Send(request) => {
+                self.remember_sticky(&request);
+                if matches!(self.link, Link::Open(_)) {
+                    self.send_batch(request).await
+                } else {
+                    self.hold(request)
+                }
             }
-            Command::Send(request) => self.on_send(request).await,
             Command::ClientGone(client) => self.on_client_gone(client).await,
             Command::Reconnect { id, reply } => {
                 self.force_reconnect("reconnect requested").await;
@@ -822,44 +812,32 @@ impl Driver {
         self.perform(action).await;
     }
 
-    async fn on_send(&mut self, request: SendRequest) {
+    /// Keeps a sticky message for replay after every reconnect while its client stays.
+    fn remember_sticky(&mut self, request: &SendRequest) {
+        if request.sticky {
+            self.stickies.push(Sticky {
+                client: request.client,
+                data: request.data.clone(),
+                undo: request.undo.clone(),
+            });
+        }
+    }
+
+    /// A `send` while the endpoint is not open: queued, refused, or (sticky) left for the
+    /// replay after the next connect.
+    fn hold(&mut self, request: SendRequest) {
         let SendRequest {
-            client,
             data,
             id,
             reply,
             queue,
             sticky,
-            undo,
+            ..
         } = request;
-        let open = matches!(self.link, Link::Open(_));
         if sticky {
-            self.stickies.push(Sticky {
-                client,
-                data: data.clone(),
-                undo,
-            });
-            if !open {
-                // Written right after the next connect, with the other sticky messages.
-                if let Some(id) = id {
-                    reply.push_control(frames::ack_queued(id));
-                }
-                return;
-            }
-        }
-        if open {
-            let len = data.len();
-            match self.write(to_message(&data)).await {
-                Ok(()) => {
-                    self.count_out(len);
-                    if let Some(id) = id {
-                        reply.push_control(frames::ack(id));
-                    }
-                }
-                Err(reason) => {
-                    reply.push_control(frames::error(id, ErrorCode::SendFailed, reason.clone()));
-                    self.lost(reason, false, None);
-                }
+            // Written right after the next connect, with the other sticky messages.
+            if let Some(id) = id {
+                reply.push_control(frames::ack_queued(id));
             }
             return;
         }
@@ -919,23 +897,23 @@ impl Driver {
             reply: Arc::clone(&reply),
             since: Instant::now(),
         });
-        self.endpoint
-            .counters
-            .queue_depth
-            .store(self.queue.len() as u64, Ordering::Relaxed);
+        self.publish_queue_depth();
         if let Some(id) = id {
             reply.push_control(frames::ack_queued(id));
         }
     }
 
-    /// Writes `first` and the plain sends queued behind it with one flush, then answers them
-    /// all. Anything else in the channel is handled after, in order.
+    /// Writes `first` and the sends queued behind it with one flush, then answers them all.
+    /// Anything else in the channel is handled after, in order.
     async fn send_batch(&mut self, first: SendRequest) {
         let mut batch = vec![first];
         let mut next = None;
         while batch.len() < SEND_BATCH {
             match self.commands.try_recv() {
-                Ok(Command::Send(r)) if !r.sticky => batch.push(r),
+                Ok(Command::Send(r)) => {
+                    self.remember_sticky(&r);
+                    batch.push(r);
+                }
                 Ok(other) => {
                     next = Some(other);
                     break;
@@ -946,18 +924,8 @@ impl Driver {
         let Link::Open(ws) = &mut self.link else {
             unreachable!("checked by the caller")
         };
-        let limit = self.settings.heartbeat.timeout;
-        let write = async {
-            for r in &batch {
-                ws.feed(to_message(&r.data)).await?;
-            }
-            ws.flush().await
-        };
-        let result = match tokio::time::timeout(limit, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write failed: {}", describe_error(&e))),
-            Err(_) => Err(format!("write stalled for {}", humanize(limit))),
-        };
+        let msgs = batch.iter().map(|r| to_message(&r.data)).collect();
+        let result = write_all(ws, msgs, self.settings.heartbeat.timeout).await;
         match result {
             Ok(()) => {
                 self.policy.on_outbound(Self::now());
@@ -1030,33 +998,27 @@ impl Driver {
                 self.rotation = None;
             }
             LinkEvent::Inbound(Some(Ok(msg))) => {
-                let payload = match msg {
-                    Message::Text(t) => Payload::Text(t.as_str().to_owned()),
-                    Message::Binary(b) => Payload::Binary(b),
+                let inbound = match msg {
+                    Message::Text(t) => Inbound::Text(t),
+                    Message::Binary(b) => Inbound::Binary(b),
                     _ => return,
                 };
-                if self.is_heartbeat_reply(payload.as_ref()) {
+                if self.is_heartbeat_reply(inbound.as_ref()) {
                     return;
                 }
-                let inbound = match &payload {
-                    Payload::Text(t) => Inbound::Text(t.as_str().into()),
-                    Payload::Binary(b) => Inbound::Binary(b.clone()),
-                };
-                let reply = self.auto_reply_for(&inbound);
-                let Some(rotation) = self.rotation.as_mut() else {
-                    return;
-                };
-                if let Some((reply, hide)) = reply {
-                    if let Link::Open(ws) = &mut rotation.link {
-                        let limit = self.settings.heartbeat.timeout;
-                        if !matches!(
-                            tokio::time::timeout(limit, ws.send(reply)).await,
-                            Ok(Ok(()))
-                        ) {
-                            tracing::warn!(endpoint = %self.endpoint.name(), "rotation: replacement failed; keeping the current connection");
-                            self.rotation = None;
-                            return;
-                        }
+                if let Some((reply, hide)) = self.auto_reply_for(&inbound) {
+                    let limit = self.settings.heartbeat.timeout;
+                    let Some(Rotation {
+                        link: Link::Open(ws),
+                        ..
+                    }) = self.rotation.as_mut()
+                    else {
+                        return;
+                    };
+                    if write_all(ws, vec![reply], limit).await.is_err() {
+                        tracing::warn!(endpoint = %self.endpoint.name(), "rotation: replacement failed; keeping the current connection");
+                        self.rotation = None;
+                        return;
                     }
                     if hide {
                         return;
@@ -1065,7 +1027,7 @@ impl Driver {
                 let Some(rotation) = self.rotation.as_mut() else {
                     return;
                 };
-                let join = rotation.overlap.on_new(payload);
+                let join = rotation.overlap.on_new(inbound.to_payload());
                 if matches!(join, Join::Switch(_)) {
                     self.finish_rotation(join).await;
                 }
@@ -1162,6 +1124,22 @@ async fn rotation_event(rotation: &mut Option<Rotation>) -> LinkEvent {
     }
 }
 
+/// Writes `msgs` with one flush, bounded by `limit` so that a stalled peer cannot hold the
+/// driver.
+async fn write_all(ws: &mut Ws, msgs: Vec<Message>, limit: Duration) -> Result<(), String> {
+    let write = async {
+        for m in msgs {
+            ws.feed(m).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {}", describe_error(&e))),
+        Err(_) => Err(format!("write stalled for {}", humanize(limit))),
+    }
+}
+
 /// Sends a close frame and waits (briefly) for the peer's answer.
 async fn close_gracefully(ws: &mut Ws, code: CloseCode, reason: &str, endpoint: &str) {
     let frame = CloseFrame {
@@ -1218,7 +1196,7 @@ fn decompress(data: &[u8], method: Decompress, limit: usize) -> Option<String> {
 /// Opens the WebSocket: TCP, TLS and the handshake, all within `connect_timeout`.
 async fn connect(
     settings: Arc<EndpointSettings>,
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<crate::tls::TlsBase>,
 ) -> Result<Box<Ws>, ConnectError> {
     let mut request = settings
         .url
@@ -1244,7 +1222,7 @@ async fn connect(
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(settings.max_message_size))
         .max_frame_size(Some(settings.max_message_size));
-    let tls = crate::tls::for_endpoint(&settings, tls).map_err(ConnectError::plain)?;
+    let tls = crate::tls::for_endpoint(&settings, &tls).map_err(ConnectError::plain)?;
     let handshake = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
