@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod policy;
 pub mod rotation;
 pub mod server;
+pub mod text;
 pub mod tls;
 pub mod upstream;
 
