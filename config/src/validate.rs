@@ -32,6 +32,14 @@ const MIN_FRAME_SIZE: usize = 1024;
 const MAX_FRAME_SIZE: usize = 1 << 30;
 /// Longest endpoint name.
 const MAX_NAME_LEN: usize = 64;
+/// Longest duration any setting takes: a year. Anything longer is a typo, and far larger values
+/// would overflow the clock arithmetic of the timers that use them.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `MAX_DURATION` as users write it.
+const MAX_DURATION_TEXT: &str = "365d";
+/// Largest count or byte size any limit takes (1 TiB): far beyond any real use, small enough
+/// that sums of such limits cannot overflow.
+const MAX_LIMIT: usize = 1 << 40;
 /// Headers the WebSocket handshake sets itself (lowercase).
 const HANDSHAKE_HEADERS: &[&str] = &[
     "connection",
@@ -127,7 +135,9 @@ impl Validator<'_> {
                 raw.max_subscriptions_per_client,
                 defaults.max_subscriptions_per_client,
             )?,
-            drain_timeout: raw.drain_timeout.unwrap_or(defaults.drain_timeout),
+            drain_timeout: self
+                .at_most_max(&root.key("drain_timeout"), raw.drain_timeout)?
+                .unwrap_or(defaults.drain_timeout),
             metrics_listen: self.metrics_listen(&root.key("metrics_listen"), raw.metrics_listen)?,
         };
         let log = self.log(&root.key("log"), raw.log.unwrap_or_default())?;
@@ -157,7 +167,9 @@ impl Validator<'_> {
                 .unwrap_or(defaults.level),
             dir: self.non_empty(&key.key("dir"), raw.dir)?.map(PathBuf::from),
             json: raw.json.unwrap_or(defaults.json),
-            max_files: raw.max_files.unwrap_or(defaults.max_files),
+            max_files: self
+                .limit(&key.key("max_files"), raw.max_files)?
+                .unwrap_or(defaults.max_files),
         })
     }
 
@@ -492,7 +504,9 @@ impl Validator<'_> {
     fn queue(&self, key: &KeyPath, raw: RawQueue) -> Result<QueueSettings> {
         let defaults = QueueSettings::default();
         Ok(QueueSettings {
-            max_messages: raw.max_messages.unwrap_or(defaults.max_messages),
+            max_messages: self
+                .limit(&key.key("max_messages"), raw.max_messages)?
+                .unwrap_or(defaults.max_messages),
             max_bytes: self.at_least_one(
                 &key.key("max_bytes"),
                 raw.max_bytes,
@@ -709,10 +723,24 @@ impl Validator<'_> {
 
     /// A duration that must be greater than zero when given; `None` means no limit.
     fn optional_positive(&self, key: &KeyPath, raw: Option<Duration>) -> Result<Option<Duration>> {
-        match raw {
+        match self.at_most_max(key, raw)? {
             Some(value) if value.is_zero() => {
                 Err(self.error(key, "must be greater than zero (leave it out for no limit)"))
             }
+            other => Ok(other),
+        }
+    }
+
+    /// A duration of at most [`MAX_DURATION`] (zero allowed).
+    fn at_most_max(&self, key: &KeyPath, raw: Option<Duration>) -> Result<Option<Duration>> {
+        match raw {
+            Some(value) if value > MAX_DURATION => Err(self.error(
+                key,
+                format!(
+                    "{} is too long: at most {MAX_DURATION_TEXT}",
+                    humantime::format_duration(value)
+                ),
+            )),
             other => Ok(other),
         }
     }
@@ -742,19 +770,30 @@ impl Validator<'_> {
         raw: Option<Duration>,
         default: Duration,
     ) -> Result<Duration> {
-        match raw {
+        match self.at_most_max(key, raw)? {
             Some(value) if value.is_zero() => Err(self.error(key, "must be greater than zero")),
             Some(value) => Ok(value),
             None => Ok(default),
         }
     }
 
-    /// A count that must be at least 1.
+    /// A count or size that must be at least 1 (and at most [`MAX_LIMIT`]).
     fn at_least_one(&self, key: &KeyPath, raw: Option<usize>, default: usize) -> Result<usize> {
-        match raw {
+        match self.limit(key, raw)? {
             Some(0) => Err(self.error(key, "must be at least 1")),
             Some(value) => Ok(value),
             None => Ok(default),
+        }
+    }
+
+    /// A count or size of at most [`MAX_LIMIT`] (zero allowed).
+    fn limit(&self, key: &KeyPath, raw: Option<usize>) -> Result<Option<usize>> {
+        match raw {
+            Some(value) if value > MAX_LIMIT => Err(self.error(
+                key,
+                format!("{value} is too large: at most {MAX_LIMIT} (1 TiB)"),
+            )),
+            other => Ok(other),
         }
     }
 

@@ -1966,3 +1966,81 @@ fn later_files_replace_arrays_and_own_their_errors() {
     assert_eq!(err.origin(), Origin::File(bad.clone()));
     assert_eq!(err.key(), Some("endpoints.feed.auto_reply[0].match"));
 }
+
+#[test]
+fn absurd_durations_and_sizes_are_errors_naming_the_key() {
+    let with_feed =
+        |extra: &str| format!("[endpoints.feed]\nurl = \"wss://example.com/\"\n{extra}");
+    let huge = "\"400000000000y\"";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with_feed(&format!(
+                "[endpoints.feed.reconnect]\ninitial_delay = {huge}"
+            )),
+            "endpoints.feed.reconnect.initial_delay",
+        ),
+        (
+            with_feed(&format!(
+                "[endpoints.feed.reconnect]\ninitial_delay = \"1s\"\nmax_delay = {huge}"
+            )),
+            "endpoints.feed.reconnect.max_delay",
+        ),
+        (
+            with_feed(&format!(
+                "[endpoints.feed.reconnect]\nstable_after = {huge}"
+            )),
+            "endpoints.feed.reconnect.stable_after",
+        ),
+        (
+            with_feed(&format!("[endpoints.feed.heartbeat]\ninterval = {huge}")),
+            "endpoints.feed.heartbeat.interval",
+        ),
+        (
+            with_feed(&format!("[endpoints.feed.heartbeat]\ntimeout = {huge}")),
+            "endpoints.feed.heartbeat.timeout",
+        ),
+        (
+            with_feed(&format!("connect_timeout = {huge}")),
+            "endpoints.feed.connect_timeout",
+        ),
+        (
+            with_feed(&format!("max_lifetime = {huge}")),
+            "endpoints.feed.max_lifetime",
+        ),
+        (
+            with_feed(&format!("[endpoints.feed.queue]\nmax_age = {huge}")),
+            "endpoints.feed.queue.max_age",
+        ),
+        (
+            format!("drain_timeout = \"366d\"\n{}", with_feed("")),
+            "drain_timeout",
+        ),
+        (
+            format!("client_queue_bytes = {}\n{}", 1u64 << 41, with_feed("")),
+            "client_queue_bytes",
+        ),
+        (
+            with_feed(&format!(
+                "[endpoints.feed.queue]\nmax_messages = {}",
+                1u64 << 41
+            )),
+            "endpoints.feed.queue.max_messages",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = load_err(&toml, &[]);
+        assert_eq!(err.key(), Some(key), "{toml}\n{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("wsmux.toml: "), "{text}");
+        assert!(text.contains("too l"), "{text}");
+    }
+    // A year is the longest; it loads, and so does zero drain time.
+    let s = load(&format!(
+        "drain_timeout = \"0s\"\n{}",
+        with_feed("max_lifetime = \"365d\"")
+    ));
+    assert_eq!(
+        s.endpoints[0].max_lifetime,
+        Some(Duration::from_secs(365 * 24 * 3600))
+    );
+}

@@ -39,6 +39,11 @@ fn config_errors_name_the_file_and_the_key() {
             "[endpoints.feed]\nurl = \"ws://x/\"\n[endpoints.feed.reconnect]\njitter = 2.0\n",
             "endpoints.feed.reconnect.jitter",
         ),
+        (
+            // Used to pass `--check`, then panic the driver on `Instant` overflow.
+            "[endpoints.feed]\nurl = \"ws://x/\"\n[endpoints.feed.reconnect]\ninitial_delay = \"400000000000y\"\n",
+            "endpoints.feed.reconnect.initial_delay",
+        ),
     ];
     for (text, key) in cases {
         let path = write(&dir, text);
