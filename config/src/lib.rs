@@ -70,6 +70,7 @@ mod error;
 mod key;
 mod layers;
 mod raw;
+mod redact;
 mod settings;
 mod validate;
 

@@ -123,6 +123,9 @@ pub(crate) struct RawEndpoint {
     /// `[endpoints.NAME.tls]`.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// Patterns of URL path segments to hide in logs and status.
+    #[serde(default, deserialize_with = "strict")]
+    pub redact_segments: Option<Vec<String>>,
 }
 
 /// One `on_connect` item: a string (text), or a table with one of `text`, `base64`, `hex`.

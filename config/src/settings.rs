@@ -61,7 +61,10 @@ pub struct LogSettings {
 }
 
 /// One upstream WebSocket endpoint.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its `Debug` form shows the redacted URL and header *names* only: header values, the full
+/// URL and `on_connect` payloads carry secrets.
+#[derive(Clone, PartialEq)]
 pub struct EndpointSettings {
     /// Name clients use to address it (the key under `[endpoints]`).
     pub name: String,
@@ -97,6 +100,40 @@ pub struct EndpointSettings {
     pub fatal_close_codes: Vec<u16>,
     /// TLS options for `wss://`.
     pub tls: TlsSettings,
+    /// Extra patterns (Rust `regex` syntax) for URL path segments to hide in logs and
+    /// status, besides the ones hidden anyway (see [`EndpointSettings::url_redacted`]).
+    pub redact_segments: Vec<String>,
+    /// The URL as logs, `--check` and `status` show it: credentials, query values and
+    /// secret path segments (from `${...}` references, token-like, or matching
+    /// `redact_segments`) replaced by `***`.
+    pub url_redacted: String,
+}
+
+impl std::fmt::Debug for EndpointSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSettings")
+            .field("name", &self.name)
+            .field("url", &self.url_redacted)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("subprotocols", &self.subprotocols)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("heartbeat", &self.heartbeat)
+            .field("reconnect", &self.reconnect)
+            .field(
+                "on_connect",
+                &format_args!("[{} messages]", self.on_connect.len()),
+            )
+            .field("queue", &self.queue)
+            .field("auto_reply", &self.auto_reply)
+            .field("slow_client", &self.slow_client)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("fatal_statuses", &self.fatal_statuses)
+            .field("fatal_close_codes", &self.fatal_close_codes)
+            .field("tls", &self.tls)
+            .field("redact_segments", &self.redact_segments)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A message the daemon sends upstream on its own (`on_connect`).
@@ -294,6 +331,13 @@ impl Default for ReconnectSettings {
 impl EndpointSettings {
     /// An endpoint with default settings for `url`.
     pub fn new(name: impl Into<String>, url: url::Url) -> Self {
+        let url_redacted = crate::redact::redact_url(
+            &url,
+            &crate::redact::SegmentRules {
+                interpolated: &[],
+                patterns: &[],
+            },
+        );
         EndpointSettings {
             name: name.into(),
             url,
@@ -311,6 +355,8 @@ impl EndpointSettings {
             fatal_statuses: vec![401, 403],
             fatal_close_codes: Vec::new(),
             tls: TlsSettings::default(),
+            redact_segments: Vec::new(),
+            url_redacted,
         }
     }
 }

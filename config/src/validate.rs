@@ -201,14 +201,27 @@ impl Validator<'_> {
             fatal_statuses,
             fatal_close_codes,
             tls,
+            redact_segments,
         } = raw;
         let url_key = key.key("url");
-        let Some(url) = url else {
+        let Some(url_text) = url else {
             return Err(self.error(&url_key, "is required (a ws:// or wss:// URL)"));
         };
-        let url = self.url(&url_key, &url)?;
+        let url = self.url(&url_key, &url_text)?;
+        let redact_segments = redact_segments.unwrap_or_default();
+        let patterns = self.patterns(&key.key("redact_segments"), &redact_segments)?;
+        let interpolated = crate::redact::interpolated_segments(&url_text, &url);
+        let url_redacted = crate::redact::redact_url(
+            &url,
+            &crate::redact::SegmentRules {
+                interpolated: &interpolated,
+                patterns: &patterns,
+            },
+        );
         let defaults = EndpointSettings::new(name, url);
         Ok(EndpointSettings {
+            redact_segments,
+            url_redacted,
             headers: self.headers(&key.key("headers"), headers.unwrap_or_default())?,
             subprotocols: self
                 .subprotocols(&key.key("subprotocols"), subprotocols.unwrap_or_default())?,
@@ -729,6 +742,17 @@ impl Validator<'_> {
             }
             other => Ok(other),
         }
+    }
+
+    /// Regular expressions, each compiled; errors name the element.
+    fn patterns(&self, key: &KeyPath, raw: &[String]) -> Result<Vec<Regex>> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Regex::new(p)
+                    .map_err(|e| self.error(&key.index(i), format!("invalid pattern: {e}")))
+            })
+            .collect()
     }
 
     /// A duration of at most [`MAX_DURATION`] (zero allowed).

@@ -2044,3 +2044,48 @@ fn absurd_durations_and_sizes_are_errors_naming_the_key() {
         Some(Duration::from_secs(365 * 24 * 3600))
     );
 }
+
+#[test]
+fn secrets_in_the_url_path_are_hidden_and_debug_shows_no_secret() {
+    let s = load_with(
+        r#"
+        [endpoints.feed]
+        url = "wss://stream.example.com/ws/${LISTEN_KEY}?token=${TOKEN}"
+        headers = { "X-Api-Key" = "header-secret-value" }
+        on_connect = ['{"op":"auth","key":"onconnect-secret"}']
+        [endpoints.acct]
+        url = "wss://x.example/feed/acct-42/a1b2c3d4e5f6a7b8c9d0"
+        redact_segments = ["^acct-"]
+        "#,
+        &[("LISTEN_KEY", "short"), ("TOKEN", "query-secret")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let acct = &s.endpoints[0];
+    assert_eq!(acct.url_redacted, "wss://x.example/feed/***/***");
+    let feed = &s.endpoints[1];
+    assert_eq!(feed.url.path(), "/ws/short");
+    assert_eq!(
+        feed.url_redacted,
+        "wss://stream.example.com/ws/***?token=***"
+    );
+    let debug = format!("{s:?} {s:#?}");
+    for secret in [
+        "short",
+        "query-secret",
+        "header-secret-value",
+        "onconnect-secret",
+    ] {
+        assert!(!debug.contains(secret), "Debug shows `{secret}`: {debug}");
+    }
+    assert!(debug.contains("X-Api-Key"), "{debug}");
+
+    let err = load_err(
+        "[endpoints.feed]\nurl = \"wss://x.example/\"\nredact_segments = [\"(\"]\n",
+        &[],
+    );
+    assert_eq!(
+        err.key(),
+        Some("endpoints.feed.redact_segments[0]"),
+        "{err}"
+    );
+}

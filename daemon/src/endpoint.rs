@@ -96,6 +96,8 @@ struct Shared {
     rtt_us: Option<u64>,
     /// Subscribed clients and their outboxes.
     subscribers: HashMap<ClientId, Arc<Outbox>>,
+    /// The URL with its secrets hidden, as `status` shows it (changes on reload).
+    url_redacted: String,
 }
 
 /// The frame a client gets when it is disconnected for lagging.
@@ -112,8 +114,6 @@ fn lagged_farewell(name: &str) -> Bytes {
 pub struct Endpoint {
     /// Endpoint name.
     name: Arc<str>,
-    /// URL with credentials and query values redacted.
-    url_redacted: String,
     /// Largest message a client may send upstream.
     max_message_size: AtomicUsize,
     /// Disconnect lagging subscribers instead of dropping their oldest messages.
@@ -135,7 +135,6 @@ impl Endpoint {
         first.attempt = Some(1);
         Endpoint {
             name: Arc::from(settings.name.as_str()),
-            url_redacted: redact_url(&settings.url),
             max_message_size: AtomicUsize::new(settings.max_message_size),
             disconnect_slow: AtomicBool::new(
                 settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
@@ -146,6 +145,7 @@ impl Endpoint {
                 last_error: None,
                 rtt_us: None,
                 subscribers: HashMap::new(),
+                url_redacted: settings.url_redacted.clone(),
             }),
             counters: Counters::default(),
             commands,
@@ -185,6 +185,7 @@ impl Endpoint {
 
     /// Applies the parts of reloaded settings that sessions read.
     pub fn reconfigure(&self, settings: &wsmux_config::EndpointSettings) {
+        self.lock().url_redacted.clone_from(&settings.url_redacted);
         self.max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
         self.disconnect_slow.store(
@@ -291,7 +292,7 @@ impl Endpoint {
         let c = &self.counters;
         EndpointStatus {
             name: self.name.to_string(),
-            url: self.url_redacted.clone(),
+            url: shared.url_redacted.clone(),
             state: shared.last_event.state,
             since: shared
                 .since
@@ -316,43 +317,5 @@ impl Endpoint {
     /// Drops every subscriber (after the final `closed` state went out).
     pub fn clear_subscribers(&self) {
         self.lock().subscribers.clear();
-    }
-}
-
-/// `wss://user:pw@host/p?token=abc` → `wss://***@host/p?token=***`: what status and logs show.
-pub fn redact_url(url: &url::Url) -> String {
-    let mut u = url.clone();
-    if !u.username().is_empty() || u.password().is_some() {
-        let _ = u.set_username("***");
-        let _ = u.set_password(None);
-    }
-    if u.query().is_some() {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, _)| (k.into_owned(), "***".to_owned()))
-            .collect();
-        u.set_query(None);
-        if !pairs.is_empty() {
-            let mut q = u.query_pairs_mut();
-            for (k, v) in &pairs {
-                q.append_pair(k, v);
-            }
-        }
-    }
-    u.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_credentials_and_query_values() {
-        let u = url::Url::parse("wss://me:secret@feed.example/ws?token=abc&x=1").unwrap();
-        let r = redact_url(&u);
-        assert_eq!(r, "wss://***@feed.example/ws?token=***&x=***");
-        assert!(!r.contains("secret") && !r.contains("abc"));
-        let plain = url::Url::parse("ws://127.0.0.1:9000/feed").unwrap();
-        assert_eq!(redact_url(&plain), "ws://127.0.0.1:9000/feed");
     }
 }

@@ -32,7 +32,7 @@ use wsmux_config::EndpointSettings;
 pub use wsmux_config::Settings;
 use wsmux_proto::ErrorCode;
 
-use crate::endpoint::{redact_url, Command, Endpoint};
+use crate::endpoint::{Command, Endpoint};
 use crate::server::{ReloadRequest, ServerContext};
 use crate::upstream::Driver;
 
@@ -108,7 +108,7 @@ impl Endpoints {
     fn start(&mut self, ep: &EndpointSettings) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let endpoint = Arc::new(Endpoint::new(ep, tx));
-        tracing::info!(endpoint = %ep.name, url = %redact_url(&ep.url), "starting endpoint");
+        tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, "starting endpoint");
         let token = self.cancel.child_token();
         let driver = Driver::new(
             Arc::clone(&endpoint),

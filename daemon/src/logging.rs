@@ -2,6 +2,7 @@
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{Builder, Rotation};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -29,6 +30,21 @@ pub enum LogError {
     /// A global subscriber was already installed.
     #[error("logging was already initialised")]
     AlreadyInitialised,
+}
+
+/// Targets whose lines below `info` carry secrets or raw peer text: the WebSocket library
+/// logs the handshake request (with `?token=` and every header), each frame and message, and
+/// close reasons verbatim at `debug` and `trace`. No filter directive can open them up.
+const CAPPED_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// Whether a line of `target` at `level` may be logged at all.
+fn allowed(target: &str, level: &tracing::Level) -> bool {
+    let capped = CAPPED_TARGETS.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    });
+    !capped || *level <= tracing::Level::INFO
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `settings.level`.
@@ -95,9 +111,32 @@ pub fn init(settings: &LogSettings) -> Result<Option<WorkerGuard>, LogError> {
         None => (None, None),
     };
     tracing_subscriber::registry()
+        .with(filter_fn(|meta| allowed(meta.target(), meta.level())))
         .with(stderr)
         .with(file)
         .try_init()
         .map_err(|_| LogError::AlreadyInitialised)?;
     Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn the_websocket_library_is_capped_at_info_whatever_the_filter() {
+        for target in [
+            "tungstenite",
+            "tungstenite::handshake::client",
+            "tokio_tungstenite",
+        ] {
+            assert!(!allowed(target, &Level::TRACE), "{target}");
+            assert!(!allowed(target, &Level::DEBUG), "{target}");
+            assert!(allowed(target, &Level::INFO), "{target}");
+            assert!(allowed(target, &Level::WARN), "{target}");
+        }
+        assert!(allowed("wsmuxd::upstream", &Level::TRACE));
+        assert!(allowed("tungstenite_like_but_other", &Level::TRACE));
+    }
 }

@@ -99,11 +99,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         println!("{origin}: OK");
         println!("socket: {}", socket.display());
         for ep in &settings.endpoints {
-            println!(
-                "endpoint {}: {}",
-                ep.name,
-                wsmuxd::endpoint::redact_url(&ep.url)
-            );
+            println!("endpoint {}: {}", ep.name, ep.url_redacted);
         }
         return Ok(());
     }

@@ -25,6 +25,8 @@ mod liveness;
 mod operations;
 /// The Python example client from `examples/python`.
 mod python;
+/// Secrets stay out of `--check`, logs and `status`.
+mod secrets;
 /// The local socket: file mode, stale sockets, a second daemon, peer uid.
 mod socket;
 /// `wss://` with private CAs, wrong names and client certificates.
