@@ -148,8 +148,10 @@ async fn on_connect_then_sticky_then_queue_after_every_reconnect() {
     let mut up = Upstream::start().await;
     let extra = r#"on_connect = ["auth ${WSMUX_TEST_TOKEN}", { hex = "c000" }]"#;
     let toml = endpoint_toml("feed", &up.url(), extra);
-    std::env::set_var("WSMUX_TEST_TOKEN", "s3cret");
-    let d = Daemon::start(&toml);
+    // Given to the daemon's process only: the test process is threaded.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("wsmuxd.sock");
+    let d = Daemon::start_with_env(dir, socket, &toml, &[("WSMUX_TEST_TOKEN", "s3cret")]);
     let first = upstream_messages(&mut up, 2).await;
     assert_eq!(
         first,

@@ -150,8 +150,16 @@ async fn shutdown_drains_the_queue_when_the_upstream_comes_back() {
         other => panic!("unexpected {other:?}"),
     }
     d.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The upstream appears while the daemon is draining.
+    // The upstream appears only once the daemon says it is draining.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.log().contains("delivering queued messages before closing") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "draining never started:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let mut up = Upstream::on(listener, Default::default());
     let seen = within(
