@@ -19,6 +19,8 @@ mod delivery;
 mod fanout;
 /// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
 mod health;
+/// A socket served by another user is refused by the Rust client and the CLI.
+mod impostor;
 /// Signals and shutdown.
 mod lifecycle;
 /// Liveness conventions: auto-replies, idle-only and binary heartbeats.
