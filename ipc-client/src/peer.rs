@@ -84,7 +84,7 @@ pub(crate) fn peer_uid(stream: &Stream) -> io::Result<Option<u32>> {
 /// and the BSDs, through interprocess).
 #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
 pub(crate) fn peer_uid(stream: &Stream) -> io::Result<Option<u32>> {
-    use interprocess::local_socket::traits::tokio::Stream as _;
+    use interprocess::local_socket::tokio::prelude::*;
     Ok(stream.peer_creds()?.euid())
 }
 
