@@ -42,6 +42,8 @@ pub(crate) struct EventBuffer {
     limit: usize,
     /// Bytes held by `data` and `other` together.
     used: usize,
+    /// Bytes held by `data` alone.
+    data_used: usize,
     /// Arrival number of the next event.
     next_order: u64,
     /// Droppable events (`message`), oldest first.
@@ -58,6 +60,7 @@ impl EventBuffer {
         EventBuffer {
             limit: limit.max(MIN_BYTES),
             used: 0,
+            data_used: 0,
             next_order: 0,
             data: VecDeque::new(),
             other: VecDeque::new(),
@@ -70,23 +73,39 @@ impl EventBuffer {
     /// An undroppable event that does not fit even then is refused with [`Overflow`].
     pub(crate) fn push(&mut self, event: Event, size: usize) -> Result<(), Overflow> {
         let droppable = matches!(event, Event::Message(_));
+        let undroppable = self.used - self.data_used;
+        if undroppable + size > self.limit {
+            // Dropping every message queued would not make room. Messages of other endpoints
+            // stay; this endpoint's queued ones go too, so that everything announced as
+            // dropped is older than what is still queued (the notice comes first).
+            return match event {
+                Event::Message(m) => {
+                    let (mut freed, mut count) = (0, 1);
+                    self.data.retain(|e| match &e.event {
+                        Event::Message(q) if q.endpoint == m.endpoint => {
+                            freed += e.size;
+                            count += 1;
+                            false
+                        }
+                        _ => true,
+                    });
+                    self.used -= freed;
+                    self.data_used -= freed;
+                    self.count_drops(m.endpoint, count);
+                    Ok(())
+                }
+                _ => Err(Overflow { held: undroppable }),
+            };
+        }
         while self.used + size > self.limit {
             let Some(oldest) = self.data.pop_front() else {
                 break;
             };
             self.used -= oldest.size;
+            self.data_used -= oldest.size;
             if let Event::Message(m) = oldest.event {
                 self.count_drop(m.endpoint);
             }
-        }
-        if self.used + size > self.limit {
-            return match event {
-                Event::Message(m) if droppable => {
-                    self.count_drop(m.endpoint);
-                    Ok(())
-                }
-                _ => Err(Overflow { held: self.used }),
-            };
         }
         let entry = Entry {
             order: self.next_order,
@@ -96,6 +115,7 @@ impl EventBuffer {
         self.next_order += 1;
         self.used += size;
         if droppable {
+            self.data_used += size;
             self.data.push_back(entry);
         } else {
             self.other.push_back(entry);
@@ -129,10 +149,12 @@ impl EventBuffer {
             (None, None) => return None,
         };
         let entry = if from_data {
-            self.data.pop_front()
+            let entry = self.data.pop_front()?;
+            self.data_used -= entry.size;
+            entry
         } else {
-            self.other.pop_front()
-        }?;
+            self.other.pop_front()?
+        };
         self.used -= entry.size;
         Some(entry.event)
     }
@@ -144,9 +166,13 @@ impl EventBuffer {
     }
 
     fn count_drop(&mut self, endpoint: String) {
+        self.count_drops(endpoint, 1);
+    }
+
+    fn count_drops(&mut self, endpoint: String, n: u64) {
         match self.lagged.iter_mut().find(|(e, _)| *e == endpoint) {
-            Some((_, n)) => *n += 1,
-            None => self.lagged.push((endpoint, 1)),
+            Some((_, count)) => *count += n,
+            None => self.lagged.push((endpoint, n)),
         }
     }
 }
@@ -244,6 +270,19 @@ mod tests {
         b.push(state("a"), MIN_BYTES - 10).unwrap();
         b.push(msg("a", 1), 11).unwrap();
         assert_eq!(drain(&mut b), vec![lagged("a", 1), state("a")]);
+    }
+
+    #[test]
+    fn a_message_that_cannot_fit_at_all_takes_only_older_ones_of_its_endpoint_along() {
+        let mut b = EventBuffer::new(MIN_BYTES);
+        b.push(state("a"), MIN_BYTES / 2).unwrap();
+        b.push(msg("b", 1), MIN_BYTES / 4).unwrap();
+        b.push(msg("a", 1), MIN_BYTES / 8).unwrap();
+        b.push(msg("a", 2), MIN_BYTES).unwrap();
+        assert_eq!(b.used(), MIN_BYTES / 2 + MIN_BYTES / 4);
+        assert_eq!(drain(&mut b), vec![lagged("a", 2), state("a"), msg("b", 1)]);
+        b.push(msg("a", 3), 10).unwrap();
+        assert_eq!(drain(&mut b), vec![msg("a", 3)]);
     }
 
     #[test]
