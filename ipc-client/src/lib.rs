@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wsmux_client::ClientError> {
-//! let mut client = wsmux_client::Client::connect(None, "example").await?;
+//! let client = wsmux_client::Client::connect(None, "example").await?;
 //! client.subscribe("demo").await?;
 //! client.send("demo", "hello").await?;
 //! while let Some(event) = client.next_event().await {
