@@ -22,6 +22,7 @@ Command line::
 
     python3 wsmux_client.py [--socket PATH] --endpoint NAME [--count N] [--send TEXT]
                             [--no-queue] [--sticky] [--undo TEXT] [--timeout SECONDS]
+                            [--daemon-uid UID]
 
 See README.md next to this file for the output format and exit codes.
 """
@@ -80,6 +81,22 @@ class ProtocolError(Exception):
 
 class ConnectionClosed(Exception):
     """The daemon closed the connection."""
+
+
+class UntrustedDaemon(Exception):
+    """The socket is served by a process of another user: not a daemon we trust (someone may
+    have taken the socket path). Nothing was sent to it."""
+
+    def __init__(self, path: str, uid: int, own_uid: int, expected_uid: int | None) -> None:
+        extra = "" if expected_uid is None else f" or the expected uid {expected_uid}"
+        super().__init__(
+            f"refusing {path}: the process listening there runs as uid {uid}, not as this user "
+            f"(uid {own_uid}) or root{extra}; another user may have taken the socket path (if "
+            f"the daemon deliberately runs as uid {uid}, use --daemon-uid {uid} or set "
+            "WSMUX_DAEMON_UID)"
+        )
+        self.path = path
+        self.uid = uid
 
 
 class WsmuxError(Exception):
@@ -214,6 +231,41 @@ def default_socket_path() -> str:
     return os.path.join(temp_dir, f"wsmux-{os.getuid()}", "wsmuxd.sock")
 
 
+# --------------------------------------------------------------------------------------------
+# Who serves the socket (PROTOCOL.md section 2.3)
+
+DAEMON_UID_ENV = "WSMUX_DAEMON_UID"  # one more uid the daemon may run as
+
+
+def expected_daemon_uid(explicit: int | None = None) -> int | None:
+    """The extra trusted uid: ``explicit``, else ``$WSMUX_DAEMON_UID``, else None."""
+    if explicit is not None:
+        return explicit
+    text = os.environ.get(DAEMON_UID_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"{DAEMON_UID_ENV} must be a numeric user id, not {text[:40]!r}")
+    return int(text)
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The effective uid of the process at the other end of a Unix socket, or None where the
+    platform cannot tell."""
+    if hasattr(socket, "SO_PEERCRED"):  # Linux: struct ucred {pid_t pid; uid_t uid; gid_t gid}
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+        return int(struct.unpack("iII", raw)[1])
+    if sys.platform == "darwin" or sys.platform.startswith(("freebsd", "dragonfly")):
+        # getsockopt(SOL_LOCAL = 0, LOCAL_PEERCRED = 1): struct xucred {u_int cr_version;
+        # uid_t cr_uid; ...}, with cr_version == XUCRED_VERSION == 0.
+        raw = sock.getsockopt(0, 1, 256)
+        version, uid = struct.unpack_from("=II", raw)
+        if version != 0:
+            raise OSError(f"unexpected xucred version {version}")
+        return int(uid)
+    return None
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -235,7 +287,11 @@ class SocketTransport:
         self._sock = sock
 
     @classmethod
-    def connect_unix(cls, path: str, deadline: float | None) -> SocketTransport:
+    def connect_unix(
+        cls, path: str, deadline: float | None, expected_uid: int | None = None
+    ) -> SocketTransport:
+        """Connects, then checks that the listening process runs as this user, root or
+        ``expected_uid`` (raises UntrustedDaemon otherwise)."""
         if sys.platform == "win32":
             raise OSError("Windows uses named pipes, not Unix domain sockets")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -248,6 +304,10 @@ class SocketTransport:
         except BaseException:
             sock.close()
             raise
+        uid = peer_uid(sock)
+        if uid is not None and uid not in (os.geteuid(), 0) and uid != expected_uid:
+            sock.close()
+            raise UntrustedDaemon(path, uid, os.geteuid(), expected_uid)
         return cls(sock)
 
     def send_all(self, data: bytes, deadline: float | None) -> None:
@@ -363,15 +423,21 @@ class WsmuxClient:
         client_name: str = "wsmux_client.py",
         timeout: float | None = 10.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        daemon_uid: int | None = None,
     ) -> WsmuxClient:
-        """Connects to the daemon (default: ``default_socket_path()``) and greets it."""
+        """Connects to the daemon (default: ``default_socket_path()``) and greets it.
+
+        First it checks who serves the socket: the process must run as this user, root or
+        ``daemon_uid`` (default ``$WSMUX_DAEMON_UID``); otherwise ``UntrustedDaemon``.
+        """
         path = path or default_socket_path()
         deadline = _deadline(timeout)
         transport: Transport
         if sys.platform == "win32":
             transport = PipeTransport(path, deadline)
         else:
-            transport = SocketTransport.connect_unix(path, deadline)
+            expected = expected_daemon_uid(daemon_uid)
+            transport = SocketTransport.connect_unix(path, deadline, expected)
         client = cls(transport, max_frame)
         try:
             client.hello(client_name, timeout=_remaining(deadline))
@@ -585,6 +651,7 @@ def _as_payload(data: Data) -> str | bytes:
 EXIT_OK = 0
 EXIT_FAILURE = 2  # timeout, error frame, dropped send, connection problem
 EXIT_GAP = 3  # messages were missed (seq gap, `lagged` event, or disconnected for lagging)
+EXIT_UNTRUSTED = 4  # the socket is served by another user: not the daemon
 
 
 def _print_json(obj: Mapping[str, Any]) -> None:
@@ -665,6 +732,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=30.0,
         help="give up after this many seconds in total (default 30)",
+    )
+    parser.add_argument(
+        "--daemon-uid",
+        metavar="UID",
+        type=int,
+        help="also trust a daemon running as this uid (default: $WSMUX_DAEMON_UID; the daemon "
+        "must otherwise run as this user or root)",
     )
     args = parser.parse_args(argv)
     if args.count < 0:
@@ -771,8 +845,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = time.monotonic() + args.timeout
     path = args.socket or default_socket_path()
     try:
-        with WsmuxClient.connect(path, timeout=_remaining(deadline)) as client:
+        with WsmuxClient.connect(
+            path, timeout=_remaining(deadline), daemon_uid=args.daemon_uid
+        ) as client:
             return _run(client, args, deadline)
+    except UntrustedDaemon as exc:
+        _note(str(exc))
+        return EXIT_UNTRUSTED
+    except ValueError as exc:  # e.g. a malformed $WSMUX_DAEMON_UID
+        _note(str(exc))
     except TimeoutError:
         _note(f"timed out after {args.timeout:g} s")
     except WsmuxError as exc:

@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wsmux_client::ClientError> {
-//! let mut client = wsmux_client::Client::connect(None, "example").await?;
+//! let client = wsmux_client::Client::connect(None, "example").await?;
 //! client.subscribe("demo").await?;
 //! client.send("demo", "hello").await?;
 //! while let Some(event) = client.next_event().await {
@@ -11,10 +11,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One background task reads frames: replies go to the request that carries their `id`,
-//! everything else (messages, state changes, unsolicited errors) to [`Client::next_event`].
+//! One background task reads frames as soon as they arrive and never waits for the
+//! application: a reply completes the request that carries its `id` at once, everything else
+//! (messages, state changes, unsolicited errors) goes to a buffer bounded in bytes that
+//! [`Client::next_event`] drains. An application that does not drain it loses its oldest
+//! `message` events, never silently: an [`Event::ClientLagged`] tells how many, as the
+//! daemon's own `lagged` does. Before greeting, the client checks that the socket is served by
+//! a process of this user or root ([`ClientError::UntrustedDaemon`] otherwise).
 //! The client depends on `wsmux-proto` only, never on the daemon.
 #![warn(missing_docs)]
+
+mod events;
+mod peer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +34,7 @@ use bytes::BytesMut;
 use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::tokio::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use wsmux_proto::frame::check;
 use wsmux_proto::{
     decode_server, encode, ClientMsg, DataMessage, Dropped, EndpointStatus, ErrorCode, ErrorMsg,
@@ -35,11 +43,14 @@ use wsmux_proto::{
     PROTOCOL_VERSION,
 };
 
+pub use peer::DAEMON_UID_ENV;
 pub use wsmux_proto as proto;
 
-/// How many events may wait for [`Client::next_event`] before the reader stops reading (and
-/// the daemon starts counting this client as slow).
-const EVENT_QUEUE: usize = 4096;
+use events::EventBuffer;
+use peer::TrustedUids;
+
+/// Default bound of the unread-event buffer: two frames of the daemon's default size limit.
+pub const DEFAULT_EVENT_BUFFER_BYTES: usize = 2 * DEFAULT_MAX_FRAME;
 
 /// Something a client operation could not do.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +84,24 @@ pub enum ClientError {
     /// No reply arrived in time.
     #[error("no reply from wsmuxd within {0:?}")]
     Timeout(Duration),
+    /// The socket is served by a process of another user: not a daemon this client trusts
+    /// (someone may have taken the socket path). Nothing was sent to it.
+    #[error(
+        "refusing {path}: the process listening there runs as uid {uid}, not as this user \
+         (uid {own}) or root{}; another user may have taken the socket path (if the daemon \
+         deliberately runs as uid {uid}, name it with {DAEMON_UID_ENV} or --daemon-uid)",
+        expected.map(|e| format!(" or the expected uid {e}")).unwrap_or_default()
+    )]
+    UntrustedDaemon {
+        /// The socket path.
+        path: PathBuf,
+        /// The uid the listening process runs as.
+        uid: u32,
+        /// This process's uid.
+        own: u32,
+        /// The extra uid the application trusted, if any.
+        expected: Option<u32>,
+    },
 }
 
 impl ClientError {
@@ -98,8 +127,13 @@ pub enum Event {
     Sent(Sent),
     /// A queued `send` will never be written.
     Dropped(Dropped),
-    /// This client fell behind and missed messages.
+    /// This client fell behind and the daemon dropped messages for it.
     Lagged(Lagged),
+    /// The application did not take events fast enough and this client library dropped the
+    /// oldest `dropped` messages of `endpoint` from its own buffer (see
+    /// [`ConnectOptions::event_buffer_bytes`]). Comes before any later message of that
+    /// endpoint; the gap is also visible in `seq`.
+    ClientLagged(Lagged),
 }
 
 /// What happened to a `send`.
@@ -120,6 +154,83 @@ pub struct SendOptions {
     pub sticky: bool,
     /// With `sticky`: sent when this client disconnects.
     pub undo: Option<Payload>,
+}
+
+/// How to connect: [`Client::connect_with`].
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Socket path; `None`: [`default_socket_path`].
+    socket: Option<PathBuf>,
+    /// Client name sent in `hello`, for the daemon's logs.
+    name: String,
+    /// Deadline for connecting and the `hello`/`welcome` exchange.
+    connect_timeout: Duration,
+    /// How long each request waits for its reply.
+    request_timeout: Duration,
+    /// Bound of the unread-event buffer in bytes.
+    event_buffer_bytes: usize,
+    /// One more uid, besides this user's and root's, the daemon may run as.
+    daemon_uid: Option<u32>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            socket: None,
+            name: "wsmux-client".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            event_buffer_bytes: DEFAULT_EVENT_BUFFER_BYTES,
+            daemon_uid: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Defaults: the default socket, 10 s to connect, 30 s per reply, a 32 MiB event buffer,
+    /// a daemon of this user or root (or of `WSMUX_DAEMON_UID`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connects to this socket instead of the default one.
+    pub fn socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket = Some(path.into());
+        self
+    }
+
+    /// The client name sent in `hello`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Deadline for connecting and the greeting (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long each request waits for its reply (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Bound, in bytes of frames, of the events kept for [`Client::next_event`] (default
+    /// [`DEFAULT_EVENT_BUFFER_BYTES`], at least 64 KiB). When it is full the oldest `message`
+    /// events are dropped and announced by [`Event::ClientLagged`]; other events are kept.
+    pub fn event_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.event_buffer_bytes = bytes;
+        self
+    }
+
+    /// Also trusts a daemon running as `uid` (for a daemon deliberately run as another user,
+    /// with this user in its `allowed_uids`). Without it, `WSMUX_DAEMON_UID` is read.
+    pub fn daemon_uid(mut self, uid: u32) -> Self {
+        self.daemon_uid = Some(uid);
+        self
+    }
 }
 
 /// The default socket path: `WSMUX_SOCKET`, then the platform default shared with the
@@ -158,20 +269,53 @@ fn socket_name(path: &Path) -> std::io::Result<interprocess::local_socket::Name<
         .to_ns_name::<GenericNamespaced>()
 }
 
+/// Requests waiting for their reply.
+#[derive(Default)]
+struct Pending {
+    /// Reply slots by request id.
+    waiters: HashMap<u64, oneshot::Sender<ServerMsg>>,
+    /// The reader has ended: no reply will come any more.
+    closed: bool,
+}
+
+/// Events waiting for the application.
+struct Inbox {
+    /// The bounded buffer.
+    buffer: EventBuffer,
+    /// The reader has ended: once `buffer` is empty, [`Client::next_event`] returns `None`.
+    finished: bool,
+}
+
 /// State shared between the client handle and its reader task.
 struct Shared {
     /// Requests waiting for their reply, by id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<ServerMsg>>>,
+    pending: Mutex<Pending>,
+    /// Events not taken yet.
+    inbox: Mutex<Inbox>,
+    /// Woken when `inbox` gets an event or finishes.
+    arrived: Notify,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A connection to the daemon.
+///
+/// Requests take `&self`, so one task can await a `send` while another takes events.
 pub struct Client {
     /// Write half of the socket; requests are written under this lock.
     writer: tokio::sync::Mutex<WriteHalf<Stream>>,
-    /// Pending requests, shared with the reader.
+    /// Pending requests and unread events, shared with the reader.
     shared: Arc<Shared>,
-    /// Events from the reader.
-    events: mpsc::Receiver<Event>,
+    /// The reader task; stopped when the client is dropped.
+    reader: tokio::task::JoinHandle<()>,
     /// Next request id.
     next_id: AtomicU64,
     /// What the daemon said in `welcome`.
@@ -180,34 +324,88 @@ pub struct Client {
     timeout: Duration,
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The reader holds the other half of the socket: end it so the connection closes.
+        self.reader.abort();
+    }
+}
+
 impl Client {
     /// Connects to the daemon at `path` (or the default path) and says hello. `name` shows
-    /// up in the daemon's logs.
+    /// up in the daemon's logs. [`Client::connect_with`] has more options.
     pub async fn connect(path: Option<&Path>, name: &str) -> Result<Client, ClientError> {
-        let path = path.map(Path::to_owned).unwrap_or_else(default_socket_path);
+        let mut options = ConnectOptions::new().name(name);
+        if let Some(path) = path {
+            options = options.socket(path);
+        }
+        Client::connect_with(options).await
+    }
+
+    /// Connects as `options` say: checks that the socket is served by this user, root or the
+    /// expected uid ([`ClientError::UntrustedDaemon`] otherwise, before anything is sent),
+    /// then says hello and waits for `welcome`.
+    pub async fn connect_with(options: ConnectOptions) -> Result<Client, ClientError> {
+        let path = options.socket.clone().unwrap_or_else(default_socket_path);
+        let limit = options.connect_timeout;
+        match tokio::time::timeout(limit, Self::handshake(&path, &options)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout(limit)),
+        }
+    }
+
+    async fn handshake(path: &Path, options: &ConnectOptions) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         };
-        let stream = Stream::connect(socket_name(&path).map_err(connect_err)?)
+        let trusted = TrustedUids {
+            own: peer::own_uid(),
+            expected: match options.daemon_uid {
+                Some(uid) => Some(uid),
+                None => match std::env::var(DAEMON_UID_ENV) {
+                    Ok(v) if !v.is_empty() => Some(peer::parse_uid(&v).map_err(|e| {
+                        connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                    })?),
+                    _ => None,
+                },
+            },
+        };
+        let stream = Stream::connect(socket_name(path).map_err(connect_err)?)
             .await
             .map_err(connect_err)?;
+        if let Some(uid) = peer::peer_uid(&stream).map_err(connect_err)? {
+            if !trusted.allows(uid) {
+                return Err(ClientError::UntrustedDaemon {
+                    path: path.to_owned(),
+                    uid,
+                    own: trusted.own,
+                    expected: trusted.expected,
+                });
+            }
+        }
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let hello = ClientMsg::Hello(Hello {
             version: PROTOCOL_VERSION,
-            client: Some(name.to_owned()),
+            client: Some(options.name.clone()),
         });
         // If the daemon refused us at once, the write may fail while its reason is already
         // waiting to be read: read it either way.
         let written = write_msg(&mut writer, &hello).await;
         let first = match read_msg(&mut reader, &mut buf).await {
-            Ok(first) => first,
+            Ok(first) => first.map(|(msg, _)| msg),
             Err(e) => return Err(written.err().unwrap_or(e)),
         };
         let welcome = match first {
             Some(ServerMsg::Welcome(w)) => {
                 written?;
+                if w.version != PROTOCOL_VERSION {
+                    return Err(ClientError::Protocol(format!(
+                        "the daemon speaks protocol version {}",
+                        w.version
+                    )));
+                }
                 w
             }
             Some(ServerMsg::Error(e)) => {
@@ -224,17 +422,21 @@ impl Client {
             None => return Err(ClientError::Closed),
         };
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            inbox: Mutex::new(Inbox {
+                buffer: EventBuffer::new(options.event_buffer_bytes),
+                finished: false,
+            }),
+            arrived: Notify::new(),
         });
-        let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(read_loop(reader, buf, Arc::clone(&shared), tx));
+        let reader = tokio::spawn(read_loop(reader, buf, Arc::clone(&shared)));
         Ok(Client {
             writer: tokio::sync::Mutex::new(writer),
             shared,
-            events,
+            reader,
             next_id: AtomicU64::new(1),
             welcome,
-            timeout: Duration::from_secs(30),
+            timeout: options.request_timeout,
         })
     }
 
@@ -252,11 +454,13 @@ impl Client {
     async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<ServerMsg, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            let mut pending = self.shared.pending();
+            if pending.closed {
+                return Err(ClientError::Closed);
+            }
+            pending.waiters.insert(id, tx);
+        }
         let written = {
             let mut writer = self.writer.lock().await;
             write_msg(&mut writer, &make(id)).await
@@ -283,11 +487,7 @@ impl Client {
     }
 
     fn forget(&self, id: u64) {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.shared.pending().waiters.remove(&id);
     }
 
     async fn expect_ack(
@@ -402,9 +602,25 @@ impl Client {
     }
 
     /// The next message, state change or unsolicited error; `None` once the connection is
-    /// closed and every event was taken.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+    /// closed and every event was taken. Cancel-safe: an event is only taken by a call that
+    /// returns it.
+    pub async fn next_event(&self) -> Option<Event> {
+        loop {
+            // Registered before looking, so an event pushed in between still wakes us.
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut inbox = self.shared.inbox();
+                if let Some(event) = inbox.buffer.pop() {
+                    return Some(event);
+                }
+                if inbox.finished {
+                    return None;
+                }
+            }
+            arrived.await;
+        }
     }
 }
 
@@ -415,17 +631,17 @@ async fn write_msg(writer: &mut WriteHalf<Stream>, msg: &ClientMsg) -> Result<()
     Ok(())
 }
 
-/// Reads one message; `None` on a clean end of stream.
+/// Reads one message and its frame length; `None` on a clean end of stream.
 async fn read_msg(
     reader: &mut ReadHalf<Stream>,
     buf: &mut BytesMut,
-) -> Result<Option<ServerMsg>, ClientError> {
+) -> Result<Option<(ServerMsg, usize)>, ClientError> {
     loop {
         match check(buf, DEFAULT_MAX_FRAME) {
             Ok(Some(total)) => {
                 let frame = buf.split_to(total);
                 return decode_server(&frame[HEADER_LEN..])
-                    .map(Some)
+                    .map(|msg| Some((msg, total)))
                     .map_err(|e| ClientError::Protocol(e.to_string()));
             }
             Ok(None) => {}
@@ -453,33 +669,23 @@ fn reply_id(msg: &ServerMsg) -> Option<u64> {
     }
 }
 
-async fn read_loop(
-    mut reader: ReadHalf<Stream>,
-    mut buf: BytesMut,
-    shared: Arc<Shared>,
-    events: mpsc::Sender<Event>,
-) {
-    loop {
-        let msg = match read_msg(&mut reader, &mut buf).await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => break,
+/// Reads every frame as it arrives. Never waits for the application: replies complete their
+/// request, events go into the bounded inbox.
+async fn read_loop(mut reader: ReadHalf<Stream>, mut buf: BytesMut, shared: Arc<Shared>) {
+    let last_words = loop {
+        let (msg, size) = match read_msg(&mut reader, &mut buf).await {
+            Ok(Some(read)) => read,
+            Ok(None) => break None,
             Err(e) => {
-                let _ = events
-                    .send(Event::Error(ErrorMsg {
-                        id: None,
-                        code: ErrorCode::BadFrame,
-                        message: e.to_string(),
-                    }))
-                    .await;
-                break;
+                break Some(Event::Error(ErrorMsg {
+                    id: None,
+                    code: ErrorCode::BadFrame,
+                    message: e.to_string(),
+                }))
             }
         };
         if let Some(id) = reply_id(&msg) {
-            let waiter = shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            let waiter = shared.pending().waiters.remove(&id);
             if let Some(waiter) = waiter {
                 let _ = waiter.send(msg);
                 continue;
@@ -494,14 +700,32 @@ async fn read_loop(
             ServerMsg::Lagged(m) => Event::Lagged(m),
             _ => continue,
         };
-        if events.send(event).await.is_err() {
-            break;
+        let pushed = shared.inbox().buffer.push(event, size);
+        shared.arrived.notify_waiters();
+        if let Err(overflow) = pushed {
+            break Some(Event::Error(ErrorMsg {
+                id: None,
+                code: ErrorCode::Lagged,
+                message: format!(
+                    "the application took no events while {} bytes of state changes and \
+                     reports piled up; the client closed the connection",
+                    overflow.held
+                ),
+            }));
         }
+    };
+    // Fail every waiter (their replies will never come) and refuse new requests.
+    {
+        let mut pending = shared.pending();
+        pending.closed = true;
+        pending.waiters.clear();
     }
-    // Wake every waiter: their replies will never come.
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    {
+        let mut inbox = shared.inbox();
+        if let Some(event) = last_words {
+            inbox.buffer.push_final(event);
+        }
+        inbox.finished = true;
+    }
+    shared.arrived.notify_waiters();
 }

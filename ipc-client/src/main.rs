@@ -1,7 +1,8 @@
 //! `wsmux`: the command-line client of `wsmuxd`, for people and shell scripts.
 //!
-//! Exit codes: 0 success, 1 other failure, 2 usage error, 3 cannot reach the daemon,
-//! 4 the daemon refused the request (unknown endpoint, not connected, ...), 5 `wait` timed out.
+//! Exit codes: 0 success, 1 other failure, 2 usage error, 3 cannot reach the daemon (or the
+//! socket is served by another user: not the daemon), 4 the daemon refused the request
+//! (unknown endpoint, not connected, ...), 5 `wait` timed out.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use wsmux_client::proto::{EndpointStatus, Payload};
-use wsmux_client::{Client, ClientError, Delivery, Event, SendOptions};
+use wsmux_client::{Client, ClientError, ConnectOptions, Delivery, Event, SendOptions};
 
 /// Talk to a running wsmuxd: status, subscribe, send, bridge.
 #[derive(Debug, Parser)]
@@ -23,6 +24,12 @@ struct Cli {
     /// <tmp>/wsmux-<uid>/wsmuxd.sock.
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+
+    /// Also trust a daemon running as this uid. By default the process serving the socket
+    /// must run as this user or root; anything else is refused (exit 3) as a possible
+    /// impostor.
+    #[arg(long, global = true, value_name = "UID", env = wsmux_client::DAEMON_UID_ENV)]
+    daemon_uid: Option<u32>,
 
     #[command(subcommand)]
     command: Command,
@@ -100,7 +107,7 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Connect { .. } => 3,
+            ClientError::Connect { .. } | ClientError::UntrustedDaemon { .. } => 3,
             ClientError::Server { .. } => 4,
             _ => 1,
         };
@@ -147,8 +154,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// Standard output, written without blocking the runtime: the client's reader keeps running
+/// while a slow consumer of our output holds us up. One whole line per write.
+struct Out {
+    /// The shared handle, locked for each line.
+    stdout: tokio::sync::Mutex<tokio::io::Stdout>,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out {
+            stdout: tokio::sync::Mutex::new(tokio::io::stdout()),
+        }
+    }
+
+    async fn line(&self, mut text: String) -> std::io::Result<()> {
+        text.push('\n');
+        let mut stdout = self.stdout.lock().await;
+        stdout.write_all(text.as_bytes()).await?;
+        stdout.flush().await
+    }
+
+    async fn event(&self, event: &Event, data_only: bool) -> std::io::Result<()> {
+        match render_event(event, data_only) {
+            Some(text) => self.line(text).await,
+            None => Ok(()),
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut client = Client::connect(cli.socket.as_deref(), "wsmux-cli").await?;
+    let mut options = ConnectOptions::new().name("wsmux-cli");
+    if let Some(socket) = cli.socket {
+        options = options.socket(socket);
+    }
+    if let Some(uid) = cli.daemon_uid {
+        options = options.daemon_uid(uid);
+    }
+    let client = Client::connect_with(options).await?;
+    let out = Out::new();
     match cli.command {
         Command::Status { json } => {
             let endpoints = client.status().await?;
@@ -170,7 +214,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut seen = 0u64;
             while let Some(event) = client.next_event().await {
                 let is_message = matches!(event, Event::Message(_));
-                print_event(&event, data_only)?;
+                out.event(&event, data_only).await?;
                 if is_message {
                     seen += 1;
                     if count.is_some_and(|c| seen >= c) {
@@ -233,10 +277,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             endpoint,
             state,
             timeout,
-        } => wait(&mut client, &endpoint, &state, timeout).await?,
+        } => wait(&client, &endpoint, &state, timeout).await?,
         Command::Reconnect { endpoint } => client.reconnect(&endpoint).await?,
         Command::Reload => client.reload().await?,
-        Command::Bridge { endpoint } => bridge(&mut client, &endpoint).await?,
+        Command::Bridge { endpoint } => bridge(&client, &endpoint, &out).await?,
         Command::Ping => {
             let rtt = client.ping().await?;
             println!("pong from {} in {:?}", client.welcome().server, rtt);
@@ -247,7 +291,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Subscribes and waits for `endpoint` to be in `state`.
 async fn wait(
-    client: &mut Client,
+    client: &Client,
     endpoint: &str,
     state: &str,
     timeout: Duration,
@@ -283,40 +327,47 @@ async fn wait(
 }
 
 /// Runs both directions until standard input ends (after its last message is written) or
-/// the daemon goes away.
-async fn bridge(client: &mut Client, endpoint: &str) -> Result<(), Failure> {
+/// the daemon goes away. Lines are sent one after the other while events are printed
+/// concurrently: a send waits for its ack, never for our output, and events that pile up
+/// while stdout is slow are dropped oldest first and reported (`"source": "client"`).
+async fn bridge(client: &Client, endpoint: &str, out: &Out) -> Result<(), Failure> {
     client.subscribe(endpoint).await?;
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
-    loop {
-        tokio::select! {
-            line = stdin.next_line(), if stdin_open => match line? {
-                Some(line) => {
-                    if let Err(e) = client.send(endpoint, line).await {
-                        if !matches!(e, ClientError::Server { .. }) {
-                            return Err(e.into());
-                        }
-                        // Report and carry on: the upstream may come back.
-                        print_json(&json!({"type": "error", "code": e.code().map(|c| c.as_str()), "message": e.to_string()}))?;
-                    }
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let sender = async {
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = stdin.next_line().await? {
+            if let Err(e) = client.send(endpoint, line).await {
+                if !matches!(e, ClientError::Server { .. }) {
+                    return Err(Failure::from(e));
                 }
-                None => stdin_open = false,
-            },
-            event = client.next_event() => match event {
-                Some(event) => print_event(&event, false)?,
-                None => return Err(Failure { code: 1, error: anyhow::anyhow!("the daemon closed the connection") }),
-            },
+                // Report and carry on: the upstream may come back.
+                let line = json!({"type": "error", "code": e.code().map(|c| c.as_str()), "message": e.to_string()});
+                out.line(line.to_string()).await?;
+            }
         }
-        if !stdin_open {
-            return Ok(());
+        let _ = stop.send(true);
+        Ok::<(), Failure>(())
+    };
+    let printer = async {
+        loop {
+            // Taking an event is cancel-safe; printing it is never cut short.
+            let event = tokio::select! {
+                biased;
+                _ = stopped.changed() => return Ok(()),
+                event = client.next_event() => event,
+            };
+            match event {
+                Some(event) => out.event(&event, false).await?,
+                None => {
+                    return Err(Failure {
+                        code: 1,
+                        error: anyhow::anyhow!("the daemon closed the connection"),
+                    })
+                }
+            }
         }
-    }
-}
-
-fn print_json(v: &Value) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{v}")?;
-    out.flush()
+    };
+    tokio::try_join!(sender, printer).map(drop)
 }
 
 fn payload_fields(data: &Payload, obj: &mut serde_json::Map<String, Value>) {
@@ -333,28 +384,21 @@ fn payload_fields(data: &Payload, obj: &mut serde_json::Map<String, Value>) {
     }
 }
 
-/// One event as one line of output.
-fn print_event(event: &Event, data_only: bool) -> std::io::Result<()> {
+/// One event as one line for standard output (`None`: nothing to print there); notes for
+/// people go to standard error.
+fn render_event(event: &Event, data_only: bool) -> Option<String> {
     match event {
-        Event::Message(m) if data_only => {
-            let mut out = std::io::stdout().lock();
-            match &m.data {
-                Payload::Text(t) => writeln!(out, "{t}")?,
-                Payload::Binary(b) => writeln!(
-                    out,
-                    "{}",
-                    base64::engine::general_purpose::STANDARD.encode(b)
-                )?,
-            }
-            out.flush()
-        }
+        Event::Message(m) if data_only => Some(match &m.data {
+            Payload::Text(t) => t.clone(),
+            Payload::Binary(b) => base64::engine::general_purpose::STANDARD.encode(b),
+        }),
         Event::Message(m) => {
             let mut obj = serde_json::Map::new();
             obj.insert("type".into(), json!("message"));
             obj.insert("endpoint".into(), json!(m.endpoint));
             obj.insert("seq".into(), json!(m.seq));
             payload_fields(&m.data, &mut obj);
-            print_json(&Value::Object(obj))
+            Some(Value::Object(obj).to_string())
         }
         Event::State(s) if data_only => {
             eprintln!(
@@ -366,7 +410,7 @@ fn print_event(event: &Event, data_only: bool) -> std::io::Result<()> {
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             );
-            Ok(())
+            None
         }
         Event::State(s) => {
             let mut obj = serde_json::Map::new();
@@ -385,41 +429,47 @@ fn print_event(event: &Event, data_only: bool) -> std::io::Result<()> {
                     obj.insert(k.into(), v);
                 }
             }
-            print_json(&Value::Object(obj))
+            Some(Value::Object(obj).to_string())
         }
         Event::Error(e) => {
             eprintln!("wsmux: {}: {}", e.code, e.message);
-            if data_only {
-                return Ok(());
-            }
-            print_json(&json!({"type": "error", "code": e.code.as_str(), "message": e.message}))
+            (!data_only).then(|| {
+                json!({"type": "error", "code": e.code.as_str(), "message": e.message}).to_string()
+            })
         }
         Event::Lagged(l) => {
             eprintln!(
                 "wsmux: fell behind on {}: {} messages skipped",
                 l.endpoint, l.dropped
             );
-            if data_only {
-                return Ok(());
-            }
-            print_json(&json!({"type": "lagged", "endpoint": l.endpoint, "dropped": l.dropped}))
+            (!data_only).then(|| {
+                json!({"type": "lagged", "endpoint": l.endpoint, "dropped": l.dropped}).to_string()
+            })
+        }
+        Event::ClientLagged(l) => {
+            eprintln!(
+                "wsmux: output too slow for {}: {} messages skipped",
+                l.endpoint, l.dropped
+            );
+            (!data_only).then(|| {
+                json!({"type": "lagged", "endpoint": l.endpoint, "dropped": l.dropped, "source": "client"})
+                    .to_string()
+            })
         }
         Event::Sent(m) if !data_only => {
-            print_json(&json!({"type": "sent", "id": m.id, "endpoint": m.endpoint}))
+            Some(json!({"type": "sent", "id": m.id, "endpoint": m.endpoint}).to_string())
         }
         Event::Dropped(d) => {
             eprintln!(
                 "wsmux: a queued message for {} was dropped: {}",
                 d.endpoint, d.message
             );
-            if data_only {
-                return Ok(());
-            }
-            print_json(
-                &json!({"type": "dropped", "id": d.id, "endpoint": d.endpoint, "code": d.code.as_str(), "message": d.message}),
-            )
+            (!data_only).then(|| {
+                json!({"type": "dropped", "id": d.id, "endpoint": d.endpoint, "code": d.code.as_str(), "message": d.message})
+                    .to_string()
+            })
         }
-        Event::Sent(_) => Ok(()),
+        Event::Sent(_) => None,
     }
 }
 

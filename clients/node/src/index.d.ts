@@ -84,6 +84,11 @@ export interface ConnectOptions {
   /** Default milliseconds for each reply (default 30000). */
   requestTimeout?: number;
   maxFrame?: number;
+  /**
+   * One more uid the daemon may run as (default `$WSMUX_DAEMON_UID`). Otherwise the socket
+   * file and its directory must belong to this user or root (see `checkSocketFile`).
+   */
+  daemonUid?: number;
 }
 
 export interface TimeoutOption {
@@ -143,6 +148,19 @@ export class DaemonUnavailableError extends Error {
   readonly code: "ERR_WSMUX_UNAVAILABLE";
   readonly socketPath: string;
 }
+
+/** The socket path does not look like the daemon's (another user's file, a symlink, ...). */
+export class UntrustedDaemonError extends Error {
+  readonly code: "ERR_WSMUX_UNTRUSTED";
+  readonly socketPath: string;
+  /** The owner found, when another user's ownership is the reason. */
+  readonly uid: number | undefined;
+}
+
+export const DAEMON_UID_ENV: "WSMUX_DAEMON_UID";
+export function expectedDaemonUid(explicit?: number): number | undefined;
+/** Throws UntrustedDaemonError; returns the file's identity, or null if there is nothing to check. */
+export function checkSocketFile(socketPath: string, expectedUid?: number): { dev: number; ino: number } | null;
 
 export class ProtocolError extends Error {
   readonly code: "ERR_WSMUX_PROTOCOL";

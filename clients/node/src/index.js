@@ -11,7 +11,9 @@
 // (matched by id) and events go to the subscription's callback or to the `events()` queue.
 
 import { EventEmitter } from "node:events";
+import fs from "node:fs";
 import net from "node:net";
+import path from "node:path";
 
 import {
   DEFAULT_MAX_FRAME,
@@ -99,6 +101,74 @@ export class DaemonUnavailableError extends Error {
   }
 }
 
+/** Environment variable naming one more uid the daemon may run as. */
+export const DAEMON_UID_ENV = "WSMUX_DAEMON_UID";
+
+/**
+ * The socket path does not look like the daemon's: its file or directory belongs to another
+ * user, or it is a symbolic link (someone may have taken the path). Nothing was sent to it.
+ * `uid` is the owner found (when that is the reason), `socketPath` the path.
+ */
+export class UntrustedDaemonError extends Error {
+  constructor(socketPath, { reason, uid, ownUid, expectedUid }) {
+    const trusted = `this user (uid ${ownUid}) or root${expectedUid === undefined ? "" : ` or the expected uid ${expectedUid}`}`;
+    super(
+      `refusing ${socketPath}: ${reason}, not ${trusted}; another user may have taken the socket ` +
+        `path (if the daemon deliberately runs as another user, name its uid with the ` +
+        `\`daemonUid\` option or ${DAEMON_UID_ENV})`,
+    );
+    this.name = "UntrustedDaemonError";
+    this.code = "ERR_WSMUX_UNTRUSTED";
+    this.socketPath = socketPath;
+    this.uid = uid;
+  }
+}
+
+/** The extra trusted uid: the option, else $WSMUX_DAEMON_UID, else undefined. */
+export function expectedDaemonUid(explicit) {
+  if (explicit !== undefined && explicit !== null) {
+    if (!Number.isSafeInteger(explicit) || explicit < 0) throw new TypeError("daemonUid must be a uid (a non-negative integer)");
+    return explicit;
+  }
+  const text = (process.env[DAEMON_UID_ENV] ?? "").trim();
+  if (text === "") return undefined;
+  if (!/^[0-9]+$/.test(text)) {
+    throw new TypeError(`${DAEMON_UID_ENV} must be a numeric user id, not ${JSON.stringify(text.slice(0, 40))}`);
+  }
+  return Number(text);
+}
+
+/**
+ * What Node can check about who serves a Unix socket: it has no peer-credential call, so this
+ * looks at the file instead (PROTOCOL.md section 2.3). The socket must not be a symbolic link
+ * and must belong to this user, root or `expectedUid`; its directory (symbolic links resolved)
+ * must belong to one of them too and must not be writable by everyone unless sticky, so nobody
+ * else can put a socket there. Returns the file's identity (to compare after connecting), or
+ * null when there is nothing to check (Windows; a missing file, which connect reports).
+ */
+export function checkSocketFile(socketPath, expectedUid) {
+  if (process.platform === "win32" || typeof process.geteuid !== "function") return null;
+  const ownUid = process.geteuid();
+  const trusted = (uid) => uid === ownUid || uid === 0 || uid === expectedUid;
+  const refuse = (reason, uid) => new UntrustedDaemonError(socketPath, { reason, uid, ownUid, expectedUid });
+  let st;
+  try {
+    st = fs.lstatSync(socketPath);
+  } catch {
+    return null;
+  }
+  if (st.isSymbolicLink()) throw refuse("it is a symbolic link");
+  if (!st.isSocket()) throw refuse("it is not a socket");
+  if (!trusted(st.uid)) throw refuse(`the socket belongs to uid ${st.uid}`, st.uid);
+  const dir = fs.realpathSync(path.dirname(path.resolve(socketPath)));
+  const dst = fs.statSync(dir);
+  if (!trusted(dst.uid)) throw refuse(`its directory ${dir} belongs to uid ${dst.uid}`, dst.uid);
+  if ((dst.mode & 0o002) !== 0 && (dst.mode & 0o1000) === 0) {
+    throw refuse(`its directory ${dir} is writable by everyone and not sticky`);
+  }
+  return { dev: st.dev, ino: st.ino };
+}
+
 function withTimeout(promise, ms, what) {
   if (ms === undefined || ms === null || ms === Infinity) return promise;
   let timer;
@@ -117,11 +187,16 @@ function withTimeout(promise, ms, what) {
  * @param {number} [options.timeout=10000] ms allowed for connecting and the handshake
  * @param {number} [options.requestTimeout=30000] default ms allowed for each reply
  * @param {number} [options.maxFrame] largest frame body accepted (default 16 MiB)
+ * @param {number} [options.daemonUid] one more uid the daemon may run as (default
+ *   `$WSMUX_DAEMON_UID`); otherwise the socket must belong to this user or root
  * @returns {Promise<Client>}
  */
 export async function connect(options = {}) {
   const socketPath = options.socket || defaultSocketPath();
   const maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
+  // Before connecting, and again once connected (the file must still be the same one).
+  const expectedUid = expectedDaemonUid(options.daemonUid);
+  const identity = checkSocketFile(socketPath, expectedUid);
   const sock = net.createConnection({ path: socketPath });
   const decoder = new FrameDecoder(maxFrame);
   const handshake = new Promise((resolve, reject) => {
@@ -162,6 +237,20 @@ export async function connect(options = {}) {
     sock.on("end", onEnd);
     sock.on("close", onEnd);
     sock.once("connect", () => {
+      try {
+        const now = checkSocketFile(socketPath, expectedUid);
+        if (identity && (!now || now.dev !== identity.dev || now.ino !== identity.ino)) {
+          throw new UntrustedDaemonError(socketPath, {
+            reason: "the socket file was replaced while connecting",
+            ownUid: process.geteuid(),
+            expectedUid,
+          });
+        }
+      } catch (err) {
+        cleanup();
+        reject(err);
+        return;
+      }
       const hello = request("hello", undefined, {
         version: PROTOCOL_VERSION,
         client: options.clientName ?? `wsmux-node/${VERSION}`,

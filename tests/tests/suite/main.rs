@@ -7,6 +7,8 @@ mod bad_input;
 mod chaos;
 /// The `wsmux` command-line client.
 mod cli;
+/// The Rust client library: replies never wait behind unread events.
+mod client_replies;
 /// Slow and misbehaving clients, limits, and many clients at once.
 mod clients;
 /// Configuration errors and environment overrides, through the real binary.
@@ -17,6 +19,8 @@ mod delivery;
 mod fanout;
 /// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
 mod health;
+/// A socket served by another user is refused by the Rust client and the CLI.
+mod impostor;
 /// Signals and shutdown.
 mod lifecycle;
 /// Liveness conventions: auto-replies, idle-only and binary heartbeats.

@@ -30,6 +30,7 @@ from .errors import (
     DaemonError,
     DaemonUnavailable,
     ProtocolError,
+    UntrustedDaemon,
     WsmuxError,
 )
 from .events import ErrorEvent, Event, Lagged, Message, OtherEvent, State
@@ -61,6 +62,7 @@ __all__ = [
     "OtherEvent",
     "ProtocolError",
     "State",
+    "UntrustedDaemon",
     "WsmuxError",
     "decode_body",
     "decode_frame",

@@ -27,6 +27,7 @@ from .errors import (
     WsmuxError,
 )
 from .events import Event, EventFactory, State
+from .peer import check_peer, expected_daemon_uid
 from .protocol import (
     DEFAULT_MAX_FRAME,
     FATAL_CODES,
@@ -111,12 +112,17 @@ class AsyncClient:
         timeout: float | None = 10.0,
         request_timeout: float | None = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        daemon_uid: int | None = None,
     ) -> AsyncClient:
         """Connects to the daemon, sends ``hello`` and waits for ``welcome``.
 
-        ``socket_path`` defaults to :func:`wsmux.default_socket_path`.
+        ``socket_path`` defaults to :func:`wsmux.default_socket_path`. As with
+        :meth:`wsmux.Client.connect`, the process serving the socket must run as this user,
+        root or ``daemon_uid`` (default ``$WSMUX_DAEMON_UID``); otherwise
+        :class:`UntrustedDaemon` is raised before anything is sent.
         """
         path = socket_path or default_socket_path()
+        expected_uid = expected_daemon_uid(daemon_uid)
         started = time.monotonic()
         try:
             reader, writer = await asyncio.wait_for(_open(path), timeout)
@@ -126,6 +132,9 @@ class AsyncClient:
             raise TimeoutError(f"timed out connecting to {path}") from None
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         try:
+            sock = writer.get_extra_info("socket")
+            if sys.platform != "win32" and sock is not None:
+                check_peer(sock, path, expected_uid)
             welcome = await asyncio.wait_for(
                 _handshake(reader, writer, client_name, max_frame), left
             )

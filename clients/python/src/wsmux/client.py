@@ -25,6 +25,7 @@ from .errors import (
     WsmuxError,
 )
 from .events import Event, EventFactory, State
+from .peer import check_peer, expected_daemon_uid
 from .protocol import (
     DEFAULT_MAX_FRAME,
     FATAL_CODES,
@@ -82,6 +83,9 @@ class _SocketTransport:
     def set_deadline(self, deadline: float | None) -> None:
         self._sock.settimeout(_remaining(deadline))
 
+    def verify_peer(self, path: str, expected_uid: int | None) -> None:
+        check_peer(self._sock, path, expected_uid)
+
     def send_all(self, data: bytes) -> None:
         self._sock.sendall(data)
 
@@ -128,6 +132,9 @@ class _PipeTransport:
 
     def set_deadline(self, deadline: float | None) -> None:
         self._deadline = deadline
+
+    def verify_peer(self, path: str, expected_uid: int | None) -> None:
+        """No uids on Windows: the pipe's security descriptor governs access."""
 
     def send_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -216,13 +223,18 @@ class Client:
         timeout: float | None = 10.0,
         request_timeout: float | None = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        daemon_uid: int | None = None,
     ) -> Client:
         """Connects to the daemon, sends ``hello`` and waits for ``welcome``.
 
         ``socket_path`` defaults to :func:`wsmux.default_socket_path` (``$WSMUX_SOCKET``, then
-        the per-user default of PROTOCOL.md section 2.1).
+        the per-user default of PROTOCOL.md section 2.1). Before sending anything the client
+        checks that the process serving the socket runs as this user or root, or as
+        ``daemon_uid`` (default ``$WSMUX_DAEMON_UID``), and raises :class:`UntrustedDaemon`
+        otherwise.
         """
         path = socket_path or default_socket_path()
+        expected_uid = expected_daemon_uid(daemon_uid)
         deadline = _deadline(timeout)
         try:
             transport: _Transport
@@ -234,6 +246,7 @@ class Client:
             raise DaemonUnavailable(path, exc) from exc
         decoder = FrameDecoder(max_frame)
         try:
+            transport.verify_peer(path, expected_uid)
             welcome = _handshake(transport, decoder, client_name, deadline)
             transport.set_deadline(None)
         except BaseException:

@@ -22,6 +22,31 @@ class DaemonUnavailable(WsmuxError):
         self.path = path
 
 
+class UntrustedDaemon(WsmuxError):
+    """The socket is served by a process of another user, so it is not a daemon this client
+    trusts: another user may have taken the socket path. Nothing was sent to it.
+
+    ``uid`` is the uid the listening process runs as, ``path`` the socket path. If the daemon
+    deliberately runs as another user, name that uid with ``daemon_uid=`` or
+    ``$WSMUX_DAEMON_UID``.
+    """
+
+    def __init__(
+        self, path: str, uid: int, own_uid: int, expected_uid: int | None = None
+    ) -> None:
+        extra = "" if expected_uid is None else f" or the expected uid {expected_uid}"
+        super().__init__(
+            f"refusing {path}: the process listening there runs as uid {uid}, not as this user "
+            f"(uid {own_uid}) or root{extra}; another user may have taken the socket path (if "
+            f"the daemon deliberately runs as uid {uid}, pass daemon_uid={uid} or set "
+            "WSMUX_DAEMON_UID)"
+        )
+        self.path = path
+        self.uid = uid
+        self.own_uid = own_uid
+        self.expected_uid = expected_uid
+
+
 class DaemonError(WsmuxError):
     """The daemon answered with an ``error`` frame.
 
