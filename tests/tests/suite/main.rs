@@ -17,6 +17,12 @@ mod delivery;
 mod fanout;
 /// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
 mod health;
+/// A real mosquitto broker over WebSocket.
+mod interop_mqtt;
+/// A real nats-server over WebSocket, with the example config's endpoint.
+mod interop_nats;
+/// Real WebSocket servers written with Node's `ws` package.
+mod interop_node_ws;
 /// Signals and shutdown.
 mod lifecycle;
 /// Liveness conventions: auto-replies, idle-only and binary heartbeats.
