@@ -74,9 +74,11 @@ async fn nats_pings_are_answered_by_the_example_rule_and_pub_sub_round_trips() {
     let st = status(&d.socket, "nats").await;
     assert_eq!(st.state, ConnState::Open, "{st:?}");
     assert_eq!((st.connects, st.reconnects), (1, 0), "{st:?}");
+    // One PONG per ping interval, less one for the edges of the window; three unanswered
+    // PINGs would have ended the connection.
     let pongs = received(&nats, "PONG");
     assert!(
-        pongs >= 5,
+        pongs >= 4,
         "nats-server received {pongs} PONGs in {window:?} (ping_interval {PING_INTERVAL_SECS}s)"
     );
     assert_eq!(nats.log().matches("Client connection created").count(), 1);

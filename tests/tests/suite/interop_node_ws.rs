@@ -60,7 +60,7 @@ async fn ws_readme_heartbeat_server_never_terminates_the_daemon() {
     assert_eq!(server.count("connection"), 1, "{:?}", server.events());
     let pongs = server.count("pong");
     assert!(
-        pongs >= INTERVALS as usize - 2,
+        pongs >= INTERVALS as usize / 2,
         "{pongs} pongs: {:?}",
         server.events()
     );
@@ -88,7 +88,7 @@ timeout = "400ms""#,
     );
     let pings = server.count("ping");
     assert!(
-        pings >= INTERVALS as usize - 2,
+        pings >= INTERVALS as usize / 2,
         "the daemon kept sending ping frames: {pings}"
     );
     assert_eq!(server.count("connection"), 1, "{:?}", server.events());
@@ -119,7 +119,7 @@ reply = '{"op":"pong"'"#,
     );
     let app_pings = server.count("app-ping");
     assert!(
-        app_pings >= INTERVALS as usize - 2,
+        app_pings >= INTERVALS as usize / 2,
         "{app_pings} application pings"
     );
     assert_eq!(server.count("ping"), 0, "no ping frames were sent");
