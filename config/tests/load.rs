@@ -970,7 +970,7 @@ fn the_example_file_loads() {
     assert_eq!(settings.server, ServerSettings::default());
     assert_eq!(settings.log, LogSettings::default());
     let names: Vec<_> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["feed", "lines", "prices", "ticks"]);
+    assert_eq!(names, ["feed", "lines", "mqtt", "nats", "prices", "ticks"]);
 
     let feed = &settings.endpoints[0];
     assert_eq!(
@@ -1022,7 +1022,7 @@ fn the_example_file_loads() {
         }]
     );
 
-    let prices = &settings.endpoints[2];
+    let prices = &settings.endpoints[4];
     assert_eq!(prices.heartbeat.kind, HeartbeatKind::Ping);
     assert_eq!(prices.heartbeat.timeout, Duration::from_secs(90));
     assert!(prices.heartbeat.idle_only);
@@ -1059,7 +1059,7 @@ fn the_example_file_loads() {
         }]
     );
 
-    let ticks = &settings.endpoints[3];
+    let ticks = &settings.endpoints[5];
     assert_eq!(ticks.heartbeat.kind, HeartbeatKind::Binary(vec![0xc0, 0]));
     assert_eq!(
         ticks.heartbeat.reply,
@@ -1084,6 +1084,19 @@ fn the_example_file_loads() {
     let nats = regex::Regex::new(&lines.auto_reply[0].pattern).unwrap();
     assert!(nats.is_match("PING\r\n"));
     assert!(!nats.is_match("PING\r\nPING\r\n"));
+
+    // The NATS endpoint answers the server's PING lines; the MQTT one sends binary packets
+    // (checked byte by byte against a real broker in the end-to-end suite).
+    let nats = &settings.endpoints[3];
+    assert_eq!(nats.name, "nats");
+    assert_eq!(nats.on_connect.len(), 2);
+    assert_eq!(nats.auto_reply.len(), 1);
+    assert_eq!(nats.auto_reply[0].pattern, "^PING\r\n$");
+    assert_eq!(nats.auto_reply[0].reply, "PONG\r\n");
+    assert!(nats.auto_reply[0].hide);
+    let mqtt = &settings.endpoints[2];
+    assert_eq!(mqtt.subprotocols, ["mqtt"]);
+    assert_eq!(mqtt.heartbeat.kind, HeartbeatKind::Binary(vec![0xc0, 0]));
 
     let err = Loader::new()
         .file(&path)

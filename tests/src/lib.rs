@@ -4,8 +4,12 @@
 //! Everything listens on 127.0.0.1 port 0 or in a temporary directory.
 
 pub mod daemon;
+pub mod example;
+pub mod mqtt;
+pub mod observe;
 pub mod proxy;
 pub mod raw;
+pub mod servers;
 pub mod tls;
 pub mod upstream;
 

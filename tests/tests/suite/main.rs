@@ -21,6 +21,12 @@ mod fanout;
 mod health;
 /// A socket served by another user is refused by the Rust client and the CLI.
 mod impostor;
+/// A real mosquitto broker over WebSocket.
+mod interop_mqtt;
+/// A real nats-server over WebSocket, with the example config's endpoint.
+mod interop_nats;
+/// Real WebSocket servers written with Node's `ws` package.
+mod interop_node_ws;
 /// Signals and shutdown.
 mod lifecycle;
 /// Liveness conventions: auto-replies, idle-only and binary heartbeats.

@@ -13,11 +13,19 @@ fn python_ready() -> Result<(), String> {
     let out = Command::new("python3")
         .args(["-c", "import msgpack"])
         .output()
-        .map_err(|e| format!("python3 not found: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "python3 not found ({e}): `{}` installs it",
+                wsmux_tests::servers::RUNNER
+            )
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err("the msgpack package is missing: pip install msgpack".into())
+        Err(format!(
+            "the Python msgpack package is missing: `{}` installs it, or run `pip install msgpack`",
+            wsmux_tests::servers::RUNNER
+        ))
     }
 }
 
