@@ -8,9 +8,11 @@
 # It installs what it needs itself (apt packages, rustup targets). Every wait has a deadline,
 # and everything it starts is stopped on exit; on failure it prints the daemon's log.
 #
-# Usage: .ci/platforms.sh [--clean]
-#   --clean  first remove this script's outputs (the two targets' build directories under the
-#            cargo target dir, and <target dir>/platforms: Wine prefix, shim, logs).
+# Usage: .ci/platforms.sh [--clean | --smoke-only]
+#   --clean       first remove this script's outputs (the two targets' build directories under
+#                 the cargo target dir, and <target dir>/platforms: Wine prefix, shim, logs).
+#   --smoke-only  skip installing, clippy and building: run the Wine smoke again on the
+#                 binaries a previous run left in <target dir>/platforms/bin.
 # Honours CARGO_TARGET_DIR (default: ./target, shared with the rest of CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,58 +34,73 @@ WAIT=30
 step() { echo "== $*"; }
 started=$SECONDS
 
-if [[ ${1:-} == --clean ]]; then
-    step "clean: $TARGET_DIR/{$WIN,$MAC,platforms}"
-    rm -rf "${TARGET_DIR:?}/$WIN" "${TARGET_DIR:?}/$MAC" "$OUT"
-fi
+# Installs the tools, runs clippy for both targets and builds the Windows binaries and the
+# test-rig helpers into $BIN.
+prepare() {
+    step "install: apt packages (${APT_PACKAGES[*]})"
+    local p missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+            >/dev/null
+    fi
+    x86_64-w64-mingw32-gcc --version | head -1
+    "$WINE64" --version
+    clang --version | head -1
 
-step "install: apt packages (${APT_PACKAGES[*]})"
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-        >/dev/null
-fi
-x86_64-w64-mingw32-gcc --version | head -1
-"$WINE64" --version
-clang --version | head -1
+    step "install: rustup targets $WIN $MAC"
+    rustup target add "$WIN" "$MAC"
 
-step "install: rustup targets $WIN $MAC"
-rustup target add "$WIN" "$MAC"
+    # The test harness (wsmux-tests) and the benchmark (wsmux-bench) drive Unix sockets, signals
+    # and /proc: they are Linux tools and are not built for the other targets.
+    PRODUCT=(--workspace --exclude wsmux-tests --exclude wsmux-bench)
 
-# The test harness (wsmux-tests) and the benchmark (wsmux-bench) drive Unix sockets, signals
-# and /proc: they are Linux tools and are not built for the other targets.
-PRODUCT=(--workspace --exclude wsmux-tests --exclude wsmux-bench)
+    step "clippy $WIN (product crates, all targets, -D warnings)"
+    cargo clippy "${PRODUCT[@]}" --all-targets --target "$WIN" -- -D warnings
 
-step "clippy $WIN (product crates, all targets, -D warnings)"
-cargo clippy "${PRODUCT[@]}" --all-targets --target "$WIN" -- -D warnings
+    # ring compiles C and assembly for the target. Without a macOS SDK, Debian's clang does it
+    # with no system headers at all (-nostdlibinc and ring's RING_CORE_NOSTDLIBINC, as ring does
+    # for wasm) and a stand-in TargetConditionals.h. clippy never links, so no linker is needed.
+    step "clippy $MAC (whole workspace, all targets, -D warnings)"
+    CC_aarch64_apple_darwin=clang \
+        CFLAGS_aarch64_apple_darwin="-nostdlibinc -DRING_CORE_NOSTDLIBINC=1 -I$ROOT/tests/platform/macos-include" \
+        cargo clippy --workspace --all-targets --target "$MAC" -- -D warnings
 
-# ring compiles C and assembly for the target. Without a macOS SDK, Debian's clang does it
-# with no system headers at all (-nostdlibinc and ring's RING_CORE_NOSTDLIBINC, as ring does
-# for wasm) and a stand-in TargetConditionals.h. clippy never links, so no linker is needed.
-step "clippy $MAC (whole workspace, all targets, -D warnings)"
-CC_aarch64_apple_darwin=clang \
-    CFLAGS_aarch64_apple_darwin="-nostdlibinc -DRING_CORE_NOSTDLIBINC=1 -I$ROOT/tests/platform/macos-include" \
-    cargo clippy --workspace --all-targets --target "$MAC" -- -D warnings
+    # Line tables only: backtraces keep file and line, the binaries and the link stay small.
+    step "build $WIN: wsmuxd.exe, wsmux.exe (debug)"
+    CARGO_PROFILE_DEV_DEBUG=line-tables-only cargo build -p wsmuxd -p wsmux-client --target "$WIN"
 
-# Line tables only: backtraces keep file and line, the binaries and the link stay small.
-step "build $WIN: wsmuxd.exe, wsmux.exe (debug)"
-CARGO_PROFILE_DEV_DEBUG=line-tables-only cargo build -p wsmuxd -p wsmux-client --target "$WIN"
+    mkdir -p "$BIN"
+    cp "$TARGET_DIR/$WIN/debug/wsmuxd.exe" "$TARGET_DIR/$WIN/debug/wsmux.exe" "$BIN/"
+
+    step "build test-rig helpers: bcryptprimitives.dll (Wine 8 shim), pipe_sddl.exe"
+    # Rust's std imports ProcessPrng from bcryptprimitives.dll, which Wine 8 lacks: without this
+    # shim next to the .exe every Rust program dies at load time (c0000135) without a word.
+    x86_64-w64-mingw32-gcc -shared -O2 -Wall -Werror -o "$BIN/bcryptprimitives.dll" \
+        tests/platform/processprng.c tests/platform/bcryptprimitives.def -ladvapi32
+    x86_64-w64-mingw32-gcc -municode -O2 -Wall -Werror -o "$BIN/pipe_sddl.exe" \
+        tests/platform/pipe_sddl.c -ladvapi32
+}
 
 BIN=$OUT/bin
-mkdir -p "$BIN"
-cp "$TARGET_DIR/$WIN/debug/wsmuxd.exe" "$TARGET_DIR/$WIN/debug/wsmux.exe" "$BIN/"
-
-step "build test-rig helpers: bcryptprimitives.dll (Wine 8 shim), pipe_sddl.exe"
-# Rust's std imports ProcessPrng from bcryptprimitives.dll, which Wine 8 lacks: without this
-# shim next to the .exe every Rust program dies at load time (c0000135) without a word.
-x86_64-w64-mingw32-gcc -shared -O2 -Wall -Werror -o "$BIN/bcryptprimitives.dll" \
-    tests/platform/processprng.c tests/platform/bcryptprimitives.def -ladvapi32
-x86_64-w64-mingw32-gcc -municode -O2 -Wall -Werror -o "$BIN/pipe_sddl.exe" \
-    tests/platform/pipe_sddl.c -ladvapi32
+case ${1:-} in
+"") prepare ;;
+--clean)
+    step "clean: $TARGET_DIR/{$WIN,$MAC,platforms}"
+    rm -rf "${TARGET_DIR:?}/$WIN" "${TARGET_DIR:?}/$MAC" "$OUT"
+    prepare
+    ;;
+--smoke-only)
+    [[ -f $BIN/wsmuxd.exe ]] || { echo "no $BIN/wsmuxd.exe: run without --smoke-only first" >&2; exit 2; }
+    ;;
+*)
+    echo "usage: $0 [--clean | --smoke-only]" >&2
+    exit 2
+    ;;
+esac
 
 step "smoke $WIN under Wine"
 SMOKE=$OUT/smoke
