@@ -86,7 +86,8 @@ prepare() {
 }
 
 BIN=$OUT/bin
-case ${1:-} in
+mode=${1:-}
+case $mode in
 "") prepare ;;
 --clean)
     step "clean: $TARGET_DIR/{$WIN,$MAC,platforms}"
@@ -102,7 +103,6 @@ case ${1:-} in
     ;;
 esac
 
-step "smoke $WIN under Wine"
 SMOKE=$OUT/smoke
 rm -rf "$SMOKE"
 mkdir -p "$SMOKE"
@@ -161,13 +161,31 @@ until_ok() {
 }
 
 if [[ ! -f $WINEPREFIX/system.reg ]]; then
-    echo "creating Wine prefix $WINEPREFIX"
+    step "create Wine prefix $WINEPREFIX"
     # Only wine64 is installed, so Wine's note that the 32-bit rundll32 is missing is expected.
     timeout 180 "$WINE64" wineboot --init >"$OUT/wineboot.log" 2>&1 || {
         cat "$OUT/wineboot.log" >&2
         fail "wineboot failed"
     }
 fi
+
+if [[ $mode != --smoke-only ]]; then
+    # The tests that need no Unix socket: the wire format and its golden vectors, config
+    # unit tests and file references, the daemon's sans-IO cores, and the CLI's own tests
+    # (which run wsmux.exe). Wine finds the shim DLL through WINEPATH.
+    step "test $WIN under Wine (proto, config, wsmuxd unit tests, wsmux CLI)"
+    export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="timeout -k 5 300 $WINE64"
+    export WINEPATH
+    WINEPATH=$(winpath "$BIN")
+    CARGO_PROFILE_DEV_DEBUG=line-tables-only cargo test --target "$WIN" \
+        -p wsmux-proto -p wsmux-client --tests
+    CARGO_PROFILE_DEV_DEBUG=line-tables-only cargo test --target "$WIN" \
+        -p wsmux-config --lib --test portable_paths
+    CARGO_PROFILE_DEV_DEBUG=line-tables-only cargo test --target "$WIN" -p wsmuxd --lib
+    unset WINEPATH CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER
+fi
+
+step "smoke $WIN under Wine"
 win "$WAIT" wsmuxd.exe --version
 
 echo "upstream: tests/platform/echo_upstream.py on 127.0.0.1"
