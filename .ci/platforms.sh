@@ -106,7 +106,9 @@ esac
 SMOKE=$OUT/smoke
 rm -rf "$SMOKE"
 mkdir -p "$SMOKE"
-export WINEPREFIX=$OUT/wineprefix WINEARCH=win64 WINEDEBUG=-all NO_COLOR=1
+# No Mono or Gecko (their installers would ask for a display); no colours in the logs.
+export WINEPREFIX=$OUT/wineprefix WINEARCH=win64 WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" \
+    NO_COLOR=1
 DAEMON_LOG=$SMOKE/wsmuxd.log
 daemon_pid=""
 upstream_pid=""
@@ -261,7 +263,10 @@ grep -q "\"data\":\"echo:$token\"" "$SMOKE/subscribe.out" ||
     fail "the echo of '$token' did not come back through subscribe"
 grep -qx "$token" "$SMOKE/received" || fail "the upstream did not receive '$token'"
 
-echo "check: Ctrl-C shuts the daemon down gracefully"
+echo "check: Ctrl-C shuts the daemon down gracefully; a subscriber is told"
+win 60 wsmux.exe --socket "$pipe" subscribe echo >"$SMOKE/closing.out" 2>&1 &
+closing_pid=$!
+until_ok "the second subscriber's state event" grep -q '"type":"state"' "$SMOKE/closing.out"
 kill -INT "$daemon_pid"
 stop_deadline=$((SECONDS + WAIT))
 while kill -0 "$daemon_pid" 2>/dev/null; do
@@ -274,5 +279,10 @@ daemon_pid=""
 ((daemon_rc == 0)) || fail "wsmuxd.exe exited with $daemon_rc after Ctrl-C"
 grep -q "Ctrl-C received" "$DAEMON_LOG" || fail "the daemon did not log the Ctrl-C"
 grep -q "stopped" "$DAEMON_LOG" || fail "the daemon did not log its clean stop"
+closing_rc=0
+wait "$closing_pid" || closing_rc=$?
+cat "$SMOKE/closing.out"
+((closing_rc != 124)) || fail "the subscriber did not end when the daemon stopped"
+grep -q '"state":"closed"' "$SMOKE/closing.out" || fail "the subscriber was not told 'closed'"
 
 step "platforms: all checks passed in $((SECONDS - started))s"
