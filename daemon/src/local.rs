@@ -215,7 +215,7 @@ mod imp {
     }
 
     /// The string SID (`S-1-5-21-...`) of the account this process runs as.
-    pub fn current_user_sid() -> io::Result<String> {
+    fn current_user_sid() -> io::Result<String> {
         let mut raw: HANDLE = std::ptr::null_mut();
         // SAFETY: the pseudo handle needs no closing; `raw` is a valid out pointer.
         if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
@@ -255,7 +255,7 @@ mod imp {
     /// The pipe's security descriptor: owned by `sid`, a protected DACL with one entry that
     /// gives `sid` full access. Nobody else (not even Administrators or LocalSystem) may open
     /// it, and no inherited entry widens it.
-    pub fn pipe_sddl(sid: &str) -> String {
+    fn pipe_sddl(sid: &str) -> String {
         format!("O:{sid}D:P(A;;GA;;;{sid})")
     }
 
