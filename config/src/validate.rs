@@ -639,6 +639,11 @@ impl Validator<'_> {
                 format!("`{}` is a directory, not a file", path.display()),
             )),
             Ok(_) => Ok(path),
+            // Windows does not open a directory as a file at all ("Access denied").
+            Err(_) if path.is_dir() => Err(self.error(
+                key,
+                format!("`{}` is a directory, not a file", path.display()),
+            )),
             Err(error) => {
                 Err(self.error(key, format!("cannot read `{}`: {error}", path.display())))
             }

@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
 use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::ListenerOptions;
@@ -181,23 +182,85 @@ mod imp {
 
 #[cfg(windows)]
 mod imp {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+
     use interprocess::local_socket::{GenericNamespaced, ToNsName};
+    use interprocess::os::windows::local_socket::ListenerOptionsExt;
+    use interprocess::os::windows::security_descriptor::SecurityDescriptor;
+    use widestring::{U16CStr, U16CString};
+    use windows_sys::Win32::Foundation::{LocalFree, HANDLE};
+    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
+    use windows_sys::Win32::Security::{GetTokenInformation, TokenUser, TOKEN_QUERY, TOKEN_USER};
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
     use super::*;
+
+    /// Upper bound for the `TOKEN_USER` buffer: a SID is at most 68 bytes.
+    const TOKEN_USER_MAX: u32 = 1024;
 
     /// Windows has no uids; access is governed by the pipe's security descriptor.
     pub fn current_uid() -> u32 {
         0
     }
 
+    /// The user part of the default pipe name: `USERNAME`.
     pub fn current_user() -> String {
         std::env::var("USERNAME").unwrap_or_else(|_| "default".into())
     }
 
+    /// Every peer passes the uid check: the pipe's security descriptor already let in only
+    /// this account.
     pub fn peer_uid(_stream: &Stream) -> Option<u32> {
         Some(0)
     }
 
+    /// The string SID (`S-1-5-21-...`) of the account this process runs as.
+    fn current_user_sid() -> io::Result<String> {
+        let mut raw: HANDLE = std::ptr::null_mut();
+        // SAFETY: the pseudo handle needs no closing; `raw` is a valid out pointer.
+        if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: OpenProcessToken succeeded, so `raw` is a token handle we own.
+        let token = unsafe { OwnedHandle::from_raw_handle(raw) };
+        let mut len = 0u32;
+        // SAFETY: a null buffer of length 0 only asks for the size.
+        unsafe { GetTokenInformation(raw, TokenUser, std::ptr::null_mut(), 0, &mut len) };
+        if len == 0 || len > TOKEN_USER_MAX {
+            return Err(io::Error::other(format!("token user size {len}")));
+        }
+        // u64 elements keep the TOKEN_USER (pointer first) aligned.
+        let mut buf = vec![0u64; (len as usize).div_ceil(8)];
+        // SAFETY: `buf` has at least `len` writable bytes.
+        let ok =
+            unsafe { GetTokenInformation(raw, TokenUser, buf.as_mut_ptr().cast(), len, &mut len) };
+        drop(token);
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: GetTokenInformation wrote a TOKEN_USER at the start of the aligned buffer.
+        let user = unsafe { &*buf.as_ptr().cast::<TOKEN_USER>() };
+        let mut text: *mut u16 = std::ptr::null_mut();
+        // SAFETY: the SID points into `buf`, which lives until the end of this function.
+        if unsafe { ConvertSidToStringSidW(user.User.Sid, &mut text) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success `text` is a NUL-terminated string allocated with LocalAlloc.
+        let sid = unsafe { U16CStr::from_ptr_str(text) }.to_string_lossy();
+        // SAFETY: `text` came from LocalAlloc and is not used after this.
+        unsafe { LocalFree(text.cast()) };
+        Ok(sid)
+    }
+
+    /// The pipe's security descriptor: owned by `sid`, a protected DACL with one entry that
+    /// gives `sid` full access. Nobody else (not even Administrators or LocalSystem) may open
+    /// it, and no inherited entry widens it.
+    fn pipe_sddl(sid: &str) -> String {
+        format!("O:{sid}D:P(A;;GA;;;{sid})")
+    }
+
+    /// Creates the named pipe for `path` (`\\.\pipe\NAME` or `NAME`), accessible only to the
+    /// account the daemon runs as. `mode` is a Unix file mode and does not apply here.
     pub async fn bind(path: &Path, _mode: u32) -> Result<Listener, BindError> {
         let io_err = |source| BindError::Io {
             path: path.to_owned(),
@@ -208,10 +271,21 @@ mod imp {
             .trim_start_matches(r"\\.\pipe\")
             .to_owned();
         let name = pipe.to_ns_name::<GenericNamespaced>().map_err(io_err)?;
+        let sddl = pipe_sddl(&current_user_sid().map_err(io_err)?);
+        let wide = U16CString::from_str(&sddl)
+            .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let sd = SecurityDescriptor::deserialize(&wide).map_err(io_err)?;
+        tracing::debug!(pipe = %path.display(), sddl = %sddl, "named pipe security descriptor");
         ListenerOptions::new()
             .name(name)
+            .security_descriptor(sd)
             .create_tokio()
-            .map_err(|e| listen_error(path, e))
+            .map_err(|e| match e.kind() {
+                // The first instance is created with FILE_FLAG_FIRST_PIPE_INSTANCE: if the
+                // name exists already, CreateNamedPipe answers ERROR_ACCESS_DENIED.
+                io::ErrorKind::PermissionDenied => BindError::AlreadyRunning(path.to_owned()),
+                _ => listen_error(path, e),
+            })
     }
 }
 

@@ -183,8 +183,12 @@ struct Signals {
     /// SIGTERM and SIGINT (Ctrl-C elsewhere).
     #[cfg(unix)]
     shutdown: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
-    #[cfg(not(unix))]
-    shutdown: (),
+    /// Ctrl-C and Ctrl-Break.
+    #[cfg(windows)]
+    shutdown: (
+        tokio::signal::windows::CtrlC,
+        tokio::signal::windows::CtrlBreak,
+    ),
     /// SIGHUP.
     #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
@@ -202,9 +206,15 @@ fn install_signals() -> anyhow::Result<Signals> {
     })
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
 fn install_signals() -> anyhow::Result<Signals> {
-    Ok(Signals { shutdown: () })
+    use tokio::signal::windows::{ctrl_break, ctrl_c};
+    Ok(Signals {
+        shutdown: (
+            ctrl_c().context("cannot handle Ctrl-C")?,
+            ctrl_break().context("cannot handle Ctrl-Break")?,
+        ),
+    })
 }
 
 /// Turns every SIGHUP into a reload request.
@@ -230,10 +240,17 @@ async fn wait_for_signal(
     shutdown.cancel();
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal((): (), shutdown: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        tracing::info!("Ctrl-C received");
+#[cfg(windows)]
+async fn wait_for_signal(
+    (mut ctrl_c, mut ctrl_break): (
+        tokio::signal::windows::CtrlC,
+        tokio::signal::windows::CtrlBreak,
+    ),
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        _ = ctrl_c.recv() => tracing::info!("Ctrl-C received"),
+        _ = ctrl_break.recv() => tracing::info!("Ctrl-Break received"),
     }
     shutdown.cancel();
 }

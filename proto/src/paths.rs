@@ -47,4 +47,11 @@ mod tests {
         let relative = default_socket_path(Some(Path::new("run")), Path::new("/tmp"), "7");
         assert_eq!(relative, PathBuf::from("/tmp/wsmux-7/wsmuxd.sock"));
     }
+
+    #[test]
+    #[cfg(windows)]
+    fn windows_uses_a_per_user_named_pipe() {
+        let p = default_socket_path(None, Path::new(r"C:\Temp"), "alice");
+        assert_eq!(p, PathBuf::from(r"\\.\pipe\wsmuxd-alice"));
+    }
 }
