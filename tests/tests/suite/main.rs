@@ -13,6 +13,8 @@ mod clients;
 mod config;
 /// Delivery guarantees: outbound queue, `on_connect`, sticky sends.
 mod delivery;
+/// Exact decoding end to end: UTF-8 text, ids kept, nesting bounded.
+mod exact;
 /// Fan-out to many subscribers, ordering, `send` with ack, status.
 mod fanout;
 /// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
