@@ -27,6 +27,8 @@ mod liveness;
 mod operations;
 /// The Python example client from `examples/python`.
 mod python;
+/// Sessions: bounded buffers, deadlines, one owner of teardown.
+mod sessions;
 /// The local socket: file mode, stale sockets, a second daemon, peer uid.
 mod socket;
 /// `wss://` with private CAs, wrong names and client certificates.
