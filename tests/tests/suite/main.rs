@@ -23,6 +23,8 @@ mod health;
 mod lifecycle;
 /// Liveness conventions: auto-replies, idle-only and binary heartbeats.
 mod liveness;
+/// The open-files limit and max_clients.
+mod open_files;
 /// Configuration reload, rotation and shutdown drain.
 mod operations;
 /// The Python example client from `examples/python`.
