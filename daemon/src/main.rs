@@ -253,6 +253,7 @@ const FD_RESERVE: u64 = 64;
 /// and lowers `max_clients` (with a warning) when even the hard limit is too small: extra
 /// clients are then told `too_many_clients` instead of hanging on a failed `accept`.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix.
 fn fit_open_files(max_clients: &mut usize, endpoints: usize) {
     let reserve = FD_RESERVE + 4 * endpoints as u64;
     let wanted = (*max_clients as u64).saturating_add(reserve);
