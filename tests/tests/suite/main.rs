@@ -33,6 +33,8 @@ mod python;
 mod sessions;
 /// The local socket: file mode, stale sockets, a second daemon, peer uid.
 mod socket;
+/// The default socket directory: no symlinks, no foreign or shared directories.
+mod socket_dir;
 /// `wss://` with private CAs, wrong names and client certificates.
 mod tls;
 
