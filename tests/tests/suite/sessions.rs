@@ -244,7 +244,7 @@ async fn a_lagging_client_under_disconnect_is_gone_for_good() {
     let mut up = Upstream::start().await;
     let config = format!(
         "max_clients = 2\nwrite_timeout = \"2s\"\nclient_queue_messages = 100\n\
-         client_queue_bytes = 65536\n{}",
+         client_queue_bytes = 262144\n{}",
         endpoint_toml("feed", &up.url(), "slow_client = \"disconnect\"")
     );
     let d = Daemon::start(&config);
@@ -254,7 +254,7 @@ async fn a_lagging_client_under_disconnect_is_gone_for_good() {
     let (mut good, _) = Raw::greeted(&d.socket).await;
     good.subscribe_until("feed", ConnState::Open).await;
     // Far more than the queue and the socket buffers hold; the good client reads it all, and
-    // the publisher never runs more than 50 messages ahead of it.
+    // the publisher never runs more than 20 messages ahead of it.
     const N: u64 = 3000;
     let read = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn({
@@ -270,8 +270,10 @@ async fn a_lagging_client_under_disconnect_is_gone_for_good() {
         }
     });
     let payload = "x".repeat(1000);
+    let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..N {
-        while i.saturating_sub(read.load(Ordering::Relaxed)) > 50 {
+        while i.saturating_sub(read.load(Ordering::Relaxed)) > 20 && !reader.is_finished() {
+            assert!(Instant::now() < deadline, "the good client stopped reading");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         up.broadcast(Message::text(payload.clone()));
