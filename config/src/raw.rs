@@ -48,6 +48,21 @@ pub(crate) struct RawConfig {
     /// Loopback `IP:PORT` of the metrics endpoint.
     #[serde(default, deserialize_with = "strict")]
     pub metrics_listen: Option<String>,
+    /// Time allowed for `hello`.
+    #[serde(default, with = "humantime_serde")]
+    pub hello_timeout: Option<Duration>,
+    /// Silence allowed for a client with nothing going on.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Time allowed for one frame to arrive.
+    #[serde(default, with = "humantime_serde")]
+    pub frame_timeout: Option<Duration>,
+    /// Time a write to a client may make no progress.
+    #[serde(default, with = "humantime_serde")]
+    pub write_timeout: Option<Duration>,
+    /// Daemon-wide bytes for large frames being received.
+    #[serde(default, deserialize_with = "strict")]
+    pub client_read_budget: Option<usize>,
     /// `[log]`.
     #[serde(default)]
     pub log: Option<RawLog>,

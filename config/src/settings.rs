@@ -44,6 +44,21 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Loopback address for the Prometheus metrics endpoint; `None` disables it.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a new connection may take to send `hello`. Default 10 s.
+    pub hello_timeout: Duration,
+    /// How long a client with no subscription and nothing in flight may stay silent before it
+    /// is closed. Default 5 min.
+    pub idle_timeout: Duration,
+    /// How long one frame from a client may take to arrive, from its first byte to its last.
+    /// Default 30 s.
+    pub frame_timeout: Duration,
+    /// How long a write to a client may make no progress before the client is closed.
+    /// Default 30 s.
+    pub write_timeout: Duration,
+    /// Daemon-wide bytes for large frames (over 64 KiB) being received from clients; a client
+    /// whose large frame does not fit waits (within `frame_timeout`). At least
+    /// `max_frame_size`. Default 256 MiB.
+    pub client_read_budget: usize,
 }
 
 /// Logging.
@@ -288,6 +303,11 @@ impl Default for ServerSettings {
             max_subscriptions_per_client: 256,
             drain_timeout: Duration::from_secs(5),
             metrics_listen: None,
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            client_read_budget: 256 * 1024 * 1024,
         }
     }
 }

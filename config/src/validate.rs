@@ -40,6 +40,10 @@ const MAX_DURATION_TEXT: &str = "365d";
 /// Largest count or byte size any limit takes (1 TiB): far beyond any real use, small enough
 /// that sums of such limits cannot overflow.
 const MAX_LIMIT: usize = 1 << 40;
+/// Longest deadline for local clients (`hello_timeout`, `idle_timeout`, ...): 7 days.
+const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest `client_read_budget`: 1 TiB.
+const MAX_READ_BUDGET: usize = 1 << 40;
 /// Headers the WebSocket handshake sets itself (lowercase).
 const HANDSHAKE_HEADERS: &[&str] = &[
     "connection",
@@ -139,6 +143,36 @@ impl Validator<'_> {
                 .at_most_max(&root.key("drain_timeout"), raw.drain_timeout)?
                 .unwrap_or(defaults.drain_timeout),
             metrics_listen: self.metrics_listen(&root.key("metrics_listen"), raw.metrics_listen)?,
+            hello_timeout: self.client_timeout(
+                &root.key("hello_timeout"),
+                raw.hello_timeout,
+                defaults.hello_timeout,
+            )?,
+            idle_timeout: self.client_timeout(
+                &root.key("idle_timeout"),
+                raw.idle_timeout,
+                defaults.idle_timeout,
+            )?,
+            frame_timeout: self.client_timeout(
+                &root.key("frame_timeout"),
+                raw.frame_timeout,
+                defaults.frame_timeout,
+            )?,
+            write_timeout: self.client_timeout(
+                &root.key("write_timeout"),
+                raw.write_timeout,
+                defaults.write_timeout,
+            )?,
+            client_read_budget: 0,
+        };
+        let server = ServerSettings {
+            client_read_budget: self.read_budget(
+                &root.key("client_read_budget"),
+                raw.client_read_budget,
+                defaults.client_read_budget.max(server.max_frame_size),
+                server.max_frame_size,
+            )?,
+            ..server
         };
         let log = self.log(&root.key("log"), raw.log.unwrap_or_default())?;
         let endpoints_key = root.key("endpoints");
@@ -801,6 +835,48 @@ impl Validator<'_> {
     ) -> Result<Duration> {
         match self.at_most_max(key, raw)? {
             Some(value) if value.is_zero() => Err(self.error(key, "must be greater than zero")),
+            Some(value) => Ok(value),
+            None => Ok(default),
+        }
+    }
+
+    /// A deadline for local clients: above zero and at most [`MAX_CLIENT_TIMEOUT`], so that
+    /// `Instant` arithmetic cannot overflow.
+    fn client_timeout(
+        &self,
+        key: &KeyPath,
+        raw: Option<Duration>,
+        default: Duration,
+    ) -> Result<Duration> {
+        match raw {
+            Some(value) if value.is_zero() || value > MAX_CLIENT_TIMEOUT => Err(self.error(
+                key,
+                format!(
+                    "must be greater than zero and at most {}",
+                    humantime::format_duration(MAX_CLIENT_TIMEOUT)
+                ),
+            )),
+            Some(value) => Ok(value),
+            None => Ok(default),
+        }
+    }
+
+    /// `client_read_budget`: room for at least one frame of `max_frame_size`.
+    fn read_budget(
+        &self,
+        key: &KeyPath,
+        raw: Option<usize>,
+        default: usize,
+        max_frame_size: usize,
+    ) -> Result<usize> {
+        match raw {
+            Some(value) if !(max_frame_size..=MAX_READ_BUDGET).contains(&value) => Err(self.error(
+                key,
+                format!(
+                    "must be between max_frame_size ({max_frame_size}) and {MAX_READ_BUDGET} \
+                     (1 TiB): a frame that fits max_frame_size must fit the budget"
+                ),
+            )),
             Some(value) => Ok(value),
             None => Ok(default),
         }

@@ -5,6 +5,7 @@
 //! [`Settings`] and a shutdown token. See `ARCHITECTURE.md` for the map of the pieces.
 #![warn(missing_docs)]
 
+pub mod deadline;
 pub mod demo;
 pub mod endpoint;
 mod frames;
@@ -204,6 +205,13 @@ pub async fn run_with(
         queue_bytes: settings.server.client_queue_bytes,
         allowed_uids: settings.server.allowed_uids.iter().copied().collect(),
         server_name: format!("wsmuxd/{}", env!("CARGO_PKG_VERSION")),
+        limits: deadline::Limits::from_settings(&settings.server),
+        read_budget: Arc::new(tokio::sync::Semaphore::new(
+            settings
+                .server
+                .client_read_budget
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
     });
     let mut endpoints = Endpoints {
         ctx: Arc::clone(&ctx),

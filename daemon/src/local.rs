@@ -1,5 +1,5 @@
-//! The platform parts of the local socket: binding (with stale-socket recovery and file
-//! mode), peer identity, and the default path. Everything else uses interprocess'
+//! The platform parts of the local socket: binding (with stale-socket recovery, directory
+//! checks and file mode), peer identity, and the default path. Everything else uses interprocess'
 //! cross-platform local-socket API.
 
 use std::io;
@@ -72,7 +72,6 @@ mod imp {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 
     use interprocess::local_socket::{GenericFilePath, ToFsName};
-    use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
     use super::*;
 
@@ -93,25 +92,58 @@ mod imp {
     }
 
     /// Makes sure the socket's directory exists and belongs to us. A directory we create is
-    /// mode 0700; an existing one must be ours (or root's) and not writable by others unless
-    /// sticky, so nobody can swap the socket under us.
-    fn prepare_dir(dir: &Path) -> Result<(), BindError> {
+    /// mode 0700. `strict` is for the default directory under the temp dir (or
+    /// `XDG_RUNTIME_DIR`), which other users may have planted: it is examined without
+    /// following symlinks, and must be a real directory owned by this uid and writable by
+    /// nobody else. An explicitly configured directory must be ours (or root's) and not
+    /// writable by others unless sticky.
+    fn prepare_dir(dir: &Path, strict: bool) -> Result<(), BindError> {
         let err = |reason: String| BindError::Directory {
             path: dir.to_owned(),
             reason,
         };
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| err(format!("cannot create: {e}")))?;
+        let mut builder = std::fs::DirBuilder::new();
+        // The default directory's parent (the temp dir, XDG_RUNTIME_DIR) must exist already;
+        // a configured one is created with its parents.
+        builder.mode(0o700).recursive(!strict);
+        match builder.create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(format!("cannot create: {e}"))),
+        }
+        let uid = current_uid();
+        if strict {
+            let fix = "set XDG_RUNTIME_DIR to a private directory, or choose the socket with \
+                       WSMUX_SOCKET or the `socket` setting";
+            let meta = std::fs::symlink_metadata(dir).map_err(|e| err(e.to_string()))?;
+            let ty = meta.file_type();
+            if ty.is_symlink() {
+                return Err(err(format!(
+                    "is a symbolic link (someone may be redirecting the socket); remove it, or \
+                     {fix}"
+                )));
+            }
+            if !ty.is_dir() {
+                return Err(err(format!("is not a directory; remove it, or {fix}")));
+            }
+            if meta.uid() != uid {
+                return Err(err(format!(
+                    "is owned by uid {}, not by this user ({uid}); {fix}",
+                    meta.uid()
+                )));
+            }
+            if meta.permissions().mode() & 0o022 != 0 {
+                return Err(err(format!(
+                    "is writable by other users (mode {:o}); chmod 700 it, or {fix}",
+                    meta.permissions().mode() & 0o7777
+                )));
+            }
+            return Ok(());
         }
         let meta = std::fs::metadata(dir).map_err(|e| err(e.to_string()))?;
         if !meta.is_dir() {
             return Err(err("not a directory".into()));
         }
-        let uid = current_uid();
         if meta.uid() != uid && meta.uid() != 0 {
             return Err(err(format!(
                 "owned by uid {}, not by this user ({uid})",
@@ -158,25 +190,47 @@ mod imp {
 
     /// Binds the socket at `path` with file mode `mode`, replacing a stale socket file but
     /// never a live daemon's.
+    ///
+    /// The socket is created while the umask is `0177` (so never more open than `0600`), then
+    /// given `mode` with `chmod`: there is no moment when it is more reachable than asked, and
+    /// nothing depends on `fchmod` of an unbound socket, which macOS does not support.
     pub async fn bind(path: &Path, mode: u32) -> Result<Listener, BindError> {
         let io_err = |source| BindError::Io {
             path: path.to_owned(),
             source,
         };
+        let strict = path == default_socket_path();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            prepare_dir(dir)?;
+            prepare_dir(dir, strict)?;
         }
         clear_stale(path).await?;
         let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
-        let listener = ListenerOptions::new()
-            .name(name)
-            .mode(mode as libc::mode_t)
-            .create_tokio()
-            .map_err(|e| listen_error(path, e))?;
-        // The mode was applied before bind; setting it again costs nothing and covers
-        // platforms where fchmod on an unbound socket has no effect.
+        let listener = {
+            let _umask = Umask::set(0o177);
+            ListenerOptions::new()
+                .name(name)
+                .create_tokio()
+                .map_err(|e| listen_error(path, e))?
+        };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
         Ok(listener)
+    }
+
+    /// The process umask, set for a scope and restored on drop.
+    struct Umask(libc::mode_t);
+
+    impl Umask {
+        fn set(mask: libc::mode_t) -> Self {
+            // SAFETY: umask has no preconditions and cannot fail.
+            Umask(unsafe { libc::umask(mask) })
+        }
+    }
+
+    impl Drop for Umask {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe { libc::umask(self.0) };
+        }
     }
 }
 

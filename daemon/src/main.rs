@@ -107,6 +107,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     // Keep the guard until main returns so the file writer is flushed.
     let _log_guard = wsmuxd::logging::init(&settings.log)?;
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "wsmuxd starting");
+    #[cfg(unix)]
+    fit_open_files(&mut settings.server.max_clients, settings.endpoints.len());
 
     let shutdown = CancellationToken::new();
     // Handlers are installed before the socket exists, so a signal sent as soon as the
@@ -253,4 +255,67 @@ async fn wait_for_signal(
         _ = ctrl_break.recv() => tracing::info!("Ctrl-Break received"),
     }
     shutdown.cancel();
+}
+
+/// File descriptors kept free besides one per client: the listener, upstream connections
+/// (two per endpoint during a rotation), metrics, logs, TLS roots, a refusal in progress.
+#[cfg(unix)]
+const FD_RESERVE: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` toward the hard limit so that `max_clients` clients fit,
+/// and lowers `max_clients` (with a warning) when even the hard limit is too small: extra
+/// clients are then told `too_many_clients` instead of hanging on a failed `accept`.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix.
+fn fit_open_files(max_clients: &mut usize, endpoints: usize) {
+    let reserve = FD_RESERVE + 4 * endpoints as u64;
+    let wanted = (*max_clients as u64).saturating_add(reserve);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-files limit");
+        return;
+    }
+    let soft = lim.rlim_cur as u64;
+    let hard = lim.rlim_max as u64;
+    let mut now = soft;
+    if soft < wanted {
+        // macOS refuses soft limits above OPEN_MAX (10240) even when the hard limit is higher.
+        let cap = if cfg!(target_os = "macos") {
+            10240
+        } else {
+            u64::MAX
+        };
+        let target = wanted.min(hard).min(cap).max(soft);
+        let raised = libc::rlimit {
+            rlim_cur: target as libc::rlim_t,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            now = target;
+            tracing::info!(from = soft, to = target, "raised the open-files limit");
+        } else {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot raise the open-files limit"
+            );
+        }
+    }
+    if now < wanted {
+        let fit = now.saturating_sub(reserve).max(1) as usize;
+        tracing::warn!(
+            limit = now,
+            hard,
+            max_clients = *max_clients,
+            lowered_to = fit,
+            "the open-files limit leaves room for only {fit} clients: max_clients lowered to \
+             {fit} (raise the hard limit, e.g. LimitNOFILE= in the systemd unit or ulimit -Hn)"
+        );
+        *max_clients = fit;
+    }
 }

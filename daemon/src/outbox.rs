@@ -1,16 +1,38 @@
 //! The bounded outbound queue of one local client.
 //!
 //! Producers (endpoint drivers fanning out, the client's own session answering requests) push
-//! already-encoded frames and never wait. The client's writer task takes everything queued in
-//! one go and writes it with one syscall. When data frames would exceed the limits, the
-//! oldest queued data frames are dropped and the writer announces the loss with a `lagged`
-//! error before the next frame it delivers; replies and state events are never dropped.
+//! already-encoded frames and never wait. The client's writer takes frames in batches of a
+//! bounded size and gives their bytes back as it writes them. When data frames would exceed
+//! the limits, the oldest queued data frames are dropped and the writer announces the loss
+//! with a `lagged` event before the next frame it delivers; replies and state events are never
+//! dropped.
+//!
+//! **The bound counts everything**: replies and state events as well as data, the batch the
+//! writer holds as well as what waits, and a fixed overhead per frame for the queue slot and
+//! the allocation, so that a flood of tiny replies cannot hide behind a small byte count. The
+//! session stops reading a client's requests while its outbox is over the byte limit.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Bytes charged per queued frame on top of its length: the queue slot and the allocation
+/// header of a small frame.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// Most bytes (as charged) the writer takes in one batch, unless a single frame is larger.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// A queue that grew beyond this many slots is given back when it empties.
+const KEEP_SLOTS: usize = 1024;
+
+/// What one frame counts against the byte limit.
+pub fn charge(frame_len: usize) -> usize {
+    frame_len + FRAME_OVERHEAD
+}
 
 /// One encoded frame waiting for the writer.
 #[derive(Clone, Debug)]
@@ -44,12 +66,21 @@ struct Inner {
     queue: VecDeque<Item>,
     /// Data frames in `queue`.
     data_count: usize,
-    /// Bytes of all frames in `queue`.
-    bytes: usize,
+    /// Charged bytes of the frames in `queue`.
+    queued_bytes: usize,
+    /// Charged bytes the writer has taken and not yet written.
+    in_flight: usize,
     /// Data frames dropped per endpoint since the writer last reported it.
     dropped: Vec<(Arc<str>, u64)>,
     /// No more frames are accepted; the writer drains what is queued and stops.
     closed: bool,
+}
+
+impl Inner {
+    /// Everything counted against the byte limit.
+    fn total(&self) -> usize {
+        self.queued_bytes + self.in_flight
+    }
 }
 
 /// What the writer gets from [`Outbox::take`].
@@ -64,7 +95,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The frames to write, in order.
+    /// The frames to write, in order. Give each one's [`charge`] back with
+    /// [`Outbox::release`] once it is written.
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
         self.items.iter().map(Item::bytes)
     }
@@ -79,9 +111,11 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a session waiting for the queue to shrink.
     drained: Notify,
+    /// Cancelled when the outbox closes: the session's reader stops with it.
+    closed: CancellationToken,
     /// Most data frames queued.
     max_messages: usize,
-    /// Most bytes queued.
+    /// Most bytes queued or in flight, as charged.
     max_bytes: usize,
 }
 
@@ -92,18 +126,17 @@ impl Outbox {
             inner: Mutex::new(Inner::default()),
             ready: Notify::new(),
             drained: Notify::new(),
+            closed: CancellationToken::new(),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the queue inconsistent in a way that
-        // matters more than losing the client, so poisoning is ignored.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an upstream data frame of `endpoint`. When the limits would be exceeded, either
+    /// Queues one data frame of `endpoint`. If it does not fit, the slow-client policy applies:
     /// drops the oldest queued data frames (`disconnect == false`) or closes the outbox with
     /// `farewell` as its last frame (`disconnect == true`).
     pub fn push_data(
@@ -115,6 +148,7 @@ impl Outbox {
     ) -> Pushed {
         let mut dropped = 0;
         let wake;
+        let cost = charge(frame.len());
         {
             let mut inner = self.lock();
             if inner.closed {
@@ -126,17 +160,18 @@ impl Outbox {
             let over = |inner: &Inner| {
                 inner.data_count > 0
                     && (inner.data_count + 1 > self.max_messages
-                        || inner.bytes + frame.len() > self.max_bytes)
+                        || inner.total() + cost > self.max_bytes)
             };
             if disconnect && over(&inner) {
                 inner.queue.retain(|i| matches!(i, Item::Control(_)));
-                inner.bytes = inner.queue.iter().map(|i| i.bytes().len()).sum();
+                inner.queued_bytes = inner.queue.iter().map(|i| charge(i.bytes().len())).sum();
                 inner.data_count = 0;
                 let last = farewell();
-                inner.bytes += last.len();
+                inner.queued_bytes += charge(last.len());
                 inner.queue.push_back(Item::Control(last));
                 inner.closed = true;
                 drop(inner);
+                self.closed.cancel();
                 self.ready.notify_one();
                 self.drained.notify_waiters();
                 return Pushed::Disconnected;
@@ -146,7 +181,7 @@ impl Outbox {
                     break;
                 };
                 if let Some(Item::Data(ep, old)) = inner.queue.remove(pos) {
-                    inner.bytes -= old.len();
+                    inner.queued_bytes -= charge(old.len());
                     inner.data_count -= 1;
                     dropped += 1;
                     match inner.dropped.iter_mut().find(|(e, _)| *e == ep) {
@@ -155,7 +190,7 @@ impl Outbox {
                     }
                 }
             }
-            inner.bytes += frame.len();
+            inner.queued_bytes += cost;
             inner.data_count += 1;
             inner
                 .queue
@@ -167,7 +202,8 @@ impl Outbox {
         Pushed::Queued(dropped)
     }
 
-    /// Queues a reply or state event. These are never dropped.
+    /// Queues a reply or state event. These are never dropped, but they count: a client
+    /// whose outbox is over the limit is not read from until it drains.
     pub fn push_control(&self, frame: Bytes) {
         let wake;
         {
@@ -176,7 +212,7 @@ impl Outbox {
                 return;
             }
             wake = inner.queue.is_empty() && inner.dropped.is_empty();
-            inner.bytes += frame.len();
+            inner.queued_bytes += charge(frame.len());
             inner.queue.push_back(Item::Control(frame));
         }
         if wake {
@@ -184,9 +220,11 @@ impl Outbox {
         }
     }
 
-    /// Stops accepting frames; the writer delivers what is queued, then ends.
+    /// Stops accepting frames; the writer delivers what is queued, then ends. The session's
+    /// reader stops too ([`Outbox::closed`]).
     pub fn close(&self) {
         self.lock().closed = true;
+        self.closed.cancel();
         self.ready.notify_one();
         self.drained.notify_waiters();
     }
@@ -196,9 +234,21 @@ impl Outbox {
         self.lock().closed
     }
 
-    /// Bytes queued now.
+    /// Completes once the outbox is closed (by the session, the writer, or a `disconnect`
+    /// slow-client policy).
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
+    }
+
+    /// Bytes counted against the limit now: queued and in flight, as charged.
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().total()
+    }
+
+    /// Whether nothing is queued, in flight or waiting to be announced.
+    pub fn is_empty(&self) -> bool {
+        let inner = self.lock();
+        inner.queue.is_empty() && inner.in_flight == 0 && inner.dropped.is_empty()
     }
 
     /// Waits until the queue holds no more than `max_bytes`, so that a client that sends
@@ -208,7 +258,7 @@ impl Outbox {
             let notified = self.drained.notified();
             {
                 let inner = self.lock();
-                if inner.closed || inner.bytes <= self.max_bytes {
+                if inner.closed || inner.total() <= self.max_bytes {
                     return;
                 }
             }
@@ -216,23 +266,53 @@ impl Outbox {
         }
     }
 
-    /// Waits for frames and takes all of them. Returns `last = true` with the final frames
-    /// once the outbox is closed and empty.
+    /// Gives back `bytes` (the sum of [`charge`] of frames taken with [`Outbox::take`]) once
+    /// they are written.
+    pub fn release(&self, bytes: usize) {
+        let below = {
+            let mut inner = self.lock();
+            inner.in_flight = inner.in_flight.saturating_sub(bytes);
+            inner.total() <= self.max_bytes
+        };
+        if below {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits for frames and takes the oldest of them, up to a bounded batch (at least one
+    /// frame). Their bytes stay counted until [`Outbox::release`]. Returns `last = true` with
+    /// the final frames once the outbox is closed and everything else was taken.
     pub async fn take(&self) -> Batch {
         loop {
             let notified = self.ready.notified();
             {
                 let mut inner = self.lock();
                 if !inner.queue.is_empty() || !inner.dropped.is_empty() || inner.closed {
+                    let mut items = VecDeque::new();
+                    let mut taken = 0;
+                    while let Some(item) = inner.queue.front() {
+                        let cost = charge(item.bytes().len());
+                        if !items.is_empty() && taken + cost > BATCH_BYTES {
+                            break;
+                        }
+                        taken += cost;
+                        if let Some(item) = inner.queue.pop_front() {
+                            if matches!(item, Item::Data(..)) {
+                                inner.data_count -= 1;
+                            }
+                            items.push_back(item);
+                        }
+                    }
+                    inner.queued_bytes -= taken;
+                    inner.in_flight += taken;
+                    if inner.queue.is_empty() && inner.queue.capacity() > KEEP_SLOTS {
+                        inner.queue = VecDeque::new();
+                    }
                     let batch = Batch {
-                        items: std::mem::take(&mut inner.queue),
+                        items,
                         lagged: std::mem::take(&mut inner.dropped),
-                        last: inner.closed,
+                        last: inner.closed && inner.queue.is_empty(),
                     };
-                    inner.bytes = 0;
-                    inner.data_count = 0;
-                    drop(inner);
-                    self.drained.notify_waiters();
                     return batch;
                 }
             }
@@ -296,11 +376,75 @@ mod tests {
 
     #[tokio::test]
     async fn byte_limit_applies_too() {
-        let o = Outbox::new(100, 25);
+        let o = Outbox::new(100, 2 * charge(10) + 5);
         push(&o, 1);
         push(&o, 2);
         assert_eq!(push(&o, 3), Pushed::Queued(1));
-        assert_eq!(o.queued_bytes(), 20);
+        assert_eq!(o.queued_bytes(), 2 * charge(10));
+    }
+
+    /// Whether `wait_below_limit` would return now.
+    fn below(o: &Outbox) -> bool {
+        use std::future::Future;
+        let fut = std::pin::pin!(o.wait_below_limit());
+        let waker = std::task::Waker::noop();
+        fut.poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    #[tokio::test]
+    async fn replies_count_and_a_taken_batch_counts_until_written() {
+        let o = Outbox::new(100, 3 * charge(10));
+        for n in 0..3 {
+            o.push_control(f(n));
+        }
+        assert!(below(&o));
+        o.push_control(f(3));
+        assert!(!below(&o), "replies count against the limit");
+        let b = o.take().await;
+        assert_eq!(b.frames().count(), 4);
+        assert_eq!(
+            o.queued_bytes(),
+            4 * charge(10),
+            "the batch in flight still counts"
+        );
+        assert!(!below(&o));
+        o.release(2 * charge(10));
+        assert!(below(&o), "bytes come back as they are written");
+        o.release(2 * charge(10));
+        assert_eq!(o.queued_bytes(), 0);
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test]
+    async fn data_in_flight_leaves_less_room_for_queued_data() {
+        let o = Outbox::new(100, 3 * charge(10));
+        push(&o, 1);
+        push(&o, 2);
+        let b = o.take().await;
+        assert_eq!(b.frames().count(), 2);
+        push(&o, 3);
+        // One more does not fit beside the two in flight: the oldest queued one goes.
+        assert_eq!(push(&o, 4), Pushed::Queued(1));
+        let b2 = o.take().await;
+        assert_eq!(b2.frames().cloned().collect::<Vec<_>>(), vec![f(4)]);
+        assert_eq!(b2.lagged, vec![(ep(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded_but_take_at_least_one_frame() {
+        let o = Outbox::new(1 << 20, usize::MAX);
+        for _ in 0..10_000 {
+            o.push_control(f(1));
+        }
+        let b = o.take().await;
+        let n = b.frames().count();
+        assert!(n > 1 && n * charge(10) <= BATCH_BYTES, "{n}");
+        let big = Outbox::new(10, usize::MAX);
+        big.push_control(Bytes::from(vec![0; 2 * BATCH_BYTES]));
+        big.push_control(f(2));
+        assert_eq!(big.take().await.frames().count(), 1);
+        assert_eq!(big.take().await.frames().count(), 1);
     }
 
     #[tokio::test]
@@ -313,6 +457,8 @@ mod tests {
             Pushed::Disconnected
         );
         assert!(o.is_closed());
+        // The session's reader learns at once.
+        o.closed().await;
         let b = o.take().await;
         assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(0), f(99)]);
         assert!(b.last);

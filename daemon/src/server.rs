@@ -4,17 +4,31 @@
 //! into the client's [`Outbox`]; the writer drains the outbox into the socket in batches.
 //! Endpoint drivers push data frames into the same outbox, so one slow client only ever fills
 //! its own queue.
+//!
+//! **The session has one owner of its teardown**: [`Session::run`]. The reader stops as soon
+//! as the outbox closes (the client left, broke the protocol, missed a deadline, or lagged
+//! under `slow_client = "disconnect"`), or the daemon shuts down; the writer stops when the
+//! closed outbox is drained, when a write fails, or when a write makes no progress for
+//! `write_timeout`, and closes the outbox on its way out. When both halves are done, the
+//! socket is dropped and the client's `max_clients` slot is given back.
+//!
+//! Every buffer of a session is bounded: the outbox by `client_queue_bytes` (replies and the
+//! batch being written included), the read buffer by the frame it holds (at most
+//! [`PRE_HELLO_MAX_FRAME`] before `hello`; above [`SMALL_FRAME`] only with bytes from the
+//! daemon-wide `client_read_budget`), and it shrinks back once a large frame is handled.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt as _;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsmux_proto::frame::check;
@@ -23,13 +37,37 @@ use wsmux_proto::{
     PROTOCOL_VERSION,
 };
 
+use crate::deadline::{Limits, LogLimit, ReadTimers};
 use crate::endpoint::{ClientId, Command, Endpoint, SendRequest};
 use crate::frames;
 use crate::local;
-use crate::outbox::Outbox;
+use crate::outbox::{charge, Outbox};
+use crate::text::{escape, MAX_PEER_TEXT};
 
-/// How long a closing session may take to flush its last frames.
+/// How long a closing session may take to flush its last frames at daemon shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a refused connection may take to accept its one `error` frame.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Most bytes of a refused peer's input read (without waiting) before closing, so that the
+/// close does not reset the connection before the peer has read the error.
+const REFUSE_DRAIN: usize = 16 * 1024;
+
+/// At most one log line per this interval for each kind of refusal.
+const REFUSE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Largest frame accepted before `hello` (`hello` itself is a few dozen bytes).
+pub const PRE_HELLO_MAX_FRAME: usize = 4 * 1024;
+
+/// Frames up to this size (header included) are read without the daemon-wide budget.
+pub const SMALL_FRAME: usize = 64 * 1024;
+
+/// A read buffer larger than this is given back once it is empty.
+const KEEP_READ_BUFFER: usize = 16 * 1024;
+
+/// How much room a read of small frames asks for.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// A `reload` request from a client.
 #[derive(Debug)]
@@ -60,6 +98,10 @@ pub struct ServerContext {
     pub allowed_uids: HashSet<u32>,
     /// `wsmuxd/<version>`.
     pub server_name: String,
+    /// Deadlines of every session.
+    pub limits: Limits,
+    /// Daemon-wide bytes for large frames being received (`client_read_budget`).
+    pub read_budget: Arc<Semaphore>,
 }
 
 impl ServerContext {
@@ -105,6 +147,8 @@ pub async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(max_clients));
+    let refused_uid = Mutex::new(LogLimit::new(REFUSE_LOG_INTERVAL));
+    let refused_full = Mutex::new(LogLimit::new(REFUSE_LOG_INTERVAL));
     let next_id = AtomicU64::new(1);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -112,7 +156,7 @@ pub async fn accept_loop(
             _ = cancel.cancelled() => break,
             r = listener.accept() => r,
         };
-        let mut stream = match stream {
+        let stream = match stream {
             Ok(s) => {
                 backoff = Duration::from_millis(5);
                 s
@@ -133,11 +177,15 @@ pub async fn accept_loop(
         let allowed =
             uid.is_some_and(|u| u == local::current_uid() || ctx.allowed_uids.contains(&u));
         if !allowed {
-            tracing::warn!(
-                client = id,
-                ?uid,
-                "refusing a peer whose uid is not allowed"
-            );
+            if let Some(suppressed) = lock(&refused_uid).event(std::time::Instant::now()) {
+                tracing::warn!(
+                    client = id,
+                    ?uid,
+                    suppressed,
+                    "refusing a peer whose uid is not allowed (suppressed: refusals since the \
+                     last such line)"
+                );
+            }
             tracker.spawn(refuse(
                 stream,
                 ErrorCode::PermissionDenied,
@@ -146,11 +194,15 @@ pub async fn accept_loop(
             continue;
         }
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(
-                client = id,
-                max_clients,
-                "refusing a client: too many clients"
-            );
+            if let Some(suppressed) = lock(&refused_full).event(std::time::Instant::now()) {
+                tracing::warn!(
+                    client = id,
+                    max_clients,
+                    suppressed,
+                    "refusing a client: too many clients (suppressed: refusals since the last \
+                     such line)"
+                );
+            }
             tracker.spawn(refuse(
                 stream,
                 ErrorCode::TooManyClients,
@@ -164,32 +216,37 @@ pub async fn accept_loop(
             tracing::debug!(client = id, "connected");
             ctx.clients.fetch_add(1, Ordering::Relaxed);
             let session = Session::new(id, Arc::clone(&ctx));
-            session.run(&mut stream, cancel).await;
+            session.run(stream, cancel).await;
             ctx.clients.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
 }
 
-/// Sends one fatal error and closes. The peer's first bytes (its `hello`) are read and
-/// discarded for a moment first: closing with unread input would reset the connection, and
-/// the peer could lose the error before reading it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends one fatal error and closes at once. The error is written with a short deadline (a
+/// fresh connection has room for it); input that already arrived (typically the peer's
+/// `hello`) is read without waiting, so that the close does not reset the connection before
+/// the peer reads the error. Nothing more is read.
 async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
     let frame = frames::error(None, code, message);
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+    let _ = tokio::time::timeout(REFUSE_WRITE_TIMEOUT, async {
         stream.write_all(&frame).await?;
-        stream.flush().await?;
-        let mut sink = [0u8; 4096];
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => total += n,
-                _ => break,
-            }
-        }
-        Ok::<(), std::io::Error>(())
+        stream.flush().await
     })
     .await;
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < REFUSE_DRAIN {
+        match stream.read(&mut sink).now_or_never() {
+            Some(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+    let _ = stream.shutdown().now_or_never();
 }
 
 /// One client connection.
@@ -218,10 +275,22 @@ enum End {
     Truncated,
     /// A fatal protocol error: the error frame is queued, close after flushing it.
     Fatal,
+    /// A deadline expired: the `timeout` error is queued, close after flushing it.
+    Timeout(crate::deadline::Expired),
     /// Read error.
     Io(std::io::Error),
-    /// Shutdown or writer failure.
+    /// The outbox was closed (the writer ended, or the client lagged under `disconnect`).
+    Closed,
+    /// Daemon shutdown.
     Cancelled,
+}
+
+/// What stops the reader between or during reads.
+enum Stop {
+    /// Keep going.
+    No,
+    /// Stop with this end.
+    Yes(End),
 }
 
 impl Session {
@@ -238,104 +307,246 @@ impl Session {
         }
     }
 
-    async fn run(mut self, stream: &mut Stream, cancel: CancellationToken) {
+    /// Runs the session to its end and owns its teardown: whichever half ends first, the
+    /// other follows, and the socket is closed when this returns.
+    async fn run(mut self, stream: Stream, shutdown: CancellationToken) {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let writer_cancel = cancel.clone();
         let outbox = Arc::clone(&self.outbox);
+        let write_timeout = self.ctx.limits.write;
+        let id = self.id;
         let write_half = async move {
-            if let Err(e) = write_loop(&mut writer, &outbox).await {
-                tracing::debug!(error = %e, "write to client failed");
+            let result = write_loop(&mut writer, &outbox, write_timeout).await;
+            // Whatever ended the writer, nothing more is read from or queued for this client.
+            outbox.close();
+            match &result {
+                Ok(()) => {
+                    let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::info!(
+                        client = id,
+                        "closed a client that read nothing for write_timeout ({write_timeout:?})"
+                    );
+                }
+                Err(e) => tracing::debug!(client = id, error = %e, "write to client failed"),
             }
-            // Whether the client went away or was closed (lagging), the reader stops too.
-            writer_cancel.cancel();
-            let _ = writer.shutdown().await;
         };
         let read_half = async {
-            let end = self.read_loop(&mut reader, &cancel).await;
-            // Leave every endpoint before closing the outbox, so no frame is pushed after.
-            for name in self.subscriptions.drain() {
-                if let Some(ep) = self.ctx.endpoint(&name) {
-                    ep.unsubscribe(self.id);
-                }
-            }
-            self.outbox.close();
-            for name in self.sticky.drain() {
-                if let Some(ep) = self.ctx.endpoint(&name) {
-                    ep.command(Command::ClientGone(self.id)).await;
-                }
-            }
+            let end = self.read_loop(&mut reader, &shutdown).await;
+            self.leave().await;
             end
         };
         let (end, ()) = tokio::join!(read_half, async {
-            // The writer flushes what is queued after close; bound that at shutdown.
+            // At shutdown the writer flushes what is queued (the `closed` states), briefly.
             tokio::select! {
                 _ = write_half => {}
                 _ = async {
-                    cancel.cancelled().await;
+                    shutdown.cancelled().await;
                     tokio::time::sleep(FLUSH_TIMEOUT).await;
                 } => {}
             }
         });
+        let name = self
+            .client_name
+            .as_deref()
+            .map(|n| escape(n, MAX_PEER_TEXT));
         match end {
-            End::Eof => tracing::debug!(client = self.id, name = ?self.client_name, "disconnected"),
+            End::Eof => tracing::debug!(client = self.id, ?name, "disconnected"),
             End::Truncated => tracing::info!(
                 client = self.id,
+                ?name,
                 "client disconnected in the middle of a frame"
             ),
             End::Fatal => {
-                tracing::info!(client = self.id, "closed a client after a protocol error")
+                tracing::info!(
+                    client = self.id,
+                    ?name,
+                    "closed a client after a protocol error"
+                )
             }
-            End::Io(e) => tracing::debug!(client = self.id, error = %e, "read from client failed"),
-            End::Cancelled => tracing::debug!(client = self.id, "session ended"),
+            End::Timeout(what) => tracing::info!(
+                client = self.id,
+                ?name,
+                "closed a client: {}",
+                what.message(&self.ctx.limits)
+            ),
+            End::Io(e) => {
+                tracing::debug!(client = self.id, ?name, error = %e, "read from client failed")
+            }
+            End::Closed => tracing::debug!(client = self.id, ?name, "session closed"),
+            End::Cancelled => tracing::debug!(client = self.id, ?name, "session ended"),
         }
+    }
+
+    /// Leaves every endpoint, then closes the outbox (so no frame is pushed after), then
+    /// forgets sticky messages.
+    async fn leave(&mut self) {
+        for name in self.subscriptions.drain() {
+            if let Some(ep) = self.ctx.endpoint(&name) {
+                ep.unsubscribe(self.id);
+            }
+        }
+        self.outbox.close();
+        for name in self.sticky.drain() {
+            if let Some(ep) = self.ctx.endpoint(&name) {
+                ep.command(Command::ClientGone(self.id)).await;
+            }
+        }
+    }
+
+    /// Whether the client is idle: no subscription, no sticky message, nothing queued for it
+    /// and nobody else holding its outbox (every request still waiting for a reply or a
+    /// report holds it).
+    fn is_idle(&self, own_refs: usize) -> bool {
+        self.subscriptions.is_empty()
+            && self.sticky.is_empty()
+            && Arc::strong_count(&self.outbox) <= own_refs
+            && self.outbox.is_empty()
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-        cancel: &CancellationToken,
+        shutdown: &CancellationToken,
     ) -> End {
-        // Small while idle (most clients send little); grows for large sends.
-        let mut buf = BytesMut::with_capacity(1024);
+        let outbox = Arc::clone(&self.outbox);
+        // The session, its writer and this loop hold the outbox; any other holder is work in
+        // flight (a subscription, or a request waiting for its reply or report).
+        let own_refs = Arc::strong_count(&self.outbox);
+        let limits = self.ctx.limits;
+        let mut timers = ReadTimers::new(limits, Instant::now().into_std());
+        let closed = outbox.closed();
+        tokio::pin!(closed);
+        let deadline = tokio::time::sleep_until(Instant::from_std(timers.next()));
+        tokio::pin!(deadline);
+        // Starts empty; small while idle (most clients send little); grows for a large frame
+        // only with bytes from the daemon-wide budget, and shrinks back after it.
+        let mut buf = BytesMut::new();
+        let mut budget: Option<OwnedSemaphorePermit> = None;
         loop {
             // Handle every whole frame already buffered.
             loop {
-                let total = match check(&buf, self.ctx.max_frame) {
+                let max = if self.greeted {
+                    self.ctx.max_frame
+                } else {
+                    PRE_HELLO_MAX_FRAME
+                };
+                let total = match check(&buf, max) {
                     Ok(Some(total)) => total,
                     Ok(None) => break,
                     Err(e) => {
+                        let hint = if self.greeted { "" } else { " before `hello`" };
                         self.outbox.push_control(frames::error(
                             None,
                             ErrorCode::FrameTooLarge,
-                            e.to_string(),
+                            format!("{e}{hint}"),
                         ));
                         return End::Fatal;
                     }
                 };
                 let frame = buf.split_to(total);
-                if !self.handle_frame(&frame[HEADER_LEN..]).await {
+                let was_greeted = self.greeted;
+                let keep = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return End::Cancelled,
+                    _ = &mut closed => return End::Closed,
+                    keep = self.handle_frame(&frame[HEADER_LEN..]) => keep,
+                };
+                drop(frame);
+                if !keep {
                     return End::Fatal;
                 }
-                // A client that sends requests but never reads the answers waits here.
+                let now = Instant::now().into_std();
+                if self.greeted && !was_greeted {
+                    timers.greeted(now);
+                }
+                timers.frame_done(now, !buf.is_empty());
+                // A client that sends requests but never reads the answers waits here; the
+                // writer's deadline bounds the wait.
                 tokio::select! {
-                    _ = cancel.cancelled() => return End::Cancelled,
+                    biased;
+                    _ = shutdown.cancelled() => return End::Cancelled,
+                    _ = &mut closed => return End::Closed,
                     _ = self.outbox.wait_below_limit() => {}
                 }
             }
-            if buf.capacity() - buf.len() < 512 {
-                buf.reserve(8 * 1024);
+            // Give memory back between frames. After a large frame the empty buffer may
+            // report no capacity yet still hold the whole allocation: replace it.
+            if buf.is_empty() && (budget.take().is_some() || buf.capacity() > KEEP_READ_BUFFER) {
+                buf = BytesMut::new();
             }
+            // How many bytes the frame being received needs in all, once its header is in.
+            let announced = buf
+                .get(..HEADER_LEN)
+                .map(|h| HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize);
+            let large = announced.filter(|n| *n > SMALL_FRAME);
+            if let (Some(total), None) = (large, &budget) {
+                // Only the body counts: the budget is at least `max_frame_size`.
+                let body = (total - HEADER_LEN) as u32;
+                let permit = Arc::clone(&self.ctx.read_budget).acquire_many_owned(body);
+                deadline.as_mut().reset(Instant::from_std(timers.next()));
+                let stop = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Stop::Yes(End::Cancelled),
+                    _ = &mut closed => Stop::Yes(End::Closed),
+                    _ = &mut deadline => Stop::No,
+                    p = permit => {
+                        budget = p.ok();
+                        Stop::No
+                    }
+                };
+                if let Stop::Yes(end) = stop {
+                    return end;
+                }
+                if budget.is_none() {
+                    if let Some(expired) =
+                        timers.check(Instant::now().into_std(), self.is_idle(own_refs))
+                    {
+                        return self.expire(expired);
+                    }
+                    continue;
+                }
+                buf.reserve(total - buf.len());
+            }
+            // Never read past the end of a large frame; read small frames in chunks.
+            let room = match large {
+                Some(total) => total - buf.len(),
+                None => {
+                    if buf.capacity() - buf.len() < 512 {
+                        buf.reserve(READ_CHUNK);
+                    }
+                    buf.capacity() - buf.len()
+                }
+            };
+            deadline.as_mut().reset(Instant::from_std(timers.next()));
+            let mut limited = (&mut *reader).take(room as u64);
             let n = tokio::select! {
-                _ = cancel.cancelled() => return End::Cancelled,
-                r = reader.read_buf(&mut buf) => r,
+                biased;
+                _ = shutdown.cancelled() => return End::Cancelled,
+                _ = &mut closed => return End::Closed,
+                _ = &mut deadline => {
+                    if let Some(expired) =
+                        timers.check(Instant::now().into_std(), self.is_idle(own_refs))
+                    {
+                        return self.expire(expired);
+                    }
+                    continue;
+                }
+                r = limited.read_buf(&mut buf) => r,
             };
             match n {
                 Ok(0) if buf.is_empty() => return End::Eof,
                 Ok(0) => return End::Truncated,
-                Ok(_) => {}
+                Ok(_) => timers.input(Instant::now().into_std(), true),
                 Err(e) => return End::Io(e),
             }
         }
+    }
+
+    /// Tells the client which deadline expired; the session then closes.
+    fn expire(&self, expired: crate::deadline::Expired) -> End {
+        self.fail(None, ErrorCode::Timeout, expired.message(&self.ctx.limits));
+        End::Timeout(expired)
     }
 
     fn reply(&self, msg: ServerMsg) {
@@ -385,7 +596,11 @@ impl Session {
                 return false;
             }
             self.greeted = true;
-            tracing::debug!(client = self.id, name = ?hello.client, "hello");
+            tracing::debug!(
+                client = self.id,
+                name = ?hello.client.as_deref().map(|n| escape(n, MAX_PEER_TEXT)),
+                "hello"
+            );
             self.client_name = hello.client;
             self.reply(ServerMsg::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
@@ -544,14 +759,43 @@ impl Session {
 /// is per client, so it bounds a client's private memory however much is queued.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Drains the outbox into the socket: whatever was queued, coalesced into as few writes as
-/// possible (each at most [`WRITE_CHUNK`] bytes, or one larger frame).
-async fn write_loop<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &Outbox) -> std::io::Result<()> {
-    // Allocated on first use and shrunk after small batches, so an idle client costs nothing.
+/// Writes all of `bytes`, failing with `TimedOut` if one write makes no progress within
+/// `limit` (the client reads nothing).
+async fn write_within<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = match tokio::time::timeout(limit, writer.write(bytes)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Drains the outbox into the socket: batches coalesced into as few writes as possible (each
+/// at most [`WRITE_CHUNK`] bytes, or one larger frame), giving the bytes back to the outbox as
+/// they are written. Ends once the closed outbox is drained, or when a write fails or makes
+/// no progress for `write_timeout`.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    outbox: &Outbox,
+    write_timeout: Duration,
+) -> std::io::Result<()> {
+    // Allocated on first use and given back after small batches, so an idle client costs
+    // nothing.
     let mut buf = Vec::new();
     loop {
         let batch = outbox.take().await;
         buf.clear();
+        // Charged bytes of the frames copied into `buf` and not yet written.
+        let mut pending = 0;
         let mut written = 0;
         for (endpoint, dropped) in &batch.lagged {
             buf.extend_from_slice(&frames::encode(&ServerMsg::Lagged(Lagged {
@@ -562,22 +806,29 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: &mut W, outbox: &Outbox) -> s
         for frame in batch.frames() {
             written += frame.len();
             if !buf.is_empty() && buf.len() + frame.len() > WRITE_CHUNK {
-                writer.write_all(&buf).await?;
+                write_within(writer, &buf, write_timeout).await?;
+                outbox.release(pending);
+                pending = 0;
                 buf.clear();
             }
             if frame.len() >= WRITE_CHUNK {
                 // A large frame goes out as it is, without a copy.
-                writer.write_all(frame).await?;
+                write_within(writer, frame, write_timeout).await?;
+                outbox.release(charge(frame.len()));
             } else {
                 buf.extend_from_slice(frame);
+                pending += charge(frame.len());
             }
         }
         if !buf.is_empty() {
-            writer.write_all(&buf).await?;
+            write_within(writer, &buf, write_timeout).await?;
         }
+        outbox.release(pending);
         if batch.last {
-            writer.flush().await?;
-            return Ok(());
+            return match tokio::time::timeout(write_timeout, writer.flush()).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            };
         }
         if buf.capacity() > 8 * 1024 && written < buf.capacity() / 4 {
             buf = Vec::new();

@@ -64,6 +64,9 @@ pub enum ErrorCode {
     Unsupported,
     /// Something failed inside the daemon.
     Internal,
+    /// A deadline expired: no `hello`, no whole frame, or no request in time. Fatal: the
+    /// connection is closed.
+    Timeout,
     /// A code this version of the crate does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Unknown => "unknown",
         }
     }

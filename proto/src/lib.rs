@@ -15,6 +15,7 @@ pub mod frame;
 mod message;
 pub mod paths;
 mod payload;
+mod scan;
 
 pub use codes::ErrorCode;
 pub use frame::{encode, encode_data_message, encode_to_vec, EncodeError, FrameError};

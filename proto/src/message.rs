@@ -1,13 +1,13 @@
 //! Typed messages and their decoding from a frame body.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::ErrorCode;
 use crate::payload::{Payload, DATA_EXPECTING};
+use crate::scan::{self, Malformed, Scan};
 
 /// A message from a local client to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -433,78 +433,9 @@ impl MessageError {
     }
 }
 
-/// What every message shares: a `type`, and maybe an `id`.
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(rename = "type", default)]
-    ty: Option<String>,
-    #[serde(default)]
-    id: Option<LenientId>,
-}
-
-/// Reads `id` if it is an unsigned integer and ignores it otherwise, so that a bad `id` does
-/// not hide the message's `type`.
-struct LenientId(Option<u64>);
-
-impl<'de> Deserialize<'de> for LenientId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = LenientId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<LenientId, E> {
-                Ok(LenientId(Some(v)))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<LenientId, E> {
-                Ok(LenientId(u64::try_from(v).ok()))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_bytes<E>(self, _: &[u8]) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_unit<E>(self) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_none<E>(self) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<LenientId, D::Error> {
-                d.deserialize_any(V)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<LenientId, A::Error> {
-                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(LenientId(None))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<LenientId, A::Error> {
-                while a
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(LenientId(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Reads the envelope of a frame body: checks it is exactly one map and returns its `type`.
-fn envelope(body: &[u8]) -> Result<(String, Option<u64>), MessageError> {
+/// Reads the envelope of a frame body: checks it is exactly one map, and returns its `type`,
+/// its `id` (when readable) and what the byte-level scan found.
+fn envelope(body: &[u8]) -> Result<(String, Option<u64>, Scan<'_>), MessageError> {
     match body.first() {
         Some(0x80..=0x8f | 0xde | 0xdf) => {}
         Some(_) => {
@@ -522,23 +453,44 @@ fn envelope(body: &[u8]) -> Result<(String, Option<u64>), MessageError> {
             ))
         }
     }
-    let mut de = rmp_serde::Deserializer::new(Cursor::new(body));
-    let env = Envelope::deserialize(&mut de).map_err(|e| classify(e, None))?;
-    if de.position() != body.len() as u64 {
-        return Err(MessageError::new(
-            ErrorCode::InvalidMsgpack,
-            "the frame body holds bytes after the map",
-            None,
-        ));
+    let scan = scan::scan(body).map_err(|e| {
+        let why = match e {
+            Malformed::Truncated => "the frame body ends in the middle of a value",
+            Malformed::BadMarker => "the frame body holds the reserved marker 0xc1",
+            Malformed::Trailing => "the frame body holds bytes after the map",
+            Malformed::TooDeep => "the frame body nests arrays and maps too deeply",
+        };
+        MessageError::new(ErrorCode::InvalidMsgpack, why, None)
+    })?;
+    let id = scan.id;
+    let invalid = |why: String| Err(MessageError::new(ErrorCode::InvalidMessage, why, id));
+    if scan.non_str_key {
+        return invalid("every map key must be a MessagePack str".into());
     }
-    let id = env.id.and_then(|i| i.0);
-    match env.ty {
-        Some(ty) => Ok((ty, id)),
+    if let Some(key) = &scan.duplicate {
+        return invalid(format!("the key `{key}` is given more than once"));
+    }
+    match scan.ty {
+        Some(Ok(ty)) => Ok((ty.to_owned(), id, scan)),
+        Some(Err(why)) => invalid(why.into()),
         None => Err(MessageError::new(
             ErrorCode::MissingType,
             "the map has no string `type`",
             id,
         )),
+    }
+}
+
+/// A `data` or `undo` `str` that is not valid UTF-8 cannot be a text message: rmp-serde would
+/// hand it over as bytes, and it would travel as a binary one.
+fn check_text(scan: &Scan<'_>, id: Option<u64>) -> Result<(), MessageError> {
+    match scan.bad_text {
+        Some(field) => Err(MessageError::new(
+            ErrorCode::InvalidData,
+            format!("`{field}` is a MessagePack str that is not valid UTF-8"),
+            id,
+        )),
+        None => Ok(()),
     }
 }
 
@@ -564,12 +516,15 @@ fn body_as<T: DeserializeOwned>(body: &[u8], id: Option<u64>) -> Result<T, Messa
 
 /// Decodes the body of a frame sent by a client.
 pub fn decode_client(body: &[u8]) -> Result<ClientMsg, MessageError> {
-    let (ty, id) = envelope(body)?;
+    let (ty, id, scan) = envelope(body)?;
     Ok(match ty.as_str() {
         "hello" => ClientMsg::Hello(body_as(body, id)?),
         "subscribe" => ClientMsg::Subscribe(body_as(body, id)?),
         "unsubscribe" => ClientMsg::Unsubscribe(body_as(body, id)?),
-        "send" => ClientMsg::Send(body_as(body, id)?),
+        "send" => {
+            check_text(&scan, id)?;
+            ClientMsg::Send(body_as(body, id)?)
+        }
         "status" => ClientMsg::Status(body_as(body, id)?),
         "ping" => ClientMsg::Ping(body_as(body, id)?),
         "reconnect" => ClientMsg::Reconnect(body_as(body, id)?),
@@ -586,10 +541,13 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, MessageError> {
 
 /// Decodes the body of a frame sent by the daemon.
 pub fn decode_server(body: &[u8]) -> Result<ServerMsg, MessageError> {
-    let (ty, id) = envelope(body)?;
+    let (ty, id, scan) = envelope(body)?;
     Ok(match ty.as_str() {
         "welcome" => ServerMsg::Welcome(body_as(body, id)?),
-        "message" => ServerMsg::Message(body_as(body, id)?),
+        "message" => {
+            check_text(&scan, id)?;
+            ServerMsg::Message(body_as(body, id)?)
+        }
         "state" => ServerMsg::State(body_as(body, id)?),
         "ack" => ServerMsg::Ack(body_as(body, id)?),
         "error" => ServerMsg::Error(body_as(body, id)?),

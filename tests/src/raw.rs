@@ -15,8 +15,39 @@ use wsmux_proto::{
 
 /// A connection to the daemon's socket.
 pub struct Raw {
+    /// The connection.
     stream: UnixStream,
+    /// Bytes read and not yet decoded.
     buf: BytesMut,
+}
+
+/// The reading half of a [`Raw`] connection, after [`Raw::split`].
+pub struct RawReader {
+    /// The reading half.
+    half: tokio::net::unix::OwnedReadHalf,
+    /// Bytes read and not yet decoded.
+    buf: BytesMut,
+}
+
+impl RawReader {
+    /// Reads the next frame within `limit`; `None` on end of stream or a reset.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerMsg> {
+        let read = async {
+            loop {
+                if let Some(total) = check(&self.buf, usize::MAX).expect("frame") {
+                    let frame = self.buf.split_to(total);
+                    return Some(decode_server(&frame[HEADER_LEN..]).expect("decodable frame"));
+                }
+                match self.half.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, read)
+            .await
+            .expect("no frame from the daemon in time")
+    }
 }
 
 impl Raw {
@@ -41,6 +72,27 @@ impl Raw {
         let welcome = raw.recv().await.expect("welcome");
         assert!(matches!(welcome, ServerMsg::Welcome(_)), "{welcome:?}");
         (raw, welcome)
+    }
+
+    /// Splits the connection, so that one task can write while another reads.
+    pub fn split(self) -> (RawReader, tokio::net::unix::OwnedWriteHalf) {
+        let (half, write) = self.stream.into_split();
+        (
+            RawReader {
+                half,
+                buf: self.buf,
+            },
+            write,
+        )
+    }
+
+    /// Writes raw bytes, failing if the daemon does not take them within `limit` (or closed
+    /// the connection).
+    pub async fn try_write(&mut self, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+        match tokio::time::timeout(limit, self.stream.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
     }
 
     /// Writes raw bytes.

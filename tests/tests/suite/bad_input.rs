@@ -178,6 +178,38 @@ async fn unsubscribe_and_request_errors() {
             other => panic!("unexpected {other:?}"),
         }
     }
+    // Once the daemon has received an upstream message (its `messages_in` counts it), that
+    // message was fanned out to every subscriber already: this client must never see it.
+    let before = messages_in(&mut c, 10).await;
     up.broadcast(Message::text("not for you"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut id = 11;
+    while messages_in(&mut c, id).await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never received the message"
+        );
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     still_serves(&mut c, 4).await;
+}
+
+/// Asks for `status` and returns the `messages_in` of `feed`; any other frame fails the test.
+async fn messages_in(c: &mut Raw, id: u64) -> u64 {
+    c.send(&ClientMsg::Status(wsmux_proto::StatusRequest {
+        id: Some(id),
+    }))
+    .await;
+    match c.recv().await {
+        Some(ServerMsg::Status(s)) => {
+            assert_eq!(s.id, Some(id));
+            s.endpoints
+                .iter()
+                .find(|e| e.name == "feed")
+                .map(|e| e.messages_in)
+                .expect("feed in status")
+        }
+        other => panic!("expected status, got {other:?}"),
+    }
 }

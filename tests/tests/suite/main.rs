@@ -15,6 +15,8 @@ mod clients;
 mod config;
 /// Delivery guarantees: outbound queue, `on_connect`, sticky sends.
 mod delivery;
+/// Exact decoding end to end: UTF-8 text, ids kept, nesting bounded.
+mod exact;
 /// Fan-out to many subscribers, ordering, `send` with ack, status.
 mod fanout;
 /// Upstream health: reconnects, half-open detection, heartbeats, backoff, refusals.
@@ -31,14 +33,20 @@ mod interop_node_ws;
 mod lifecycle;
 /// Liveness conventions: auto-replies, idle-only and binary heartbeats.
 mod liveness;
+/// The open-files limit and max_clients.
+mod open_files;
 /// Configuration reload, rotation and shutdown drain.
 mod operations;
 /// The Python example client from `examples/python`.
 mod python;
 /// Secrets stay out of `--check`, logs and `status`.
 mod secrets;
+/// Sessions: bounded buffers, deadlines, one owner of teardown.
+mod sessions;
 /// The local socket: file mode, stale sockets, a second daemon, peer uid.
 mod socket;
+/// The default socket directory: no symlinks, no foreign or shared directories.
+mod socket_dir;
 /// `wss://` with private CAs, wrong names and client certificates.
 mod tls;
 

@@ -49,29 +49,42 @@ async fn a_second_daemon_on_the_same_socket_is_refused_and_the_first_keeps_servi
     assert!(matches!(welcome, wsmux_proto::ServerMsg::Welcome(_)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_with_another_uid_is_refused() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: connecting as another user needs root");
-        return;
-    }
-    let up = Upstream::start().await;
+/// `wsmux status` run as `uid` (gid the same, no supplementary groups) through `setpriv`.
+fn status_as(uid: u32, socket: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(bin("wsmux"))
+        .args(["--socket", socket.to_str().unwrap(), "status"])
+        .env_remove("WSMUX_SOCKET")
+        .output()
+        .expect("run setpriv (util-linux)")
+}
+
+/// A daemon whose socket everyone may open, so that only the uid check decides.
+fn open_daemon(up: &Upstream, extra: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.path().join("wsmuxd.sock");
-    // The file mode lets everyone connect, so the uid check is what refuses.
     let config = format!(
-        "socket_mode = \"0666\"\n{}",
+        "socket_mode = \"0666\"\n{extra}{}",
         endpoint_toml("feed", &up.url(), "")
     );
-    let d = Daemon::start_in(dir, socket, &config);
-    let out = std::process::Command::new(bin("wsmux"))
-        .args(["--socket", d.socket.to_str().unwrap(), "status"])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    Daemon::start_in(dir, socket, &config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_uid_is_refused_unless_allowed() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test plays another user (uid 65534) and needs root, as CI runs it"
+    );
+    let up = Upstream::start().await;
+    let d = open_daemon(&up, "");
+    let out = status_as(65534, &d.socket);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
@@ -81,6 +94,17 @@ async fn a_peer_with_another_uid_is_refused() {
     // The daemon's own user is still welcome.
     let (_c, welcome) = Raw::greeted(&d.socket).await;
     assert!(matches!(welcome, wsmux_proto::ServerMsg::Welcome(_)));
-}
 
-use std::os::unix::process::CommandExt;
+    // `allowed_uids` admits that user, and only that one.
+    let d = open_daemon(&up, "allowed_uids = [65534]\n");
+    let out = status_as(65534, &d.socket);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("feed"), "{stdout}");
+    let out = status_as(65533, &d.socket);
+    assert_eq!(out.status.code(), Some(4));
+}
