@@ -60,6 +60,7 @@ FATAL_CODES = frozenset(
         "too_many_clients",
         "permission_denied",
         "lagged",
+        "timeout",
     }
 )
 

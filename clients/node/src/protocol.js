@@ -24,6 +24,8 @@ export const FATAL_CODES = new Set([
   "unsupported_version",
   "too_many_clients",
   "permission_denied",
+  "lagged",
+  "timeout",
 ]);
 
 /** Frame types that answer a request; they carry the request's `id` when it had one. */

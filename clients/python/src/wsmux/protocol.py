@@ -38,6 +38,8 @@ FATAL_CODES = frozenset(
         "unsupported_version",
         "too_many_clients",
         "permission_denied",
+        "lagged",
+        "timeout",
     }
 )
 
