@@ -64,6 +64,11 @@ pub enum ErrorCode {
     Unsupported,
     /// Something failed inside the daemon.
     Internal,
+    /// A sticky message was refused: it would exceed the endpoint's sticky limits (per client
+    /// or in total, by count or by bytes).
+    StickyFull,
+    /// The endpoint's send buffer stayed full for `send_timeout`: the message was not accepted.
+    Busy,
     /// A code this version of the crate does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -101,6 +106,8 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::StickyFull => "sticky_full",
+            ErrorCode::Busy => "busy",
             ErrorCode::Unknown => "unknown",
         }
     }
