@@ -323,7 +323,7 @@ impl Driver {
         match action {
             Action::Connect { attempt } => {
                 if let Link::Open(ws) = &mut self.link {
-                    close_gracefully(ws, CloseCode::Normal, "reconnecting", self.endpoint.name())
+                    close_gracefully(ws, CloseCode::Normal, "reconnect requested", self.endpoint.name())
                         .await;
                     self.link = Link::Idle;
                     let notices = self.outbound.lost(Self::now());
