@@ -323,8 +323,13 @@ impl Driver {
         match action {
             Action::Connect { attempt } => {
                 if let Link::Open(ws) = &mut self.link {
-                    close_gracefully(ws, CloseCode::Normal, "reconnect requested", self.endpoint.name())
-                        .await;
+                    close_gracefully(
+                        ws,
+                        CloseCode::Normal,
+                        "reconnect requested",
+                        self.endpoint.name(),
+                    )
+                    .await;
                     self.link = Link::Idle;
                     let notices = self.outbound.lost(Self::now());
                     self.notify(notices);
@@ -436,6 +441,7 @@ impl Driver {
         match write_all(ws, msgs, limit).await {
             Ok(()) => {
                 self.policy.on_outbound(Self::now());
+                self.mirror_to_replacement(&batch).await;
                 let c = &self.endpoint.counters;
                 for w in batch.iter().filter(|w| w.counted()) {
                     c.messages_out.fetch_add(1, Ordering::Relaxed);
@@ -455,6 +461,31 @@ impl Driver {
                 };
                 self.lost(reason, false, None);
             }
+        }
+    }
+
+    /// Sticky messages and `undo`s written during a rotation also go to an open replacement,
+    /// which got the sticky set as it was when it opened.
+    async fn mirror_to_replacement(&mut self, batch: &[Write]) {
+        let limit = self.settings.heartbeat.timeout;
+        let Some(Rotation {
+            link: Link::Open(ws),
+            ..
+        }) = self.rotation.as_mut()
+        else {
+            return;
+        };
+        let msgs: Vec<Message> = batch
+            .iter()
+            .filter(|w| w.mirrored())
+            .map(|w| to_message(&w.data))
+            .collect();
+        if msgs.is_empty() {
+            return;
+        }
+        if let Err(reason) = write_all(ws, msgs, limit).await {
+            tracing::warn!(endpoint = %self.endpoint.name(), %reason, "rotation: replacement failed; keeping the current connection");
+            self.rotation = None;
         }
     }
 

@@ -155,6 +155,17 @@ impl Write {
     }
 }
 
+impl Write {
+    /// Whether a rotation's replacement, already replayed, must get it too: it changes the
+    /// sticky state the replacement was given (a new sticky message, an `undo`).
+    pub fn mirrored(&self) -> bool {
+        matches!(
+            self.origin,
+            Origin::Send { sticky: true, .. } | Origin::Undo
+        )
+    }
+}
+
 /// Where the outbound side of the endpoint stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {

@@ -450,3 +450,30 @@ async fn losing_the_old_connection_mid_rotation_promotes_the_replacement() {
     .await;
     assert!(rx.try_recv().is_err(), "a third connection was opened");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_message_sent_during_a_rotation_reaches_the_replacement() {
+    let mut up = Upstream::start().await;
+    let d = Daemon::start(&endpoint_toml("feed", &up.url(), "max_lifetime = \"1s\"\n"));
+    up.wait_connected(1).await;
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    c.subscribe_until("feed", ConnState::Open).await;
+    within(10, "the replacement", up.wait_connected(2)).await;
+    // The replacement is open and replayed (nothing to replay yet); no data flows, so the
+    // streams cannot join before the 5 s timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(&sticky(1, "sub late")).await;
+    let mut seen_on = Vec::new();
+    within(4, "the sticky message on both connections", async {
+        while seen_on.len() < 2 {
+            if let Seen::Message(n, Message::Text(t)) = up.next().await {
+                if t.as_str() == "sub late" {
+                    seen_on.push(n);
+                }
+            }
+        }
+    })
+    .await;
+    seen_on.sort();
+    assert_eq!(seen_on, [1, 2]);
+}
