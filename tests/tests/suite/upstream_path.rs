@@ -477,3 +477,53 @@ async fn a_sticky_message_sent_during_a_rotation_reaches_the_replacement() {
     seen_on.sort();
     assert_eq!(seen_on, [1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_closes_is_dropped_and_the_old_connection_carries_on() {
+    let addr = raw_upstream(|n, mut ws| async move {
+        if n == 1 {
+            // 8 s of data, then the test is over.
+            for i in 0..400 {
+                if ws.send(Message::text(format!("old {i}"))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            // The replacement says goodbye at once but keeps the socket open.
+            let _ = ws
+                .get_mut()
+                .write_all(&close_frame(1001, "going away"))
+                .await;
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    })
+    .await;
+    let d = Daemon::start(&endpoint_toml(
+        "feed",
+        &format!("ws://{addr}/"),
+        "max_lifetime = \"1s\"\n",
+    ));
+    let mut c = open_subscriber(&d).await;
+    // Past the rotation (1 s) and its 5 s join timeout, the old connection still delivers,
+    // and the endpoint never left `open`.
+    let until = tokio::time::Instant::now() + Duration::from_millis(7500);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < until {
+        match c.recv().await {
+            Some(ServerMsg::Message(m)) => {
+                if let Payload::Text(t) = m.data {
+                    last = t;
+                }
+            }
+            Some(ServerMsg::State(s)) => panic!("state changed: {s:?}"),
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    let n: u32 = last
+        .strip_prefix("old ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(n > 300, "the old connection stopped delivering at {last:?}");
+}
