@@ -380,6 +380,12 @@ impl Endpoint {
         ));
     }
 
+    /// No more sends are accepted into the send buffer (the driver is shutting down): senders
+    /// waiting for room get `shutting_down` at once instead of waiting out `send_timeout`.
+    pub fn close_send_buffer(&self) {
+        self.budget.close();
+    }
+
     /// Bytes of the send buffer in use now.
     pub fn send_buffer_used(&self) -> usize {
         self.budget_size

@@ -902,6 +902,7 @@ impl Driver {
                 .to_owned(),
         );
         self.endpoint.set_state(ev);
+        self.endpoint.close_send_buffer();
         self.commands.close();
         while let Some(Envelope { command, .. }) = self.commands.try_recv() {
             match command {
