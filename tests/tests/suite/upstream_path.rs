@@ -527,3 +527,46 @@ async fn a_replacement_that_closes_is_dropped_and_the_old_connection_carries_on(
         .unwrap_or(0);
     assert!(n > 300, "the old connection stopped delivering at {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_looping_on_reconnect_does_not_hammer_the_upstream() {
+    let mut up = Upstream::start().await;
+    // Counts TCP connections, handshake or not: an attempt abandoned half-way still costs the
+    // upstream.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let (count, target) = (std::sync::Arc::clone(&accepted), up.addr);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let d = Daemon::start(&endpoint_toml("feed", &format!("ws://{proxy}/"), ""));
+    up.wait_connected(1).await;
+    let (mut c, _) = Raw::greeted(&d.socket).await;
+    for id in 1..=20 {
+        c.send(&ClientMsg::Reconnect(wsmux_proto::Reconnect {
+            id: Some(id),
+            endpoint: "feed".into(),
+        }))
+        .await;
+    }
+    let mut acks = 0;
+    while acks < 20 {
+        if let Some(ServerMsg::Ack(_)) = within(10, "acks", c.recv()).await {
+            acks += 1;
+        }
+    }
+    // The first request reconnects at once; the other 19 coalesce into one attempt at the end
+    // of the 1 s window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 3, "{n} connections for 20 reconnect requests");
+    c.subscribe_until("feed", ConnState::Open).await;
+}
