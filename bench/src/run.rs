@@ -163,6 +163,30 @@ pub async fn run_plan(
     if !r.send.is_empty() {
         print!("{}", tables::send(&r.send).render());
     }
+    if !plan.send.is_empty() {
+        let (sends, blast) = if smoke {
+            (50, 200_000)
+        } else {
+            (500, 20_000_000)
+        };
+        let what = format!("send under firehose sends={sends}");
+        eprintln!("{what} ...");
+        match send::run_firehose(ctx, sends, blast).await {
+            Ok(o) => {
+                eprintln!(
+                    "  ack p50 {} µs idle, {} µs under firehose",
+                    harness::stats::us(o.idle.p50),
+                    harness::stats::us(o.firehose.p50)
+                );
+                check(&mut failures, o.failed == 0, || {
+                    format!("{what}: {} sends got no ack", o.failed)
+                });
+                json.record("send_firehose", &o)?;
+                print!("{}", tables::firehose(&o).render());
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
 
     if let Some(case) = plan.scale {
         let what = format!(

@@ -193,6 +193,28 @@ pub fn send(rows: &[send::Outcome]) -> Table {
     t
 }
 
+/// Ack latency of sends with an idle upstream and under a firehose, same run.
+pub fn firehose(o: &send::FirehoseOutcome) -> Table {
+    let mut t = Table::new(
+        "send with ack while the upstream blasts (one send at a time)",
+        vec!["upstream", "sends", "ack p50 µs", "p99", "max"],
+    );
+    for (name, p) in [("idle", &o.idle), ("firehose", &o.firehose)] {
+        t.rows.push(vec![
+            name.into(),
+            p.count.to_string(),
+            us(p.p50),
+            us(p.p99),
+            us(p.max),
+        ]);
+    }
+    t.notes.push(format!(
+        "{} messages of 100 bytes blasted during the second phase; {} sends failed",
+        o.blasted, o.failed
+    ));
+    t
+}
+
 /// The scale figures.
 pub fn scale(o: &scale::Outcome) -> Table {
     let mut t = Table::new("scale and memory (daemon VmRSS)", vec!["measure", "value"]);

@@ -82,7 +82,7 @@ pub use error::{ConfigError, Origin};
 pub use settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
     LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
-    Settings, SlowClientPolicy, TlsSettings,
+    Settings, SlowClientPolicy, StickySettings, TlsSettings,
 };
 
 use env::EnvSnapshot;

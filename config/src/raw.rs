@@ -141,6 +141,33 @@ pub(crate) struct RawEndpoint {
     /// Patterns of URL path segments to hide in logs and status.
     #[serde(default, deserialize_with = "strict")]
     pub redact_segments: Option<Vec<String>>,
+    /// `[endpoints.NAME.sticky]`.
+    #[serde(default)]
+    pub sticky: Option<RawSticky>,
+    /// Bytes of `send`s accepted but not yet written or queued.
+    #[serde(default, deserialize_with = "strict")]
+    pub send_buffer_bytes: Option<usize>,
+    /// How long a `send` may wait for room in `send_buffer_bytes`.
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
+}
+
+/// `[endpoints.NAME.sticky]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of sticky message limits")]
+pub(crate) struct RawSticky {
+    /// Most sticky messages one client may hold.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_messages_per_client: Option<usize>,
+    /// Most sticky bytes one client may hold.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_bytes_per_client: Option<usize>,
+    /// Most sticky messages of all clients together.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_messages: Option<usize>,
+    /// Most sticky bytes of all clients together.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_bytes: Option<usize>,
 }
 
 /// One `on_connect` item: a string (text), or a table with one of `text`, `base64`, `hex`.
@@ -204,6 +231,9 @@ pub(crate) struct RawAutoReply {
     /// Hide matched messages from subscribers.
     #[serde(default, deserialize_with = "strict")]
     pub hide: Option<bool>,
+    /// Largest decompressed message matched.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_decompressed_bytes: Option<usize>,
 }
 
 /// `[endpoints.NAME.tls]`.
@@ -282,6 +312,7 @@ pub(crate) fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
         ["endpoints", _, "reconnect"] => Some(field_names::<RawReconnect>()),
         ["endpoints", _, "queue"] => Some(field_names::<RawQueue>()),
         ["endpoints", _, "tls"] => Some(field_names::<RawTls>()),
+        ["endpoints", _, "sticky"] => Some(field_names::<RawSticky>()),
         // Array items: the path leaves the index out.
         ["endpoints", _, "on_connect"] => Some(field_names::<RawMessageTable>()),
         ["endpoints", _, "auto_reply"] => Some(field_names::<RawAutoReply>()),

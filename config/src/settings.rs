@@ -122,6 +122,14 @@ pub struct EndpointSettings {
     /// secret path segments (from `${...}` references, token-like, or matching
     /// `redact_segments`) replaced by `***`.
     pub url_redacted: String,
+    /// Limits on the sticky messages kept for replay.
+    pub sticky: StickySettings,
+    /// Most bytes of `send`s accepted from clients but not yet written upstream or queued
+    /// (waiting in the driver's command channel or in its write batch). Default 64 MiB.
+    pub send_buffer_bytes: usize,
+    /// How long a `send` waits for room in `send_buffer_bytes` before it is refused with
+    /// `busy`. Default 10 s.
+    pub send_timeout: Duration,
 }
 
 impl std::fmt::Debug for EndpointSettings {
@@ -147,7 +155,34 @@ impl std::fmt::Debug for EndpointSettings {
             .field("fatal_close_codes", &self.fatal_close_codes)
             .field("tls", &self.tls)
             .field("redact_segments", &self.redact_segments)
+            .field("sticky", &self.sticky)
+            .field("send_buffer_bytes", &self.send_buffer_bytes)
+            .field("send_timeout", &self.send_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// Limits on sticky messages (`send` with `sticky: true`); `data` and `undo` both count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickySettings {
+    /// Most sticky messages one client may hold on this endpoint. Default 256.
+    pub max_messages_per_client: usize,
+    /// Most sticky bytes one client may hold on this endpoint. Default 1 MiB.
+    pub max_bytes_per_client: usize,
+    /// Most sticky messages of all clients together. Default 4096.
+    pub max_messages: usize,
+    /// Most sticky bytes of all clients together. Default 16 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for StickySettings {
+    fn default() -> Self {
+        StickySettings {
+            max_messages_per_client: 256,
+            max_bytes_per_client: 1024 * 1024,
+            max_messages: 4096,
+            max_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -203,12 +238,18 @@ pub struct AutoReplyRule {
     pub pattern: String,
     /// Reply template: `$1`, `${name}` refer to capture groups, `$$` is a literal `$`.
     pub reply: String,
-    /// Send the reply as a binary message instead of text. Default false.
-    pub reply_binary: bool,
+    /// Send the reply as a binary message (`Some(true)`) or as text (`Some(false)`). `None`
+    /// (the default) answers in the frame type of the message answered; a message matched
+    /// after decompression is answered with text.
+    pub reply_binary: Option<bool>,
     /// Decompression applied before matching binary messages.
     pub decompress: Decompress,
     /// Hide matched messages from subscribers. Default true.
     pub hide: bool,
+    /// Largest decompressed form matched (with `decompress`): a message that inflates to more
+    /// is not matched, and a compressed message larger than this is not decompressed at all.
+    /// Default 64 KiB.
+    pub max_decompressed_bytes: usize,
 }
 
 /// Policy for a local client whose queue overflows.
@@ -377,6 +418,9 @@ impl EndpointSettings {
             tls: TlsSettings::default(),
             redact_segments: Vec::new(),
             url_redacted,
+            sticky: StickySettings::default(),
+            send_buffer_bytes: 64 * 1024 * 1024,
+            send_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -18,12 +18,12 @@ use crate::key::KeyPath;
 use crate::layers::Layers;
 use crate::raw::{
     Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawLog, RawMessage, RawMessageTable,
-    RawQueue, RawReconnect, RawTls,
+    RawQueue, RawReconnect, RawSticky, RawTls,
 };
 use crate::settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
     LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
-    Settings, SlowClientPolicy, TlsSettings,
+    Settings, SlowClientPolicy, StickySettings, TlsSettings,
 };
 
 /// Smallest allowed `max_frame_size`.
@@ -75,8 +75,14 @@ const DECOMPRESSIONS: &[(&str, Decompress)] = &[
 ];
 /// Default of `auto_reply.decompress`.
 const DEFAULT_DECOMPRESS: Decompress = Decompress::None;
-/// Default of `auto_reply.reply_binary`.
-const DEFAULT_REPLY_BINARY: bool = false;
+/// Default of `auto_reply.max_decompressed_bytes`.
+const DEFAULT_MAX_DECOMPRESSED: usize = 64 * 1024;
+/// Largest `auto_reply.max_decompressed_bytes`.
+const MAX_DECOMPRESSED: usize = 16 * 1024 * 1024;
+/// Largest `send_buffer_bytes` (the budget is counted in 32-bit units).
+const MAX_SEND_BUFFER: usize = u32::MAX as usize;
+/// Longest `send_timeout`.
+const MAX_SEND_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default of `auto_reply.hide`.
 const DEFAULT_HIDE: bool = true;
 /// `on_connect` base64: the standard alphabet, with or without padding.
@@ -236,6 +242,9 @@ impl Validator<'_> {
             fatal_close_codes,
             tls,
             redact_segments,
+            sticky,
+            send_buffer_bytes,
+            send_timeout,
         } = raw;
         let url_key = key.key("url");
         let Some(url_text) = url else {
@@ -297,6 +306,20 @@ impl Validator<'_> {
                 "a WebSocket close code",
             )?,
             tls: self.tls(&key.key("tls"), tls.unwrap_or_default())?,
+            sticky: self.sticky(&key.key("sticky"), sticky.unwrap_or_default())?,
+            send_buffer_bytes: self.bounded(
+                &key.key("send_buffer_bytes"),
+                send_buffer_bytes,
+                defaults.send_buffer_bytes,
+                1,
+                MAX_SEND_BUFFER,
+            )?,
+            send_timeout: self.bounded_duration(
+                &key.key("send_timeout"),
+                send_timeout,
+                defaults.send_timeout,
+                MAX_SEND_TIMEOUT,
+            )?,
             name: defaults.name,
             url: defaults.url,
         })
@@ -585,6 +608,7 @@ impl Validator<'_> {
             reply_binary,
             decompress,
             hide,
+            max_decompressed_bytes,
         } = raw;
         let match_key = key.key("match");
         let Some(pattern) = pattern else {
@@ -613,7 +637,7 @@ impl Validator<'_> {
         Ok(AutoReplyRule {
             pattern,
             reply,
-            reply_binary: reply_binary.unwrap_or(DEFAULT_REPLY_BINARY),
+            reply_binary,
             decompress: self.choice(
                 &key.key("decompress"),
                 decompress,
@@ -621,7 +645,77 @@ impl Validator<'_> {
                 DEFAULT_DECOMPRESS,
             )?,
             hide: hide.unwrap_or(DEFAULT_HIDE),
+            max_decompressed_bytes: self.bounded(
+                &key.key("max_decompressed_bytes"),
+                max_decompressed_bytes,
+                DEFAULT_MAX_DECOMPRESSED,
+                1,
+                MAX_DECOMPRESSED,
+            )?,
         })
+    }
+
+    /// `[endpoints.NAME.sticky]`: every limit at least 1.
+    fn sticky(&self, key: &KeyPath, raw: RawSticky) -> Result<StickySettings> {
+        let defaults = StickySettings::default();
+        Ok(StickySettings {
+            max_messages_per_client: self.at_least_one(
+                &key.key("max_messages_per_client"),
+                raw.max_messages_per_client,
+                defaults.max_messages_per_client,
+            )?,
+            max_bytes_per_client: self.at_least_one(
+                &key.key("max_bytes_per_client"),
+                raw.max_bytes_per_client,
+                defaults.max_bytes_per_client,
+            )?,
+            max_messages: self.at_least_one(
+                &key.key("max_messages"),
+                raw.max_messages,
+                defaults.max_messages,
+            )?,
+            max_bytes: self.at_least_one(
+                &key.key("max_bytes"),
+                raw.max_bytes,
+                defaults.max_bytes,
+            )?,
+        })
+    }
+
+    /// A count within `min..=max`.
+    fn bounded(
+        &self,
+        key: &KeyPath,
+        raw: Option<usize>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> Result<usize> {
+        match raw {
+            Some(value) if !(min..=max).contains(&value) => {
+                Err(self.error(key, format!("must be between {min} and {max}")))
+            }
+            Some(value) => Ok(value),
+            None => Ok(default),
+        }
+    }
+
+    /// A duration greater than zero and at most `max`.
+    fn bounded_duration(
+        &self,
+        key: &KeyPath,
+        raw: Option<Duration>,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Duration> {
+        match raw {
+            Some(value) if value.is_zero() || value > max => Err(self.error(
+                key,
+                format!("must be greater than zero and at most {}s", max.as_secs()),
+            )),
+            Some(value) => Ok(value),
+            None => Ok(default),
+        }
     }
 
     /// `[endpoints.NAME.tls]`: files that exist now, certificate and key together.

@@ -211,16 +211,18 @@ fn everything_set_in_toml() {
             AutoReplyRule {
                 pattern: r"ping (?P<id>\d+)".into(),
                 reply: "pong ${id}".into(),
-                reply_binary: true,
+                reply_binary: Some(true),
                 decompress: Decompress::Gzip,
                 hide: false,
+                max_decompressed_bytes: 65536,
             },
             AutoReplyRule {
                 pattern: "^hb$".into(),
                 reply: "hb".into(),
-                reply_binary: false,
+                reply_binary: None,
                 decompress: Decompress::Deflate,
                 hide: true,
+                max_decompressed_bytes: 65536,
             },
         ]
     );
@@ -1016,9 +1018,10 @@ fn the_example_file_loads() {
         [AutoReplyRule {
             pattern: "^PING\r\n$".into(),
             reply: "PONG\r\n".into(),
-            reply_binary: false,
+            reply_binary: None,
             decompress: Decompress::None,
             hide: true,
+            max_decompressed_bytes: 65536,
         }]
     );
 
@@ -1053,9 +1056,10 @@ fn the_example_file_loads() {
         [AutoReplyRule {
             pattern: r#"^\{"ping":(\d+)\}$"#.into(),
             reply: r#"{"pong":$1}"#.into(),
-            reply_binary: false,
+            reply_binary: None,
             decompress: Decompress::None,
             hide: true,
+            max_decompressed_bytes: 65536,
         }]
     );
 
@@ -1346,7 +1350,7 @@ fn auto_reply_rules_are_kept_in_order_with_defaults() {
     );
     assert_eq!(rules[1].reply, "PONG\r\n");
     for rule in rules {
-        assert!(!rule.reply_binary);
+        assert_eq!(rule.reply_binary, None);
         assert_eq!(rule.decompress, Decompress::None);
         assert!(rule.hide);
     }

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use wsmux_proto::{
     ConnState, EndpointStatus, EndpointSummary, ErrorCode, Payload, ServerMsg, StateEvent,
 };
@@ -58,6 +58,42 @@ pub enum Command {
     },
     /// New settings from a configuration reload.
     Reconfigure(Box<wsmux_config::EndpointSettings>),
+}
+
+/// A send's share of the endpoint's send buffer (`send_buffer_bytes`): taken by the session
+/// before the send enters the driver's channel, given back when the driver drops it (the
+/// send was written, queued or refused).
+#[derive(Debug, Default)]
+pub struct Reservation(Option<OwnedSemaphorePermit>);
+
+impl Reservation {
+    /// No share (commands other than sends, tests).
+    pub fn none() -> Self {
+        Reservation(None)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+/// What travels in a driver's command channel.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The command.
+    pub command: Command,
+    /// For a send, its share of the send buffer.
+    pub reservation: Reservation,
+}
+
+impl From<Command> for Envelope {
+    fn from(command: Command) -> Self {
+        Envelope {
+            command,
+            reservation: Reservation::none(),
+        }
+    }
 }
 
 /// Monotonic counters, updated by the driver and read by `status`.
@@ -123,14 +159,23 @@ pub struct Endpoint {
     /// Counters for status.
     pub counters: Counters,
     /// The driver's command channel.
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Envelope>,
     /// Why the driver is being stopped, when it is not a daemon shutdown.
     stop_reason: std::sync::OnceLock<String>,
+    /// Bytes of sends in the channel or in the driver's write batches (`send_buffer_bytes`).
+    budget: Arc<Semaphore>,
+    /// The configured size of `budget`.
+    budget_size: AtomicUsize,
+    /// How long a send waits for room in `budget`, in milliseconds.
+    send_timeout_ms: AtomicU64,
 }
 
 impl Endpoint {
     /// A new endpoint in state `connecting`, with the sending side of its driver's channel.
-    pub fn new(settings: &wsmux_config::EndpointSettings, commands: mpsc::Sender<Command>) -> Self {
+    pub fn new(
+        settings: &wsmux_config::EndpointSettings,
+        commands: mpsc::Sender<Envelope>,
+    ) -> Self {
         let mut first = StateEvent::new(settings.name.clone(), ConnState::Connecting);
         first.attempt = Some(1);
         Endpoint {
@@ -150,6 +195,9 @@ impl Endpoint {
             counters: Counters::default(),
             commands,
             stop_reason: std::sync::OnceLock::new(),
+            budget: Arc::new(Semaphore::new(settings.send_buffer_bytes)),
+            budget_size: AtomicUsize::new(settings.send_buffer_bytes),
+            send_timeout_ms: AtomicU64::new(settings.send_timeout.as_millis() as u64),
         }
     }
 
@@ -192,6 +240,18 @@ impl Endpoint {
             settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
             Ordering::Relaxed,
         );
+        self.send_timeout_ms
+            .store(settings.send_timeout.as_millis() as u64, Ordering::Relaxed);
+        let old = self
+            .budget_size
+            .swap(settings.send_buffer_bytes, Ordering::Relaxed);
+        let new = settings.send_buffer_bytes;
+        if new > old {
+            self.budget.add_permits(new - old);
+        } else {
+            // Shrinks by what is free now; the rest comes back as sends are written.
+            self.budget.forget_permits(old - new);
+        }
     }
 
     /// Current state.
@@ -261,21 +321,77 @@ impl Endpoint {
         }
     }
 
-    /// Hands a command to the driver; waits only if the driver's queue is full. If the driver
-    /// is gone, requests that expect a reply get `shutting_down`.
+    /// Hands a command to the driver. A send first reserves its bytes in the endpoint's send
+    /// buffer (`send_buffer_bytes`), waiting at most `send_timeout` for room (and for a place
+    /// in the channel); past that it is refused with `busy`. If the driver is gone, requests
+    /// that expect a reply get `shutting_down`.
     pub async fn command(&self, command: Command) {
-        if let Err(mpsc::error::SendError(command)) = self.commands.send(command).await {
-            let (id, reply) = match command {
-                Command::Send(r) => (r.id, r.reply),
-                Command::Reconnect { id, reply } => (id, reply),
-                Command::ClientGone(_) | Command::Reconfigure(_) => return,
-            };
-            reply.push_control(frames::error(
-                id,
-                ErrorCode::ShuttingDown,
-                format!("endpoint `{}` is shutting down", self.name),
+        let Command::Send(request) = &command else {
+            if let Err(mpsc::error::SendError(envelope)) = self.commands.send(command.into()).await
+            {
+                self.refuse_gone(envelope.command);
+            }
+            return;
+        };
+        let size = self.budget_size.load(Ordering::Relaxed);
+        let want = (request.data.len() + request.undo.as_ref().map_or(0, Payload::len)).min(size);
+        let limit = Duration::from_millis(self.send_timeout_ms.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + limit;
+        let permits = u32::try_from(want).unwrap_or(u32::MAX);
+        let acquire = Arc::clone(&self.budget).acquire_many_owned(permits);
+        let reservation = match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(permit)) => Reservation(Some(permit)),
+            Ok(Err(_)) => return self.refuse_gone(command),
+            Err(_) => return self.refuse_busy(command, size, limit),
+        };
+        match tokio::time::timeout_at(deadline, self.commands.reserve()).await {
+            Ok(Ok(slot)) => slot.send(Envelope {
+                command,
+                reservation,
+            }),
+            Ok(Err(_)) => self.refuse_gone(command),
+            Err(_) => self.refuse_busy(command, size, limit),
+        }
+    }
+
+    fn refuse_busy(&self, command: Command, size: usize, limit: Duration) {
+        if let Command::Send(r) = command {
+            r.reply.push_control(frames::error(
+                r.id,
+                ErrorCode::Busy,
+                format!(
+                    "endpoint `{}` is busy: its send buffer ({size} bytes, send_buffer_bytes) stayed full for {} (send_timeout); the message was not accepted",
+                    self.name,
+                    crate::policy::humanize(limit)
+                ),
             ));
         }
+    }
+
+    fn refuse_gone(&self, command: Command) {
+        let (id, reply) = match command {
+            Command::Send(r) => (r.id, r.reply),
+            Command::Reconnect { id, reply } => (id, reply),
+            Command::ClientGone(_) | Command::Reconfigure(_) => return,
+        };
+        reply.push_control(frames::error(
+            id,
+            ErrorCode::ShuttingDown,
+            format!("endpoint `{}` is shutting down", self.name),
+        ));
+    }
+
+    /// No more sends are accepted into the send buffer (the driver is shutting down): senders
+    /// waiting for room get `shutting_down` at once instead of waiting out `send_timeout`.
+    pub fn close_send_buffer(&self) {
+        self.budget.close();
+    }
+
+    /// Bytes of the send buffer in use now.
+    pub fn send_buffer_used(&self) -> usize {
+        self.budget_size
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.budget.available_permits())
     }
 
     /// Name and state, for `welcome`.

@@ -35,7 +35,7 @@ use wsmux_proto::ErrorCode;
 
 use crate::endpoint::{Command, Endpoint};
 use crate::server::{ReloadRequest, ServerContext};
-use crate::upstream::Driver;
+use crate::upstream::{Driver, Parts};
 
 /// How many commands may wait for one endpoint's driver before senders wait.
 const COMMAND_QUEUE: usize = 1024;
@@ -111,16 +111,21 @@ impl Endpoints {
         let endpoint = Arc::new(Endpoint::new(ep, tx));
         tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, "starting endpoint");
         let token = self.cancel.child_token();
-        let driver = Driver::new(
+        let parts = Parts {
+            endpoint: Arc::clone(&endpoint),
+            settings: Arc::new(std::sync::Mutex::new(ep.clone())),
+            tls: Arc::clone(&self.tls),
+            cancel: token.clone(),
+            max_frame: self.max_frame,
+            drain_timeout: self.drain_timeout,
+        };
+        // Supervised: a driver that panics is reported and replaced on the same channel.
+        self.tracker.spawn(upstream::supervise(
             Arc::clone(&endpoint),
-            ep.clone(),
-            Arc::clone(&self.tls),
-            rx,
             token.clone(),
-            self.max_frame,
-            self.drain_timeout,
-        );
-        self.tracker.spawn(driver.run());
+            rx,
+            move |commands| Driver::new(&parts, commands).run(),
+        ));
         self.ctx
             .endpoints
             .write()

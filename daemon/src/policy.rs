@@ -63,6 +63,10 @@ enum Phase {
         stable_at: Option<Instant>,
         /// When to rotate the connection (`max_lifetime`); `None` once asked, or never.
         rotate_at: Option<Instant>,
+        /// With `idle_only` heartbeats: when the connection is declared dead because nothing
+        /// arrived for `interval + timeout` (client traffic postpones heartbeats, so the
+        /// silence deadline above may never be set).
+        quiet_deadline: Instant,
     },
     /// Waiting before the next attempt.
     Backoff {
@@ -86,7 +90,16 @@ pub struct Policy {
     phase: Phase,
     /// Consecutive attempts since the last stable connection (0 while stable).
     attempt: u32,
+    /// When the last forced attempt (`reconnect` request, reload) started.
+    forced_at: Option<Instant>,
+    /// A forced attempt asked for inside the window of the previous one, due then.
+    forced_due: Option<Instant>,
+    /// Gave up (`failed`): only [`Policy::force`] with `revive` leaves this.
+    failed: bool,
 }
+
+/// Shortest spacing of forced attempts (`reconnect` requests, reloads).
+pub const MIN_FORCE_WINDOW: Duration = Duration::from_secs(1);
 
 impl Policy {
     /// A policy in the idle phase. `seed` feeds the jitter, so a test can fix it.
@@ -98,6 +111,9 @@ impl Policy {
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::Idle,
             attempt: 0,
+            forced_at: None,
+            forced_due: None,
+            failed: false,
         }
     }
 
@@ -121,6 +137,8 @@ impl Policy {
 
     /// Starts (or restarts) the connection cycle: the driver must connect now.
     pub fn start(&mut self) -> Action {
+        self.forced_due = None;
+        self.failed = false;
         self.attempt += 1;
         self.phase = Phase::Connecting;
         Action::Connect {
@@ -140,6 +158,7 @@ impl Policy {
             silence_deadline: None,
             stable_at: Some(now + self.reconnect.stable_after),
             rotate_at: self.max_lifetime.map(|l| now + l),
+            quiet_deadline: now + self.heartbeat.interval + self.heartbeat.timeout,
         };
     }
 
@@ -166,16 +185,65 @@ impl Policy {
     /// the number of the attempt that was refused (at least 1).
     pub fn give_up(&mut self) -> u32 {
         self.phase = Phase::Idle;
+        self.failed = true;
+        self.forced_due = None;
         self.attempt.max(1)
     }
 
+    /// Whether the policy gave up (`failed`).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// A forced attempt is asked for (a `reconnect` request, or a reload with `revive`).
+    /// The first one connects now; one asked for within the window of the previous one
+    /// (at least [`MIN_FORCE_WINDOW`], longer while attempts keep failing) is coalesced into
+    /// one attempt at the window's end. Past failures are not forgotten, so a failing upstream
+    /// still sees growing delays. On a `failed` endpoint only `revive` does anything: it is
+    /// the one way out of `failed`, and it starts the attempt counter again.
+    pub fn force(&mut self, now: Instant, revive: bool) -> Option<Action> {
+        if self.failed {
+            if !revive {
+                return None;
+            }
+            self.failed = false;
+            self.attempt = 0;
+        } else if revive {
+            self.attempt = 0;
+        }
+        let window = self.force_window();
+        match self.forced_at {
+            Some(at) if now < at + window => {
+                self.forced_due = Some(at + window);
+                None
+            }
+            _ => {
+                self.forced_at = Some(now);
+                Some(self.start())
+            }
+        }
+    }
+
+    /// How far apart forced attempts are: the backoff the current failures earned (without
+    /// jitter), at least [`MIN_FORCE_WINDOW`].
+    fn force_window(&self) -> Duration {
+        let r = &self.reconnect;
+        let failures = self.attempt.saturating_sub(1);
+        let exp = r.multiplier.powi(failures.min(1024) as i32);
+        let base = (r.initial_delay.as_secs_f64() * exp).min(r.max_delay.as_secs_f64());
+        Duration::from_secs_f64(base).max(MIN_FORCE_WINDOW)
+    }
+
     /// Something arrived from upstream: the connection is alive.
-    pub fn on_inbound(&mut self, _now: Instant) {
+    pub fn on_inbound(&mut self, now: Instant) {
         if let Phase::Open {
-            silence_deadline, ..
+            silence_deadline,
+            quiet_deadline,
+            ..
         } = &mut self.phase
         {
             *silence_deadline = None;
+            *quiet_deadline = now + self.heartbeat.interval + self.heartbeat.timeout;
         }
     }
 
@@ -189,6 +257,8 @@ impl Policy {
         let max = self.reconnect.max_attempts;
         if max != 0 && self.attempt >= max {
             self.phase = Phase::Idle;
+            self.failed = true;
+            self.forced_due = None;
             return Retry::GiveUp {
                 attempts: self.attempt,
             };
@@ -214,6 +284,16 @@ impl Policy {
 
     /// The earliest instant at which [`Policy::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let forced = self.forced_due.filter(|_| !self.failed);
+        let phase = self.phase_timeout();
+        match (phase, forced) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn phase_timeout(&self) -> Option<Instant> {
+        let idle_only = self.heartbeat.idle_only;
         match &self.phase {
             Phase::Idle | Phase::Connecting => None,
             Phase::Backoff { until } => Some(*until),
@@ -222,11 +302,13 @@ impl Policy {
                 silence_deadline,
                 stable_at,
                 rotate_at,
+                quiet_deadline,
             } => [
                 Some(*next_heartbeat),
                 *silence_deadline,
                 *stable_at,
                 *rotate_at,
+                idle_only.then_some(*quiet_deadline),
             ]
             .into_iter()
             .flatten()
@@ -237,6 +319,13 @@ impl Policy {
     /// Advances the timers to `now` and returns the action that is due, if any. Call it again
     /// until it returns `None`: several things can fall due at once.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
+        if let Some(due) = self.forced_due {
+            if due <= now && !self.failed {
+                self.forced_at = Some(now);
+                return Some(self.start());
+            }
+        }
+        let idle_only = self.heartbeat.idle_only;
         match &mut self.phase {
             Phase::Idle | Phase::Connecting => None,
             Phase::Backoff { until } => {
@@ -250,7 +339,16 @@ impl Policy {
                 silence_deadline,
                 stable_at,
                 rotate_at,
+                quiet_deadline,
             } => {
+                if idle_only && *quiet_deadline <= now {
+                    return Some(Action::Drop {
+                        reason: format!(
+                            "heartbeat timeout: nothing received for {}",
+                            humanize(self.heartbeat.interval + self.heartbeat.timeout)
+                        ),
+                    });
+                }
                 if let Some(at) = *stable_at {
                     if at <= now {
                         *stable_at = None;
@@ -568,6 +666,106 @@ mod tests {
         assert_eq!(p.give_up(), 1);
         assert_eq!(p.poll_timeout(), None);
         assert_eq!(p.start(), Action::Connect { attempt: 2 });
+    }
+
+    #[test]
+    fn idle_only_still_ends_a_connection_that_receives_nothing() {
+        let mut p = policy(0.0, 0);
+        p.heartbeat.idle_only = true;
+        let t0 = Instant::now();
+        p.start();
+        p.on_open(t0);
+        p.on_inbound(t0 + ms(100));
+        // Clients keep writing every 200ms, so no heartbeat ever goes out...
+        let mut now = t0;
+        let dropped = loop {
+            now += ms(200);
+            assert!(now <= t0 + ms(5000), "never dropped");
+            p.on_outbound(now);
+            match p.handle_timeout(now) {
+                None => {}
+                Some(Action::Drop { reason }) => break (now, reason),
+                Some(other) => panic!("unexpected {other:?} at {:?}", now - t0),
+            }
+        };
+        // ...yet nothing received for interval + timeout (1000 + 500ms) ends it.
+        assert_eq!(dropped.0, t0 + ms(1600));
+        assert!(
+            dropped.1.contains("nothing received for 1500ms"),
+            "{}",
+            dropped.1
+        );
+    }
+
+    #[test]
+    fn forced_reconnects_are_rate_limited_and_coalesced() {
+        let mut p = policy(0.0, 0);
+        let t0 = Instant::now();
+        p.start();
+        p.on_open(t0);
+        // The first is immediate.
+        assert_eq!(p.force(t0, false), Some(Action::Connect { attempt: 2 }));
+        p.on_open(t0 + ms(10));
+        // Further ones inside the window coalesce into one attempt at the window's end.
+        for n in 1..=5 {
+            assert_eq!(p.force(t0 + ms(100 * n), false), None);
+        }
+        assert_eq!(p.poll_timeout(), Some(t0 + MIN_FORCE_WINDOW));
+        assert_eq!(p.handle_timeout(t0 + ms(999)), None);
+        assert_eq!(
+            p.handle_timeout(t0 + MIN_FORCE_WINDOW),
+            Some(Action::Connect { attempt: 3 })
+        );
+        assert_eq!(p.handle_timeout(t0 + MIN_FORCE_WINDOW), None, "only one");
+        // Consecutive failures still grow the delay: forcing does not forget them.
+        let t1 = t0 + MIN_FORCE_WINDOW;
+        assert_eq!(
+            p.on_failure(t1),
+            Retry::After {
+                delay: ms(400),
+                attempt: 4
+            }
+        );
+        assert_eq!(p.force(t1 + ms(1), false), None, "inside the window");
+        let mut t = t1 + MIN_FORCE_WINDOW;
+        for (attempt, delay) in [(4, 800), (5, 1000), (6, 1000)] {
+            assert_eq!(p.handle_timeout(t), Some(Action::Connect { attempt }));
+            assert_eq!(
+                p.on_failure(t),
+                Retry::After {
+                    delay: ms(delay),
+                    attempt: attempt + 1
+                }
+            );
+            t += ms(delay);
+        }
+    }
+
+    #[test]
+    fn only_an_explicit_revive_leaves_failed() {
+        let mut p = policy(0.0, 0);
+        let t0 = Instant::now();
+        p.start();
+        assert_eq!(p.force(t0, false), Some(Action::Connect { attempt: 2 }));
+        // A request coalesced before the endpoint failed does not revive it later.
+        assert_eq!(p.force(t0 + ms(10), false), None);
+        assert_eq!(p.give_up(), 2);
+        assert!(p.is_failed());
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.handle_timeout(t0 + ms(100_000)), None);
+        assert_eq!(p.force(t0 + ms(100_000), false), None);
+        // The revive starts the counter again.
+        assert_eq!(
+            p.force(t0 + ms(100_001), true),
+            Some(Action::Connect { attempt: 1 })
+        );
+        assert!(!p.is_failed());
+        // max_attempts giving up is `failed` too.
+        let mut q = policy(0.0, 1);
+        q.start();
+        assert_eq!(q.on_failure(t0), Retry::GiveUp { attempts: 1 });
+        assert!(q.is_failed());
+        assert_eq!(q.force(t0, false), None);
     }
 
     #[test]

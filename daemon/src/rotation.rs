@@ -10,6 +10,9 @@ use wsmux_proto::Payload;
 /// Most messages remembered from either side while looking for the join.
 pub const MAX_REMEMBERED: usize = 4096;
 
+/// Most payload bytes remembered from either side while looking for the join.
+pub const MAX_REMEMBERED_BYTES: usize = 8 * 1024 * 1024;
+
 /// What the driver does after feeding a message to [`Overlap`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Join {
@@ -27,24 +30,30 @@ pub struct Overlap {
     old: Vec<Payload>,
     /// What the new connection delivered (not forwarded yet).
     new: Vec<Payload>,
+    /// Payload bytes in `old`.
+    old_bytes: usize,
+    /// Payload bytes in `new`.
+    new_bytes: usize,
 }
 
 impl Overlap {
     /// The old connection delivered `p` (the driver forwards it to subscribers).
     pub fn on_old(&mut self, p: &Payload) -> Join {
-        if self.old.len() >= MAX_REMEMBERED {
+        if self.old.len() >= MAX_REMEMBERED || self.old_bytes + p.len() > MAX_REMEMBERED_BYTES {
             // Too far apart to ever join: switch without the new connection's backlog
             // being deduplicated.
             return self.force();
         }
+        self.old_bytes += p.len();
         self.old.push(p.clone());
         self.try_join()
     }
 
     /// The new connection delivered `p` (the driver holds it back).
     pub fn on_new(&mut self, p: Payload) -> Join {
+        self.new_bytes += p.len();
         self.new.push(p);
-        if self.new.len() >= MAX_REMEMBERED {
+        if self.new.len() >= MAX_REMEMBERED || self.new_bytes >= MAX_REMEMBERED_BYTES {
             return self.force();
         }
         self.try_join()
@@ -52,7 +61,13 @@ impl Overlap {
 
     /// Gives up looking for the join: everything the new connection delivered is forwarded.
     pub fn force(&mut self) -> Join {
+        self.new_bytes = 0;
         Join::Switch(std::mem::take(&mut self.new))
+    }
+
+    /// Payload bytes held from both sides.
+    pub fn bytes(&self) -> usize {
+        self.old_bytes + self.new_bytes
     }
 
     /// Looks for an index `i` in `old` such that `old[i..]` is a prefix of `new`: then the
@@ -70,6 +85,7 @@ impl Overlap {
                 let skip = tail.len();
                 let rest = self.new.split_off(skip);
                 self.new.clear();
+                self.new_bytes = 0;
                 return Join::Switch(rest);
             }
         }
@@ -115,6 +131,30 @@ mod tests {
         }
         assert_eq!(o.on_new(p(1)), Join::Wait);
         assert_eq!(o.on_new(p(2)), Join::Switch(vec![]));
+    }
+
+    #[test]
+    fn the_overlap_is_bounded_in_bytes_too() {
+        let big = |n: u8| Payload::Binary(bytes::Bytes::from(vec![n; 1024 * 1024]));
+        let mut o = Overlap::default();
+        // Eight 1 MiB messages fill one side; the ninth forces the switch.
+        for n in 0..8 {
+            assert_eq!(
+                o.on_new(big(n)),
+                if n < 7 {
+                    Join::Wait
+                } else {
+                    Join::Switch((0..8).map(big).collect())
+                }
+            );
+        }
+        assert_eq!(o.bytes(), 0);
+        let mut o = Overlap::default();
+        for n in 0..8 {
+            assert_eq!(o.on_old(&big(n)), Join::Wait);
+        }
+        assert_eq!(o.bytes(), MAX_REMEMBERED_BYTES);
+        assert!(matches!(o.on_old(&big(9)), Join::Switch(_)));
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub enum ErrorCode {
     /// A deadline expired: no `hello`, no whole frame, or no request in time. Fatal: the
     /// connection is closed.
     Timeout,
+    /// A sticky message was refused: it would exceed the endpoint's sticky limits (per client
+    /// or in total, by count or by bytes).
+    StickyFull,
+    /// The endpoint's send buffer stayed full for `send_timeout`: the message was not accepted.
+    Busy,
     /// A code this version of the crate does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -105,6 +110,8 @@ impl ErrorCode {
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::StickyFull => "sticky_full",
+            ErrorCode::Busy => "busy",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Semaphore;
 use wsmux_proto::PayloadRef;
 
 use super::{rate, Ctx, ENDPOINT};
-use crate::harness::client::{encode_request, Client, SendRef};
+use crate::harness::client::{encode_request, Client, FrameReader, SendRef};
 use crate::harness::daemon::Config;
 use crate::harness::msgpack;
 use crate::harness::payload::{self, now_ns};
@@ -247,5 +249,134 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
             0.0
         },
         harness_cpu_s: (own1 - own0).max(0.0),
+    })
+}
+
+/// Sends with acks timed while the upstream is idle and then while it blasts (the same run,
+/// the same daemon): the driver must keep serving commands between inbound batches.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FirehoseOutcome {
+    /// Sends timed per phase (one at a time: each waits for its ack).
+    pub sends: u64,
+    /// Request-to-ack time with an idle upstream, nanoseconds.
+    pub idle: Percentiles,
+    /// Request-to-ack time while the upstream blasts, nanoseconds.
+    pub firehose: Percentiles,
+    /// Messages the upstream blasted during the second phase.
+    pub blasted: u64,
+    /// Sends that got no ack in time or an error.
+    pub failed: u64,
+}
+
+/// One send at a time, `count` times; the ack latencies.
+async fn timed_sends(
+    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    first_id: u64,
+    count: u64,
+    limit: Duration,
+) -> Result<(Vec<u64>, u64)> {
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    let mut buf = Vec::new();
+    let body = vec![0u8; 64];
+    for k in 0..count {
+        let id = first_id + k;
+        buf.clear();
+        encode_request(
+            &SendRef {
+                ty: "send",
+                id,
+                endpoint: ENDPOINT,
+                data: PayloadRef::Binary(&body),
+            },
+            &mut buf,
+        )?;
+        let t = now_ns();
+        writer.write_all(&buf).await.context("writing a send")?;
+        let mut acked = false;
+        let deadline = Instant::now() + limit;
+        reader
+            .read_frames(deadline, |b| {
+                let f = msgpack::fields(b)?;
+                if f.id == Some(id) {
+                    acked = f.ty == "ack";
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await?;
+        if acked {
+            latencies.push(now_ns().saturating_sub(t));
+        } else {
+            failed += 1;
+            if failed >= 3 {
+                // Starved: the rest would only wait out their limits too.
+                failed += count - k - 1;
+                break;
+            }
+        }
+    }
+    Ok((latencies, failed))
+}
+
+/// Runs the firehose comparison: `sends` timed sends idle, then `sends` while the upstream
+/// blasts 100-byte messages (bounded by `max_blast` messages).
+pub async fn run_firehose(ctx: &Ctx, sends: u64, max_blast: u64) -> Result<FirehoseOutcome> {
+    let upstream = Upstream::start()?;
+    let daemon = ctx
+        .daemon
+        .start(&Config::single(ENDPOINT, &upstream.url()))?;
+    let conns = upstream.wait_live(1, Duration::from_secs(10))?;
+    let conn = Arc::clone(&conns[0]);
+    let setup_deadline = Instant::now() + Duration::from_secs(30);
+    let mut clients = super::subscribers(&daemon.socket, 1, setup_deadline).await?;
+    let subscriber = clients.pop().context("a subscriber")?;
+    // The sender is not subscribed: its acks do not queue behind the flood.
+    let (mut reader, mut writer) = Client::connect(&daemon.socket, setup_deadline)
+        .await?
+        .into_parts();
+    // The subscriber reads and discards, so fan-out does real work.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = {
+        let (mut reader, _writer) = subscriber.into_parts();
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let _ = reader
+                .read_frames(deadline, |_| Ok(stop.load(Ordering::Relaxed)))
+                .await;
+        })
+    };
+    let limit = Duration::from_secs(10);
+    let (mut idle, failed_idle) = timed_sends(&mut reader, &mut writer, 0, sends, limit).await?;
+    let blasting = {
+        let conn = Arc::clone(&conn);
+        let stop = Arc::clone(&stop);
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && sent < max_blast {
+                if conn.blast(sent, 10_000, 100).is_err() {
+                    break;
+                }
+                sent += 10_000;
+            }
+            sent
+        })
+    };
+    // Let the flood build up first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut busy, failed_busy) =
+        timed_sends(&mut reader, &mut writer, 1_000_000, sends, limit).await?;
+    stop.store(true, Ordering::Relaxed);
+    let blasted = blasting.await.context("blast task")?;
+    reading.abort();
+    daemon.stop()?;
+    Ok(FirehoseOutcome {
+        sends,
+        idle: Percentiles::of(&mut idle),
+        firehose: Percentiles::of(&mut busy),
+        blasted,
+        failed: failed_idle + failed_busy,
     })
 }

@@ -49,6 +49,8 @@ mod socket;
 mod socket_dir;
 /// `wss://` with private CAs, wrong names and client certificates.
 mod tls;
+/// The upstream path: binary auto-replies, close reasons, limits, fairness, rotation.
+mod upstream_path;
 
 use wsmux_tests::upstream::Upstream;
 
