@@ -152,7 +152,10 @@ async fn shutdown_drains_the_queue_when_the_upstream_comes_back() {
     d.signal(libc::SIGTERM);
     // The upstream appears only once the daemon says it is draining.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !d.log().contains("delivering queued messages before closing") {
+    while !d
+        .log()
+        .contains("delivering queued messages before closing")
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "draining never started:\n{}",
