@@ -482,13 +482,14 @@ async fn a_sticky_message_sent_during_a_rotation_reaches_the_replacement() {
 async fn a_replacement_that_closes_is_dropped_and_the_old_connection_carries_on() {
     let addr = raw_upstream(|n, mut ws| async move {
         if n == 1 {
-            // 8 s of data, then the test is over.
-            for i in 0..400 {
+            // At least 7 s of data (past the rotation at 1 s and its 5 s join timeout).
+            for i in 0..OLD_MESSAGES {
                 if ws.send(Message::text(format!("old {i}"))).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            tokio::time::sleep(Duration::from_secs(30)).await;
         } else {
             // The replacement says goodbye at once but keeps the socket open.
             let _ = ws
@@ -505,28 +506,35 @@ async fn a_replacement_that_closes_is_dropped_and_the_old_connection_carries_on(
         "max_lifetime = \"1s\"\n",
     ));
     let mut c = open_subscriber(&d).await;
-    // Past the rotation (1 s) and its 5 s join timeout, the old connection still delivers,
-    // and the endpoint never left `open`.
-    let until = tokio::time::Instant::now() + Duration::from_millis(7500);
-    let mut last = String::new();
-    while tokio::time::Instant::now() < until {
-        match c.recv().await {
-            Some(ServerMsg::Message(m)) => {
-                if let Payload::Text(t) = m.data {
-                    last = t;
+    // The old connection delivers its whole stream, in order, past the rotation and its join
+    // timeout, and the endpoint never leaves `open`.
+    // (The subscription may start after the first few messages.)
+    let mut next = None;
+    within(60, "the old connection's whole stream", async {
+        while next != Some(OLD_MESSAGES) {
+            match c.recv().await {
+                Some(ServerMsg::Message(m)) => {
+                    let Payload::Text(t) = &m.data else {
+                        panic!("binary message {m:?}")
+                    };
+                    let n: u32 = t
+                        .strip_prefix("old ")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("unexpected message {t:?}"));
+                    assert_eq!(n, next.unwrap_or(n), "a gap or a repeat after {next:?}");
+                    next = Some(n + 1);
                 }
+                Some(ServerMsg::State(s)) => panic!("state changed before {next:?}: {s:?}"),
+                Some(_) => {}
+                None => panic!("closed before {next:?}"),
             }
-            Some(ServerMsg::State(s)) => panic!("state changed: {s:?}"),
-            Some(_) => {}
-            None => panic!("closed"),
         }
-    }
-    let n: u32 = last
-        .strip_prefix("old ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(n > 300, "the old connection stopped delivering at {last:?}");
+    })
+    .await;
 }
+
+/// How many messages the old connection sends, 20 ms apart, in the test above.
+const OLD_MESSAGES: u32 = 350;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_looping_on_reconnect_does_not_hammer_the_upstream() {
