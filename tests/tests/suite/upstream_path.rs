@@ -361,13 +361,24 @@ async fn a_send_with_ack_completes_while_the_upstream_floods() {
         }
         let (mut r, mut w) = ws.get_mut().split();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut read = vec![0u8; 64 * 1024];
-        while tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                res = w.write_all(&burst) => if res.is_err() { break },
-                res = r.read(&mut read) => if matches!(res, Ok(0) | Err(_)) { break },
+        // Reading and writing run side by side: a write is never cut off in the middle of a
+        // frame (which would corrupt the stream) by a read completing.
+        let write = async {
+            while tokio::time::Instant::now() < deadline {
+                if w.write_all(&burst).await.is_err() {
+                    break;
+                }
             }
-        }
+        };
+        let read = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::join!(write, read);
     })
     .await;
     let d = Daemon::start(&endpoint_toml("feed", &format!("ws://{addr}/"), ""));
