@@ -16,7 +16,10 @@
 //! (messages, state changes, unsolicited errors) goes to a buffer bounded in bytes that
 //! [`Client::next_event`] drains. An application that does not drain it loses its oldest
 //! `message` events, never silently: an [`Event::ClientLagged`] tells how many, as the
-//! daemon's own `lagged` does. Before greeting, the client checks that the socket is served by
+//! daemon's own `lagged` does. Requests are cancel-safe: a second task owns the write half
+//! and writes each queued frame whole, so a caller that drops a request (a `timeout`, a
+//! `select!`) never leaves half a frame on the socket, and its reply slot goes with it.
+//! Before greeting, the client checks that the socket is served by
 //! a process of this user or root ([`ClientError::UntrustedDaemon`] otherwise).
 //! The client depends on `wsmux-proto` only, never on the daemon.
 #![warn(missing_docs)]
@@ -34,7 +37,7 @@ use bytes::BytesMut;
 use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::tokio::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use wsmux_proto::frame::check;
 use wsmux_proto::{
     decode_server, encode, ClientMsg, DataMessage, Dropped, EndpointStatus, ErrorCode, ErrorMsg,
@@ -51,6 +54,11 @@ use peer::TrustedUids;
 
 /// Default bound of the unread-event buffer: two frames of the daemon's default size limit.
 pub const DEFAULT_EVENT_BUFFER_BYTES: usize = 2 * DEFAULT_MAX_FRAME;
+
+/// Bound, in bytes of encoded frames, of the requests waiting for the writer task (the one
+/// being written included): two frames of the default size limit. A request that does not
+/// fit waits for room, within its deadline.
+const OUTGOING_BYTES: usize = 2 * DEFAULT_MAX_FRAME;
 
 /// Something a client operation could not do.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +302,9 @@ struct Shared {
     inbox: Mutex<Inbox>,
     /// Woken when `inbox` gets an event or finishes.
     arrived: Notify,
+    /// Deadline of one frame's write, in milliseconds: the request timeout. A write that
+    /// misses it ends the connection (the frame cannot be taken back).
+    write_timeout_ms: AtomicU64,
 }
 
 impl Shared {
@@ -304,14 +315,52 @@ impl Shared {
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    fn set_write_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.write_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// A request's reply slot, removed from [`Pending`] when the request ends in any way,
+/// including its caller dropping it.
+struct Waiting<'a> {
+    /// Where the slot is.
+    shared: &'a Shared,
+    /// The request id.
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.shared.pending().waiters.remove(&self.id);
+    }
+}
+
+/// One encoded frame for the writer task.
+struct Outgoing {
+    /// The whole frame, header included.
+    frame: Vec<u8>,
+    /// Its share of [`OUTGOING_BYTES`], given back once it is written.
+    _room: OwnedSemaphorePermit,
 }
 
 /// A connection to the daemon.
 ///
 /// Requests take `&self`, so one task can await a `send` while another takes events.
 pub struct Client {
-    /// Write half of the socket; requests are written under this lock.
-    writer: tokio::sync::Mutex<WriteHalf<Stream>>,
+    /// Frames for the writer task, which owns the write half and writes each one whole.
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Room left in the outgoing queue, in bytes ([`OUTGOING_BYTES`]).
+    room: Arc<Semaphore>,
+    /// The writer task; stopped when the client is dropped.
+    writer: tokio::task::JoinHandle<()>,
     /// Pending requests and unread events, shared with the reader.
     shared: Arc<Shared>,
     /// The reader task; stopped when the client is dropped.
@@ -326,8 +375,9 @@ pub struct Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // The reader holds the other half of the socket: end it so the connection closes.
+        // The tasks hold the two halves of the socket: end both so the connection closes.
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -428,10 +478,17 @@ impl Client {
                 finished: false,
             }),
             arrived: Notify::new(),
+            write_timeout_ms: AtomicU64::new(0),
         });
-        let reader = tokio::spawn(read_loop(reader, buf, Arc::clone(&shared)));
+        shared.set_write_timeout(options.request_timeout);
+        let (outgoing, queued) = mpsc::unbounded_channel();
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let writer = tokio::spawn(write_loop(writer, queued, Arc::clone(&shared), failed_tx));
+        let reader = tokio::spawn(read_loop(reader, buf, Arc::clone(&shared), failed_rx));
         Ok(Client {
-            writer: tokio::sync::Mutex::new(writer),
+            outgoing,
+            room: Arc::new(Semaphore::new(OUTGOING_BYTES)),
+            writer,
             shared,
             reader,
             next_id: AtomicU64::new(1),
@@ -443,6 +500,7 @@ impl Client {
     /// Sets how long requests wait for their reply (default 30 s).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+        self.shared.set_write_timeout(timeout);
     }
 
     /// The daemon's `welcome`: its version and endpoints.
@@ -450,32 +508,41 @@ impl Client {
         &self.welcome
     }
 
-    /// Sends a request with a fresh id and waits for the reply carrying it.
+    /// Sends a request with a fresh id and waits for the reply carrying it, all within the
+    /// request timeout. Cancel-safe: dropped at any point, it removes its reply slot, and a
+    /// frame already handed to the writer task is still written whole.
     async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<ServerMsg, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        encode(&make(id), &mut frame, DEFAULT_MAX_FRAME)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        {
+        let _waiting = {
             let mut pending = self.shared.pending();
             if pending.closed {
                 return Err(ClientError::Closed);
             }
             pending.waiters.insert(id, tx);
-        }
-        let written = {
-            let mut writer = self.writer.lock().await;
-            write_msg(&mut writer, &make(id)).await
-        };
-        if let Err(e) = written {
-            self.forget(id);
-            return Err(e);
-        }
-        let reply = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => return Err(ClientError::Closed),
-            Err(_) => {
-                self.forget(id);
-                return Err(ClientError::Timeout(self.timeout));
+            Waiting {
+                shared: &self.shared,
+                id,
             }
+        };
+        let exchange = async {
+            // A frame never exceeds the bound: `encode` refused anything over one frame.
+            let share = u32::try_from(frame.len().min(OUTGOING_BYTES)).unwrap_or(u32::MAX);
+            let room = Arc::clone(&self.room)
+                .acquire_many_owned(share)
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            self.outgoing
+                .send(Outgoing { frame, _room: room })
+                .map_err(|_| ClientError::Closed)?;
+            rx.await.map_err(|_| ClientError::Closed)
+        };
+        let reply = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(reply) => reply?,
+            Err(_) => return Err(ClientError::Timeout(self.timeout)),
         };
         match reply {
             ServerMsg::Error(e) => Err(ClientError::Server {
@@ -484,10 +551,6 @@ impl Client {
             }),
             other => Ok(other),
         }
-    }
-
-    fn forget(&self, id: u64) {
-        self.shared.pending().waiters.remove(&id);
     }
 
     async fn expect_ack(
@@ -601,6 +664,12 @@ impl Client {
         }
     }
 
+    /// How many requests are waiting for their reply right now (for monitoring: a request
+    /// its caller dropped is not counted).
+    pub fn pending_requests(&self) -> usize {
+        self.shared.pending().waiters.len()
+    }
+
     /// The next message, state change or unsolicited error; `None` once the connection is
     /// closed and every event was taken. Cancel-safe: an event is only taken by a call that
     /// returns it.
@@ -629,6 +698,33 @@ async fn write_msg(writer: &mut WriteHalf<Stream>, msg: &ClientMsg) -> Result<()
     encode(msg, &mut buf, DEFAULT_MAX_FRAME).map_err(|e| ClientError::Protocol(e.to_string()))?;
     writer.write_all(&buf).await?;
     Ok(())
+}
+
+/// Writes each queued frame whole, each within the write deadline, until the client is
+/// dropped. A failed or late write ends the connection: it tells the reader, which fails every
+/// waiter, since the rest of a cut frame cannot be sent any more.
+async fn write_loop(
+    mut writer: WriteHalf<Stream>,
+    mut queued: mpsc::UnboundedReceiver<Outgoing>,
+    shared: Arc<Shared>,
+    failed: oneshot::Sender<(ErrorCode, String)>,
+) {
+    while let Some(out) = queued.recv().await {
+        let limit = shared.write_timeout();
+        let reason = match tokio::time::timeout(limit, writer.write_all(&out.frame)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => (
+                ErrorCode::BadFrame,
+                format!("writing to wsmuxd failed: {e}"),
+            ),
+            Err(_) => (
+                ErrorCode::Timeout,
+                format!("wsmuxd took no request for {limit:?}; the client closed the connection"),
+            ),
+        };
+        let _ = failed.send(reason);
+        return;
+    }
 }
 
 /// Reads one message and its frame length; `None` on a clean end of stream.
@@ -671,9 +767,27 @@ fn reply_id(msg: &ServerMsg) -> Option<u64> {
 
 /// Reads every frame as it arrives. Never waits for the application: replies complete their
 /// request, events go into the bounded inbox.
-async fn read_loop(mut reader: ReadHalf<Stream>, mut buf: BytesMut, shared: Arc<Shared>) {
+async fn read_loop(
+    mut reader: ReadHalf<Stream>,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+    mut write_failed: oneshot::Receiver<(ErrorCode, String)>,
+) {
     let last_words = loop {
-        let (msg, size) = match read_msg(&mut reader, &mut buf).await {
+        // `read_msg` is cancel-safe: bytes read so far stay in `buf`.
+        let read = tokio::select! {
+            read = read_msg(&mut reader, &mut buf) => read,
+            failed = &mut write_failed => match failed {
+                Ok((code, message)) => break Some(Event::Error(ErrorMsg {
+                    id: None,
+                    code,
+                    message,
+                })),
+                // The writer ended without a failure: the client is being dropped.
+                Err(_) => break None,
+            },
+        };
+        let (msg, size) = match read {
             Ok(Some(read)) => read,
             Ok(None) => break None,
             Err(e) => {

@@ -7,6 +7,8 @@ mod bad_input;
 mod chaos;
 /// The `wsmux` command-line client.
 mod cli;
+/// The Rust client library: cancelled requests leak nothing and never cut a frame.
+mod client_cancel;
 /// The Rust client library: replies never wait behind unread events.
 mod client_replies;
 /// Slow and misbehaving clients, limits, and many clients at once.
