@@ -568,7 +568,12 @@ impl Session {
         let msg = match decode_client(body) {
             Ok(msg) => msg,
             Err(e) => {
-                tracing::debug!(client = self.id, code = %e.code, "bad request: {}", e.message);
+                tracing::debug!(
+                    client = self.id,
+                    code = %e.code,
+                    "bad request: {}",
+                    escape(&e.message, MAX_PEER_TEXT)
+                );
                 self.outbox.push_control(frames::encode(&e.to_server_msg()));
                 // A message-level error: the frame was well delimited, so carry on. Before
                 // `hello`, though, the peer is not speaking this protocol at all.
@@ -706,7 +711,11 @@ impl Session {
             ClientMsg::Ping(m) => self.reply(ServerMsg::Pong(Pong { id: m.id })),
             ClientMsg::Reconnect(m) => match self.ctx.endpoint(&m.endpoint) {
                 Some(ep) => {
-                    tracing::info!(client = self.id, endpoint = %m.endpoint, "reconnect requested");
+                    tracing::info!(
+                        client = self.id,
+                        endpoint = %escape(&m.endpoint, MAX_PEER_TEXT),
+                        "reconnect requested"
+                    );
                     ep.command(Command::Reconnect {
                         id: m.id,
                         reply: Arc::clone(&self.outbox),
