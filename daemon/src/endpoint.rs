@@ -134,6 +134,8 @@ struct Shared {
     subscribers: HashMap<ClientId, Arc<Outbox>>,
     /// The URL with its secrets hidden, as `status` shows it (changes on reload).
     url_redacted: String,
+    /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
+    stopped: bool,
 }
 
 /// The frame a client gets when it is disconnected for lagging.
@@ -191,6 +193,7 @@ impl Endpoint {
                 rtt_us: None,
                 subscribers: HashMap::new(),
                 url_redacted: settings.url_redacted.clone(),
+                stopped: false,
             }),
             counters: Counters::default(),
             commands,
@@ -259,11 +262,22 @@ impl Endpoint {
         self.lock().last_event.state
     }
 
-    /// Adds (or re-adds) a subscriber and queues the current state for it.
-    pub fn subscribe(&self, client: ClientId, outbox: &Arc<Outbox>) {
+    /// Adds (or re-adds) a subscriber and queues, in this order, the `ack` for request `id`
+    /// (if given) and the current state for it. `false`, with nothing queued, once the
+    /// endpoint has stopped ([`Endpoint::clear_subscribers`]): a session that looked the
+    /// endpoint up just before a reload removed it must not leave its outbox with a dead
+    /// endpoint.
+    pub fn subscribe(&self, client: ClientId, outbox: &Arc<Outbox>, id: Option<u64>) -> bool {
         let mut shared = self.lock();
+        if shared.stopped {
+            return false;
+        }
+        if let Some(id) = id {
+            outbox.push_control(frames::ack(id));
+        }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
         shared.subscribers.insert(client, Arc::clone(outbox));
+        true
     }
 
     /// Removes a subscriber; `false` if it was not subscribed.
@@ -430,8 +444,45 @@ impl Endpoint {
         }
     }
 
-    /// Drops every subscriber (after the final `closed` state went out).
+    /// Drops every subscriber (after the final `closed` state went out) and refuses new ones
+    /// from now on.
     pub fn clear_subscribers(&self) {
-        self.lock().subscribers.clear();
+        let mut shared = self.lock();
+        shared.stopped = true;
+        shared.subscribers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(send_buffer_bytes: usize) -> (Endpoint, mpsc::Receiver<Envelope>) {
+        let mut settings =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        settings.send_buffer_bytes = send_buffer_bytes;
+        let (tx, rx) = mpsc::channel(4);
+        (Endpoint::new(&settings, tx), rx)
+    }
+
+    #[test]
+    fn a_stopped_endpoint_refuses_new_subscribers() {
+        let (ep, _rx) = endpoint(1 << 20);
+        let early = Arc::new(Outbox::new(16, 1 << 20));
+        assert!(ep.subscribe(1, &early, None));
+        assert_eq!(ep.status().subscribers, 1);
+        ep.clear_subscribers();
+        // A session that looked the endpoint up just before it was removed.
+        let late = Arc::new(Outbox::new(16, 1 << 20));
+        assert!(!ep.subscribe(2, &late, Some(7)));
+        assert!(
+            late.is_empty(),
+            "neither ack nor state for a refused subscriber"
+        );
+        assert_eq!(
+            ep.status().subscribers,
+            0,
+            "the dead endpoint holds no outbox"
+        );
     }
 }

@@ -638,9 +638,18 @@ impl Session {
                     )
                 }
                 Some(ep) => {
-                    self.ack(m.id);
-                    ep.subscribe(self.id, &self.outbox);
-                    self.subscriptions.insert(m.endpoint);
+                    if ep.subscribe(self.id, &self.outbox, m.id) {
+                        self.subscriptions.insert(m.endpoint);
+                    } else if ep.stop_reason().is_some() {
+                        // Removed by a reload after this session looked it up.
+                        self.unknown_endpoint(m.id, &m.endpoint);
+                    } else {
+                        self.fail(
+                            m.id,
+                            ErrorCode::ShuttingDown,
+                            format!("endpoint `{}` is shutting down", ep.name()),
+                        );
+                    }
                 }
                 None => self.unknown_endpoint(m.id, &m.endpoint),
             },
