@@ -62,19 +62,49 @@ pub enum Command {
 
 /// A send's share of the endpoint's send buffer (`send_buffer_bytes`): taken by the session
 /// before the send enters the driver's channel, given back when the driver drops it (the
-/// send was written, queued or refused).
+/// send was written, queued or refused). What a reload's shrink could not take from the free
+/// permits at once ([`Endpoint::reconfigure`]) is taken from the bytes given back here.
 #[derive(Debug, Default)]
-pub struct Reservation(Option<OwnedSemaphorePermit>);
+pub struct Reservation {
+    /// The permits held, one per byte.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The endpoint's shrink debt, paid from `permit` when it is given back.
+    debt: Option<Arc<AtomicUsize>>,
+}
 
 impl Reservation {
     /// No share (commands other than sends, tests).
     pub fn none() -> Self {
-        Reservation(None)
+        Reservation::default()
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |p| p.num_permits())
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let (Some(mut permit), Some(debt)) = (self.permit.take(), self.debt.take()) else {
+            return;
+        };
+        let pay = take_up_to(&debt, permit.num_permits());
+        if pay > 0 {
+            // Forgotten permits never return to the semaphore; the rest go back on drop.
+            if let Some(owed) = permit.split(pay) {
+                owed.forget();
+            }
+        }
+    }
+}
+
+/// Takes up to `most` from `counter`; returns how much was taken.
+fn take_up_to(counter: &AtomicUsize, most: usize) -> usize {
+    match counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+        Some(d - d.min(most))
+    }) {
+        Ok(before) | Err(before) => before.min(most),
     }
 }
 
@@ -168,6 +198,10 @@ pub struct Endpoint {
     budget: Arc<Semaphore>,
     /// The configured size of `budget`.
     budget_size: AtomicUsize,
+    /// Permits a shrink of `budget` still owes: they were held by sends when the shrink came
+    /// and are forgotten as those sends give them back. `budget` holds `budget_size` plus
+    /// this many permits in all.
+    budget_debt: Arc<AtomicUsize>,
     /// How long a send waits for room in `budget`, in milliseconds.
     send_timeout_ms: AtomicU64,
 }
@@ -200,6 +234,7 @@ impl Endpoint {
             stop_reason: std::sync::OnceLock::new(),
             budget: Arc::new(Semaphore::new(settings.send_buffer_bytes)),
             budget_size: AtomicUsize::new(settings.send_buffer_bytes),
+            budget_debt: Arc::new(AtomicUsize::new(0)),
             send_timeout_ms: AtomicU64::new(settings.send_timeout.as_millis() as u64),
         }
     }
@@ -250,10 +285,16 @@ impl Endpoint {
             .swap(settings.send_buffer_bytes, Ordering::Relaxed);
         let new = settings.send_buffer_bytes;
         if new > old {
-            self.budget.add_permits(new - old);
-        } else {
-            // Shrinks by what is free now; the rest comes back as sends are written.
-            self.budget.forget_permits(old - new);
+            // What an earlier shrink still owes is cancelled first.
+            let grow = new - old;
+            let cancelled = take_up_to(&self.budget_debt, grow);
+            self.budget.add_permits(grow - cancelled);
+        } else if old > new {
+            // Shrinks by what is free now; the rest is taken as sends give their bytes back.
+            let shrink = old - new;
+            let forgotten = self.budget.forget_permits(shrink);
+            self.budget_debt
+                .fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
     }
 
@@ -354,7 +395,10 @@ impl Endpoint {
         let permits = u32::try_from(want).unwrap_or(u32::MAX);
         let acquire = Arc::clone(&self.budget).acquire_many_owned(permits);
         let reservation = match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(Ok(permit)) => Reservation(Some(permit)),
+            Ok(Ok(permit)) => Reservation {
+                permit: Some(permit),
+                debt: Some(Arc::clone(&self.budget_debt)),
+            },
             Ok(Err(_)) => return self.refuse_gone(command),
             Err(_) => return self.refuse_busy(command, size, limit),
         };
@@ -403,9 +447,9 @@ impl Endpoint {
 
     /// Bytes of the send buffer in use now.
     pub fn send_buffer_used(&self) -> usize {
-        self.budget_size
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.budget.available_permits())
+        let total =
+            self.budget_size.load(Ordering::Relaxed) + self.budget_debt.load(Ordering::Acquire);
+        total.saturating_sub(self.budget.available_permits())
     }
 
     /// Name and state, for `welcome`.
@@ -484,5 +528,53 @@ mod tests {
             0,
             "the dead endpoint holds no outbox"
         );
+    }
+
+    fn send(bytes: usize) -> Command {
+        Command::Send(SendRequest {
+            client: 1,
+            data: Payload::from(vec![0u8; bytes]),
+            id: None,
+            reply: Arc::new(Outbox::new(16, 1 << 20)),
+            queue: true,
+            sticky: false,
+            undo: None,
+        })
+    }
+
+    fn resized(ep: &Endpoint, send_buffer_bytes: usize) {
+        let mut settings =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        settings.send_buffer_bytes = send_buffer_bytes;
+        ep.reconfigure(&settings);
+    }
+
+    #[tokio::test]
+    async fn shrinking_the_send_buffer_while_sends_are_in_flight_does_not_grow_it() {
+        let (ep, mut rx) = endpoint(1000);
+        for round in 0..3 {
+            ep.command(send(800)).await;
+            let in_flight = rx.try_recv().expect("the send entered the channel");
+            assert_eq!(in_flight.reservation.bytes(), 800);
+            resized(&ep, 100);
+            assert_eq!(ep.send_buffer_used(), 800, "round {round}");
+            assert_eq!(ep.budget.available_permits(), 0, "round {round}");
+            // The in-flight send is written: its bytes pay what the shrink could not take.
+            drop(in_flight);
+            assert_eq!(ep.send_buffer_used(), 0, "round {round}");
+            assert_eq!(ep.budget.available_permits(), 100, "round {round}");
+            resized(&ep, 1000);
+            assert_eq!(ep.send_buffer_used(), 0, "round {round}");
+            assert_eq!(ep.budget.available_permits(), 1000, "round {round}");
+        }
+        // Growing back before the in-flight send is written cancels what it still owed.
+        ep.command(send(800)).await;
+        let in_flight = rx.try_recv().expect("the send entered the channel");
+        resized(&ep, 100);
+        resized(&ep, 500);
+        assert_eq!(ep.send_buffer_used(), 800);
+        drop(in_flight);
+        assert_eq!(ep.send_buffer_used(), 0);
+        assert_eq!(ep.budget.available_permits(), 500);
     }
 }
