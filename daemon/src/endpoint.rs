@@ -60,6 +60,25 @@ pub enum Command {
     Reconfigure(Box<wsmux_config::EndpointSettings>),
 }
 
+/// Why the driver did not take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The driver's channel stayed full for the whole wait (`send_timeout`).
+    #[error("the driver of endpoint `{endpoint}` took no command for {waited} (send_timeout)")]
+    Busy {
+        /// Endpoint name.
+        endpoint: String,
+        /// How long the command waited, humanized.
+        waited: String,
+    },
+    /// The driver is gone (the endpoint is stopping).
+    #[error("endpoint `{endpoint}` is shutting down")]
+    Gone {
+        /// Endpoint name.
+        endpoint: String,
+    },
+}
+
 /// A send's share of the endpoint's send buffer (`send_buffer_bytes`): taken by the session
 /// before the send enters the driver's channel, given back when the driver drops it (the
 /// send was written, queued or refused). What a reload's shrink could not take from the free
@@ -378,13 +397,36 @@ impl Endpoint {
 
     /// Hands a command to the driver. A send first reserves its bytes in the endpoint's send
     /// buffer (`send_buffer_bytes`), waiting at most `send_timeout` for room (and for a place
-    /// in the channel); past that it is refused with `busy`. If the driver is gone, requests
-    /// that expect a reply get `shutting_down`.
+    /// in the channel); past that it is refused with `busy`. Other commands wait at most
+    /// `send_timeout` for a place in the channel too: a `reconnect` is then refused with
+    /// `busy`, the others are logged. If the driver is gone, requests that expect a reply get
+    /// `shutting_down`.
     pub async fn command(&self, command: Command) {
         let Command::Send(request) = &command else {
-            if let Err(mpsc::error::SendError(envelope)) = self.commands.send(command.into()).await
-            {
-                self.refuse_gone(envelope.command);
+            let Err((error, command)) = self.post(command).await else {
+                return;
+            };
+            match (error, command) {
+                (CommandError::Gone { .. }, command) => self.refuse_gone(command),
+                (error, Command::Reconnect { id, reply }) => {
+                    reply.push_control(frames::error(
+                        id,
+                        ErrorCode::Busy,
+                        format!("{error}; the reconnect was not requested"),
+                    ));
+                }
+                (error, Command::ClientGone(client)) => tracing::warn!(
+                    endpoint = %self.name,
+                    client,
+                    "{error}: the sticky messages of a client that left stay registered"
+                ),
+                (error, Command::Reconfigure(_)) => {
+                    tracing::warn!(endpoint = %self.name, "{error}: new settings not applied")
+                }
+                (error, Command::Send(r)) => {
+                    r.reply
+                        .push_control(frames::error(r.id, ErrorCode::Busy, error.to_string()))
+                }
             }
             return;
         };
@@ -409,6 +451,39 @@ impl Endpoint {
             }),
             Ok(Err(_)) => self.refuse_gone(command),
             Err(_) => self.refuse_busy(command, size, limit),
+        }
+    }
+
+    /// Hands reloaded settings to the driver, waiting at most `send_timeout` for a place in
+    /// its channel.
+    pub async fn reconfigure_driver(
+        &self,
+        settings: wsmux_config::EndpointSettings,
+    ) -> Result<(), CommandError> {
+        self.post(Command::Reconfigure(Box::new(settings)))
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// Puts a command without a send-buffer share in the driver's channel, waiting at most
+    /// `send_timeout` for a place; gives it back with the reason if it was not taken.
+    async fn post(&self, command: Command) -> Result<(), (CommandError, Command)> {
+        let limit = Duration::from_millis(self.send_timeout_ms.load(Ordering::Relaxed));
+        match self.commands.send_timeout(command.into(), limit).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(envelope)) => Err((
+                CommandError::Busy {
+                    endpoint: self.name.to_string(),
+                    waited: crate::policy::humanize(limit),
+                },
+                envelope.command,
+            )),
+            Err(mpsc::error::SendTimeoutError::Closed(envelope)) => Err((
+                CommandError::Gone {
+                    endpoint: self.name.to_string(),
+                },
+                envelope.command,
+            )),
         }
     }
 
@@ -576,5 +651,49 @@ mod tests {
         drop(in_flight);
         assert_eq!(ep.send_buffer_used(), 0);
         assert_eq!(ep.budget.available_permits(), 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_other_than_sends_wait_at_most_send_timeout_for_a_full_channel() {
+        let (ep, _rx) = endpoint(1 << 20);
+        // Nobody reads the channel (a driver that panicked and waits to restart): fill it.
+        for _ in 0..4 {
+            ep.command(Command::ClientGone(9)).await;
+        }
+        let limit =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap())
+                .send_timeout;
+        let start = tokio::time::Instant::now();
+        let reply = Arc::new(Outbox::new(16, 1 << 20));
+        let waits = async {
+            ep.command(Command::Reconnect {
+                id: Some(3),
+                reply: Arc::clone(&reply),
+            })
+            .await;
+            // A leaving client does not stall either.
+            ep.command(Command::ClientGone(1)).await;
+        };
+        tokio::time::timeout(limit * 3, waits)
+            .await
+            .expect("bounded waits");
+        assert_eq!(start.elapsed(), limit * 2);
+        let batch = reply.take().await;
+        let frame = batch.frames().next().expect("the reconnect is answered");
+        match wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..]) {
+            Ok(ServerMsg::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
+                assert_eq!(e.id, Some(3));
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        let error = ep
+            .reconfigure_driver(wsmux_config::EndpointSettings::new(
+                "feed",
+                "ws://127.0.0.1:1/".parse().unwrap(),
+            ))
+            .await
+            .expect_err("the driver took nothing");
+        assert!(matches!(error, CommandError::Busy { .. }), "{error}");
     }
 }
