@@ -60,21 +60,70 @@ pub enum Command {
     Reconfigure(Box<wsmux_config::EndpointSettings>),
 }
 
+/// Why the driver did not take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The driver's channel stayed full for the whole wait (`send_timeout`).
+    #[error("the driver of endpoint `{endpoint}` took no command for {waited} (send_timeout)")]
+    Busy {
+        /// Endpoint name.
+        endpoint: String,
+        /// How long the command waited, humanized.
+        waited: String,
+    },
+    /// The driver is gone (the endpoint is stopping).
+    #[error("endpoint `{endpoint}` is shutting down")]
+    Gone {
+        /// Endpoint name.
+        endpoint: String,
+    },
+}
+
 /// A send's share of the endpoint's send buffer (`send_buffer_bytes`): taken by the session
 /// before the send enters the driver's channel, given back when the driver drops it (the
-/// send was written, queued or refused).
+/// send was written, queued or refused). What a reload's shrink could not take from the free
+/// permits at once ([`Endpoint::reconfigure`]) is taken from the bytes given back here.
 #[derive(Debug, Default)]
-pub struct Reservation(Option<OwnedSemaphorePermit>);
+pub struct Reservation {
+    /// The permits held, one per byte.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The endpoint's shrink debt, paid from `permit` when it is given back.
+    debt: Option<Arc<AtomicUsize>>,
+}
 
 impl Reservation {
     /// No share (commands other than sends, tests).
     pub fn none() -> Self {
-        Reservation(None)
+        Reservation::default()
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |p| p.num_permits())
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let (Some(mut permit), Some(debt)) = (self.permit.take(), self.debt.take()) else {
+            return;
+        };
+        let pay = take_up_to(&debt, permit.num_permits());
+        if pay > 0 {
+            // Forgotten permits never return to the semaphore; the rest go back on drop.
+            if let Some(owed) = permit.split(pay) {
+                owed.forget();
+            }
+        }
+    }
+}
+
+/// Takes up to `most` from `counter`; returns how much was taken.
+fn take_up_to(counter: &AtomicUsize, most: usize) -> usize {
+    match counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+        Some(d - d.min(most))
+    }) {
+        Ok(before) | Err(before) => before.min(most),
     }
 }
 
@@ -134,6 +183,8 @@ struct Shared {
     subscribers: HashMap<ClientId, Arc<Outbox>>,
     /// The URL with its secrets hidden, as `status` shows it (changes on reload).
     url_redacted: String,
+    /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
+    stopped: bool,
 }
 
 /// The frame a client gets when it is disconnected for lagging.
@@ -166,6 +217,10 @@ pub struct Endpoint {
     budget: Arc<Semaphore>,
     /// The configured size of `budget`.
     budget_size: AtomicUsize,
+    /// Permits a shrink of `budget` still owes: they were held by sends when the shrink came
+    /// and are forgotten as those sends give them back. `budget` holds `budget_size` plus
+    /// this many permits in all.
+    budget_debt: Arc<AtomicUsize>,
     /// How long a send waits for room in `budget`, in milliseconds.
     send_timeout_ms: AtomicU64,
 }
@@ -191,12 +246,14 @@ impl Endpoint {
                 rtt_us: None,
                 subscribers: HashMap::new(),
                 url_redacted: settings.url_redacted.clone(),
+                stopped: false,
             }),
             counters: Counters::default(),
             commands,
             stop_reason: std::sync::OnceLock::new(),
             budget: Arc::new(Semaphore::new(settings.send_buffer_bytes)),
             budget_size: AtomicUsize::new(settings.send_buffer_bytes),
+            budget_debt: Arc::new(AtomicUsize::new(0)),
             send_timeout_ms: AtomicU64::new(settings.send_timeout.as_millis() as u64),
         }
     }
@@ -247,10 +304,16 @@ impl Endpoint {
             .swap(settings.send_buffer_bytes, Ordering::Relaxed);
         let new = settings.send_buffer_bytes;
         if new > old {
-            self.budget.add_permits(new - old);
-        } else {
-            // Shrinks by what is free now; the rest comes back as sends are written.
-            self.budget.forget_permits(old - new);
+            // What an earlier shrink still owes is cancelled first.
+            let grow = new - old;
+            let cancelled = take_up_to(&self.budget_debt, grow);
+            self.budget.add_permits(grow - cancelled);
+        } else if old > new {
+            // Shrinks by what is free now; the rest is taken as sends give their bytes back.
+            let shrink = old - new;
+            let forgotten = self.budget.forget_permits(shrink);
+            self.budget_debt
+                .fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
     }
 
@@ -259,11 +322,22 @@ impl Endpoint {
         self.lock().last_event.state
     }
 
-    /// Adds (or re-adds) a subscriber and queues the current state for it.
-    pub fn subscribe(&self, client: ClientId, outbox: &Arc<Outbox>) {
+    /// Adds (or re-adds) a subscriber and queues, in this order, the `ack` for request `id`
+    /// (if given) and the current state for it. `false`, with nothing queued, once the
+    /// endpoint has stopped ([`Endpoint::clear_subscribers`]): a session that looked the
+    /// endpoint up just before a reload removed it must not leave its outbox with a dead
+    /// endpoint.
+    pub fn subscribe(&self, client: ClientId, outbox: &Arc<Outbox>, id: Option<u64>) -> bool {
         let mut shared = self.lock();
+        if shared.stopped {
+            return false;
+        }
+        if let Some(id) = id {
+            outbox.push_control(frames::ack(id));
+        }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
         shared.subscribers.insert(client, Arc::clone(outbox));
+        true
     }
 
     /// Removes a subscriber; `false` if it was not subscribed.
@@ -323,13 +397,36 @@ impl Endpoint {
 
     /// Hands a command to the driver. A send first reserves its bytes in the endpoint's send
     /// buffer (`send_buffer_bytes`), waiting at most `send_timeout` for room (and for a place
-    /// in the channel); past that it is refused with `busy`. If the driver is gone, requests
-    /// that expect a reply get `shutting_down`.
+    /// in the channel); past that it is refused with `busy`. Other commands wait at most
+    /// `send_timeout` for a place in the channel too: a `reconnect` is then refused with
+    /// `busy`, the others are logged. If the driver is gone, requests that expect a reply get
+    /// `shutting_down`.
     pub async fn command(&self, command: Command) {
         let Command::Send(request) = &command else {
-            if let Err(mpsc::error::SendError(envelope)) = self.commands.send(command.into()).await
-            {
-                self.refuse_gone(envelope.command);
+            let Err((error, command)) = self.post(command).await else {
+                return;
+            };
+            match (error, command) {
+                (CommandError::Gone { .. }, command) => self.refuse_gone(command),
+                (error, Command::Reconnect { id, reply }) => {
+                    reply.push_control(frames::error(
+                        id,
+                        ErrorCode::Busy,
+                        format!("{error}; the reconnect was not requested"),
+                    ));
+                }
+                (error, Command::ClientGone(client)) => tracing::warn!(
+                    endpoint = %self.name,
+                    client,
+                    "{error}: the sticky messages of a client that left stay registered"
+                ),
+                (error, Command::Reconfigure(_)) => {
+                    tracing::warn!(endpoint = %self.name, "{error}: new settings not applied")
+                }
+                (error, Command::Send(r)) => {
+                    r.reply
+                        .push_control(frames::error(r.id, ErrorCode::Busy, error.to_string()))
+                }
             }
             return;
         };
@@ -340,7 +437,10 @@ impl Endpoint {
         let permits = u32::try_from(want).unwrap_or(u32::MAX);
         let acquire = Arc::clone(&self.budget).acquire_many_owned(permits);
         let reservation = match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(Ok(permit)) => Reservation(Some(permit)),
+            Ok(Ok(permit)) => Reservation {
+                permit: Some(permit),
+                debt: Some(Arc::clone(&self.budget_debt)),
+            },
             Ok(Err(_)) => return self.refuse_gone(command),
             Err(_) => return self.refuse_busy(command, size, limit),
         };
@@ -351,6 +451,39 @@ impl Endpoint {
             }),
             Ok(Err(_)) => self.refuse_gone(command),
             Err(_) => self.refuse_busy(command, size, limit),
+        }
+    }
+
+    /// Hands reloaded settings to the driver, waiting at most `send_timeout` for a place in
+    /// its channel.
+    pub async fn reconfigure_driver(
+        &self,
+        settings: wsmux_config::EndpointSettings,
+    ) -> Result<(), CommandError> {
+        self.post(Command::Reconfigure(Box::new(settings)))
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// Puts a command without a send-buffer share in the driver's channel, waiting at most
+    /// `send_timeout` for a place; gives it back with the reason if it was not taken.
+    async fn post(&self, command: Command) -> Result<(), (CommandError, Command)> {
+        let limit = Duration::from_millis(self.send_timeout_ms.load(Ordering::Relaxed));
+        match self.commands.send_timeout(command.into(), limit).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(envelope)) => Err((
+                CommandError::Busy {
+                    endpoint: self.name.to_string(),
+                    waited: crate::policy::humanize(limit),
+                },
+                envelope.command,
+            )),
+            Err(mpsc::error::SendTimeoutError::Closed(envelope)) => Err((
+                CommandError::Gone {
+                    endpoint: self.name.to_string(),
+                },
+                envelope.command,
+            )),
         }
     }
 
@@ -389,9 +522,9 @@ impl Endpoint {
 
     /// Bytes of the send buffer in use now.
     pub fn send_buffer_used(&self) -> usize {
-        self.budget_size
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.budget.available_permits())
+        let total =
+            self.budget_size.load(Ordering::Relaxed) + self.budget_debt.load(Ordering::Acquire);
+        total.saturating_sub(self.budget.available_permits())
     }
 
     /// Name and state, for `welcome`.
@@ -430,8 +563,137 @@ impl Endpoint {
         }
     }
 
-    /// Drops every subscriber (after the final `closed` state went out).
+    /// Drops every subscriber (after the final `closed` state went out) and refuses new ones
+    /// from now on.
     pub fn clear_subscribers(&self) {
-        self.lock().subscribers.clear();
+        let mut shared = self.lock();
+        shared.stopped = true;
+        shared.subscribers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(send_buffer_bytes: usize) -> (Endpoint, mpsc::Receiver<Envelope>) {
+        let mut settings =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        settings.send_buffer_bytes = send_buffer_bytes;
+        let (tx, rx) = mpsc::channel(4);
+        (Endpoint::new(&settings, tx), rx)
+    }
+
+    #[test]
+    fn a_stopped_endpoint_refuses_new_subscribers() {
+        let (ep, _rx) = endpoint(1 << 20);
+        let early = Arc::new(Outbox::new(16, 1 << 20));
+        assert!(ep.subscribe(1, &early, None));
+        assert_eq!(ep.status().subscribers, 1);
+        ep.clear_subscribers();
+        // A session that looked the endpoint up just before it was removed.
+        let late = Arc::new(Outbox::new(16, 1 << 20));
+        assert!(!ep.subscribe(2, &late, Some(7)));
+        assert!(
+            late.is_empty(),
+            "neither ack nor state for a refused subscriber"
+        );
+        assert_eq!(
+            ep.status().subscribers,
+            0,
+            "the dead endpoint holds no outbox"
+        );
+    }
+
+    fn send(bytes: usize) -> Command {
+        Command::Send(SendRequest {
+            client: 1,
+            data: Payload::from(vec![0u8; bytes]),
+            id: None,
+            reply: Arc::new(Outbox::new(16, 1 << 20)),
+            queue: true,
+            sticky: false,
+            undo: None,
+        })
+    }
+
+    fn resized(ep: &Endpoint, send_buffer_bytes: usize) {
+        let mut settings =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        settings.send_buffer_bytes = send_buffer_bytes;
+        ep.reconfigure(&settings);
+    }
+
+    #[tokio::test]
+    async fn shrinking_the_send_buffer_while_sends_are_in_flight_does_not_grow_it() {
+        let (ep, mut rx) = endpoint(1000);
+        for round in 0..3 {
+            ep.command(send(800)).await;
+            let in_flight = rx.try_recv().expect("the send entered the channel");
+            assert_eq!(in_flight.reservation.bytes(), 800);
+            resized(&ep, 100);
+            assert_eq!(ep.send_buffer_used(), 800, "round {round}");
+            assert_eq!(ep.budget.available_permits(), 0, "round {round}");
+            // The in-flight send is written: its bytes pay what the shrink could not take.
+            drop(in_flight);
+            assert_eq!(ep.send_buffer_used(), 0, "round {round}");
+            assert_eq!(ep.budget.available_permits(), 100, "round {round}");
+            resized(&ep, 1000);
+            assert_eq!(ep.send_buffer_used(), 0, "round {round}");
+            assert_eq!(ep.budget.available_permits(), 1000, "round {round}");
+        }
+        // Growing back before the in-flight send is written cancels what it still owed.
+        ep.command(send(800)).await;
+        let in_flight = rx.try_recv().expect("the send entered the channel");
+        resized(&ep, 100);
+        resized(&ep, 500);
+        assert_eq!(ep.send_buffer_used(), 800);
+        drop(in_flight);
+        assert_eq!(ep.send_buffer_used(), 0);
+        assert_eq!(ep.budget.available_permits(), 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_other_than_sends_wait_at_most_send_timeout_for_a_full_channel() {
+        let (ep, _rx) = endpoint(1 << 20);
+        // Nobody reads the channel (a driver that panicked and waits to restart): fill it.
+        for _ in 0..4 {
+            ep.command(Command::ClientGone(9)).await;
+        }
+        let limit =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap())
+                .send_timeout;
+        let start = tokio::time::Instant::now();
+        let reply = Arc::new(Outbox::new(16, 1 << 20));
+        let waits = async {
+            ep.command(Command::Reconnect {
+                id: Some(3),
+                reply: Arc::clone(&reply),
+            })
+            .await;
+            // A leaving client does not stall either.
+            ep.command(Command::ClientGone(1)).await;
+        };
+        tokio::time::timeout(limit * 3, waits)
+            .await
+            .expect("bounded waits");
+        assert_eq!(start.elapsed(), limit * 2);
+        let batch = reply.take().await;
+        let frame = batch.frames().next().expect("the reconnect is answered");
+        match wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..]) {
+            Ok(ServerMsg::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
+                assert_eq!(e.id, Some(3));
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        let error = ep
+            .reconfigure_driver(wsmux_config::EndpointSettings::new(
+                "feed",
+                "ws://127.0.0.1:1/".parse().unwrap(),
+            ))
+            .await
+            .expect_err("the driver took nothing");
+        assert!(matches!(error, CommandError::Busy { .. }), "{error}");
     }
 }

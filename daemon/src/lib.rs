@@ -33,7 +33,7 @@ use wsmux_config::EndpointSettings;
 pub use wsmux_config::Settings;
 use wsmux_proto::ErrorCode;
 
-use crate::endpoint::{Command, Endpoint};
+use crate::endpoint::Endpoint;
 use crate::server::{ReloadRequest, ServerContext};
 use crate::upstream::{Driver, Parts};
 
@@ -167,10 +167,16 @@ impl Endpoints {
             match self.running.get_mut(name) {
                 None => self.start(settings),
                 Some((_, current)) if current != settings => {
-                    *current = settings.clone();
-                    if let Some(ep) = self.ctx.endpoint(name) {
-                        ep.command(Command::Reconfigure(Box::new(settings.clone())))
-                            .await;
+                    let Some(ep) = self.ctx.endpoint(name) else {
+                        continue;
+                    };
+                    match ep.reconfigure_driver(settings.clone()).await {
+                        Ok(()) => *current = settings.clone(),
+                        // The old settings stay recorded, so the next reload tries again.
+                        Err(error) => tracing::warn!(
+                            endpoint = %name,
+                            "{error}: the endpoint keeps its old settings until the next reload"
+                        ),
                     }
                 }
                 Some(_) => {}
@@ -269,7 +275,21 @@ pub async fn run_with(
         match reloader() {
             Ok(new) => {
                 tracing::info!("configuration reloaded");
-                endpoints.apply(&current, &new).await;
+                // Bounded per endpoint, but a shutdown must not wait for all of them.
+                let applied = tokio::select! {
+                    _ = shutdown.cancelled() => false,
+                    () = endpoints.apply(&current, &new) => true,
+                };
+                if !applied {
+                    if let Some(ReloadRequest { id, reply }) = request {
+                        reply.push_control(frames::error(
+                            id,
+                            ErrorCode::ShuttingDown,
+                            "the daemon is shutting down",
+                        ));
+                    }
+                    break;
+                }
                 current = new;
                 if let Some(ReloadRequest {
                     id: Some(id),

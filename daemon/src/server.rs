@@ -568,7 +568,12 @@ impl Session {
         let msg = match decode_client(body) {
             Ok(msg) => msg,
             Err(e) => {
-                tracing::debug!(client = self.id, code = %e.code, "bad request: {}", e.message);
+                tracing::debug!(
+                    client = self.id,
+                    code = %e.code,
+                    "bad request: {}",
+                    escape(&e.message, MAX_PEER_TEXT)
+                );
                 self.outbox.push_control(frames::encode(&e.to_server_msg()));
                 // A message-level error: the frame was well delimited, so carry on. Before
                 // `hello`, though, the peer is not speaking this protocol at all.
@@ -633,9 +638,18 @@ impl Session {
                     )
                 }
                 Some(ep) => {
-                    self.ack(m.id);
-                    ep.subscribe(self.id, &self.outbox);
-                    self.subscriptions.insert(m.endpoint);
+                    if ep.subscribe(self.id, &self.outbox, m.id) {
+                        self.subscriptions.insert(m.endpoint);
+                    } else if ep.stop_reason().is_some() {
+                        // Removed by a reload after this session looked it up.
+                        self.unknown_endpoint(m.id, &m.endpoint);
+                    } else {
+                        self.fail(
+                            m.id,
+                            ErrorCode::ShuttingDown,
+                            format!("endpoint `{}` is shutting down", ep.name()),
+                        );
+                    }
                 }
                 None => self.unknown_endpoint(m.id, &m.endpoint),
             },
@@ -706,7 +720,11 @@ impl Session {
             ClientMsg::Ping(m) => self.reply(ServerMsg::Pong(Pong { id: m.id })),
             ClientMsg::Reconnect(m) => match self.ctx.endpoint(&m.endpoint) {
                 Some(ep) => {
-                    tracing::info!(client = self.id, endpoint = %m.endpoint, "reconnect requested");
+                    tracing::info!(
+                        client = self.id,
+                        endpoint = %escape(&m.endpoint, MAX_PEER_TEXT),
+                        "reconnect requested"
+                    );
                     ep.command(Command::Reconnect {
                         id: m.id,
                         reply: Arc::clone(&self.outbox),

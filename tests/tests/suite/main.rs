@@ -11,6 +11,8 @@ mod cli;
 mod client_cancel;
 /// The Rust client library: replies never wait behind unread events.
 mod client_replies;
+/// Client-chosen text in the daemon's log is escaped.
+mod client_text_logs;
 /// Slow and misbehaving clients, limits, and many clients at once.
 mod clients;
 /// Configuration errors and environment overrides, through the real binary.
