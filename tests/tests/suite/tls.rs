@@ -21,7 +21,7 @@ async fn first_outcome(d: &Daemon) -> ServerMsg {
     let mut state = c.subscribe("feed").await;
     loop {
         match state.state {
-            ConnState::Open => return within(5, "greeting", c.recv()).await.unwrap(),
+            ConnState::Open => return within(15, "greeting", c.recv()).await.unwrap(),
             ConnState::Backoff | ConnState::Failed => return ServerMsg::State(state),
             _ => {}
         }
