@@ -262,7 +262,8 @@ impl Outbound {
     }
 
     /// The connection changed under an open endpoint (a rotation's replacement took over):
-    /// queued messages a failed write put back go first again.
+    /// anything still in the queue goes first (what a failed write put back is already at
+    /// the front of the write order).
     pub fn resume(&mut self) {
         while let Some(q) = self.queue.pop_back() {
             self.queue_bytes -= q.data.len();
@@ -627,11 +628,11 @@ impl Outbound {
     }
 
     /// Writing `batch` failed (the connection is lost; the driver calls [`Outbound::lost`]
-    /// next). Sends are told `send_failed`; queued messages go back to the front of the
-    /// queue, in order.
+    /// next). Sends are told `send_failed`; queued messages go back to the front of the write
+    /// order, in order, so that [`Outbound::lost`] requeues them ahead of what followed them.
     pub fn write_failed(&mut self, batch: Vec<Write>, reason: &str) -> Vec<Notice> {
         let mut out = Vec::new();
-        let mut requeue = Vec::new();
+        let mut keep = Vec::new();
         for w in batch {
             match w.origin {
                 Origin::Send {
@@ -642,24 +643,12 @@ impl Outbound {
                     kind: NoticeKind::Error(ErrorCode::SendFailed, reason.to_owned()),
                     to: reply,
                 }),
-                Origin::Queued {
-                    client,
-                    id,
-                    reply,
-                    since,
-                } => requeue.push(Queued {
-                    client,
-                    data: w.data,
-                    id,
-                    reply,
-                    since,
-                }),
+                Origin::Queued { .. } => keep.push(w),
                 Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
             }
         }
-        for q in requeue.into_iter().rev() {
-            self.queue_bytes += q.data.len();
-            self.queue.push_front(q);
+        for w in keep.into_iter().rev() {
+            self.pending.push_front(w);
         }
         out
     }
@@ -1113,6 +1102,68 @@ mod tests {
             write_all(&mut o, t).0,
             ["login", "subscribe", "<open>", "q1", "q2"]
         );
+    }
+
+    #[test]
+    fn a_failed_write_never_reorders_the_queue() {
+        // (messages queued while down, batches written before the failing one, plain sends
+        // made once open): after the failure and the loss, the next connection writes them
+        // all in the order they were sent, and expiry looks at the oldest.
+        let table: [(u64, usize, u64); 5] = [
+            (300, 0, 0),
+            (300, 1, 0),
+            (300, 0, 3),
+            (600, 1, 2),
+            (10, 0, 2),
+        ];
+        for (queued, before, plain) in table {
+            let t = Instant::now();
+            let mut s = settings();
+            s.on_connect.clear();
+            s.queue.max_messages = 1000;
+            s.queue.max_age = Some(Duration::from_secs(3600));
+            let mut o = Outbound::new(&s);
+            let at = |n: u64| t + Duration::from_millis(n);
+            for n in 0..queued {
+                o.send(send(1, n, &format!("q{n}")), Reservation::none(), at(n));
+            }
+            o.connected();
+            assert!(o.replay_done());
+            o.opened(at(queued));
+            for n in 0..plain {
+                o.send(
+                    send(2, 1000 + n, &format!("p{n}")),
+                    Reservation::none(),
+                    at(queued + n),
+                );
+            }
+            for _ in 0..before {
+                let b = o.next_batch();
+                o.written(b);
+            }
+            let b = o.next_batch();
+            o.write_failed(b, "write failed: reset");
+            o.lost(at(queued + plain));
+            let first = (before * BATCH_MESSAGES) as u64;
+            assert_eq!(
+                o.next_expiry(),
+                (first < queued).then(|| at(first) + Duration::from_secs(3600)),
+                "{queued}/{before}/{plain}"
+            );
+            o.connected();
+            let order = write_all(&mut o, at(queued + plain)).0;
+            // Plain sends in the failed batch were refused (`send_failed`); the rest are held.
+            let failed_end = first + BATCH_MESSAGES as u64;
+            let want: Vec<String> = std::iter::once("<open>".to_owned())
+                .chain((first..queued).map(|n| format!("q{n}")))
+                .chain(
+                    (0..plain)
+                        .filter(|n| queued + n >= failed_end)
+                        .map(|n| format!("p{n}")),
+                )
+                .collect();
+            assert_eq!(order, want, "{queued}/{before}/{plain}");
+        }
     }
 
     #[test]
