@@ -124,8 +124,8 @@ pub enum Origin {
         id: Option<u64>,
         /// Where the `ack` goes.
         reply: Arc<Outbox>,
-        /// Whether it is also kept as a sticky message.
-        sticky: bool,
+        /// The key of the sticky message it also is, if it is one.
+        sticky: Option<u64>,
         /// Whether it may be queued if the connection is lost before it is written.
         queue: bool,
         /// Its share of the endpoint's send buffer, released once it is written or refused.
@@ -161,7 +161,10 @@ impl Write {
     pub fn mirrored(&self) -> bool {
         matches!(
             self.origin,
-            Origin::Send { sticky: true, .. } | Origin::Undo
+            Origin::Send {
+                sticky: Some(_),
+                ..
+            } | Origin::Undo
         )
     }
 }
@@ -341,7 +344,7 @@ impl Outbound {
                         client,
                         id,
                         reply,
-                        sticky: true,
+                        sticky: Some(key),
                         queue,
                         reservation,
                     },
@@ -365,7 +368,7 @@ impl Outbound {
                     client,
                     id,
                     reply,
-                    sticky: false,
+                    sticky: None,
                     queue,
                     reservation,
                 },
@@ -628,23 +631,38 @@ impl Outbound {
     }
 
     /// Writing `batch` failed (the connection is lost; the driver calls [`Outbound::lost`]
-    /// next). Sends are told `send_failed`; queued messages go back to the front of the write
-    /// order, in order, so that [`Outbound::lost`] requeues them ahead of what followed them.
+    /// next, or a rotation's open replacement takes over). Sends are told `send_failed`.
+    /// Queued messages, sticky messages and `undo`s go back to the front of the write order,
+    /// in order: [`Outbound::lost`] then requeues or drops them like any unwritten write, and
+    /// a replacement that takes over writes them (it must still see those sticky changes; a
+    /// failed sticky send is written as part of the replay, its sender was already told).
     pub fn write_failed(&mut self, batch: Vec<Write>, reason: &str) -> Vec<Notice> {
         let mut out = Vec::new();
         let mut keep = Vec::new();
         for w in batch {
             match w.origin {
                 Origin::Send {
-                    client, id, reply, ..
-                } => out.push(Notice {
                     client,
                     id,
-                    kind: NoticeKind::Error(ErrorCode::SendFailed, reason.to_owned()),
-                    to: reply,
-                }),
-                Origin::Queued { .. } => keep.push(w),
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                    reply,
+                    sticky,
+                    ..
+                } => {
+                    out.push(Notice {
+                        client,
+                        id,
+                        kind: NoticeKind::Error(ErrorCode::SendFailed, reason.to_owned()),
+                        to: reply,
+                    });
+                    if let Some(key) = sticky {
+                        keep.push(Write {
+                            data: w.data,
+                            origin: Origin::Replay { key },
+                        });
+                    }
+                }
+                Origin::Queued { .. } | Origin::Undo => keep.push(w),
+                Origin::OnConnect | Origin::Replay { .. } => {}
             }
         }
         for w in keep.into_iter().rev() {
@@ -683,7 +701,7 @@ impl Outbound {
                     queue,
                     ..
                 } => {
-                    if sticky {
+                    if sticky.is_some() {
                         // Kept as sticky: written with the next replay.
                         out.extend(ack_queued(client, id, reply));
                     } else {
@@ -1164,6 +1182,72 @@ mod tests {
                 .collect();
             assert_eq!(order, want, "{queued}/{before}/{plain}");
         }
+    }
+
+    #[test]
+    fn a_replacement_that_takes_over_gets_the_sticky_changes_of_the_failed_write() {
+        let t = Instant::now();
+        let mut o = Outbound::new(&settings());
+        o.send(
+            sticky(1, 1, "sub a", Some("unsub a")),
+            Reservation::none(),
+            t,
+        );
+        o.send(send(3, 9, "q"), Reservation::none(), t);
+        o.connected();
+        write_all(&mut o, t);
+        // Open; the replacement was replayed with "sub a". Then, in one batch: a new sticky
+        // message, a plain send, and the undo of a client that left.
+        o.send(sticky(2, 2, "sub b", None), Reservation::none(), t);
+        o.send(send(2, 3, "plain"), Reservation::none(), t);
+        o.client_gone(1);
+        let batch = o.next_batch();
+        assert_eq!(batch.len(), 3);
+        let got = kinds(o.write_failed(batch, "write failed: reset"));
+        assert!(
+            matches!(
+                &got[..],
+                [
+                    (2, Some(2), NoticeKind::Error(ErrorCode::SendFailed, _)),
+                    (2, Some(3), NoticeKind::Error(ErrorCode::SendFailed, _))
+                ]
+            ),
+            "{got:?}"
+        );
+        // A send that arrives before the takeover goes after them.
+        o.send(send(2, 4, "after"), Reservation::none(), t);
+        // The replacement takes over: it gets the sticky change and the undo, in order.
+        o.resume();
+        let (order, notices) = write_all(&mut o, t);
+        assert_eq!(order, ["sub b", "unsub a", "after"]);
+        assert_eq!(notices, [(2, Some(4), NoticeKind::Ack)]);
+        // Without a replacement, the sticky message waits for the next replay, the undo is
+        // moot (the next connection never gets "sub a").
+        let mut o = Outbound::new(&settings());
+        o.send(
+            sticky(1, 1, "sub a", Some("unsub a")),
+            Reservation::none(),
+            t,
+        );
+        o.connected();
+        write_all(&mut o, t);
+        o.send(sticky(2, 2, "sub b", None), Reservation::none(), t);
+        o.client_gone(1);
+        let batch = o.next_batch();
+        let got = kinds(o.write_failed(batch, "write failed: reset"));
+        assert!(
+            matches!(
+                &got[..],
+                [(2, Some(2), NoticeKind::Error(ErrorCode::SendFailed, _))]
+            ),
+            "{got:?}"
+        );
+        assert!(o.lost(t).is_empty());
+        o.connected();
+        assert_eq!(
+            write_all(&mut o, t).0,
+            ["login", "subscribe", "sub b", "<open>"]
+        );
     }
 
     #[test]
