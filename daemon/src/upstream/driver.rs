@@ -280,6 +280,7 @@ impl Driver {
     /// One bounded step of everything that is ready without waiting: buffered frames of
     /// both links, waiting commands, due timers.
     async fn service(&mut self) {
+        self.poll_replacement().await;
         self.drain_inbound().await;
         for _ in 0..COMMAND_BATCH {
             match self.commands.try_recv() {
@@ -289,6 +290,22 @@ impl Driver {
         }
         self.on_timers().await;
         self.publish_queue_depth();
+    }
+
+    /// Gives a rotation's replacement handshake its turn. The `select!` in [`Driver::run`]
+    /// is biased towards the main link and the write path skips it, so under a busy
+    /// upstream or steady sends the replacement would otherwise never be polled.
+    async fn poll_replacement(&mut self) {
+        let Some(Rotation {
+            link: Link::Connecting(fut),
+            ..
+        }) = self.rotation.as_mut()
+        else {
+            return;
+        };
+        if let Some(result) = fut.as_mut().now_or_never() {
+            self.on_rotation_event(LinkEvent::Connected(result)).await;
+        }
     }
 
     /// The earliest of the policy's, the rotation's and the queue's deadlines.
@@ -790,7 +807,7 @@ impl Driver {
         }
         match event {
             LinkEvent::Connected(Ok(mut ws)) => {
-                let replay: Vec<Payload> = self.outbound.replay();
+                let replay: Vec<Payload> = self.outbound.replacement_replay();
                 let limit = self.settings.connect_timeout;
                 if let Err(reason) = replay_to(&mut ws, replay, limit).await {
                     tracing::warn!(endpoint = %self.name(), %reason, "rotation: replacement failed; keeping the current connection");

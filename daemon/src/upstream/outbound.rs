@@ -132,7 +132,11 @@ pub enum Origin {
         reservation: Reservation,
     },
     /// The `undo` of a departed client's sticky message.
-    Undo,
+    Undo {
+        /// Whether a rotation's replacement must get it too (not when its replay was taken
+        /// after the sticky message had left).
+        mirror: bool,
+    },
 }
 
 /// One message to write.
@@ -150,7 +154,7 @@ impl Write {
     pub fn counted(&self) -> bool {
         matches!(
             self.origin,
-            Origin::Queued { .. } | Origin::Send { .. } | Origin::Undo
+            Origin::Queued { .. } | Origin::Send { .. } | Origin::Undo { .. }
         )
     }
 }
@@ -164,7 +168,7 @@ impl Write {
             Origin::Send {
                 sticky: Some(_),
                 ..
-            } | Origin::Undo
+            } | Origin::Undo { mirror: true }
         )
     }
 }
@@ -290,14 +294,6 @@ impl Outbound {
     /// Whether the replay of the current connection is written: time to announce `open`.
     pub fn replay_done(&self) -> bool {
         self.phase == Phase::Replaying && self.pending.is_empty()
-    }
-
-    /// The messages a fresh connection gets before anything else: `on_connect`, then the
-    /// sticky messages (for a rotation's replacement, written by the driver directly).
-    pub fn replay(&self) -> Vec<Payload> {
-        let mut out = self.on_connect.clone();
-        out.extend(self.stickies.iter().map(|s| s.data.clone()));
-        out
     }
 
     /// A client's `send`. Returns what the sender is told now.
@@ -529,7 +525,7 @@ impl Outbound {
             if let (Some(undo), false, true) = (undo, unwritten, self.phase != Phase::Down) {
                 self.pending.push_back(Write {
                     data: undo,
-                    origin: Origin::Undo,
+                    origin: Origin::Undo { mirror: true },
                 });
             }
         }
@@ -624,7 +620,7 @@ impl Outbound {
                         });
                     }
                 }
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo { .. } => {}
             }
         }
         out
@@ -661,7 +657,7 @@ impl Outbound {
                         });
                     }
                 }
-                Origin::Queued { .. } | Origin::Undo => keep.push(w),
+                Origin::Queued { .. } | Origin::Undo { .. } => keep.push(w),
                 Origin::OnConnect | Origin::Replay { .. } => {}
             }
         }
@@ -708,7 +704,7 @@ impl Outbound {
                         sends.push((client, w.data, id, reply, queue));
                     }
                 }
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo { .. } => {}
             }
         }
         for q in requeue.into_iter().rev() {
@@ -790,12 +786,40 @@ impl Outbound {
                     kind: NoticeKind::Dropped(ErrorCode::ShuttingDown, why.into()),
                     to: reply,
                 }),
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo { .. } => {}
             }
         }
         while let Some(q) = self.pop_queue() {
             out.push(dropped(q, ErrorCode::ShuttingDown, why.into()));
         }
+        out
+    }
+
+    /// The replay of a rotation's replacement opened now (written by the driver directly):
+    /// `on_connect`, then the sticky messages. Writes still pending reach it later, mirrored
+    /// from the current connection, so each sticky change arrives exactly once: a sticky send
+    /// not yet written is left out of the replay (it is mirrored when written), and an
+    /// `undo` not yet written is not mirrored (its sticky message is not in the replay).
+    pub fn replacement_replay(&mut self) -> Vec<Payload> {
+        let mut unwritten = std::collections::HashSet::new();
+        for w in &mut self.pending {
+            match &mut w.origin {
+                Origin::Send {
+                    sticky: Some(key), ..
+                } => {
+                    unwritten.insert(*key);
+                }
+                Origin::Undo { mirror } => *mirror = false,
+                _ => {}
+            }
+        }
+        let mut out = self.on_connect.clone();
+        out.extend(
+            self.stickies
+                .iter()
+                .filter(|s| !unwritten.contains(&s.key))
+                .map(|s| s.data.clone()),
+        );
         out
     }
 
@@ -1248,6 +1272,49 @@ mod tests {
             write_all(&mut o, t).0,
             ["login", "subscribe", "sub b", "<open>"]
         );
+    }
+
+    #[test]
+    fn a_replacement_opened_with_writes_pending_gets_each_sticky_change_once() {
+        let t = Instant::now();
+        let mut o = Outbound::new(&settings());
+        o.send(
+            sticky(1, 1, "sub a", Some("unsub a")),
+            Reservation::none(),
+            t,
+        );
+        o.connected();
+        write_all(&mut o, t);
+        // Not yet written when the replacement opens: a new sticky message, and the undo of
+        // a sticky message the replacement's replay no longer holds.
+        o.send(
+            sticky(2, 2, "sub b", Some("unsub b")),
+            Reservation::none(),
+            t,
+        );
+        o.client_gone(1);
+        let replay: Vec<String> = o.replacement_replay().iter().map(text).collect();
+        assert_eq!(replay, ["login", "subscribe"]);
+        let batch = o.next_batch();
+        let mirrored: Vec<String> = batch
+            .iter()
+            .filter(|w| w.mirrored())
+            .map(|w| text(&w.data))
+            .collect();
+        assert_eq!(mirrored, ["sub b"]);
+        o.written(batch);
+        // Later changes reach it as usual.
+        o.client_gone(2);
+        let batch = o.next_batch();
+        assert!(batch.iter().all(Write::mirrored));
+        assert_eq!(batch.len(), 1);
+        // With nothing pending it is the plain replay.
+        let mut o = Outbound::new(&settings());
+        o.send(sticky(1, 1, "sub a", None), Reservation::none(), t);
+        o.connected();
+        write_all(&mut o, t);
+        let replay: Vec<String> = o.replacement_replay().iter().map(text).collect();
+        assert_eq!(replay, ["login", "subscribe", "sub a"]);
     }
 
     #[test]
