@@ -168,6 +168,9 @@ pub struct Driver {
     down_since: Option<Instant>,
     /// How long shutdown may wait to deliver the queue.
     drain_timeout: Duration,
+    /// While draining at shutdown: when the drain ends. It also bounds every upstream write,
+    /// so that a slow upstream cannot hold the driver past it.
+    drain_until: Option<Instant>,
 }
 
 /// What a driver is made of, besides its command channel.
@@ -222,11 +225,17 @@ impl Driver {
             opened_before,
             down_since: Some(Instant::now()),
             drain_timeout: parts.drain_timeout,
+            drain_until: None,
         }
     }
 
     fn name(&self) -> &str {
         self.endpoint.name()
+    }
+
+    /// A write's deadline: `limit`, cut to what is left of the drain while draining.
+    fn write_limit(&self, limit: Duration) -> Duration {
+        drain_bounded(limit, self.drain_until, Instant::now())
     }
 
     fn now() -> std::time::Instant {
@@ -239,14 +248,15 @@ impl Driver {
     pub async fn run(mut self) {
         let first = self.policy.start();
         self.perform(first).await;
-        let mut drain_until: Option<Instant> = None;
         loop {
+            let drain_until = self.drain_until;
             if self.cancel.is_cancelled() && drain_until.is_none() {
                 if self.outbound.backlog() == 0 || self.drain_timeout.is_zero() {
                     break;
                 }
                 tracing::info!(endpoint = %self.name(), queued = self.outbound.backlog(), "delivering queued messages before closing");
-                drain_until = Some(Instant::now() + self.drain_timeout);
+                self.drain_until = Some(Instant::now() + self.drain_timeout);
+                continue;
             }
             if let Some(until) = drain_until {
                 if self.outbound.backlog() == 0 || Instant::now() >= until {
@@ -280,6 +290,7 @@ impl Driver {
     /// One bounded step of everything that is ready without waiting: buffered frames of
     /// both links, waiting commands, due timers.
     async fn service(&mut self) {
+        self.poll_replacement().await;
         self.drain_inbound().await;
         for _ in 0..COMMAND_BATCH {
             match self.commands.try_recv() {
@@ -289,6 +300,22 @@ impl Driver {
         }
         self.on_timers().await;
         self.publish_queue_depth();
+    }
+
+    /// Gives a rotation's replacement handshake its turn. The `select!` in [`Driver::run`]
+    /// is biased towards the main link and the write path skips it, so under a busy
+    /// upstream or steady sends the replacement would otherwise never be polled.
+    async fn poll_replacement(&mut self) {
+        let Some(Rotation {
+            link: Link::Connecting(fut),
+            ..
+        }) = self.rotation.as_mut()
+        else {
+            return;
+        };
+        if let Some(result) = fut.as_mut().now_or_never() {
+            self.on_rotation_event(LinkEvent::Connected(result)).await;
+        }
     }
 
     /// The earliest of the policy's, the rotation's and the queue's deadlines.
@@ -424,11 +451,11 @@ impl Driver {
     /// by `connect_timeout` per batch, everything else by the heartbeat timeout.
     async fn write_batch(&mut self) {
         let replaying = self.outbound.phase() == Phase::Replaying;
-        let limit = if replaying {
+        let limit = self.write_limit(if replaying {
             self.settings.connect_timeout
         } else {
             self.settings.heartbeat.timeout
-        };
+        });
         let batch: Vec<Write> = self.outbound.next_batch();
         if batch.is_empty() {
             return;
@@ -467,7 +494,7 @@ impl Driver {
     /// Sticky messages and `undo`s written during a rotation also go to an open replacement,
     /// which got the sticky set as it was when it opened.
     async fn mirror_to_replacement(&mut self, batch: &[Write]) {
-        let limit = self.settings.heartbeat.timeout;
+        let limit = self.write_limit(self.settings.heartbeat.timeout);
         let Some(Rotation {
             link: Link::Open(ws),
             ..
@@ -718,7 +745,12 @@ impl Driver {
         let Link::Open(ws) = &mut self.link else {
             return Err("not connected".into());
         };
-        let result = write_all(ws, vec![msg], self.settings.heartbeat.timeout).await;
+        let limit = drain_bounded(
+            self.settings.heartbeat.timeout,
+            self.drain_until,
+            Instant::now(),
+        );
+        let result = write_all(ws, vec![msg], limit).await;
         if result.is_ok() {
             self.policy.on_outbound(Self::now());
         }
@@ -790,8 +822,8 @@ impl Driver {
         }
         match event {
             LinkEvent::Connected(Ok(mut ws)) => {
-                let replay: Vec<Payload> = self.outbound.replay();
-                let limit = self.settings.connect_timeout;
+                let replay: Vec<Payload> = self.outbound.replacement_replay();
+                let limit = self.write_limit(self.settings.connect_timeout);
                 if let Err(reason) = replay_to(&mut ws, replay, limit).await {
                     tracing::warn!(endpoint = %self.name(), %reason, "rotation: replacement failed; keeping the current connection");
                     self.rotation = None;
@@ -819,7 +851,7 @@ impl Driver {
     /// One frame of the replacement link, through the same classification as the main one.
     async fn on_rotation_frame(&mut self, msg: Message) {
         let now = Self::now();
-        let limit = self.settings.heartbeat.timeout;
+        let limit = self.write_limit(self.settings.heartbeat.timeout);
         let Some(r) = self.rotation.as_mut() else {
             return;
         };
@@ -937,6 +969,15 @@ impl Driver {
     }
 }
 
+/// `limit`, cut to what is left until `drain_until` (none left: zero, the write gets one
+/// try).
+fn drain_bounded(limit: Duration, drain_until: Option<Instant>, now: Instant) -> Duration {
+    match drain_until {
+        Some(until) => limit.min(until.saturating_duration_since(now)),
+        None => limit,
+    }
+}
+
 /// Writes `replay` to a fresh link in bounded batches, each within `limit`.
 async fn replay_to(ws: &mut Ws, replay: Vec<Payload>, limit: Duration) -> Result<(), String> {
     let mut rest = replay.into_iter().peekable();
@@ -995,5 +1036,32 @@ async fn close_gracefully(ws: &mut Ws, code: CloseCode, reason: &str, endpoint: 
         Ok(Ok(())) | Ok(Err(tungstenite::Error::ConnectionClosed)) => {}
         Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, "close failed"),
         Err(_) => tracing::debug!(%endpoint, "close handshake timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_while_draining_end_with_the_drain() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        // (limit, drain ends after, now after, bound)
+        let table = [
+            (s(30), None, 0, s(30)),
+            (s(30), Some(5), 0, s(5)),
+            (s(30), Some(5), 4, s(1)),
+            (s(2), Some(5), 1, s(2)),
+            (s(30), Some(5), 9, s(0)),
+        ];
+        for (limit, until, now, want) in table {
+            let until = until.map(|u| t + s(u));
+            assert_eq!(
+                drain_bounded(limit, until, t + s(now)),
+                want,
+                "{limit:?} {until:?} {now}"
+            );
+        }
     }
 }

@@ -216,18 +216,27 @@ impl Inbound {
 
     /// The reply to a server ping, if a rule matches `bytes`, and whether to hide it.
     fn auto_reply(&self, bytes: &[u8], binary: bool) -> Option<(Payload, bool)> {
-        let mut inflated: [Option<Option<Vec<u8>>>; 2] = [None, None];
+        // Per method: the limit it was inflated with, and the outcome. Each rule compares
+        // against its own limit; a larger limit than the cached one inflates again.
+        let mut inflated: [Option<(usize, Option<Vec<u8>>)>; 2] = [None, None];
         for r in &self.rules {
             let (subject, decompressed): (&[u8], bool) = match (binary, r.rule.decompress) {
                 (false, _) | (true, Decompress::None) => (bytes, false),
                 (true, method) => {
-                    let slot = usize::from(method == Decompress::Deflate);
-                    let out = inflated[slot].get_or_insert_with(|| {
-                        decompress(bytes, method, r.rule.max_decompressed_bytes)
-                    });
-                    match out {
-                        Some(out) => (out.as_slice(), true),
-                        None => continue,
+                    let slot = &mut inflated[usize::from(method == Decompress::Deflate)];
+                    let limit = r.rule.max_decompressed_bytes;
+                    let stale = match slot {
+                        None => true,
+                        // Nothing within the cached limit: only a larger one may differ.
+                        Some((cached, None)) => limit > *cached,
+                        Some((_, Some(_))) => false,
+                    };
+                    if stale {
+                        *slot = Some((limit, decompress(bytes, method, limit)));
+                    }
+                    match slot {
+                        Some((_, Some(out))) if out.len() <= limit => (out.as_slice(), true),
+                        _ => continue,
                     }
                 }
             };
@@ -386,6 +395,36 @@ mod tests {
                 deliver: false
             }
         );
+    }
+
+    #[test]
+    fn each_rule_sees_the_decompressed_message_within_its_own_limit() {
+        // (first rule's limit, second rule's limit, inflated size, which rule answers)
+        let table: [(usize, usize, usize, Option<&str>); 5] = [
+            (100, 64 * 1024, 1024, Some("b")),
+            (64 * 1024, 100, 1024, Some("a")),
+            (100, 200, 150, Some("b")),
+            (200, 100, 150, Some("a")),
+            (100, 120, 1024, None),
+        ];
+        for (la, lb, size, want) in table {
+            let mut a = rule("x*", "a");
+            a.decompress = Decompress::Gzip;
+            a.max_decompressed_bytes = la;
+            let mut b = rule("x*", "b");
+            b.decompress = Decompress::Gzip;
+            b.max_decompressed_bytes = lb;
+            let i = inbound(vec![a, b]);
+            let got = match classify(&i, Message::binary(gzip(&vec![b'x'; size]))) {
+                Class::AutoReply {
+                    reply: Payload::Text(t),
+                    ..
+                } => Some(t),
+                Class::Data => None,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(got.as_deref(), want, "limits {la}/{lb}, {size} bytes");
+        }
     }
 
     #[test]

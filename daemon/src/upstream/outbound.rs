@@ -124,15 +124,19 @@ pub enum Origin {
         id: Option<u64>,
         /// Where the `ack` goes.
         reply: Arc<Outbox>,
-        /// Whether it is also kept as a sticky message.
-        sticky: bool,
+        /// The key of the sticky message it also is, if it is one.
+        sticky: Option<u64>,
         /// Whether it may be queued if the connection is lost before it is written.
         queue: bool,
         /// Its share of the endpoint's send buffer, released once it is written or refused.
         reservation: Reservation,
     },
     /// The `undo` of a departed client's sticky message.
-    Undo,
+    Undo {
+        /// Whether a rotation's replacement must get it too (not when its replay was taken
+        /// after the sticky message had left).
+        mirror: bool,
+    },
 }
 
 /// One message to write.
@@ -150,7 +154,7 @@ impl Write {
     pub fn counted(&self) -> bool {
         matches!(
             self.origin,
-            Origin::Queued { .. } | Origin::Send { .. } | Origin::Undo
+            Origin::Queued { .. } | Origin::Send { .. } | Origin::Undo { .. }
         )
     }
 }
@@ -161,7 +165,10 @@ impl Write {
     pub fn mirrored(&self) -> bool {
         matches!(
             self.origin,
-            Origin::Send { sticky: true, .. } | Origin::Undo
+            Origin::Send {
+                sticky: Some(_),
+                ..
+            } | Origin::Undo { mirror: true }
         )
     }
 }
@@ -262,7 +269,8 @@ impl Outbound {
     }
 
     /// The connection changed under an open endpoint (a rotation's replacement took over):
-    /// queued messages a failed write put back go first again.
+    /// anything still in the queue goes first (what a failed write put back is already at
+    /// the front of the write order).
     pub fn resume(&mut self) {
         while let Some(q) = self.queue.pop_back() {
             self.queue_bytes -= q.data.len();
@@ -286,14 +294,6 @@ impl Outbound {
     /// Whether the replay of the current connection is written: time to announce `open`.
     pub fn replay_done(&self) -> bool {
         self.phase == Phase::Replaying && self.pending.is_empty()
-    }
-
-    /// The messages a fresh connection gets before anything else: `on_connect`, then the
-    /// sticky messages (for a rotation's replacement, written by the driver directly).
-    pub fn replay(&self) -> Vec<Payload> {
-        let mut out = self.on_connect.clone();
-        out.extend(self.stickies.iter().map(|s| s.data.clone()));
-        out
     }
 
     /// A client's `send`. Returns what the sender is told now.
@@ -340,7 +340,7 @@ impl Outbound {
                         client,
                         id,
                         reply,
-                        sticky: true,
+                        sticky: Some(key),
                         queue,
                         reservation,
                     },
@@ -364,7 +364,7 @@ impl Outbound {
                     client,
                     id,
                     reply,
-                    sticky: false,
+                    sticky: None,
                     queue,
                     reservation,
                 },
@@ -525,7 +525,7 @@ impl Outbound {
             if let (Some(undo), false, true) = (undo, unwritten, self.phase != Phase::Down) {
                 self.pending.push_back(Write {
                     data: undo,
-                    origin: Origin::Undo,
+                    origin: Origin::Undo { mirror: true },
                 });
             }
         }
@@ -620,46 +620,49 @@ impl Outbound {
                         });
                     }
                 }
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo { .. } => {}
             }
         }
         out
     }
 
     /// Writing `batch` failed (the connection is lost; the driver calls [`Outbound::lost`]
-    /// next). Sends are told `send_failed`; queued messages go back to the front of the
-    /// queue, in order.
+    /// next, or a rotation's open replacement takes over). Sends are told `send_failed`.
+    /// Queued messages, sticky messages and `undo`s go back to the front of the write order,
+    /// in order: [`Outbound::lost`] then requeues or drops them like any unwritten write, and
+    /// a replacement that takes over writes them (it must still see those sticky changes; a
+    /// failed sticky send is written as part of the replay, its sender was already told).
     pub fn write_failed(&mut self, batch: Vec<Write>, reason: &str) -> Vec<Notice> {
         let mut out = Vec::new();
-        let mut requeue = Vec::new();
+        let mut keep = Vec::new();
         for w in batch {
             match w.origin {
                 Origin::Send {
-                    client, id, reply, ..
-                } => out.push(Notice {
-                    client,
-                    id,
-                    kind: NoticeKind::Error(ErrorCode::SendFailed, reason.to_owned()),
-                    to: reply,
-                }),
-                Origin::Queued {
                     client,
                     id,
                     reply,
-                    since,
-                } => requeue.push(Queued {
-                    client,
-                    data: w.data,
-                    id,
-                    reply,
-                    since,
-                }),
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                    sticky,
+                    ..
+                } => {
+                    out.push(Notice {
+                        client,
+                        id,
+                        kind: NoticeKind::Error(ErrorCode::SendFailed, reason.to_owned()),
+                        to: reply,
+                    });
+                    if let Some(key) = sticky {
+                        keep.push(Write {
+                            data: w.data,
+                            origin: Origin::Replay { key },
+                        });
+                    }
+                }
+                Origin::Queued { .. } | Origin::Undo { .. } => keep.push(w),
+                Origin::OnConnect | Origin::Replay { .. } => {}
             }
         }
-        for q in requeue.into_iter().rev() {
-            self.queue_bytes += q.data.len();
-            self.queue.push_front(q);
+        for w in keep.into_iter().rev() {
+            self.pending.push_front(w);
         }
         out
     }
@@ -694,14 +697,14 @@ impl Outbound {
                     queue,
                     ..
                 } => {
-                    if sticky {
+                    if sticky.is_some() {
                         // Kept as sticky: written with the next replay.
                         out.extend(ack_queued(client, id, reply));
                     } else {
                         sends.push((client, w.data, id, reply, queue));
                     }
                 }
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo { .. } => {}
             }
         }
         for q in requeue.into_iter().rev() {
@@ -783,12 +786,40 @@ impl Outbound {
                     kind: NoticeKind::Dropped(ErrorCode::ShuttingDown, why.into()),
                     to: reply,
                 }),
-                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo => {}
+                Origin::OnConnect | Origin::Replay { .. } | Origin::Undo { .. } => {}
             }
         }
         while let Some(q) = self.pop_queue() {
             out.push(dropped(q, ErrorCode::ShuttingDown, why.into()));
         }
+        out
+    }
+
+    /// The replay of a rotation's replacement opened now (written by the driver directly):
+    /// `on_connect`, then the sticky messages. Writes still pending reach it later, mirrored
+    /// from the current connection, so each sticky change arrives exactly once: a sticky send
+    /// not yet written is left out of the replay (it is mirrored when written), and an
+    /// `undo` not yet written is not mirrored (its sticky message is not in the replay).
+    pub fn replacement_replay(&mut self) -> Vec<Payload> {
+        let mut unwritten = std::collections::HashSet::new();
+        for w in &mut self.pending {
+            match &mut w.origin {
+                Origin::Send {
+                    sticky: Some(key), ..
+                } => {
+                    unwritten.insert(*key);
+                }
+                Origin::Undo { mirror } => *mirror = false,
+                _ => {}
+            }
+        }
+        let mut out = self.on_connect.clone();
+        out.extend(
+            self.stickies
+                .iter()
+                .filter(|s| !unwritten.contains(&s.key))
+                .map(|s| s.data.clone()),
+        );
         out
     }
 
@@ -1113,6 +1144,177 @@ mod tests {
             write_all(&mut o, t).0,
             ["login", "subscribe", "<open>", "q1", "q2"]
         );
+    }
+
+    #[test]
+    fn a_failed_write_never_reorders_the_queue() {
+        // (messages queued while down, batches written before the failing one, plain sends
+        // made once open): after the failure and the loss, the next connection writes them
+        // all in the order they were sent, and expiry looks at the oldest.
+        let table: [(u64, usize, u64); 5] = [
+            (300, 0, 0),
+            (300, 1, 0),
+            (300, 0, 3),
+            (600, 1, 2),
+            (10, 0, 2),
+        ];
+        for (queued, before, plain) in table {
+            let t = Instant::now();
+            let mut s = settings();
+            s.on_connect.clear();
+            s.queue.max_messages = 1000;
+            s.queue.max_age = Some(Duration::from_secs(3600));
+            let mut o = Outbound::new(&s);
+            let at = |n: u64| t + Duration::from_millis(n);
+            for n in 0..queued {
+                o.send(send(1, n, &format!("q{n}")), Reservation::none(), at(n));
+            }
+            o.connected();
+            assert!(o.replay_done());
+            o.opened(at(queued));
+            for n in 0..plain {
+                o.send(
+                    send(2, 1000 + n, &format!("p{n}")),
+                    Reservation::none(),
+                    at(queued + n),
+                );
+            }
+            for _ in 0..before {
+                let b = o.next_batch();
+                o.written(b);
+            }
+            let b = o.next_batch();
+            o.write_failed(b, "write failed: reset");
+            o.lost(at(queued + plain));
+            let first = (before * BATCH_MESSAGES) as u64;
+            assert_eq!(
+                o.next_expiry(),
+                (first < queued).then(|| at(first) + Duration::from_secs(3600)),
+                "{queued}/{before}/{plain}"
+            );
+            o.connected();
+            let order = write_all(&mut o, at(queued + plain)).0;
+            // Plain sends in the failed batch were refused (`send_failed`); the rest are held.
+            let failed_end = first + BATCH_MESSAGES as u64;
+            let want: Vec<String> = std::iter::once("<open>".to_owned())
+                .chain((first..queued).map(|n| format!("q{n}")))
+                .chain(
+                    (0..plain)
+                        .filter(|n| queued + n >= failed_end)
+                        .map(|n| format!("p{n}")),
+                )
+                .collect();
+            assert_eq!(order, want, "{queued}/{before}/{plain}");
+        }
+    }
+
+    #[test]
+    fn a_replacement_that_takes_over_gets_the_sticky_changes_of_the_failed_write() {
+        let t = Instant::now();
+        let mut o = Outbound::new(&settings());
+        o.send(
+            sticky(1, 1, "sub a", Some("unsub a")),
+            Reservation::none(),
+            t,
+        );
+        o.send(send(3, 9, "q"), Reservation::none(), t);
+        o.connected();
+        write_all(&mut o, t);
+        // Open; the replacement was replayed with "sub a". Then, in one batch: a new sticky
+        // message, a plain send, and the undo of a client that left.
+        o.send(sticky(2, 2, "sub b", None), Reservation::none(), t);
+        o.send(send(2, 3, "plain"), Reservation::none(), t);
+        o.client_gone(1);
+        let batch = o.next_batch();
+        assert_eq!(batch.len(), 3);
+        let got = kinds(o.write_failed(batch, "write failed: reset"));
+        assert!(
+            matches!(
+                &got[..],
+                [
+                    (2, Some(2), NoticeKind::Error(ErrorCode::SendFailed, _)),
+                    (2, Some(3), NoticeKind::Error(ErrorCode::SendFailed, _))
+                ]
+            ),
+            "{got:?}"
+        );
+        // A send that arrives before the takeover goes after them.
+        o.send(send(2, 4, "after"), Reservation::none(), t);
+        // The replacement takes over: it gets the sticky change and the undo, in order.
+        o.resume();
+        let (order, notices) = write_all(&mut o, t);
+        assert_eq!(order, ["sub b", "unsub a", "after"]);
+        assert_eq!(notices, [(2, Some(4), NoticeKind::Ack)]);
+        // Without a replacement, the sticky message waits for the next replay, the undo is
+        // moot (the next connection never gets "sub a").
+        let mut o = Outbound::new(&settings());
+        o.send(
+            sticky(1, 1, "sub a", Some("unsub a")),
+            Reservation::none(),
+            t,
+        );
+        o.connected();
+        write_all(&mut o, t);
+        o.send(sticky(2, 2, "sub b", None), Reservation::none(), t);
+        o.client_gone(1);
+        let batch = o.next_batch();
+        let got = kinds(o.write_failed(batch, "write failed: reset"));
+        assert!(
+            matches!(
+                &got[..],
+                [(2, Some(2), NoticeKind::Error(ErrorCode::SendFailed, _))]
+            ),
+            "{got:?}"
+        );
+        assert!(o.lost(t).is_empty());
+        o.connected();
+        assert_eq!(
+            write_all(&mut o, t).0,
+            ["login", "subscribe", "sub b", "<open>"]
+        );
+    }
+
+    #[test]
+    fn a_replacement_opened_with_writes_pending_gets_each_sticky_change_once() {
+        let t = Instant::now();
+        let mut o = Outbound::new(&settings());
+        o.send(
+            sticky(1, 1, "sub a", Some("unsub a")),
+            Reservation::none(),
+            t,
+        );
+        o.connected();
+        write_all(&mut o, t);
+        // Not yet written when the replacement opens: a new sticky message, and the undo of
+        // a sticky message the replacement's replay no longer holds.
+        o.send(
+            sticky(2, 2, "sub b", Some("unsub b")),
+            Reservation::none(),
+            t,
+        );
+        o.client_gone(1);
+        let replay: Vec<String> = o.replacement_replay().iter().map(text).collect();
+        assert_eq!(replay, ["login", "subscribe"]);
+        let batch = o.next_batch();
+        let mirrored: Vec<String> = batch
+            .iter()
+            .filter(|w| w.mirrored())
+            .map(|w| text(&w.data))
+            .collect();
+        assert_eq!(mirrored, ["sub b"]);
+        o.written(batch);
+        // Later changes reach it as usual.
+        o.client_gone(2);
+        let batch = o.next_batch();
+        assert!(batch.iter().all(Write::mirrored));
+        assert_eq!(batch.len(), 1);
+        // With nothing pending it is the plain replay.
+        let mut o = Outbound::new(&settings());
+        o.send(sticky(1, 1, "sub a", None), Reservation::none(), t);
+        o.connected();
+        write_all(&mut o, t);
+        let replay: Vec<String> = o.replacement_replay().iter().map(text).collect();
+        assert_eq!(replay, ["login", "subscribe", "sub a"]);
     }
 
     #[test]
