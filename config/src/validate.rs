@@ -691,10 +691,27 @@ impl Validator<'_> {
         min: usize,
         max: usize,
     ) -> Result<usize> {
+        self.in_range(key, raw, default, min..=max, "")
+    }
+
+    /// A value within `range`; the error names the range, then `note`.
+    fn in_range(
+        &self,
+        key: &KeyPath,
+        raw: Option<usize>,
+        default: usize,
+        range: RangeInclusive<usize>,
+        note: &str,
+    ) -> Result<usize> {
         match raw {
-            Some(value) if !(min..=max).contains(&value) => {
-                Err(self.error(key, format!("must be between {min} and {max}")))
-            }
+            Some(value) if !range.contains(&value) => Err(self.error(
+                key,
+                format!(
+                    "must be between {} and {}{note}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
             Some(value) => Ok(value),
             None => Ok(default),
         }
@@ -996,7 +1013,7 @@ impl Validator<'_> {
         }
     }
 
-    /// A size within `min..=max`.
+    /// A size within `min..=max` (`max_frame_size`: 1 KiB to 1 GiB).
     fn within(
         &self,
         key: &KeyPath,
@@ -1005,14 +1022,7 @@ impl Validator<'_> {
         min: usize,
         max: usize,
     ) -> Result<usize> {
-        match raw {
-            Some(value) if !(min..=max).contains(&value) => Err(self.error(
-                key,
-                format!("must be between {min} and {max} (1 KiB to 1 GiB)"),
-            )),
-            Some(value) => Ok(value),
-            None => Ok(default),
-        }
+        self.in_range(key, raw, default, min..=max, " (1 KiB to 1 GiB)")
     }
 
     /// An optional string that must not be empty when given.

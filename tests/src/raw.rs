@@ -13,6 +13,30 @@ use wsmux_proto::{
     PROTOCOL_VERSION,
 };
 
+/// Reads the next frame from `reader` into `buf` within `limit`; `None` on end of stream or a
+/// reset. Fails the test when nothing whole arrives in time or the frame does not decode.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Option<ServerMsg> {
+    let read = async {
+        loop {
+            if let Some(total) = check(buf, usize::MAX).expect("frame") {
+                let frame = buf.split_to(total);
+                return Some(decode_server(&frame[HEADER_LEN..]).expect("decodable frame"));
+            }
+            match reader.read_buf(buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .expect("no frame from the daemon in time")
+}
+
 /// A connection to the daemon's socket.
 pub struct Raw {
     /// The connection.
@@ -32,21 +56,7 @@ pub struct RawReader {
 impl RawReader {
     /// Reads the next frame within `limit`; `None` on end of stream or a reset.
     pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerMsg> {
-        let read = async {
-            loop {
-                if let Some(total) = check(&self.buf, usize::MAX).expect("frame") {
-                    let frame = self.buf.split_to(total);
-                    return Some(decode_server(&frame[HEADER_LEN..]).expect("decodable frame"));
-                }
-                match self.half.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(limit, read)
-            .await
-            .expect("no frame from the daemon in time")
+        read_frame(&mut self.half, &mut self.buf, limit).await
     }
 }
 
@@ -120,21 +130,7 @@ impl Raw {
 
     /// Reads the next frame within `limit`.
     pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerMsg> {
-        let read = async {
-            loop {
-                if let Some(total) = check(&self.buf, usize::MAX).expect("frame") {
-                    let frame = self.buf.split_to(total);
-                    return Some(decode_server(&frame[HEADER_LEN..]).expect("decodable frame"));
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(limit, read)
-            .await
-            .expect("no frame from the daemon in time")
+        read_frame(&mut self.stream, &mut self.buf, limit).await
     }
 
     /// Subscribes (with id 1000) and returns the initial state event, checking the ack.
