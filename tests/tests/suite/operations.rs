@@ -27,7 +27,9 @@ async fn sighup_reload_adds_removes_changes_and_keeps_the_rest() {
     keep.wait_connected(1).await;
     change.wait_connected(1).await;
     let (mut k, _) = Raw::greeted(&d.socket).await;
-    k.subscribe("keep").await;
+    // The upstream may have accepted before the daemon says "open": wait for it, so the
+    // only state event this subscriber could see later is a change the reload caused.
+    k.subscribe_until("keep", ConnState::Open).await;
     let (mut g, _) = Raw::greeted(&d.socket).await;
     g.subscribe("gone").await;
     let (mut c, _) = Raw::greeted(&d.socket).await;
