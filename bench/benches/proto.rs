@@ -24,6 +24,7 @@ fn encode_data(c: &mut Criterion) {
                 encode_data_message(
                     black_box("feed"),
                     black_box(1_000_042),
+                    None,
                     PayloadRef::Binary(black_box(data)),
                     DEFAULT_MAX_FRAME,
                 )
@@ -36,6 +37,7 @@ fn encode_data(c: &mut Criterion) {
                 encode_data_message(
                     black_box("feed"),
                     black_box(1_000_042),
+                    None,
                     PayloadRef::Text(black_box(text)),
                     DEFAULT_MAX_FRAME,
                 )

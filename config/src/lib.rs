@@ -72,6 +72,7 @@ mod layers;
 mod raw;
 mod redact;
 mod settings;
+mod topics;
 mod validate;
 
 use std::collections::HashMap;
@@ -83,6 +84,9 @@ pub use settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
     LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
     Settings, SlowClientPolicy, StickySettings, TlsSettings,
+};
+pub use topics::{
+    KeyPart, Pointer, Rate, Template, TemplatePart, TopicKey, TopicSettings, Unmatched,
 };
 
 use env::EnvSnapshot;

@@ -130,6 +130,9 @@ pub struct EndpointSettings {
     /// How long a `send` waits for room in `send_buffer_bytes` before it is refused with
     /// `busy`. Default 10 s.
     pub send_timeout: Duration,
+    /// `[endpoints.NAME.topics]`: reference-counted topic subscriptions and routing; `None`
+    /// when the table is absent (every subscriber gets every message).
+    pub topics: Option<crate::TopicSettings>,
 }
 
 impl std::fmt::Debug for EndpointSettings {
@@ -158,6 +161,7 @@ impl std::fmt::Debug for EndpointSettings {
             .field("sticky", &self.sticky)
             .field("send_buffer_bytes", &self.send_buffer_bytes)
             .field("send_timeout", &self.send_timeout)
+            .field("topics", &self.topics.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -421,6 +425,7 @@ impl EndpointSettings {
             sticky: StickySettings::default(),
             send_buffer_bytes: 64 * 1024 * 1024,
             send_timeout: Duration::from_secs(10),
+            topics: None,
         }
     }
 }

@@ -322,6 +322,7 @@ impl Validator<'_> {
             )?,
             name: defaults.name,
             url: defaults.url,
+            topics: None,
         })
     }
 

@@ -540,6 +540,8 @@ impl Endpoint {
         let shared = self.lock();
         let c = &self.counters;
         EndpointStatus {
+            connections: 0,
+            topics: Vec::new(),
             name: self.name.to_string(),
             url: shared.url_redacted.clone(),
             state: shared.last_event.state,

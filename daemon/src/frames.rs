@@ -22,6 +22,8 @@ pub fn encode(msg: &ServerMsg) -> Bytes {
 /// An `error` frame.
 pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
     encode(&ServerMsg::Error(ErrorMsg {
+        endpoint: None,
+        topic: None,
         id,
         code,
         message: message.into(),

@@ -71,6 +71,7 @@ async fn demo_mode_streams_ticks_and_echoes() {
     send(
         &mut stream,
         &ClientMsg::Subscribe(Subscribe {
+            topics: None,
             id: Some(1),
             endpoint: "demo".into(),
         }),

@@ -185,6 +185,8 @@ mod tests {
 
     fn msg(endpoint: &str, seq: u64) -> Event {
         Event::Message(DataMessage {
+            topic: None,
+            topic_seq: None,
             endpoint: endpoint.into(),
             seq,
             data: Payload::Text(String::new()),
@@ -291,6 +293,8 @@ mod tests {
         b.push(state("a"), MIN_BYTES).unwrap();
         assert_eq!(b.push(state("a"), 1), Err(Overflow { held: MIN_BYTES }));
         b.push_final(Event::Error(wsmux_proto::ErrorMsg {
+            endpoint: None,
+            topic: None,
             id: None,
             code: wsmux_proto::ErrorCode::Lagged,
             message: "gone".into(),

@@ -570,6 +570,7 @@ impl Client {
     pub async fn subscribe(&self, endpoint: &str) -> Result<(), ClientError> {
         self.expect_ack(|id| {
             ClientMsg::Subscribe(Subscribe {
+                topics: None,
                 id: Some(id),
                 endpoint: endpoint.to_owned(),
             })
@@ -582,6 +583,7 @@ impl Client {
     pub async fn unsubscribe(&self, endpoint: &str) -> Result<(), ClientError> {
         self.expect_ack(|id| {
             ClientMsg::Unsubscribe(Unsubscribe {
+                topics: None,
                 id: Some(id),
                 endpoint: endpoint.to_owned(),
             })
@@ -778,7 +780,7 @@ async fn read_loop(
         let read = tokio::select! {
             read = read_msg(&mut reader, &mut buf) => read,
             failed = &mut write_failed => match failed {
-                Ok((code, message)) => break Some(Event::Error(ErrorMsg {
+                Ok((code, message)) => break Some(Event::Error(ErrorMsg { endpoint: None, topic: None,
                     id: None,
                     code,
                     message,
@@ -792,6 +794,8 @@ async fn read_loop(
             Ok(None) => break None,
             Err(e) => {
                 break Some(Event::Error(ErrorMsg {
+                    endpoint: None,
+                    topic: None,
                     id: None,
                     code: ErrorCode::BadFrame,
                     message: e.to_string(),
@@ -818,6 +822,8 @@ async fn read_loop(
         shared.arrived.notify_waiters();
         if let Err(overflow) = pushed {
             break Some(Event::Error(ErrorMsg {
+                endpoint: None,
+                topic: None,
                 id: None,
                 code: ErrorCode::Lagged,
                 message: format!(

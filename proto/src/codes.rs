@@ -72,6 +72,16 @@ pub enum ErrorCode {
     StickyFull,
     /// The endpoint's send buffer stayed full for `send_timeout`: the message was not accepted.
     Busy,
+    /// The upstream refused a topic's subscribe; `message` carries its answer.
+    TopicRejected,
+    /// A topic is empty, longer than the endpoint allows, or does not have the shape the
+    /// endpoint's `key` gives topics.
+    InvalidTopic,
+    /// The client asked for more topics than `max_per_client`, or the endpoint holds
+    /// `max_topics` already.
+    TooManyTopics,
+    /// `topics` was given for an endpoint without `[endpoints.NAME.topics]`.
+    TopicsUnsupported,
     /// A code this version of the crate does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -112,6 +122,10 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::StickyFull => "sticky_full",
             ErrorCode::Busy => "busy",
+            ErrorCode::TopicRejected => "topic_rejected",
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::TooManyTopics => "too_many_topics",
+            ErrorCode::TopicsUnsupported => "topics_unsupported",
             ErrorCode::Unknown => "unknown",
         }
     }

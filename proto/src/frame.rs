@@ -151,6 +151,7 @@ fn put_uint(buf: &mut BytesMut, v: u64) {
 pub fn encode_data_message(
     endpoint: &str,
     seq: u64,
+    topic: Option<(&str, u64)>,
     data: PayloadRef<'_>,
     max: usize,
 ) -> Result<Bytes, EncodeError> {
@@ -158,10 +159,12 @@ pub fn encode_data_message(
         PayloadRef::Text(t) => t.len(),
         PayloadRef::Binary(b) => b.len(),
     };
+    let topic_len = topic.map_or(0, |(t, _)| t.len() + 32);
     // Header, map, four keys, "message", seq, and the endpoint and payload with headers.
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + 48 + endpoint.len() + payload_len);
+    let mut buf =
+        BytesMut::with_capacity(HEADER_LEN + 48 + endpoint.len() + payload_len + topic_len);
     buf.put_slice(&[0; HEADER_LEN]);
-    buf.put_u8(0x84);
+    buf.put_u8(if topic.is_some() { 0x86 } else { 0x84 });
     buf.put_slice(b"\xa4type\xa7message\xa8endpoint");
     put_str_header(&mut buf, endpoint.len());
     buf.put_slice(endpoint.as_bytes());
@@ -177,6 +180,13 @@ pub fn encode_data_message(
             put_bin_header(&mut buf, b.len());
             buf.put_slice(b);
         }
+    }
+    if let Some((topic, topic_seq)) = topic {
+        buf.put_slice(b"\xa5topic");
+        put_str_header(&mut buf, topic.len());
+        buf.put_slice(topic.as_bytes());
+        buf.put_slice(b"\xa9topic_seq");
+        put_uint(&mut buf, topic_seq);
     }
     let len = buf.len() - HEADER_LEN;
     if len > max {

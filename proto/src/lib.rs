@@ -22,7 +22,8 @@ pub use frame::{encode, encode_data_message, encode_to_vec, EncodeError, FrameEr
 pub use message::{
     decode_client, decode_server, Ack, ClientMsg, ConnState, DataMessage, Dropped, EndpointStatus,
     EndpointSummary, ErrorMsg, Hello, Lagged, MessageError, Ping, Pong, Reconnect, Reload, Send,
-    Sent, ServerMsg, StateEvent, StatusReply, StatusRequest, Subscribe, Unsubscribe, Welcome,
+    Sent, ServerMsg, StateEvent, StatusReply, StatusRequest, Subscribe, TopicState, TopicStatus,
+    Unsubscribe, Welcome,
 };
 pub use payload::{Payload, PayloadRef};
 

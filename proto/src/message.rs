@@ -67,24 +67,31 @@ pub struct Hello {
     pub client: Option<String>,
 }
 
-/// `subscribe {id?, endpoint}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `subscribe {id?, endpoint, topics?}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscribe {
     /// Request id; the reply carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// Endpoint name.
     pub endpoint: String,
+    /// Topics to add to this client's set for the endpoint. Absent: the whole endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
 }
 
-/// `unsubscribe {id?, endpoint}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `unsubscribe {id?, endpoint, topics?}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unsubscribe {
     /// Request id; the reply carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// Endpoint name.
     pub endpoint: String,
+    /// Topics to remove from this client's set. Absent: everything (the whole-endpoint
+    /// subscription and every topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
 }
 
 /// `send {id?, endpoint, data}`.
@@ -220,6 +227,12 @@ pub struct DataMessage {
     pub seq: u64,
     /// The message.
     pub data: Payload,
+    /// The topic the message matched (endpoints with `topics` configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Per-topic counter, rising by exactly 1 for every message of `topic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_seq: Option<u64>,
 }
 
 /// The lifecycle of an upstream connection.
@@ -322,6 +335,25 @@ pub struct ErrorMsg {
     pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
+    /// The endpoint it concerns, for errors that are not replies (e.g. `topic_rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The topic it concerns (`topic_rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+impl ErrorMsg {
+    /// An error without `endpoint` or `topic`.
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorMsg {
+            id,
+            code,
+            message: message.into(),
+            endpoint: None,
+            topic: None,
+        }
+    }
 }
 
 /// `status {id?, endpoints}` (reply).
@@ -375,6 +407,47 @@ pub struct EndpointStatus {
     /// Messages dropped for subscribers that did not read fast enough.
     #[serde(default)]
     pub lagged_drops: u64,
+    /// Upstream connections in use (more than one when topics are sharded).
+    #[serde(default)]
+    pub connections: u32,
+    /// Topics of the endpoint (endpoints with `topics` configured), sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicStatus>,
+}
+
+/// One topic in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStatus {
+    /// The topic.
+    pub topic: String,
+    /// Local clients that asked for it.
+    pub subscribers: u32,
+    /// Its upstream subscription.
+    pub state: TopicState,
+    /// Which upstream connection carries it (0 is the first).
+    #[serde(default)]
+    pub connection: u32,
+    /// Messages of the topic so far (its last `topic_seq`).
+    #[serde(default)]
+    pub messages: u64,
+    /// Why the upstream refused it (`rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where a topic's upstream subscription stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicState {
+    /// Wanted; the subscribe is not written yet, or its answer has not come.
+    Pending,
+    /// Subscribed upstream.
+    Active,
+    /// The upstream refused it; it is not subscribed again until a client asks anew.
+    Rejected,
+    /// A state this version of the crate does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
 }
 
 /// `pong {id?}`.
@@ -426,6 +499,8 @@ impl MessageError {
     /// The `error` frame that answers this failure.
     pub fn to_server_msg(&self) -> ServerMsg {
         ServerMsg::Error(ErrorMsg {
+            endpoint: None,
+            topic: None,
             id: self.id,
             code: self.code,
             message: self.message.clone(),

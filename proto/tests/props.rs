@@ -32,10 +32,16 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
         (any::<u32>(), proptest::option::of(".{0,16}"))
             .prop_map(|(version, client)| ClientMsg::Hello(Hello { version, client })),
-        (id.clone(), name())
-            .prop_map(|(id, endpoint)| ClientMsg::Subscribe(Subscribe { id, endpoint })),
-        (id.clone(), name())
-            .prop_map(|(id, endpoint)| ClientMsg::Unsubscribe(Unsubscribe { id, endpoint })),
+        (id.clone(), name()).prop_map(|(id, endpoint)| ClientMsg::Subscribe(Subscribe {
+            topics: None,
+            id,
+            endpoint
+        })),
+        (id.clone(), name()).prop_map(|(id, endpoint)| ClientMsg::Unsubscribe(Unsubscribe {
+            topics: None,
+            id,
+            endpoint
+        })),
         (
             id.clone(),
             name(),
@@ -66,6 +72,8 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
         (name(), any::<u64>(), payload()).prop_map(|(endpoint, seq, data)| {
             ServerMsg::Message(DataMessage {
+                topic: None,
+                topic_seq: None,
                 endpoint,
                 seq,
                 data,
@@ -96,6 +104,8 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         (any::<u64>(), any::<Option<bool>>())
             .prop_map(|(id, queued)| ServerMsg::Ack(Ack { id, queued })),
         (id.clone(), ".{0,32}").prop_map(|(id, message)| ServerMsg::Error(ErrorMsg {
+            endpoint: None,
+            topic: None,
             id,
             code: ErrorCode::NotConnected,
             message
@@ -131,8 +141,8 @@ proptest! {
 
     #[test]
     fn data_fast_path_matches_for_any_payload(endpoint in name(), seq in any::<u64>(), data in payload()) {
-        let fast = encode_data_message(&endpoint, seq, data.as_ref(), DEFAULT_MAX_FRAME).unwrap();
-        let slow = encode_to_vec(&ServerMsg::Message(DataMessage { endpoint, seq, data }), DEFAULT_MAX_FRAME).unwrap();
+        let fast = encode_data_message(&endpoint, seq, None, data.as_ref(), DEFAULT_MAX_FRAME).unwrap();
+        let slow = encode_to_vec(&ServerMsg::Message(DataMessage { topic: None, topic_seq: None,  endpoint, seq, data }), DEFAULT_MAX_FRAME).unwrap();
         prop_assert_eq!(&fast[..], &slow[..]);
     }
 

@@ -205,6 +205,8 @@ fn welcome(endpoints: &[(&str, ConnState)]) -> ServerMsg {
 
 fn message(endpoint: &str, seq: u64, data: Payload) -> ServerMsg {
     ServerMsg::Message(DataMessage {
+        topic: None,
+        topic_seq: None,
         endpoint: endpoint.into(),
         seq,
         data,
@@ -244,6 +246,8 @@ fn ack(id: u64) -> ServerMsg {
 
 fn error(id: Option<u64>, code: ErrorCode, message: &str) -> ServerMsg {
     ServerMsg::Error(ErrorMsg {
+        endpoint: None,
+        topic: None,
         id,
         code,
         message: message.into(),

@@ -106,9 +106,11 @@ fn data_message_fast_path_matches_the_generic_encoder() {
         Payload::Text("{\"px\":1}".into()),
         Payload::Binary(Bytes::from_static(b"\x00\xff")),
     ] {
-        let fast = encode_data_message("feed", 42, data.as_ref(), MAX).unwrap();
+        let fast = encode_data_message("feed", 42, None, data.as_ref(), MAX).unwrap();
         let generic = encode_to_vec(
             &ServerMsg::Message(DataMessage {
+                topic: None,
+                topic_seq: None,
                 endpoint: "feed".into(),
                 seq: 42,
                 data: data.clone(),
@@ -139,10 +141,12 @@ fn every_client_message_round_trips() {
             client: None,
         }),
         ClientMsg::Subscribe(Subscribe {
+            topics: None,
             id: Some(1),
             endpoint: "a".into(),
         }),
         ClientMsg::Unsubscribe(Unsubscribe {
+            topics: None,
             id: None,
             endpoint: "a".into(),
         }),
@@ -219,6 +223,8 @@ fn every_server_message_round_trips() {
             dropped: 17,
         }),
         ServerMsg::Error(ErrorMsg {
+            endpoint: None,
+            topic: None,
             id: None,
             code: ErrorCode::Lagged,
             message: "dropped 3".into(),
@@ -226,6 +232,8 @@ fn every_server_message_round_trips() {
         ServerMsg::Status(StatusReply {
             id: Some(1),
             endpoints: vec![EndpointStatus {
+                connections: 0,
+                topics: Vec::new(),
                 name: "a".into(),
                 url: "wss://x/?token=***".into(),
                 state: ConnState::Open,
@@ -263,6 +271,7 @@ fn unknown_keys_are_ignored_and_nil_optionals_accepted() {
     assert_eq!(
         decode_client(&b).unwrap(),
         ClientMsg::Subscribe(Subscribe {
+            topics: None,
             id: None,
             endpoint: "x".into()
         })
@@ -383,9 +392,11 @@ fn data_fast_path_matches_at_every_size_boundary() {
                 Payload::Binary(Bytes::from(vec![7u8; len])),
             ] {
                 let endpoint = "e".repeat(len.min(300));
-                let fast = encode_data_message(&endpoint, seq, data.as_ref(), MAX).unwrap();
+                let fast = encode_data_message(&endpoint, seq, None, data.as_ref(), MAX).unwrap();
                 let generic = encode_to_vec(
                     &ServerMsg::Message(DataMessage {
+                        topic: None,
+                        topic_seq: None,
                         endpoint,
                         seq,
                         data,

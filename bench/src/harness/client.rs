@@ -181,6 +181,7 @@ impl Client {
     pub async fn subscribe_open(&mut self, endpoint: &str, deadline: Instant) -> Result<()> {
         const ID: u64 = 1;
         self.request(&ClientMsg::Subscribe(Subscribe {
+            topics: None,
             id: Some(ID),
             endpoint: endpoint.to_owned(),
         }))

@@ -207,13 +207,14 @@ mod tests {
 
     #[test]
     fn reads_a_daemon_data_frame() {
-        let frame =
-            encode_data_message("feed", 300, PayloadRef::Binary(&[1, 2, 3]), 1 << 20).unwrap();
+        let frame = encode_data_message("feed", 300, None, PayloadRef::Binary(&[1, 2, 3]), 1 << 20)
+            .unwrap();
         let f = fields(&frame[HEADER_LEN..]).unwrap();
         assert_eq!(f.ty, "message");
         assert_eq!(f.seq, Some(300));
         assert_eq!(f.data, Some(&[1u8, 2, 3][..]));
-        let text = encode_data_message("feed", u64::MAX, PayloadRef::Text("hi"), 1 << 20).unwrap();
+        let text =
+            encode_data_message("feed", u64::MAX, None, PayloadRef::Text("hi"), 1 << 20).unwrap();
         let f = fields(&text[HEADER_LEN..]).unwrap();
         assert_eq!((f.seq, f.data), (Some(u64::MAX), Some(&b"hi"[..])));
     }

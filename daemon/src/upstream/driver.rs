@@ -730,7 +730,7 @@ impl Driver {
         let c = &self.endpoint.counters;
         c.messages_in.fetch_add(1, Ordering::Relaxed);
         c.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-        match encode_data_message(self.endpoint.name(), self.seq, data, self.max_frame) {
+        match encode_data_message(self.endpoint.name(), self.seq, None, data, self.max_frame) {
             Ok(frame) => self.endpoint.fan_out(&frame),
             Err(e) => tracing::warn!(
                 endpoint = %self.endpoint.name(), seq = self.seq, error = %e,

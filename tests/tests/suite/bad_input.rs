@@ -102,6 +102,7 @@ async fn bad_input_is_answered_and_isolated() {
     // Anything before hello closes the connection.
     let mut c = Raw::connect(&d.socket).await;
     c.send(&ClientMsg::Subscribe(Subscribe {
+        topics: None,
         id: Some(3),
         endpoint: "feed".into(),
     }))

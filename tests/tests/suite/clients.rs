@@ -143,6 +143,7 @@ async fn subscription_limit_is_enforced() {
     let (mut c, _) = Raw::greeted(&d.socket).await;
     c.subscribe("feed").await;
     c.send(&ClientMsg::Subscribe(Subscribe {
+        topics: None,
         id: Some(2),
         endpoint: "other".into(),
     }))
