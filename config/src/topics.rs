@@ -198,6 +198,10 @@ pub struct TopicSettings {
     /// means rejected. Its text: a string as is, an object's `msg` or `message`, else the
     /// JSON. Default `/error`.
     pub reply_error: Option<Pointer>,
+    /// `reply_ok`: where an answer says whether it succeeded (e.g. Bybit's `/success`). When
+    /// set, an answer is rejected exactly when this value is `false`, and `reply_error` only
+    /// gives the text. Default `None`.
+    pub reply_ok: Option<Pointer>,
     /// `reply_timeout`: how long an answer may take; a topic without one by then counts as
     /// `active`. Default 10 s.
     pub reply_timeout: Duration,
