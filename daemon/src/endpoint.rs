@@ -12,13 +12,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use wsmux_config::Unmatched;
 use wsmux_proto::{
-    ConnState, EndpointStatus, EndpointSummary, ErrorCode, Payload, ServerMsg, StateEvent,
+    encode_data_message, ConnState, EndpointStatus, EndpointSummary, ErrorCode, ErrorMsg, Payload,
+    PayloadRef, ServerMsg, StateEvent,
 };
 
 use crate::frames;
 use crate::outbox::{Outbox, Pushed};
+use crate::topics::registry::{Registry, Touched};
 
 /// Identifies one local client connection for the lifetime of the daemon.
 pub type ClientId = u64;
@@ -179,12 +182,43 @@ struct Shared {
     last_error: Option<String>,
     /// Last heartbeat round trip, in microseconds.
     rtt_us: Option<u64>,
-    /// Subscribed clients and their outboxes.
+    /// Subscribed clients and their outboxes: every client that holds the whole endpoint or
+    /// a topic of it (all of them get state events).
     subscribers: HashMap<ClientId, Arc<Outbox>>,
+    /// The clients that hold the whole endpoint (every message).
+    whole: HashMap<ClientId, Arc<Outbox>>,
+    /// Topic reference counts, when the endpoint has `[topics]`.
+    registry: Option<Registry>,
+    /// Who gets messages without a topic.
+    unmatched: Unmatched,
+    /// Sequence number of the last data message (`seq`), across connections and restarts.
+    seq: u64,
     /// The URL with its secrets hidden, as `status` shows it (changes on reload).
     url_redacted: String,
     /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
     stopped: bool,
+}
+
+/// Why [`Endpoint::subscribe`] did not subscribe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The endpoint has stopped (a reload removed it, or the daemon is shutting down).
+    Stopped,
+    /// The request is refused with this code and message.
+    Refused(ErrorCode, String),
+}
+
+/// Starts the driver of an additional upstream connection (`max_per_connection`), given its
+/// index.
+pub type ConnectionSpawner = Box<dyn Fn(usize) + Send + Sync>;
+
+/// A [`ConnectionSpawner`] that `Debug` can show.
+struct Spawner(ConnectionSpawner);
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spawner")
+    }
 }
 
 /// The frame a client gets when it is disconnected for lagging.
@@ -223,6 +257,14 @@ pub struct Endpoint {
     budget_debt: Arc<AtomicUsize>,
     /// How long a send waits for room in `budget`, in milliseconds.
     send_timeout_ms: AtomicU64,
+    /// Per upstream connection: wakes its driver when its topic set changed.
+    topic_wakers: Mutex<Vec<Arc<Notify>>>,
+    /// Starts the driver of an additional connection.
+    spawner: std::sync::OnceLock<Spawner>,
+    /// The `{id}` counter of subscribe and unsubscribe messages.
+    topic_ids: AtomicU64,
+    /// Command channels of the additional connections' drivers (index 1 is connection 1).
+    extra_commands: Mutex<Vec<mpsc::Sender<Envelope>>>,
 }
 
 impl Endpoint {
@@ -245,6 +287,16 @@ impl Endpoint {
                 last_error: None,
                 rtt_us: None,
                 subscribers: HashMap::new(),
+                whole: HashMap::new(),
+                registry: settings
+                    .topics
+                    .as_ref()
+                    .map(|t| Registry::new(Arc::new(t.clone()))),
+                unmatched: settings
+                    .topics
+                    .as_ref()
+                    .map_or(Unmatched::All, |t| t.unmatched),
+                seq: 0,
                 url_redacted: settings.url_redacted.clone(),
                 stopped: false,
             }),
@@ -255,6 +307,10 @@ impl Endpoint {
             budget_size: AtomicUsize::new(settings.send_buffer_bytes),
             budget_debt: Arc::new(AtomicUsize::new(0)),
             send_timeout_ms: AtomicU64::new(settings.send_timeout.as_millis() as u64),
+            topic_wakers: Mutex::new(vec![Arc::new(Notify::new())]),
+            spawner: std::sync::OnceLock::new(),
+            topic_ids: AtomicU64::new(0),
+            extra_commands: Mutex::new(Vec::new()),
         }
     }
 
@@ -290,7 +346,19 @@ impl Endpoint {
 
     /// Applies the parts of reloaded settings that sessions read.
     pub fn reconfigure(&self, settings: &wsmux_config::EndpointSettings) {
-        self.lock().url_redacted.clone_from(&settings.url_redacted);
+        {
+            let mut shared = self.lock();
+            shared.url_redacted.clone_from(&settings.url_redacted);
+            if let Some(t) = &settings.topics {
+                shared.unmatched = t.unmatched;
+                match shared.registry.as_mut() {
+                    Some(r) => r.reconfigure(Arc::new(t.clone())),
+                    None => shared.registry = Some(Registry::new(Arc::new(t.clone()))),
+                }
+            }
+            // Without `[topics]` now, topics already held stay routed until their holders
+            // leave; new topic subscriptions are refused.
+        }
         self.max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
         self.disconnect_slow.store(
@@ -322,27 +390,214 @@ impl Endpoint {
         self.lock().last_event.state
     }
 
-    /// Adds (or re-adds) a subscriber and queues, in this order, the `ack` for request `id`
-    /// (if given) and the current state for it. `false`, with nothing queued, once the
-    /// endpoint has stopped ([`Endpoint::clear_subscribers`]): a session that looked the
-    /// endpoint up just before a reload removed it must not leave its outbox with a dead
-    /// endpoint.
-    pub fn subscribe(&self, client: ClientId, outbox: &Arc<Outbox>, id: Option<u64>) -> bool {
-        let mut shared = self.lock();
+    /// Adds (or re-adds) a subscriber, to the whole endpoint (`topics` is `None`) or to more
+    /// topics, and queues, in this order, the `ack` for request `id` (if given) and the
+    /// current state for it. A topic request is checked as a whole first: nothing changes
+    /// when it is refused. Once the endpoint has stopped ([`Endpoint::clear_subscribers`])
+    /// nothing is queued: a session that looked the endpoint up just before a reload removed
+    /// it must not leave its outbox with a dead endpoint.
+    pub fn subscribe(
+        &self,
+        client: ClientId,
+        outbox: &Arc<Outbox>,
+        id: Option<u64>,
+        topics: Option<&[String]>,
+    ) -> Result<(), SubscribeError> {
+        let mut guard = self.lock();
+        let shared = &mut *guard;
         if shared.stopped {
-            return false;
+            return Err(SubscribeError::Stopped);
+        }
+        let mut touched = Touched::default();
+        match topics {
+            None => {
+                shared.whole.insert(client, Arc::clone(outbox));
+            }
+            Some(list) => {
+                let Some(registry) = shared.registry.as_mut() else {
+                    return Err(SubscribeError::Refused(
+                        ErrorCode::TopicsUnsupported,
+                        format!(
+                            "endpoint `{}` has no topics (no [endpoints.{}.topics] table)",
+                            self.name, self.name
+                        ),
+                    ));
+                };
+                let checked = registry
+                    .check(client, list)
+                    .map_err(|(code, message)| SubscribeError::Refused(code, message))?;
+                touched = registry.add(client, outbox, checked);
+            }
         }
         if let Some(id) = id {
             outbox.push_control(frames::ack(id));
         }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
         shared.subscribers.insert(client, Arc::clone(outbox));
+        drop(guard);
+        self.wake(touched);
+        Ok(())
+    }
+
+    /// Removes a subscriber's topics (`topics` given) or everything (`None`); `false` if it
+    /// held nothing on this endpoint.
+    pub fn unsubscribe(&self, client: ClientId, topics: Option<&[String]>) -> bool {
+        let mut guard = self.lock();
+        let shared = &mut *guard;
+        if !shared.subscribers.contains_key(&client) {
+            return false;
+        }
+        let touched = match topics {
+            None => {
+                shared.whole.remove(&client);
+                shared.subscribers.remove(&client);
+                shared
+                    .registry
+                    .as_mut()
+                    .map(|r| r.remove(client, None))
+                    .unwrap_or_default()
+            }
+            Some(list) => {
+                let touched = shared
+                    .registry
+                    .as_mut()
+                    .map(|r| r.remove(client, Some(list)))
+                    .unwrap_or_default();
+                let holds = shared
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.holds_any(client));
+                if !holds && !shared.whole.contains_key(&client) {
+                    shared.subscribers.remove(&client);
+                }
+                touched
+            }
+        };
+        drop(guard);
+        self.wake(touched);
         true
     }
 
-    /// Removes a subscriber; `false` if it was not subscribed.
-    pub fn unsubscribe(&self, client: ClientId) -> bool {
-        self.lock().subscribers.remove(&client).is_some()
+    /// Whether the client holds the whole endpoint or any topic of it.
+    pub fn is_subscribed(&self, client: ClientId) -> bool {
+        self.lock().subscribers.contains_key(&client)
+    }
+
+    /// Wakes the connections whose topic sets changed and starts the new ones.
+    fn wake(&self, touched: Touched) {
+        if touched.connections.is_empty() && touched.new_connections.is_empty() {
+            return;
+        }
+        for k in &touched.new_connections {
+            let _ = self.topic_waker(*k);
+            match self.spawner.get() {
+                Some(spawn) => (spawn.0)(*k),
+                None => {
+                    tracing::warn!(endpoint = %self.name, connection = k, "no way to open another upstream connection")
+                }
+            }
+        }
+        for k in touched.connections {
+            self.topic_waker(k).notify_one();
+        }
+    }
+
+    /// The waker of connection `k`'s driver (created on first use).
+    pub fn topic_waker(&self, k: usize) -> Arc<Notify> {
+        let mut wakers = self.topic_wakers.lock().unwrap_or_else(|e| e.into_inner());
+        while wakers.len() <= k {
+            wakers.push(Arc::new(Notify::new()));
+        }
+        Arc::clone(&wakers[k])
+    }
+
+    /// Sets how additional upstream connections are started (once, by the daemon).
+    pub fn set_spawner(&self, spawner: ConnectionSpawner) {
+        let _ = self.spawner.set(Spawner(spawner));
+    }
+
+    /// Registers the command channel of additional connection `k`'s driver.
+    pub fn add_connection_commands(&self, k: usize, tx: mpsc::Sender<Envelope>) {
+        let mut extra = self
+            .extra_commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while extra.len() + 1 < k {
+            let (dead, _) = mpsc::channel(1);
+            extra.push(dead);
+        }
+        if extra.len() + 1 == k {
+            extra.push(tx);
+        } else if k >= 1 {
+            extra[k - 1] = tx;
+        }
+    }
+
+    /// Command channels of the additional connections.
+    pub fn connection_commands(&self) -> Vec<mpsc::Sender<Envelope>> {
+        self.extra_commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The topics whose wanted-ness on connection `k` may have changed, with the answer now.
+    pub fn take_topic_changes(&self, k: usize) -> Vec<(Arc<str>, bool)> {
+        self.lock()
+            .registry
+            .as_mut()
+            .map(|r| r.take_changes(k))
+            .unwrap_or_default()
+    }
+
+    /// Every topic connection `k` should be subscribed to.
+    pub fn topics_wanted_on(&self, k: usize) -> Vec<Arc<str>> {
+        self.lock()
+            .registry
+            .as_mut()
+            .map(|r| r.wanted_on(k))
+            .unwrap_or_default()
+    }
+
+    /// The next `{id}` of a subscribe or unsubscribe message (1, 2, ...).
+    pub fn next_topic_id(&self) -> u64 {
+        self.topic_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The upstream took a topic's subscribe on connection `k`.
+    pub fn topic_active(&self, k: usize, topic: &str) {
+        if let Some(r) = self.lock().registry.as_mut() {
+            r.activated(k, topic);
+        }
+    }
+
+    /// The upstream rejected a topic on connection `k`: its holders get `topic_rejected`.
+    pub fn topic_rejected(&self, k: usize, topic: &str, reason: &str) {
+        let holders = match self.lock().registry.as_mut() {
+            Some(r) => r.rejected(k, topic, reason),
+            None => return,
+        };
+        if holders.is_empty() {
+            return;
+        }
+        tracing::warn!(endpoint = %self.name, topic = %crate::text::escape(topic, 128), %reason, "the upstream rejected a topic");
+        let frame = frames::encode(&ServerMsg::Error(ErrorMsg {
+            id: None,
+            code: ErrorCode::TopicRejected,
+            message: reason.to_owned(),
+            endpoint: Some(self.name.to_string()),
+            topic: Some(topic.to_owned()),
+        }));
+        for outbox in holders {
+            outbox.push_control(frame.clone());
+        }
+    }
+
+    /// Connection `k` opened or was lost.
+    pub fn set_connection_open(&self, k: usize, open: bool) {
+        if let Some(r) = self.lock().registry.as_mut() {
+            r.set_open(k, open);
+        }
     }
 
     /// Records a state change and tells every subscriber.
@@ -364,24 +619,84 @@ impl Endpoint {
         self.lock().rtt_us = Some(rtt_us);
     }
 
-    /// Hands one encoded data frame to every subscriber. Never waits.
-    pub fn fan_out(&self, frame: &Bytes) {
+    /// Delivers one upstream data message: numbers it (`seq`, and `topic_seq` when it has a
+    /// topic), encodes it once and hands the frame to every client that should get it: the
+    /// whole-endpoint subscribers, the holders of its topic, and (`unmatched = "all"`) every
+    /// subscriber when it has no topic. Never waits. Numbering and delivery happen under the
+    /// endpoint's lock, so messages from several upstream connections reach every client in
+    /// `seq` order.
+    pub fn deliver(&self, data: PayloadRef<'_>, topic: Option<&str>, max_frame: usize) {
+        let len = match data {
+            PayloadRef::Text(t) => t.len(),
+            PayloadRef::Binary(b) => b.len(),
+        };
+        let c = &self.counters;
+        c.messages_in.fetch_add(1, Ordering::Relaxed);
+        c.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
         let disconnect = self.disconnect_slow.load(Ordering::Relaxed);
-        let mut shared = self.lock();
+        let mut guard = self.lock();
+        let shared = &mut *guard;
+        shared.seq += 1;
+        let seq = shared.seq;
+        let (topic_seq, holders) = match (topic, shared.registry.as_mut()) {
+            (Some(t), Some(r)) => {
+                let (n, holders) = r.route(t);
+                (Some(n), holders)
+            }
+            _ => (None, None),
+        };
+        let frame =
+            match encode_data_message(&self.name, seq, topic.zip(topic_seq), data, max_frame) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(
+                        endpoint = %self.name, seq, error = %e,
+                        "upstream message too large for a client frame; not delivered"
+                    );
+                    return;
+                }
+            };
         let mut dropped = 0;
         let mut gone = Vec::new();
-        for (client, outbox) in &shared.subscribers {
-            match outbox.push_data(&self.name, frame.clone(), disconnect, || {
-                lagged_farewell(&self.name)
-            }) {
-                Pushed::Queued(n) => dropped += n,
-                Pushed::Disconnected => gone.push(*client),
+        let mut push = |client: ClientId, outbox: &Arc<Outbox>| match outbox.push_data(
+            &self.name,
+            frame.clone(),
+            disconnect,
+            || lagged_farewell(&self.name),
+        ) {
+            Pushed::Queued(n) => dropped += n,
+            Pushed::Disconnected => gone.push(client),
+        };
+        for (client, outbox) in &shared.whole {
+            push(*client, outbox);
+        }
+        if let Some(holders) = holders {
+            for (client, outbox) in holders {
+                if !shared.whole.contains_key(client) {
+                    push(*client, outbox);
+                }
+            }
+        } else if topic.is_none() && shared.unmatched == Unmatched::All && shared.registry.is_some()
+        {
+            for (client, outbox) in &shared.subscribers {
+                if !shared.whole.contains_key(client) {
+                    push(*client, outbox);
+                }
             }
         }
+        let mut touched = Touched::default();
         for client in &gone {
             shared.subscribers.remove(client);
+            shared.whole.remove(client);
+            if let Some(r) = shared.registry.as_mut() {
+                let t = r.drop_client(*client);
+                for k in t.connections {
+                    touched.connections.push(k);
+                }
+            }
         }
-        drop(shared);
+        drop(guard);
+        self.wake(touched);
         if dropped > 0 {
             self.counters
                 .lagged_drops
@@ -540,8 +855,15 @@ impl Endpoint {
         let shared = self.lock();
         let c = &self.counters;
         EndpointStatus {
-            connections: 0,
-            topics: Vec::new(),
+            connections: match &shared.registry {
+                Some(r) => r.connections_open(),
+                None => u32::from(shared.last_event.state == ConnState::Open),
+            },
+            topics: shared
+                .registry
+                .as_ref()
+                .map(|r| r.status())
+                .unwrap_or_default(),
             name: self.name.to_string(),
             url: shared.url_redacted.clone(),
             state: shared.last_event.state,
@@ -571,6 +893,10 @@ impl Endpoint {
         let mut shared = self.lock();
         shared.stopped = true;
         shared.subscribers.clear();
+        shared.whole.clear();
+        if let Some(settings) = shared.registry.as_ref().map(|r| Arc::clone(r.settings())) {
+            shared.registry = Some(Registry::new(settings));
+        }
     }
 }
 
@@ -590,12 +916,15 @@ mod tests {
     fn a_stopped_endpoint_refuses_new_subscribers() {
         let (ep, _rx) = endpoint(1 << 20);
         let early = Arc::new(Outbox::new(16, 1 << 20));
-        assert!(ep.subscribe(1, &early, None));
+        assert!(ep.subscribe(1, &early, None, None).is_ok());
         assert_eq!(ep.status().subscribers, 1);
         ep.clear_subscribers();
         // A session that looked the endpoint up just before it was removed.
         let late = Arc::new(Outbox::new(16, 1 << 20));
-        assert!(!ep.subscribe(2, &late, Some(7)));
+        assert_eq!(
+            ep.subscribe(2, &late, Some(7), None),
+            Err(SubscribeError::Stopped)
+        );
         assert!(
             late.is_empty(),
             "neither ack nor state for a refused subscriber"

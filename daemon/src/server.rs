@@ -38,7 +38,7 @@ use wsmux_proto::{
 };
 
 use crate::deadline::{Limits, LogLimit, ReadTimers};
-use crate::endpoint::{ClientId, Command, Endpoint, SendRequest};
+use crate::endpoint::{ClientId, Command, Endpoint, SendRequest, SubscribeError};
 use crate::frames;
 use crate::local;
 use crate::outbox::{charge, Outbox};
@@ -383,7 +383,7 @@ impl Session {
     async fn leave(&mut self) {
         for name in self.subscriptions.drain() {
             if let Some(ep) = self.ctx.endpoint(&name) {
-                ep.unsubscribe(self.id);
+                ep.unsubscribe(self.id, None);
             }
         }
         self.outbox.close();
@@ -637,26 +637,29 @@ impl Session {
                         ),
                     )
                 }
-                Some(ep) => {
-                    if ep.subscribe(self.id, &self.outbox, m.id) {
+                Some(ep) => match ep.subscribe(self.id, &self.outbox, m.id, m.topics.as_deref()) {
+                    Ok(()) => {
                         self.subscriptions.insert(m.endpoint);
-                    } else if ep.stop_reason().is_some() {
+                    }
+                    Err(SubscribeError::Refused(code, message)) => self.fail(m.id, code, message),
+                    Err(SubscribeError::Stopped) if ep.stop_reason().is_some() => {
                         // Removed by a reload after this session looked it up.
                         self.unknown_endpoint(m.id, &m.endpoint);
-                    } else {
-                        self.fail(
-                            m.id,
-                            ErrorCode::ShuttingDown,
-                            format!("endpoint `{}` is shutting down", ep.name()),
-                        );
                     }
-                }
+                    Err(SubscribeError::Stopped) => self.fail(
+                        m.id,
+                        ErrorCode::ShuttingDown,
+                        format!("endpoint `{}` is shutting down", ep.name()),
+                    ),
+                },
                 None => self.unknown_endpoint(m.id, &m.endpoint),
             },
             ClientMsg::Unsubscribe(m) => match self.ctx.endpoint(&m.endpoint) {
                 Some(ep) => {
-                    if ep.unsubscribe(self.id) {
-                        self.subscriptions.remove(&m.endpoint);
+                    if ep.unsubscribe(self.id, m.topics.as_deref()) {
+                        if !ep.is_subscribed(self.id) {
+                            self.subscriptions.remove(&m.endpoint);
+                        }
                         self.ack(m.id);
                     } else {
                         self.fail(

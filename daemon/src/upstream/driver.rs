@@ -20,8 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use wsmux_config::EndpointSettings;
 use wsmux_proto::{
-    encode_data_message, ConnState, Dropped, ErrorCode, Payload, PayloadRef, Sent, ServerMsg,
-    StateEvent,
+    ConnState, Dropped, ErrorCode, Payload, PayloadRef, Sent, ServerMsg, StateEvent,
 };
 
 use super::connect::{connect, describe_error, ConnectError, Ws, MAX_RETRY_AFTER};
@@ -158,8 +157,6 @@ pub struct Driver {
     live: Liveness,
     /// A replacement connection, during a rotation.
     rotation: Option<Rotation>,
-    /// Sequence number of the last data message fanned out.
-    seq: u64,
     /// Largest frame sent to a client.
     max_frame: usize,
     /// Whether the endpoint has been open before (so the next open is a reconnect).
@@ -190,8 +187,8 @@ pub struct Parts {
 }
 
 impl Driver {
-    /// A driver; call [`Driver::run`] in its own task. After a restart, `seq` continues from
-    /// the endpoint's `messages_in`.
+    /// A driver; call [`Driver::run`] in its own task. `seq` lives in the endpoint, so it continues
+    /// across restarts and connections.
     pub fn new(parts: &Parts, commands: Commands) -> Self {
         let settings = parts
             .settings
@@ -205,7 +202,6 @@ impl Driver {
         )
         .with_max_lifetime(settings.max_lifetime);
         let endpoint = Arc::clone(&parts.endpoint);
-        let seq = endpoint.counters.messages_in.load(Ordering::Relaxed);
         let opened_before = endpoint.counters.connects.load(Ordering::Relaxed) > 0;
         Driver {
             inbound: Inbound::new(&settings),
@@ -220,7 +216,6 @@ impl Driver {
             link: Link::Idle,
             live: Liveness::default(),
             rotation: None,
-            seq,
             max_frame: parts.max_frame,
             opened_before,
             down_since: Some(Instant::now()),
@@ -722,21 +717,7 @@ impl Driver {
     }
 
     fn fan_out(&mut self, data: PayloadRef<'_>) {
-        let len = match data {
-            PayloadRef::Text(t) => t.len(),
-            PayloadRef::Binary(b) => b.len(),
-        };
-        self.seq += 1;
-        let c = &self.endpoint.counters;
-        c.messages_in.fetch_add(1, Ordering::Relaxed);
-        c.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-        match encode_data_message(self.endpoint.name(), self.seq, None, data, self.max_frame) {
-            Ok(frame) => self.endpoint.fan_out(&frame),
-            Err(e) => tracing::warn!(
-                endpoint = %self.endpoint.name(), seq = self.seq, error = %e,
-                "upstream message too large for a client frame; not delivered"
-            ),
-        }
+        self.endpoint.deliver(data, None, self.max_frame);
     }
 
     /// Writes one message the daemon itself sends (heartbeat, auto-reply), bounded by the

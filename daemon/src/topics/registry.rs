@@ -1,0 +1,558 @@
+//! Sans-IO: which local clients hold which topics of one endpoint, which upstream connection
+//! carries each topic, where each topic's upstream subscription stands, and each topic's
+//! message counter (`topic_seq`).
+//!
+//! The endpoint keeps its [`Registry`] under the same lock as its subscribers, so a topic's
+//! holders and its counter change atomically with the fan-out that reads them. The registry
+//! decides *what* each upstream connection should be subscribed to; each connection's
+//! [`super::subs::Subscriptions`] decides *when* and *how* to tell the upstream. Between them
+//! is a set of topics per connection whose wanted-ness may have changed ([`Registry::take_changes`]):
+//! the connection reads the registry's current answer for each, so the order in which two
+//! clients' changes reach it cannot matter.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use wsmux_config::TopicSettings;
+use wsmux_proto::{ErrorCode, TopicState, TopicStatus};
+
+use crate::endpoint::ClientId;
+use crate::outbox::Outbox;
+
+/// Topics without holders whose counters are kept, so a topic that is unsubscribed and
+/// subscribed again goes on counting (a re-subscriber sees the gap, not a restart).
+const RETIRED_COUNTERS: usize = 65_536;
+
+/// One topic that at least one client holds.
+#[derive(Debug)]
+pub struct Entry {
+    /// The clients that hold it, with their outboxes.
+    pub holders: HashMap<ClientId, Arc<Outbox>>,
+    /// Its upstream subscription.
+    state: TopicState,
+    /// The upstream connection that carries it.
+    connection: usize,
+    /// Messages of the topic so far.
+    seq: u64,
+    /// The upstream's answer when it was rejected.
+    reason: Option<String>,
+}
+
+/// A refused request: the code and the message for the client.
+pub type Refusal = (ErrorCode, String);
+
+/// The reference counts of one endpoint's topics.
+#[derive(Debug)]
+pub struct Registry {
+    /// The endpoint's topic settings (limits and the key that topics must fit).
+    settings: Arc<TopicSettings>,
+    /// Topics with at least one holder.
+    topics: HashMap<Arc<str>, Entry>,
+    /// Each client's topics.
+    clients: HashMap<ClientId, HashSet<Arc<str>>>,
+    /// Topics assigned to each connection (index = connection).
+    per_connection: Vec<usize>,
+    /// Whether each connection is open.
+    open: Vec<bool>,
+    /// Per connection: topics whose wanted-ness may have changed since it last looked.
+    changed: Vec<HashSet<Arc<str>>>,
+    /// Counters of topics that lost their last holder, oldest first in `retired_order`.
+    retired: HashMap<Arc<str>, u64>,
+    /// Eviction order of `retired`.
+    retired_order: VecDeque<Arc<str>>,
+}
+
+/// What [`Registry::add`] and [`Registry::remove`] changed that the endpoint must act on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Connections with new entries in their change set (to wake).
+    pub connections: Vec<usize>,
+    /// Connections that did not exist before (to start).
+    pub new_connections: Vec<usize>,
+}
+
+impl Touched {
+    fn touch(&mut self, connection: usize) {
+        if !self.connections.contains(&connection) {
+            self.connections.push(connection);
+        }
+    }
+}
+
+impl Registry {
+    /// An empty registry; connection 0 exists from the start.
+    pub fn new(settings: Arc<TopicSettings>) -> Self {
+        Registry {
+            settings,
+            topics: HashMap::new(),
+            clients: HashMap::new(),
+            per_connection: vec![0],
+            open: vec![false],
+            changed: vec![HashSet::new()],
+            retired: HashMap::new(),
+            retired_order: VecDeque::new(),
+        }
+    }
+
+    /// New limits from a reload. Topics already held stay, even beyond new limits.
+    pub fn reconfigure(&mut self, settings: Arc<TopicSettings>) {
+        self.settings = settings;
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Arc<TopicSettings> {
+        &self.settings
+    }
+
+    /// Checks a `subscribe {topics}` as a whole; nothing changes. The topics, deduplicated,
+    /// in request order.
+    pub fn check(&self, client: ClientId, topics: &[String]) -> Result<Vec<Arc<str>>, Refusal> {
+        if topics.is_empty() {
+            return Err((
+                ErrorCode::InvalidTopic,
+                "`topics` is empty; leave it out to subscribe to the whole endpoint".into(),
+            ));
+        }
+        let max = self.settings.max_topic_bytes;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for topic in topics {
+            if topic.is_empty() {
+                return Err((ErrorCode::InvalidTopic, "a topic is empty".into()));
+            }
+            if topic.len() > max {
+                return Err((
+                    ErrorCode::InvalidTopic,
+                    format!(
+                        "a topic of {} bytes is longer than max_topic_bytes ({max})",
+                        topic.len()
+                    ),
+                ));
+            }
+            if topic.chars().any(char::is_control) {
+                return Err((
+                    ErrorCode::InvalidTopic,
+                    format!(
+                        "topic {} holds a control character",
+                        crate::text::escape(topic, 64)
+                    ),
+                ));
+            }
+            if self.settings.key.split(topic).is_none() {
+                return Err((
+                    ErrorCode::InvalidTopic,
+                    format!(
+                        "topic {} does not have the shape of the endpoint's key",
+                        crate::text::escape(topic, 64)
+                    ),
+                ));
+            }
+            if seen.insert(topic.as_str()) {
+                out.push(Arc::<str>::from(topic.as_str()));
+            }
+        }
+        let held = self.clients.get(&client);
+        let new_for_client = out
+            .iter()
+            .filter(|t| !held.is_some_and(|h| h.contains(*t)))
+            .count();
+        let holds = held.map_or(0, HashSet::len);
+        if holds + new_for_client > self.settings.max_per_client {
+            return Err((
+                ErrorCode::TooManyTopics,
+                format!(
+                    "a client may hold at most {} topics of this endpoint (max_per_client); it holds {holds} and asked for {new_for_client} more",
+                    self.settings.max_per_client
+                ),
+            ));
+        }
+        let new_distinct = out.iter().filter(|t| !self.topics.contains_key(*t)).count();
+        if self.topics.len() + new_distinct > self.settings.max_topics {
+            return Err((
+                ErrorCode::TooManyTopics,
+                format!(
+                    "the endpoint holds {} topics; max_topics is {}",
+                    self.topics.len(),
+                    self.settings.max_topics
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Adds checked topics ([`Registry::check`]) to a client's set. A topic that was
+    /// rejected is tried again.
+    pub fn add(
+        &mut self,
+        client: ClientId,
+        outbox: &Arc<Outbox>,
+        topics: Vec<Arc<str>>,
+    ) -> Touched {
+        let mut touched = Touched::default();
+        for topic in topics {
+            self.clients
+                .entry(client)
+                .or_default()
+                .insert(Arc::clone(&topic));
+            if !self.topics.contains_key(&topic) {
+                let connection = self.assign(&mut touched);
+                let seq = self.retired.remove(&topic).unwrap_or(0);
+                if seq > 0 {
+                    self.retired_order.retain(|t| *t != topic);
+                }
+                self.per_connection[connection] += 1;
+                self.topics.insert(
+                    Arc::clone(&topic),
+                    Entry {
+                        holders: HashMap::new(),
+                        state: TopicState::Pending,
+                        connection,
+                        seq,
+                        reason: None,
+                    },
+                );
+                self.changed[connection].insert(Arc::clone(&topic));
+                touched.touch(connection);
+            }
+            let Some(entry) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            if entry.state == TopicState::Rejected {
+                entry.state = TopicState::Pending;
+                entry.reason = None;
+                self.changed[entry.connection].insert(Arc::clone(&topic));
+                touched.touch(entry.connection);
+            }
+            entry.holders.insert(client, Arc::clone(outbox));
+        }
+        touched
+    }
+
+    /// The first connection with room, or a new one.
+    fn assign(&mut self, touched: &mut Touched) -> usize {
+        let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
+        if let Some(k) = self.per_connection.iter().position(|n| *n < room) {
+            return k;
+        }
+        let k = self.per_connection.len();
+        self.per_connection.push(0);
+        self.open.push(false);
+        self.changed.push(HashSet::new());
+        touched.new_connections.push(k);
+        k
+    }
+
+    /// Removes topics from a client's set (`None`: all of them). Topics it does not hold are
+    /// ignored.
+    pub fn remove(&mut self, client: ClientId, topics: Option<&[String]>) -> Touched {
+        let mut touched = Touched::default();
+        let Some(held) = self.clients.get_mut(&client) else {
+            return touched;
+        };
+        let leaving: Vec<Arc<str>> = match topics {
+            None => held.drain().collect(),
+            Some(list) => list.iter().filter_map(|t| held.take(t.as_str())).collect(),
+        };
+        if held.is_empty() {
+            self.clients.remove(&client);
+        }
+        for topic in leaving {
+            let Some(entry) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            entry.holders.remove(&client);
+            if !entry.holders.is_empty() {
+                continue;
+            }
+            let connection = entry.connection;
+            let seq = entry.seq;
+            self.topics.remove(&topic);
+            self.per_connection[connection] -= 1;
+            self.changed[connection].insert(Arc::clone(&topic));
+            touched.touch(connection);
+            self.retire(topic, seq);
+        }
+        touched
+    }
+
+    fn retire(&mut self, topic: Arc<str>, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if self.retired.len() >= RETIRED_COUNTERS {
+            if let Some(oldest) = self.retired_order.pop_front() {
+                self.retired.remove(&oldest);
+            }
+        }
+        self.retired_order.push_back(Arc::clone(&topic));
+        self.retired.insert(topic, seq);
+    }
+
+    /// Whether the client holds any topic.
+    pub fn holds_any(&self, client: ClientId) -> bool {
+        self.clients.contains_key(&client)
+    }
+
+    /// A message of `topic` arrived: counts it; its `topic_seq` and its holders.
+    pub fn route(&mut self, topic: &str) -> (u64, Option<&HashMap<ClientId, Arc<Outbox>>>) {
+        let counted = self.topics.get_mut(topic).map(|e| {
+            e.seq += 1;
+            e.seq
+        });
+        if let Some(seq) = counted {
+            return (seq, self.topics.get(topic).map(|e| &e.holders));
+        }
+        if let Some(seq) = self.retired.get_mut(topic) {
+            *seq += 1;
+            return (*seq, None);
+        }
+        self.retire(Arc::from(topic), 1);
+        (1, None)
+    }
+
+    /// Forgets a client that was disconnected for not reading (its outbox is closed).
+    pub fn drop_client(&mut self, client: ClientId) -> Touched {
+        self.remove(client, None)
+    }
+
+    /// Whether connection `k` should be subscribed to `topic` now.
+    pub fn wanted(&self, k: usize, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|e| e.connection == k && e.state != TopicState::Rejected)
+    }
+
+    /// The topics whose wanted-ness on connection `k` may have changed, with the answer now.
+    pub fn take_changes(&mut self, k: usize) -> Vec<(Arc<str>, bool)> {
+        let Some(set) = self.changed.get_mut(k) else {
+            return Vec::new();
+        };
+        let topics: Vec<Arc<str>> = set.drain().collect();
+        topics
+            .into_iter()
+            .map(|t| {
+                let on = self.wanted(k, &t);
+                (t, on)
+            })
+            .collect()
+    }
+
+    /// Every topic connection `k` should be subscribed to (a connection that starts, or
+    /// restarts after a panic, begins from this).
+    pub fn wanted_on(&mut self, k: usize) -> Vec<Arc<str>> {
+        if let Some(set) = self.changed.get_mut(k) {
+            set.clear();
+        }
+        self.topics
+            .iter()
+            .filter(|(_, e)| e.connection == k && e.state != TopicState::Rejected)
+            .map(|(t, _)| Arc::clone(t))
+            .collect()
+    }
+
+    /// The upstream took a topic's subscribe.
+    pub fn activated(&mut self, k: usize, topic: &str) {
+        if let Some(e) = self.topics.get_mut(topic) {
+            if e.connection == k && e.state == TopicState::Pending {
+                e.state = TopicState::Active;
+            }
+        }
+    }
+
+    /// The upstream rejected a topic: it is marked `rejected` until a client asks again. The
+    /// clients that hold it, to be told.
+    pub fn rejected(&mut self, k: usize, topic: &str, reason: &str) -> Vec<Arc<Outbox>> {
+        match self.topics.get_mut(topic) {
+            Some(e) if e.connection == k && e.state != TopicState::Rejected => {
+                e.state = TopicState::Rejected;
+                e.reason = Some(reason.to_owned());
+                e.holders.values().cloned().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Connection `k` opened or was lost. Its active topics are `pending` while it is down.
+    pub fn set_open(&mut self, k: usize, open: bool) {
+        if let Some(o) = self.open.get_mut(k) {
+            *o = open;
+        }
+        if !open {
+            for e in self.topics.values_mut() {
+                if e.connection == k && e.state == TopicState::Active {
+                    e.state = TopicState::Pending;
+                }
+            }
+        }
+    }
+
+    /// Upstream connections open now.
+    pub fn connections_open(&self) -> u32 {
+        self.open.iter().filter(|o| **o).count() as u32
+    }
+
+    /// Connections that exist (some may be down).
+    pub fn connections(&self) -> usize {
+        self.per_connection.len()
+    }
+
+    /// The topics for `status`, sorted.
+    pub fn status(&self) -> Vec<TopicStatus> {
+        let mut out: Vec<TopicStatus> = self
+            .topics
+            .iter()
+            .map(|(t, e)| TopicStatus {
+                topic: t.to_string(),
+                subscribers: e.holders.len() as u32,
+                state: e.state,
+                connection: e.connection as u32,
+                messages: e.seq,
+                reason: e.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsmux_config::{KeyPart, Pointer, Template, TopicKey, Unmatched};
+
+    fn settings(max_per_connection: Option<usize>) -> Arc<TopicSettings> {
+        Arc::new(TopicSettings {
+            key: TopicKey::Json(vec![KeyPart::Field {
+                name: "stream".into(),
+                pointer: Pointer {
+                    text: "/stream".into(),
+                    tokens: vec!["stream".into()],
+                },
+            }]),
+            subscribe: Template {
+                text: String::new(),
+                parts: Vec::new(),
+            },
+            unsubscribe: None,
+            item: None,
+            max_per_message: 50,
+            rate: None,
+            max_per_connection,
+            unmatched: Unmatched::All,
+            reply_id: None,
+            reply_error: None,
+            reply_ok: None,
+            reply_timeout: std::time::Duration::from_secs(10),
+            max_per_client: 3,
+            max_topics: 5,
+            max_topic_bytes: 8,
+        })
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(1024, 1 << 20))
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn add(r: &mut Registry, client: ClientId, list: &[&str]) -> Touched {
+        let topics = r.check(client, &strings(list)).expect("valid");
+        r.add(client, &outbox(), topics)
+    }
+
+    #[test]
+    fn counts_references_and_changes_only_on_first_and_last() {
+        let mut r = Registry::new(settings(None));
+        assert_eq!(add(&mut r, 1, &["a", "b"]).connections, vec![0]);
+        let mut changes = r.take_changes(0);
+        changes.sort();
+        assert_eq!(changes, vec![("a".into(), true), ("b".into(), true)]);
+        // A second holder changes nothing upstream.
+        assert_eq!(add(&mut r, 2, &["b"]), Touched::default());
+        assert!(r.take_changes(0).is_empty());
+        // The first leaves: b is still held.
+        r.remove(1, None);
+        assert_eq!(r.take_changes(0), vec![("a".into(), false)]);
+        // The last leaves.
+        r.remove(2, Some(&strings(&["b", "zzz"])));
+        assert_eq!(r.take_changes(0), vec![("b".into(), false)]);
+        assert!(!r.holds_any(1) && !r.holds_any(2));
+    }
+
+    #[test]
+    fn a_change_that_is_undone_before_the_connection_looks_reads_as_the_state_now() {
+        let mut r = Registry::new(settings(None));
+        add(&mut r, 1, &["a"]);
+        r.remove(1, None);
+        add(&mut r, 2, &["a"]);
+        assert_eq!(r.take_changes(0), vec![("a".into(), true)]);
+    }
+
+    #[test]
+    fn requests_are_checked_as_a_whole() {
+        let r = Registry::new(settings(None));
+        for (list, code) in [
+            (vec![], ErrorCode::InvalidTopic),
+            (vec!["a", ""], ErrorCode::InvalidTopic),
+            (vec!["a", "123456789"], ErrorCode::InvalidTopic),
+            (vec!["a\r\nb"], ErrorCode::InvalidTopic),
+            (vec!["a", "b", "c", "d"], ErrorCode::TooManyTopics),
+        ] {
+            let err = r.check(1, &strings(&list)).expect_err("refused");
+            assert_eq!(err.0, code, "{list:?}: {}", err.1);
+        }
+        assert_eq!(r.check(1, &strings(&["a", "a", "b"])).unwrap().len(), 2);
+        let mut r = Registry::new(settings(None));
+        add(&mut r, 1, &["a", "b", "c"]);
+        add(&mut r, 2, &["d", "e"]);
+        assert_eq!(
+            r.check(3, &strings(&["f"])).unwrap_err().0,
+            ErrorCode::TooManyTopics
+        );
+        // Already held topics do not count again.
+        assert!(r.check(3, &strings(&["a", "e"])).is_ok());
+    }
+
+    #[test]
+    fn topics_beyond_max_per_connection_open_another_connection() {
+        let mut r = Registry::new(settings(Some(2)));
+        let t = add(&mut r, 1, &["a", "b", "c"]);
+        assert_eq!(t.new_connections, vec![1]);
+        assert_eq!(t.connections, vec![0, 1]);
+        assert_eq!(r.take_changes(1), vec![("c".into(), true)]);
+        assert!(r.wanted(0, "a") && !r.wanted(0, "c") && r.wanted(1, "c"));
+        // Room on connection 0 again: the next topic goes there.
+        r.remove(1, Some(&strings(&["a"])));
+        add(&mut r, 2, &["d"]);
+        assert!(r.wanted(0, "d"));
+        assert_eq!(r.connections(), 2);
+    }
+
+    #[test]
+    fn counters_go_on_across_a_resubscribe_and_rejection_waits_for_a_new_ask() {
+        let mut r = Registry::new(settings(None));
+        add(&mut r, 1, &["a"]);
+        assert_eq!(r.route("a").0, 1);
+        // Topics nobody holds are counted too.
+        assert_eq!(r.route("other").0, 1);
+        assert_eq!(r.route("other").0, 2);
+        r.remove(1, None);
+        assert_eq!(r.route("a").0, 2);
+        add(&mut r, 2, &["a"]);
+        assert_eq!(r.route("a").0, 3);
+        r.take_changes(0);
+        assert_eq!(r.rejected(0, "a", "no such stream").len(), 1);
+        assert!(!r.wanted(0, "a"));
+        assert_eq!(r.status()[0].state, TopicState::Rejected);
+        // Someone asks again: it is retried.
+        add(&mut r, 3, &["a"]);
+        assert_eq!(r.take_changes(0), vec![("a".into(), true)]);
+        r.activated(0, "a");
+        assert_eq!(r.status()[0].state, TopicState::Active);
+        assert_eq!(r.status()[0].subscribers, 2);
+        r.set_open(0, false);
+        assert_eq!(r.status()[0].state, TopicState::Pending);
+    }
+}
