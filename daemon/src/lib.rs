@@ -112,21 +112,54 @@ impl Endpoints {
         let endpoint = Arc::new(Endpoint::new(ep, tx));
         tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, "starting endpoint");
         let token = self.cancel.child_token();
+        let settings = Arc::new(std::sync::Mutex::new(ep.clone()));
         let parts = Parts {
             endpoint: Arc::clone(&endpoint),
-            settings: Arc::new(std::sync::Mutex::new(ep.clone())),
+            settings: Arc::clone(&settings),
             tls: Arc::clone(&self.tls),
             cancel: token.clone(),
             max_frame: self.max_frame,
             drain_timeout: self.drain_timeout,
+            connection: 0,
         };
         // Supervised: a driver that panics is reported and replaced on the same channel.
         self.tracker.spawn(upstream::supervise(
             Arc::clone(&endpoint),
             token.clone(),
             rx,
+            0,
             move |commands| Driver::new(&parts, commands).run(),
         ));
+        // More upstream connections for topics beyond `max_per_connection`, started by the
+        // endpoint when its registry assigns a topic to one. Weak: the endpoint holds this.
+        let weak = Arc::downgrade(&endpoint);
+        let (tracker, tls) = (self.tracker.clone(), Arc::clone(&self.tls));
+        let (max_frame, drain_timeout) = (self.max_frame, self.drain_timeout);
+        let cancel = token.clone();
+        endpoint.set_spawner(Box::new(move |k| {
+            let Some(endpoint) = weak.upgrade() else {
+                return;
+            };
+            tracing::info!(endpoint = %endpoint.name(), connection = k, "opening another upstream connection for topics (max_per_connection)");
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            endpoint.add_connection_commands(k, tx);
+            let parts = Parts {
+                endpoint: Arc::clone(&endpoint),
+                settings: Arc::clone(&settings),
+                tls: Arc::clone(&tls),
+                cancel: cancel.clone(),
+                max_frame,
+                drain_timeout,
+                connection: k,
+            };
+            tracker.spawn(upstream::supervise(
+                endpoint,
+                cancel.clone(),
+                rx,
+                k,
+                move |commands| Driver::new(&parts, commands).run(),
+            ));
+        }));
         self.ctx
             .endpoints
             .write()

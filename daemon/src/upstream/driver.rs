@@ -31,6 +31,7 @@ use crate::endpoint::{Command, Endpoint, Envelope};
 use crate::frames;
 use crate::policy::{humanize, Action, Policy, Retry};
 use crate::rotation::{Join, Overlap};
+use crate::topics::subs::{Subscriptions, TopicEvent};
 
 type ConnectFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<Ws>, ConnectError>> + Send>>;
@@ -88,6 +89,14 @@ async fn rotation_event(rotation: &mut Option<Rotation>) -> LinkEvent {
     }
 }
 
+/// Waits for `waker`, or forever without one.
+async fn notified(waker: Option<&tokio::sync::Notify>) {
+    match waker {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -131,6 +140,16 @@ struct Rotation {
     deadline: Option<Instant>,
 }
 
+/// An endpoint's topics, as one upstream connection sees them.
+struct Topics {
+    /// What this connection is subscribed to upstream, and what it should be.
+    subs: Subscriptions,
+    /// Where the message's topic is found.
+    settings: Arc<wsmux_config::TopicSettings>,
+    /// Fires when the registry changed this connection's topics.
+    waker: Arc<tokio::sync::Notify>,
+}
+
 /// Everything one endpoint's driver needs.
 pub struct Driver {
     /// The shared side: state, subscribers, counters.
@@ -168,6 +187,12 @@ pub struct Driver {
     /// While draining at shutdown: when the drain ends. It also bounds every upstream write,
     /// so that a slow upstream cannot hold the driver past it.
     drain_until: Option<Instant>,
+    /// Which of the endpoint's upstream connections this driver runs: 0 carries everything
+    /// (sends, sticky messages, the endpoint's state); the others, opened for topics beyond
+    /// `max_per_connection`, carry `on_connect`, heartbeats and their own topics.
+    connection: usize,
+    /// The endpoint's topics, when it has `[topics]`.
+    topics: Option<Topics>,
 }
 
 /// What a driver is made of, besides its command channel.
@@ -184,6 +209,8 @@ pub struct Parts {
     pub max_frame: usize,
     /// Shutdown drain limit.
     pub drain_timeout: Duration,
+    /// Which upstream connection of the endpoint the driver runs (0 is the main one).
+    pub connection: usize,
 }
 
 impl Driver {
@@ -202,6 +229,7 @@ impl Driver {
         )
         .with_max_lifetime(settings.max_lifetime);
         let endpoint = Arc::clone(&parts.endpoint);
+        let topics = Self::topics_for(&endpoint, parts.connection, &settings);
         let opened_before = endpoint.counters.connects.load(Ordering::Relaxed) > 0;
         Driver {
             inbound: Inbound::new(&settings),
@@ -221,7 +249,100 @@ impl Driver {
             down_since: Some(Instant::now()),
             drain_timeout: parts.drain_timeout,
             drain_until: None,
+            connection: parts.connection,
+            topics,
         }
+    }
+
+    /// The topic side of connection `k`, starting from what the registry wants on it now.
+    fn topics_for(endpoint: &Endpoint, k: usize, settings: &EndpointSettings) -> Option<Topics> {
+        let t = settings.topics.as_ref()?;
+        let mut subs = Subscriptions::new(t);
+        for topic in endpoint.topics_wanted_on(k) {
+            subs.want(topic, true);
+        }
+        Some(Topics {
+            subs,
+            settings: Arc::new(t.clone()),
+            waker: endpoint.topic_waker(k),
+        })
+    }
+
+    /// Whether this driver runs the endpoint's main connection.
+    fn is_main(&self) -> bool {
+        self.connection == 0
+    }
+
+    /// Tells subscribers about a state change of the main connection; the other
+    /// connections' states only show in logs and `status`.
+    fn publish(&self, ev: StateEvent) {
+        if self.is_main() {
+            self.endpoint.set_state(ev);
+        } else {
+            tracing::debug!(endpoint = %self.name(), connection = self.connection, state = %ev.state, reason = ?ev.reason, "topic connection state");
+        }
+    }
+
+    /// The registry changed this connection's topics.
+    fn on_topic_changes(&mut self) {
+        let Some(t) = self.topics.as_mut() else { return };
+        for (topic, on) in self.endpoint.take_topic_changes(self.connection) {
+            t.subs.want(topic, on);
+        }
+    }
+
+    /// Passes the topic core's findings to the registry.
+    fn topic_events(&self, events: Vec<TopicEvent>) {
+        for e in events {
+            match e {
+                TopicEvent::Active(topic) => self.endpoint.topic_active(self.connection, &topic),
+                TopicEvent::Rejected { topic, reason } => self.endpoint.topic_rejected(
+                    self.connection,
+                    &topic,
+                    &crate::text::escape(&reason, crate::text::MAX_PEER_TEXT),
+                ),
+            }
+        }
+    }
+
+    /// The connection is gone: nothing is subscribed upstream any more.
+    fn topics_down(&mut self) {
+        if let Some(t) = self.topics.as_mut() {
+            t.subs.lost();
+            self.endpoint.set_connection_open(self.connection, false);
+        }
+    }
+
+    /// Whether the queue may go out: not before the topics are subscribed again.
+    fn topics_settled(&self) -> bool {
+        self.topics.as_ref().is_none_or(|t| t.subs.resubscribed())
+    }
+
+    /// Writes the next subscribe or unsubscribe message, if one is due. `true` if it wrote.
+    async fn write_topic_message(&mut self) -> bool {
+        if !self.link.is_open() || self.outbound.phase() != Phase::Open {
+            return false;
+        }
+        let endpoint = Arc::clone(&self.endpoint);
+        let Some(t) = self.topics.as_mut() else {
+            return false;
+        };
+        let now = Self::now();
+        let Some(out) = t.subs.next_message(now, &mut || endpoint.next_topic_id()) else {
+            return false;
+        };
+        tracing::debug!(endpoint = %self.name(), connection = self.connection, subscribe = out.subscribe, topics = out.topics.len(), id = ?out.id, "topics message");
+        match self.write_direct(to_message(&out.data)).await {
+            Ok(()) => {
+                let events = match self.topics.as_mut() {
+                    Some(t) => t.subs.written(&out, Self::now()),
+                    None => Vec::new(),
+                };
+                self.topic_events(events);
+            }
+            Err(reason) => self.lost(format!("writing a topics message: {reason}"), false, None),
+        }
+        true
     }
 
     fn name(&self) -> &str {
@@ -262,12 +383,20 @@ impl Driver {
                 self.announce_open();
                 continue;
             }
-            if self.link.is_open() && self.outbound.has_writes() {
+            if self.write_topic_message().await {
+                self.service().await;
+                continue;
+            }
+            if self.link.is_open()
+                && self.outbound.has_writes()
+                && (self.outbound.phase() != Phase::Open || self.topics_settled())
+            {
                 self.write_batch().await;
                 self.service().await;
                 continue;
             }
             let deadline = self.next_deadline();
+            let waker = self.topics.as_ref().map(|t| Arc::clone(&t.waker));
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled(), if drain_until.is_none() => {}
@@ -275,6 +404,7 @@ impl Driver {
                 event = link_event(&mut self.link) => self.on_link_event(event).await,
                 event = rotation_event(&mut self.rotation) => self.on_rotation_event(event).await,
                 Some(envelope) = self.commands.recv() => self.on_command(envelope).await,
+                _ = notified(waker.as_deref()) => self.on_topic_changes(),
                 _ = sleep_until(deadline) => {}
             }
             self.service().await;
@@ -319,6 +449,10 @@ impl Driver {
             self.policy.poll_timeout().map(Instant::from_std),
             self.rotation.as_ref().and_then(|r| r.deadline),
             self.outbound.next_expiry().map(Instant::from_std),
+            self.topics
+                .as_ref()
+                .and_then(|t| t.subs.next_deadline())
+                .map(Instant::from_std),
         ]
         .into_iter()
         .flatten()
@@ -339,6 +473,10 @@ impl Driver {
         }
         let notices = self.outbound.expire(now);
         self.notify(notices);
+        if let Some(t) = self.topics.as_mut() {
+            let events = t.subs.on_timer(now);
+            self.topic_events(events);
+        }
     }
 
     async fn perform(&mut self, action: Action) {
@@ -355,6 +493,7 @@ impl Driver {
                     self.link = Link::Idle;
                     let notices = self.outbound.lost(Self::now());
                     self.notify(notices);
+                    self.topics_down();
                 }
                 self.rotation = None;
                 if self.down_since.is_none() {
@@ -363,7 +502,7 @@ impl Driver {
                 tracing::info!(endpoint = %self.name(), attempt, "connecting");
                 let mut ev = StateEvent::new(self.name(), ConnState::Connecting);
                 ev.attempt = Some(attempt);
-                self.endpoint.set_state(ev);
+                self.publish(ev);
                 self.link = Link::Connecting(self.connect_future());
             }
             Action::SendHeartbeat => {
@@ -421,25 +560,33 @@ impl Driver {
     fn announce_open(&mut self) {
         let now = Self::now();
         self.policy.on_open(now);
-        self.endpoint
-            .counters
-            .connects
-            .fetch_add(1, Ordering::Relaxed);
+        if self.is_main() {
+            self.endpoint
+                .counters
+                .connects
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let mut ev = StateEvent::new(self.name(), ConnState::Open);
         ev.reconnect = Some(self.opened_before);
         if self.opened_before {
-            self.endpoint
-                .counters
-                .reconnects
-                .fetch_add(1, Ordering::Relaxed);
+            if self.is_main() {
+                self.endpoint
+                    .counters
+                    .reconnects
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             ev.downtime_ms = self.down_since.map(|t| t.elapsed().as_millis() as u64);
         }
         self.opened_before = true;
         self.down_since = None;
-        tracing::info!(endpoint = %self.name(), reconnect = ?ev.reconnect, downtime_ms = ?ev.downtime_ms, "open");
-        self.endpoint.set_state(ev);
+        tracing::info!(endpoint = %self.name(), connection = self.connection, reconnect = ?ev.reconnect, downtime_ms = ?ev.downtime_ms, "open");
+        self.publish(ev);
         let notices = self.outbound.opened(now);
         self.notify(notices);
+        if let Some(t) = self.topics.as_mut() {
+            t.subs.connected(now);
+            self.endpoint.set_connection_open(self.connection, true);
+        }
     }
 
     /// Writes the next batch from [`Outbound`], bounded by a deadline of its own: the replay
@@ -557,6 +704,7 @@ impl Driver {
         self.rotation = None;
         let notices = self.outbound.lost(Self::now());
         self.notify(notices);
+        self.topics_down();
         self.retry_or_give_up(reason, fatal, retry_after);
     }
 
@@ -599,7 +747,7 @@ impl Driver {
                 ev.attempt = Some(attempt);
                 ev.retry_in_ms = Some(delay.as_millis() as u64);
                 ev.reason = Some(reason);
-                self.endpoint.set_state(ev);
+                self.publish(ev);
             }
             Retry::GiveUp { attempts } => {
                 tracing::error!(endpoint = %name, %reason, attempts, "giving up after max_attempts");
@@ -612,7 +760,7 @@ impl Driver {
         let mut ev = StateEvent::new(self.name(), ConnState::Failed);
         ev.attempt = Some(attempts);
         ev.reason = Some(reason);
-        self.endpoint.set_state(ev);
+        self.publish(ev);
         // Nothing will be written until someone asks for a reconnect.
         let notices = self.outbound.failed(Self::now());
         self.notify(notices);
@@ -653,7 +801,11 @@ impl Driver {
             .inbound
             .classify(&msg, raw_close.as_ref(), &mut self.live, now)
         {
-            Class::Data => self.deliver(&msg),
+            Class::Data => {
+                if !self.answered(&msg, now) {
+                    self.deliver(&msg);
+                }
+            }
             Class::Heartbeat { rtt } => {
                 if let Some(rtt) = rtt {
                     self.endpoint.set_rtt(rtt.as_micros() as u64);
@@ -669,6 +821,24 @@ impl Driver {
             }
             Class::Closed { reason, fatal } => self.lost(reason, fatal, None),
             Class::Control => {}
+        }
+    }
+
+    /// Whether a data message is the upstream's answer to one of this connection's topic
+    /// messages (then it is consumed here and reaches no client).
+    fn answered(&mut self, msg: &Message, now: std::time::Instant) -> bool {
+        let Some(t) = self.topics.as_mut() else {
+            return false;
+        };
+        let Some(data) = payload_ref(msg) else {
+            return false;
+        };
+        match t.subs.on_message(data, now) {
+            Some(events) => {
+                self.topic_events(events);
+                true
+            }
+            None => false,
         }
     }
 
@@ -717,7 +887,12 @@ impl Driver {
     }
 
     fn fan_out(&mut self, data: PayloadRef<'_>) {
-        self.endpoint.deliver(data, None, self.max_frame);
+        let topic = self
+            .topics
+            .as_ref()
+            .and_then(|t| crate::topics::key::extract(&t.settings.key, data));
+        self.endpoint
+            .deliver(data, topic.as_deref(), self.max_frame);
     }
 
     /// Writes one message the daemon itself sends (heartbeat, auto-reply), bounded by the
@@ -769,6 +944,20 @@ impl Driver {
                 );
                 self.inbound = Inbound::new(&settings);
                 self.outbound.reconfigure(&settings);
+                if self.is_main() {
+                    for tx in self.endpoint.connection_commands() {
+                        let _ = tx.try_send(Envelope::from(Command::Reconfigure(Box::new(
+                            settings.clone(),
+                        ))));
+                    }
+                }
+                match (self.topics.as_mut(), settings.topics.as_ref()) {
+                    (Some(t), Some(new)) => {
+                        t.subs.reconfigure(new);
+                        t.settings = Arc::new(new.clone());
+                    }
+                    _ => self.topics = Self::topics_for(&self.endpoint, self.connection, &settings),
+                }
                 *self.settings_slot.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
                 self.settings = Arc::new(settings);
                 self.outbound.revive();
@@ -803,7 +992,11 @@ impl Driver {
         }
         match event {
             LinkEvent::Connected(Ok(mut ws)) => {
-                let replay: Vec<Payload> = self.outbound.replacement_replay();
+                let mut replay: Vec<Payload> = self.outbound.replacement_replay();
+                if let Some(t) = self.topics.as_ref() {
+                    let endpoint = Arc::clone(&self.endpoint);
+                    replay.extend(t.subs.replay(&mut || endpoint.next_topic_id()));
+                }
                 let limit = self.write_limit(self.settings.connect_timeout);
                 if let Err(reason) = replay_to(&mut ws, replay, limit).await {
                     tracing::warn!(endpoint = %self.name(), %reason, "rotation: replacement failed; keeping the current connection");
@@ -892,10 +1085,12 @@ impl Driver {
             self.fan_out(p.as_ref());
         }
         self.policy.on_rotated(Self::now());
-        self.endpoint
-            .counters
-            .connects
-            .fetch_add(1, Ordering::Relaxed);
+        if self.is_main() {
+            self.endpoint
+                .counters
+                .connects
+                .fetch_add(1, Ordering::Relaxed);
+        }
         tracing::info!(endpoint = %self.name(), "rotation: switched to the replacement connection");
         if let Link::Open(mut ws) = old {
             let name = self.endpoint.name_arc().clone();
@@ -914,7 +1109,17 @@ impl Driver {
                 .unwrap_or("daemon shutting down")
                 .to_owned(),
         );
-        self.endpoint.set_state(ev);
+        self.publish(ev);
+        if !self.is_main() {
+            self.commands.close();
+            if let Link::Open(ws) = &mut self.link {
+                close_gracefully(ws, CloseCode::Away, "wsmuxd shutting down", self.endpoint.name())
+                    .await;
+            }
+            self.link = Link::Idle;
+            self.topics_down();
+            return;
+        }
         self.endpoint.close_send_buffer();
         self.commands.close();
         while let Some(Envelope { command, .. }) = self.commands.try_recv() {

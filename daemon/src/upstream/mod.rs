@@ -86,11 +86,13 @@ const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
 /// Runs the drivers `make` builds, one at a time, on the receiver `rx`, until one ends
 /// normally (shutdown) or `cancel` fires while waiting to restart. A driver that panics is
 /// reported: the endpoint goes to `failed` with the panic's message as its reason, and a new
-/// driver starts after a backoff (100 ms doubling to 30 s).
+/// driver starts after a backoff (100 ms doubling to 30 s). Only the main connection
+/// (`connection` 0) speaks for the endpoint's state; another one is just marked down.
 pub async fn supervise<F, Fut>(
     endpoint: Arc<Endpoint>,
     cancel: CancellationToken,
     rx: mpsc::Receiver<Envelope>,
+    connection: usize,
     mut make: F,
 ) where
     F: FnMut(Commands) -> Fut,
@@ -128,11 +130,16 @@ pub async fn supervise<F, Fut>(
             "internal error: the endpoint's driver panicked ({}); restarting",
             escape(&what, MAX_PEER_TEXT)
         );
-        tracing::error!(endpoint = %endpoint.name(), %reason, restart_in = %crate::policy::humanize(delay), "driver panicked");
-        let mut ev = StateEvent::new(endpoint.name(), ConnState::Failed);
-        ev.reason = Some(reason);
-        endpoint.set_state(ev);
+        tracing::error!(endpoint = %endpoint.name(), connection, %reason, restart_in = %crate::policy::humanize(delay), "driver panicked");
+        if connection == 0 {
+            let mut ev = StateEvent::new(endpoint.name(), ConnState::Failed);
+            ev.reason = Some(reason);
+            endpoint.set_state(ev);
+        } else {
+            endpoint.set_connection_open(connection, false);
+        }
         tokio::select! {
+            _ = cancel.cancelled(), if connection != 0 => return,
             _ = cancel.cancelled() => {
                 let mut ev = StateEvent::new(endpoint.name(), ConnState::Closed);
                 ev.reason = Some(endpoint.stop_reason().unwrap_or("daemon shutting down").to_owned());
@@ -166,6 +173,7 @@ mod tests {
             Arc::clone(&endpoint),
             cancel.clone(),
             rx,
+            0,
             move |mut commands: Commands| {
                 runs += 1;
                 let first = runs == 1;
