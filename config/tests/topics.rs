@@ -2,6 +2,7 @@
 //! every mistake is an error naming the file and the key.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use wsmux_config::{
@@ -739,4 +740,59 @@ fn a_changed_template_changes_the_endpoint() {
     let mut none = a.clone();
     none.topics = None;
     assert_ne!(a, none);
+}
+
+#[test]
+fn the_example_file_loads_its_topics() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("wsmux.example.toml");
+    let env: HashMap<String, String> = [("FEED_TOKEN", "ft"), ("PRICES_TOKEN", "pt")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let settings = Loader::new()
+        .file(&path)
+        .env(env)
+        .load()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let trades = settings
+        .endpoints
+        .iter()
+        .find(|e| e.name == "trades")
+        .expect("the example has a `trades` endpoint");
+    assert_eq!(
+        trades.topics,
+        Some(TopicSettings {
+            unsubscribe: Some(binance_template("UNSUBSCRIBE")),
+            max_per_connection: Some(1024),
+            reply_id: Some(pointer("/id")),
+            ..defaults(
+                vec![field("stream", "/stream")],
+                binance_template("SUBSCRIBE")
+            )
+        }),
+        "the example spells out the defaults, besides max_per_connection"
+    );
+    // The other endpoints have none.
+    assert!(settings
+        .endpoints
+        .iter()
+        .all(|e| e.name == "trades" || e.topics.is_none()));
+
+    // The commented exchange blocks load as they are, once uncommented.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let blocks: String = text
+        .lines()
+        .skip_while(|line| !line.starts_with("# OKX v5"))
+        .filter_map(|line| line.strip_prefix("# "))
+        .filter(|line| line.starts_with('[') || line.contains(" = "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let settings = Loader::new()
+        .toml_str(blocks, "example blocks")
+        .env(HashMap::new())
+        .load()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["bybit", "deribit", "kraken", "okx"]);
+    assert!(settings.endpoints.iter().all(|e| e.topics.is_some()));
 }
