@@ -55,6 +55,9 @@
 //! file must be readable UTF-8; otherwise the error names the key and the path, never the
 //! content. Replaced text is not scanned for references again.
 //!
+//! Nowhere else: in particular the templates and pointers of `[endpoints.NAME.topics]` are
+//! taken as written (they hold no secrets, and `$` is plain text in them).
+//!
 //! # Files named by the configuration
 //!
 //! The TLS files of an endpoint (`tls.ca_file`, `tls.client_cert`, `tls.client_key`) must

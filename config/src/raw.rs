@@ -150,6 +150,64 @@ pub(crate) struct RawEndpoint {
     /// How long a `send` may wait for room in `send_buffer_bytes`.
     #[serde(default, with = "humantime_serde")]
     pub send_timeout: Option<Duration>,
+    /// `[endpoints.NAME.topics]`; its presence turns topics on.
+    #[serde(default)]
+    pub topics: Option<RawTopics>,
+}
+
+/// `[endpoints.NAME.topics]`. Templates and pointers are kept as written: `${VAR}` is not
+/// resolved in them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of topic settings")]
+pub(crate) struct RawTopics {
+    /// JSON pointer or key template naming a message's topic.
+    #[serde(default, deserialize_with = "strict")]
+    pub key: Option<String>,
+    /// Regular expression whose group 1 is the topic.
+    #[serde(default, deserialize_with = "strict")]
+    pub key_regex: Option<String>,
+    /// Subscribe message template (required).
+    #[serde(default, deserialize_with = "strict")]
+    pub subscribe: Option<String>,
+    /// Unsubscribe message template.
+    #[serde(default, deserialize_with = "strict")]
+    pub unsubscribe: Option<String>,
+    /// Per-topic template for `{items}`.
+    #[serde(default, deserialize_with = "strict")]
+    pub item: Option<String>,
+    /// Most topics per subscribe or unsubscribe message.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_per_message: Option<usize>,
+    /// `N/DURATION` or `none`.
+    #[serde(default, deserialize_with = "strict")]
+    pub rate: Option<String>,
+    /// Most topics per upstream connection.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_per_connection: Option<usize>,
+    /// `all` or `drop`.
+    #[serde(default, deserialize_with = "strict")]
+    pub unmatched: Option<String>,
+    /// Pointer to the id in upstream answers, or `none`.
+    #[serde(default, deserialize_with = "strict")]
+    pub reply_id: Option<String>,
+    /// Pointer to a success flag in upstream answers.
+    #[serde(default, deserialize_with = "strict")]
+    pub reply_ok: Option<String>,
+    /// Pointer to the error in upstream answers, or `none`.
+    #[serde(default, deserialize_with = "strict")]
+    pub reply_error: Option<String>,
+    /// How long an answer may take.
+    #[serde(default, with = "humantime_serde")]
+    pub reply_timeout: Option<Duration>,
+    /// Most topics one client may hold on the endpoint.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_per_client: Option<usize>,
+    /// Most distinct topics on the endpoint.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_topics: Option<usize>,
+    /// Longest topic, in bytes.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_topic_bytes: Option<usize>,
 }
 
 /// `[endpoints.NAME.sticky]`.
@@ -313,6 +371,7 @@ pub(crate) fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
         ["endpoints", _, "queue"] => Some(field_names::<RawQueue>()),
         ["endpoints", _, "tls"] => Some(field_names::<RawTls>()),
         ["endpoints", _, "sticky"] => Some(field_names::<RawSticky>()),
+        ["endpoints", _, "topics"] => Some(field_names::<RawTopics>()),
         // Array items: the path leaves the index out.
         ["endpoints", _, "on_connect"] => Some(field_names::<RawMessageTable>()),
         ["endpoints", _, "auto_reply"] => Some(field_names::<RawAutoReply>()),

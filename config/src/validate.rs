@@ -18,13 +18,14 @@ use crate::key::KeyPath;
 use crate::layers::Layers;
 use crate::raw::{
     Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawLog, RawMessage, RawMessageTable,
-    RawQueue, RawReconnect, RawSticky, RawTls,
+    RawQueue, RawReconnect, RawSticky, RawTls, RawTopics,
 };
 use crate::settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
     LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
     Settings, SlowClientPolicy, StickySettings, TlsSettings,
 };
+use crate::topics::{Pointer, Rate, Template, TemplatePart, TopicKey, TopicSettings, Unmatched};
 
 /// Smallest allowed `max_frame_size`.
 const MIN_FRAME_SIZE: usize = 1024;
@@ -85,6 +86,33 @@ const MAX_SEND_BUFFER: usize = u32::MAX as usize;
 const MAX_SEND_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default of `auto_reply.hide`.
 const DEFAULT_HIDE: bool = true;
+/// Default of `topics.max_per_message`.
+const DEFAULT_MAX_PER_MESSAGE: usize = 50;
+/// Largest `topics.max_per_message`.
+const MAX_PER_MESSAGE: usize = 10_000;
+/// Default of `topics.rate`: 5 messages per second.
+const DEFAULT_RATE: Rate = Rate {
+    count: 5,
+    per: Duration::from_secs(1),
+};
+/// Default of `topics.reply_id`, when a template uses `{id}`.
+const DEFAULT_REPLY_ID: &str = "/id";
+/// Default of `topics.reply_error`.
+const DEFAULT_REPLY_ERROR: &str = "/error";
+/// Default of `topics.reply_timeout`.
+const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `topics.max_per_client`.
+const DEFAULT_MAX_TOPICS_PER_CLIENT: usize = 1024;
+/// Default of `topics.max_topics`.
+const DEFAULT_MAX_TOPICS: usize = 65_536;
+/// Default of `topics.max_topic_bytes`.
+const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
+/// Largest `topics.max_topic_bytes`.
+const MAX_TOPIC_BYTES: usize = 65_536;
+/// Values of `topics.unmatched`.
+const UNMATCHED: &[(&str, Unmatched)] = &[("all", Unmatched::All), ("drop", Unmatched::Drop)];
+/// What `reply_id`, `reply_ok` and `reply_error` take to mean "not at all".
+const NONE: &str = "none";
 /// `on_connect` base64: the standard alphabet, with or without padding.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -245,6 +273,7 @@ impl Validator<'_> {
             sticky,
             send_buffer_bytes,
             send_timeout,
+            topics,
         } = raw;
         let url_key = key.key("url");
         let Some(url_text) = url else {
@@ -322,7 +351,9 @@ impl Validator<'_> {
             )?,
             name: defaults.name,
             url: defaults.url,
-            topics: None,
+            topics: topics
+                .map(|raw| self.topics(&key.key("topics"), raw))
+                .transpose()?,
         })
     }
 
@@ -1060,6 +1091,284 @@ impl Validator<'_> {
         }
         Ok(bytes)
     }
+
+    /// `[endpoints.NAME.topics]`. Templates and pointers are taken as written (`${VAR}` is
+    /// not resolved in them: they are not secrets, and `$` may well be literal text).
+    fn topics(&self, key: &KeyPath, raw: RawTopics) -> Result<TopicSettings> {
+        let RawTopics {
+            key: key_text,
+            key_regex,
+            subscribe,
+            unsubscribe,
+            item,
+            max_per_message,
+            rate,
+            max_per_connection,
+            unmatched,
+            reply_id,
+            reply_ok,
+            reply_error,
+            reply_timeout,
+            max_per_client,
+            max_topics,
+            max_topic_bytes,
+        } = raw;
+        let topic_key = match (key_text, key_regex) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    &key.key("key_regex"),
+                    "cannot be combined with `key`: a topic is found by exactly one of them",
+                ))
+            }
+            (None, None) => {
+                return Err(self.error(
+                    &key.key("key"),
+                    "is required (or `key_regex`): where a message names its topic, such as \
+                     \"/stream\" or \"{/arg/channel}:{/arg/instId}\"",
+                ))
+            }
+            (Some(text), None) => {
+                TopicKey::parse_key(&text).map_err(|reason| self.error(&key.key("key"), reason))?
+            }
+            (None, Some(pattern)) => self.key_regex(&key.key("key_regex"), &pattern)?,
+        };
+
+        let subscribe_key = key.key("subscribe");
+        let Some(subscribe) = subscribe else {
+            return Err(self.error(
+                &subscribe_key,
+                "is required: the message that subscribes to topics, such as \
+                 '{\"method\":\"SUBSCRIBE\",\"params\":{topics},\"id\":{id}}'",
+            ));
+        };
+        let subscribe = self.message_template(&subscribe_key, &subscribe, &topic_key, false)?;
+        let unsubscribe_key = key.key("unsubscribe");
+        let unsubscribe = unsubscribe
+            .map(|text| self.message_template(&unsubscribe_key, &text, &topic_key, false))
+            .transpose()?;
+        let item_key = key.key("item");
+        let item = item
+            .map(|text| self.message_template(&item_key, &text, &topic_key, true))
+            .transpose()?;
+        let templates = [
+            (&subscribe_key, Some(&subscribe)),
+            (&unsubscribe_key, unsubscribe.as_ref()),
+        ];
+        let items_user = templates
+            .iter()
+            .find(|(_, template)| template.is_some_and(Template::uses_items));
+        match (&item, items_user) {
+            (None, Some((key, _))) => {
+                return Err(self.error(
+                    key,
+                    "uses `{items}`, which needs `item` (the template rendered once per topic)",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(self.error(
+                    &item_key,
+                    "is only used by `{items}`, which neither `subscribe` nor `unsubscribe` has",
+                ))
+            }
+            _ => {}
+        }
+
+        let uses_id = templates
+            .iter()
+            .any(|(_, template)| template.is_some_and(Template::uses_id));
+        let reply_id_key = key.key("reply_id");
+        let reply_id = match reply_id.as_deref() {
+            None if uses_id => Some(self.pointer(&reply_id_key, DEFAULT_REPLY_ID)?),
+            None | Some(NONE) => None,
+            Some(_) if !uses_id => {
+                return Err(self.error(
+                    &reply_id_key,
+                    "answers are matched by the `{id}` of the subscribe and unsubscribe \
+                     messages, and neither template has one",
+                ))
+            }
+            Some(text) => Some(self.pointer(&reply_id_key, text)?),
+        };
+        let needs_reply_id = |name: &str| {
+            self.error(
+                &key.key(name),
+                "has no effect without `reply_id`: answers are recognised by the `{id}` they \
+                 carry",
+            )
+        };
+        let reply_ok = match reply_ok.as_deref() {
+            None | Some(NONE) => None,
+            Some(_) if reply_id.is_none() => return Err(needs_reply_id("reply_ok")),
+            Some(text) => Some(self.pointer(&key.key("reply_ok"), text)?),
+        };
+        let reply_error = match reply_error.as_deref() {
+            None => Some(self.pointer(&key.key("reply_error"), DEFAULT_REPLY_ERROR)?),
+            Some(NONE) => None,
+            Some(_) if reply_id.is_none() => return Err(needs_reply_id("reply_error")),
+            Some(text) => Some(self.pointer(&key.key("reply_error"), text)?),
+        };
+
+        Ok(TopicSettings {
+            key: topic_key,
+            subscribe,
+            unsubscribe,
+            item,
+            max_per_message: self.bounded(
+                &key.key("max_per_message"),
+                max_per_message,
+                DEFAULT_MAX_PER_MESSAGE,
+                1,
+                MAX_PER_MESSAGE,
+            )?,
+            rate: self.rate(&key.key("rate"), rate)?,
+            max_per_connection: max_per_connection
+                .map(|value| self.at_least_one(&key.key("max_per_connection"), Some(value), 1))
+                .transpose()?,
+            unmatched: self.choice(
+                &key.key("unmatched"),
+                unmatched,
+                UNMATCHED,
+                Unmatched::default(),
+            )?,
+            reply_id,
+            reply_error,
+            reply_ok,
+            reply_timeout: self.positive(
+                &key.key("reply_timeout"),
+                reply_timeout,
+                DEFAULT_REPLY_TIMEOUT,
+            )?,
+            max_per_client: self.at_least_one(
+                &key.key("max_per_client"),
+                max_per_client,
+                DEFAULT_MAX_TOPICS_PER_CLIENT,
+            )?,
+            max_topics: self.at_least_one(
+                &key.key("max_topics"),
+                max_topics,
+                DEFAULT_MAX_TOPICS,
+            )?,
+            max_topic_bytes: self.bounded(
+                &key.key("max_topic_bytes"),
+                max_topic_bytes,
+                DEFAULT_MAX_TOPIC_BYTES,
+                1,
+                MAX_TOPIC_BYTES,
+            )?,
+        })
+    }
+
+    /// `topics.key_regex`: compiles, and has a group 1 (the topic).
+    fn key_regex(&self, key: &KeyPath, pattern: &str) -> Result<TopicKey> {
+        let regex = regex::bytes::Regex::new(pattern)
+            .map_err(|error| self.error(key, format!("invalid regular expression: {error}")))?;
+        if regex.captures_len() < 2 {
+            return Err(self.error(
+                key,
+                "needs a capture group: group 1 is the topic, as in '\"topic\":\"([^\"]+)\"'",
+            ));
+        }
+        Ok(TopicKey::Regex(regex))
+    }
+
+    /// A `subscribe` or `unsubscribe` template (or, with `item`, the `item` template) over
+    /// the fields of `topic_key`.
+    fn message_template(
+        &self,
+        key: &KeyPath,
+        text: &str,
+        topic_key: &TopicKey,
+        item: bool,
+    ) -> Result<Template> {
+        let fields = topic_key.field_names();
+        let template = Template::parse(text, &fields).map_err(|reason| self.error(key, reason))?;
+        if item {
+            template
+                .check_item()
+                .map_err(|reason| self.error(key, reason))?;
+        }
+        check_template_parts(&template, &fields, item).map_err(|reason| self.error(key, reason))?;
+        Ok(template)
+    }
+
+    /// A JSON pointer into an upstream answer, such as `/id`; not `""` (the whole answer).
+    fn pointer(&self, key: &KeyPath, text: &str) -> Result<Pointer> {
+        if text.is_empty() {
+            return Err(self.error(
+                key,
+                format!(
+                    "must not be empty: write a JSON pointer such as `/id`, or \"{NONE}\" for \
+                     none"
+                ),
+            ));
+        }
+        Pointer::parse(text).map_err(|reason| self.error(key, reason))
+    }
+
+    /// `topics.rate`: `N/DURATION` or `none`; absent, [`DEFAULT_RATE`].
+    fn rate(&self, key: &KeyPath, raw: Option<String>) -> Result<Option<Rate>> {
+        match raw {
+            None => Ok(Some(DEFAULT_RATE)),
+            Some(text) => Rate::parse(&text).map_err(|reason| self.error(key, reason)),
+        }
+    }
+}
+
+/// What a message template holds besides its syntax: `{topic}` puts one topic in each
+/// message, so it does not go with the placeholders of several topics; and every message (or
+/// item) says which topics it is about, by the whole topic or by every field of the key.
+fn check_template_parts(
+    template: &Template,
+    fields: &[&str],
+    item: bool,
+) -> std::result::Result<(), String> {
+    let parts = &template.parts;
+    if template.one_topic() {
+        let several = parts.iter().find_map(|part| match part {
+            TemplatePart::Topics => Some("`{topics}`".to_owned()),
+            TemplatePart::Items => Some("`{items}`".to_owned()),
+            TemplatePart::FieldArray(name) => Some(format!("`{{{name}[]}}`")),
+            _ => None,
+        });
+        if let Some(placeholder) = several {
+            return Err(format!(
+                "`{{topic}}` (one topic per message) cannot be combined with {placeholder} (all \
+                 the topics of a message)"
+            ));
+        }
+    }
+    let names_topic = parts.iter().any(|part| {
+        matches!(
+            part,
+            TemplatePart::Topic { .. } | TemplatePart::Topics | TemplatePart::Items
+        )
+    });
+    let covers_fields = !fields.is_empty()
+        && fields.iter().all(|field| {
+            parts.iter().any(|part| match part {
+                TemplatePart::Field { name, .. } | TemplatePart::FieldArray(name) => name == field,
+                _ => false,
+            })
+        });
+    if names_topic || covers_fields {
+        return Ok(());
+    }
+    let options = if item {
+        "`{topic}`"
+    } else {
+        "`{topics}`, `{topic}` or `{items}`"
+    };
+    let fields_hint = if fields.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = fields.iter().map(|f| format!("`{{{f}}}`")).collect();
+        let arrays = if item { "" } else { " (or their `[]` arrays)" };
+        format!(", or every field of the key: {}{arrays}", list.join(", "))
+    };
+    let what = if item { "topic it is" } else { "topics it is" };
+    Err(format!(
+        "does not say which {what} about: use {options}{fields_hint}"
+    ))
 }
 
 /// Tells the reader that a value was checked after `${VAR}` references were replaced, when

@@ -972,7 +972,10 @@ fn the_example_file_loads() {
     assert_eq!(settings.server, ServerSettings::default());
     assert_eq!(settings.log, LogSettings::default());
     let names: Vec<_> = settings.endpoints.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["feed", "lines", "mqtt", "nats", "prices", "ticks"]);
+    assert_eq!(
+        names,
+        ["feed", "lines", "mqtt", "nats", "prices", "ticks", "trades"]
+    );
 
     let feed = &settings.endpoints[0];
     assert_eq!(
