@@ -218,3 +218,147 @@ def test_topics_must_be_a_list_of_str() -> None:
             topic_list(bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="every topic must be a str"):
         topic_list(["a", 1])  # type: ignore[list-item]
+
+
+class ScriptedDaemon:
+    """A scripted peer on a real Unix socket: answers ``hello`` with ``welcome``, then acks
+    every request and sends ``follow_ups[n]`` after the n-th ack (``state`` first after a
+    ``subscribe``). Records the requests."""
+
+    def __init__(self, follow_ups: list[list[dict]]) -> None:
+        import socket
+        import tempfile
+        import threading
+
+        self.dir = tempfile.mkdtemp(prefix="wsmux-py-s-")
+        self.socket = f"{self.dir}/s.sock"
+        self.requests: list[dict] = []
+        self.follow_ups = follow_ups
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.socket)
+        self._listener.listen(1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        decoder = wsmux.FrameDecoder()
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                decoder.feed(chunk)
+                for msg in decoder:
+                    out = []
+                    if msg["type"] == "hello":
+                        out.append(
+                            {"type": "welcome", "version": 1, "server": "s", "endpoints": []}
+                        )
+                    else:
+                        n = len(self.requests)
+                        self.requests.append(msg)
+                        reply = "pong" if msg["type"] == "ping" else "ack"
+                        out.append({"type": reply, "id": msg["id"]})
+                        if msg["type"] == "subscribe":
+                            out.append({"type": "state", "endpoint": "feed", "state": "open"})
+                        if reply == "ack" and n < len(self.follow_ups):
+                            out.extend(self.follow_ups[n])
+                    conn.sendall(b"".join(wsmux.encode_frame(m) for m in out))
+
+    def close(self) -> None:
+        import shutil
+
+        self._listener.close()
+        self._thread.join(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+FOLLOW_UPS = [
+    # subscribe topics a, b: seq jumps over other clients' topics (not a miss); a gap in a
+    # held topic's counter is one; a message without a topic counts nothing.
+    [message(10, "a", 1), message(15, "b", 4), message(30, "a", 4), message(40)],
+    # subscribe c (no callback given: the first stays), then the upstream refuses it.
+    [
+        message(41, "c", 1),
+        {
+            "type": "error",
+            "code": "topic_rejected",
+            "message": "unknown topic c",
+            "endpoint": "feed",
+            "topic": "c",
+        },
+    ],
+    # unsubscribe a, b: c is still held.
+    [message(50, "c", 2)],
+    # unsubscribe c, the last topic: a daemon sends nothing of the endpoint after this ack;
+    # the client still goes by frame order, so this state is for events(), not the callback.
+    [{"type": "state", "endpoint": "feed", "state": "open"}],
+]
+
+EXPECTED = [(10, "a", 1, 0), (15, "b", 4, 0), (30, "a", 4, 2), (40, None, None, 0)]
+EXPECTED += [(41, "c", 1, 0), (50, "c", 2, 0)]
+
+
+def check_scripted(peer: ScriptedDaemon, got: list[wsmux.Event], last: wsmux.Event | None) -> None:
+    assert [(r["type"], r.get("topics")) for r in peer.requests] == [
+        ("subscribe", ["a", "b"]),
+        ("subscribe", ["c"]),
+        ("unsubscribe", ["a", "b"]),
+        ("unsubscribe", ["c"]),
+        ("ping", None),
+    ]
+    msgs = [e for e in got if isinstance(e, wsmux.Message)]
+    assert [(m.seq, m.topic, m.topic_seq, m.missed) for m in msgs] == EXPECTED
+    (rejected,) = [e for e in got if isinstance(e, wsmux.ErrorEvent)]
+    assert (rejected.code, rejected.endpoint, rejected.topic) == ("topic_rejected", "feed", "c")
+    assert isinstance(last, wsmux.State)
+
+
+def test_blocking_client_tracks_topics_in_frame_order() -> None:
+    peer = ScriptedDaemon(FOLLOW_UPS)
+    try:
+        with wsmux.Client.connect(peer.socket, timeout=10) as client:
+            got: list[wsmux.Event] = []
+            client.subscribe("feed", got.append, topics=["a", "b"], timeout=10)
+            client.subscribe("feed", topics=["c"], timeout=10)
+            client.unsubscribe("feed", topics=["a", "b"], timeout=10)
+            client.unsubscribe("feed", topics=iter(["c"]), timeout=10)
+            last = client.next_event(10)
+            client.ping(timeout=10)
+            assert not client.closed
+            with pytest.raises(TypeError):
+                client.subscribe("feed", topics="abc", timeout=10)  # type: ignore[arg-type]
+        check_scripted(peer, got, last)
+    finally:
+        peer.close()
+
+
+def test_async_client_tracks_topics_in_frame_order() -> None:
+    import asyncio
+
+    async def main() -> None:
+        peer = ScriptedDaemon(FOLLOW_UPS)
+        try:
+            client = await wsmux.AsyncClient.connect(peer.socket, timeout=10)
+            got: list[wsmux.Event] = []
+            await client.subscribe("feed", got.append, topics=["a", "b"], timeout=10)
+            await client.subscribe("feed", topics=["c"], timeout=10)
+            await client.unsubscribe("feed", topics=["a", "b"], timeout=10)
+            await client.unsubscribe("feed", topics=["c"], timeout=10)
+            last = await client.next_event(10)
+            await client.ping(timeout=10)
+            with pytest.raises(TypeError):
+                await client.unsubscribe("feed", topics=[1], timeout=10)  # type: ignore[list-item]
+            await client.close()
+            check_scripted(peer, got, last)
+        finally:
+            peer.close()
+
+    asyncio.run(main())

@@ -238,17 +238,15 @@ class AsyncClient:
         callback).
         """
         dropped = topic_list(topics)
-        still_held: list[bool] = []
 
         def on_ack() -> None:
             self._factory.unsubscribed(endpoint, dropped)
-            still_held.append(self._factory.holds(endpoint))
+            if not self._factory.holds(endpoint):
+                self._callbacks.pop(endpoint, None)
 
         await self._request(
             "unsubscribe", {"endpoint": endpoint, "topics": dropped}, timeout, on_ack
         )
-        if not (still_held and still_held[0]):
-            self._callbacks.pop(endpoint, None)
         if asyncio.current_task() is not self._dispatch_task and not self._closed.is_set():
             barrier = asyncio.Event()
             self._dispatch.put_nowait((_BARRIER, barrier))

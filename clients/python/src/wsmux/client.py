@@ -351,16 +351,14 @@ class Client:
         ignored; ``not_subscribed`` means nothing at all was held on the endpoint.
         """
         dropped = topic_list(topics)
-        still_held: list[bool] = []
 
         def on_ack() -> None:
             self._factory.unsubscribed(endpoint, dropped)
-            still_held.append(self._factory.holds(endpoint))
+            if not self._factory.holds(endpoint):
+                with self._lock:
+                    self._callbacks.pop(endpoint, None)
 
         self._request("unsubscribe", {"endpoint": endpoint, "topics": dropped}, timeout, on_ack)
-        if not (still_held and still_held[0]):
-            with self._lock:
-                self._callbacks.pop(endpoint, None)
         self._flush_dispatch(self.request_timeout if timeout is None else timeout)
 
     def _flush_dispatch(self, timeout: float | None) -> None:
