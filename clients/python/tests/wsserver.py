@@ -144,11 +144,19 @@ class WsServer:
     # -- internals -------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        # Closing a socket does not wake a thread blocked in accept(): poll instead.
+        self._listener.settimeout(0.1)
         while True:
             try:
                 sock, _ = self._listener.accept()
+            except socket.timeout:
+                with self._lock:
+                    if self._stopped:
+                        return
+                continue
             except OSError:
                 return
+            sock.settimeout(None)
             thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
             with self._lock:
                 if self._stopped:
