@@ -5,6 +5,10 @@ import { EventEmitter } from "node:events";
 export const PROTOCOL_VERSION: 1;
 export const DEFAULT_MAX_FRAME: number;
 export const VERSION: string;
+/** Every error code this package knows (PROTOCOL.md section 11); daemons may send others. */
+export const ERROR_CODES: ReadonlySet<string>;
+/** The codes after which the daemon closes the connection. */
+export const FATAL_CODES: ReadonlySet<string>;
 
 /** `str` = text message, `bin` = binary message. */
 export type Data = string | Uint8Array;
@@ -14,8 +18,15 @@ export interface MessageEvent {
   endpoint: string;
   seq: number;
   data: Data;
-  /** Messages of this endpoint this connection missed just before this one (a seq gap). */
+  /**
+   * Messages this connection missed just before this one: the seq gap for a subscription to
+   * the whole endpoint; for one to topics only, the gap in this topic's `topic_seq`.
+   */
   missed: number;
+  /** The topic the endpoint's `key` found in the message (endpoints with topics). */
+  topic?: string;
+  /** Rises by exactly 1 per message of `topic`, per daemon run; absent for unknown topics. */
+  topic_seq?: number;
   [key: string]: unknown;
 }
 
@@ -32,8 +43,11 @@ export interface StateEvent {
 
 export interface ErrorEvent {
   type: "error";
+  /** E.g. `lagged`, or `topic_rejected` (the upstream refused `topic`; not fatal). */
   code: string;
   message: string;
+  endpoint?: string;
+  topic?: string;
   [key: string]: unknown;
 }
 
@@ -58,6 +72,28 @@ export interface EndpointStatus {
   messages_out: number;
   bytes_out: number;
   subscribers: number;
+  reconnects?: number;
+  queued?: number;
+  lagged_drops?: number;
+  /** Upstream connections open now (more than one when topics are sharded). */
+  connections?: number;
+  /** Topics of the endpoint (endpoints with topics configured), sorted by topic. */
+  topics?: TopicStatus[];
+  [key: string]: unknown;
+}
+
+export interface TopicStatus {
+  topic: string;
+  /** Local clients that hold it. */
+  subscribers: number;
+  /** `pending`, `active`, `rejected`, or a value added later. */
+  state: string;
+  /** Which upstream connection carries it (0 is the first). */
+  connection: number;
+  /** Messages of the topic so far (its last `topic_seq`). */
+  messages: number;
+  /** Why the upstream refused it (`rejected`). */
+  reason?: string;
   [key: string]: unknown;
 }
 
@@ -95,6 +131,11 @@ export interface TimeoutOption {
   timeout?: number;
 }
 
+export interface TopicsOption extends TimeoutOption {
+  /** Topics of an endpoint with `[endpoints.NAME.topics]`; absent: the whole endpoint. */
+  topics?: Iterable<string>;
+}
+
 export type Callback = (event: Event) => unknown;
 
 export function connect(options?: ConnectOptions): Promise<Client>;
@@ -106,8 +147,9 @@ export class Client extends EventEmitter {
   readonly maxFrame: number;
   requestTimeout: number;
   waitClosed(): Promise<Error>;
-  subscribe(endpoint: string, callback?: Callback, options?: TimeoutOption): Promise<void>;
-  unsubscribe(endpoint: string, options?: TimeoutOption): Promise<void>;
+  subscribe(endpoint: string, callback?: Callback, options?: TopicsOption): Promise<void>;
+  subscribe(endpoint: string, options: TopicsOption): Promise<void>;
+  unsubscribe(endpoint: string, options?: TopicsOption): Promise<void>;
   send(endpoint: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: TimeoutOption): Promise<Reply>;
   status(options?: TimeoutOption): Promise<EndpointStatus[]>;
   /** Round trip in milliseconds. */
@@ -132,6 +174,10 @@ export class WsmuxError extends Error {
   readonly daemonMessage: string;
   readonly requestId?: number;
   readonly frame?: Record<string, unknown>;
+  /** The endpoint the error frame names, if any. */
+  readonly endpoint?: string;
+  /** The topic the error frame names, if any. */
+  readonly topic?: string;
   readonly fatal: boolean;
   static fromFrame(frame: Record<string, unknown>): WsmuxError;
 }

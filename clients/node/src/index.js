@@ -17,6 +17,7 @@ import path from "node:path";
 
 import {
   DEFAULT_MAX_FRAME,
+  ERROR_CODES,
   FATAL_CODES,
   FrameDecoder,
   PROTOCOL_VERSION,
@@ -27,10 +28,13 @@ import {
   defaultSocketPath,
   encodeFrame,
   request,
+  topicList,
 } from "./protocol.js";
 
 export {
   DEFAULT_MAX_FRAME,
+  ERROR_CODES,
+  FATAL_CODES,
   FrameDecoder,
   PROTOCOL_VERSION,
   ProtocolError,
@@ -44,7 +48,8 @@ export const VERSION = "0.1.0";
 
 /**
  * The daemon answered with an `error` frame. `code` is the stable, machine-readable code
- * (`not_connected`, `unknown_endpoint`, ...; PROTOCOL.md section 11).
+ * (`not_connected`, `unknown_endpoint`, `invalid_topic`, ...; PROTOCOL.md section 11);
+ * `endpoint` and `topic` are set when the frame names them.
  */
 export class WsmuxError extends Error {
   constructor(code, message, { requestId, frame } = {}) {
@@ -54,6 +59,8 @@ export class WsmuxError extends Error {
     this.daemonMessage = message;
     this.requestId = requestId;
     this.frame = frame;
+    this.endpoint = typeof frame?.endpoint === "string" ? frame.endpoint : undefined;
+    this.topic = typeof frame?.topic === "string" ? frame.topic : undefined;
   }
 
   static fromFrame(frame) {
@@ -296,6 +303,11 @@ export class Client extends EventEmitter {
   #decoder;
   #nextId = 1;
   #pending = new Map();
+  // What to do when a subscribe/unsubscribe is acked, before the frames after the ack are
+  // routed; by id, kept after a timeout so that a late ack still updates #held.
+  #onAck = new Map();
+  // Per endpoint, what this connection holds: {whole, topics: Map(topic -> last topic_seq)}.
+  #held = new Map();
   #callbacks = new Map();
   #queue = [];
   #waiters = [];
@@ -353,15 +365,32 @@ export class Client extends EventEmitter {
   }
 
   /**
-   * Subscribes to `endpoint` and resolves on the ack. A `state` event with the current state
-   * follows, then messages and state changes. With `callback`, the events of `endpoint` are
-   * passed to it (synchronously, in order) instead of being queued for `events()`.
+   * Subscribes to `endpoint`, or to some of its `topics`, and resolves on the ack. A `state`
+   * event with the current state follows, then messages and state changes. With `callback`,
+   * the events of `endpoint` are passed to it (synchronously, in order) instead of being
+   * queued for `events()`; one callback serves the endpoint (a later one replaces it).
+   *
+   * `topics` (an array of strings; endpoints with `[endpoints.NAME.topics]`) adds those topics
+   * to what this connection holds on the endpoint: only their messages come (and, unless the
+   * endpoint says `unmatched = "drop"`, messages without a topic). Without `topics`, every
+   * message of the endpoint comes. Refusals reject with a WsmuxError whose `code` is
+   * `topics_unsupported`, `invalid_topic` or `too_many_topics`; the upstream's refusal of a
+   * topic comes later as an `error` event with `code: "topic_rejected"` and `topic`.
+   *
+   * Called as `subscribe(endpoint, callback?, options?)` or `subscribe(endpoint, options)`.
    */
-  async subscribe(endpoint, callback, { timeout } = {}) {
+  async subscribe(endpoint, callback, options = {}) {
+    if (callback !== undefined && callback !== null && typeof callback !== "function") {
+      if (typeof callback !== "object") throw new TypeError("callback must be a function");
+      options = callback;
+      callback = undefined;
+    }
+    const { timeout } = options;
+    const topics = topicList(options.topics);
     const previous = this.#callbacks.get(endpoint);
     if (callback) this.#callbacks.set(endpoint, callback);
     try {
-      await this.request("subscribe", { endpoint }, { timeout });
+      await this.#request("subscribe", { endpoint, topics }, { timeout }, () => this.#subscribed(endpoint, topics));
     } catch (err) {
       if (callback) {
         if (previous) this.#callbacks.set(endpoint, previous);
@@ -372,12 +401,17 @@ export class Client extends EventEmitter {
   }
 
   /**
-   * Unsubscribes and resolves on the ack. No event of `endpoint` follows the ack, so its
-   * callback is not called again.
+   * Unsubscribes from `endpoint` (everything), or from some of its `topics`, and resolves on
+   * the ack. Once nothing is held on the endpoint, no event of it follows the ack and its
+   * callback is not called again. Topics not held are ignored; `not_subscribed` means nothing
+   * at all was held on the endpoint.
    */
-  async unsubscribe(endpoint, { timeout } = {}) {
-    await this.request("unsubscribe", { endpoint }, { timeout });
-    this.#callbacks.delete(endpoint);
+  async unsubscribe(endpoint, { timeout, topics } = {}) {
+    const dropped = topicList(topics);
+    await this.#request("unsubscribe", { endpoint, topics: dropped }, { timeout }, () => {
+      this.#unsubscribed(endpoint, dropped);
+      if (!this.#held.has(endpoint)) this.#callbacks.delete(endpoint);
+    });
   }
 
   /**
@@ -413,6 +447,10 @@ export class Client extends EventEmitter {
    * be made with it before this package knows them.
    */
   request(type, fields = {}, { timeout } = {}) {
+    return this.#request(type, fields, { timeout }, undefined);
+  }
+
+  #request(type, fields, { timeout }, onAck) {
     if (this.#closed) return Promise.reject(this.#closedError());
     const id = this.#nextId++;
     let frame;
@@ -424,6 +462,7 @@ export class Client extends EventEmitter {
     const reply = new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
     });
+    if (onAck) this.#onAck.set(id, onAck);
     this.#sock.write(frame);
     const ms = timeout ?? this.requestTimeout;
     return withTimeout(reply, ms, `no reply to ${type} (id ${id}) from the daemon`)
@@ -456,11 +495,13 @@ export class Client extends EventEmitter {
 
   /**
    * `for await (const event of client.events())`: the events not taken by a callback, in
-   * arrival order: `{type: "message", endpoint, seq, data, missed}`, `{type: "state",
-   * endpoint, state, attempt?, retry_in_ms?, reason?}`, `{type: "error", code, message}` (e.g.
-   * `lagged`) and frames of types added later. `data` is a string for a text message and a
-   * Uint8Array for a binary one; `missed` counts messages of the endpoint this connection
-   * missed just before this one. Ends when the connection ends. `timeout` bounds each wait.
+   * arrival order: `{type: "message", endpoint, seq, data, missed, topic?, topic_seq?}`,
+   * `{type: "state", endpoint, state, attempt?, retry_in_ms?, reason?}`, `{type: "error",
+   * code, message, endpoint?, topic?}` (e.g. `lagged`, or `topic_rejected`: the upstream
+   * refused `topic`) and frames of types added later. `data` is a string for a text message
+   * and a Uint8Array for a binary one; `missed` counts messages this connection missed just
+   * before this one (of the endpoint, or of the topic for a subscription to topics only).
+   * Ends when the connection ends. `timeout` bounds each wait.
    */
   async *events({ timeout } = {}) {
     for (;;) {
@@ -497,16 +538,15 @@ export class Client extends EventEmitter {
 
   #route(msg) {
     if (REPLY_TYPES.has(msg.type) && typeof msg.id === "number") {
+      const onAck = this.#onAck.get(msg.id);
+      this.#onAck.delete(msg.id);
+      if (onAck && msg.type === "ack") onAck(); // before the frames that follow the ack
       // Replies nobody waits for any more (e.g. after a timeout) are ignored.
       this.#pending.get(msg.id)?.resolve(msg);
       return;
     }
     if (REPLY_TYPES.has(msg.type) && msg.type !== "error") return;
-    if (msg.type === "message") {
-      const last = this.#lastSeq.get(msg.endpoint);
-      msg.missed = last !== undefined && msg.seq > last + 1 ? msg.seq - last - 1 : 0;
-      this.#lastSeq.set(msg.endpoint, msg.seq);
-    }
+    if (msg.type === "message") msg.missed = this.#missed(msg);
     if (msg.type === "error" && FATAL_CODES.has(msg.code)) {
       this.#closeReason = WsmuxError.fromFrame(msg);
     }
@@ -529,6 +569,45 @@ export class Client extends EventEmitter {
     else this.#queue.push(msg);
   }
 
+  // How many messages this connection missed just before `msg`: the seq gap for a
+  // subscription to the whole endpoint; for one to topics only, the gap in the topic_seq of
+  // msg's topic (other topics' messages are not missed, they are not wanted).
+  #missed(msg) {
+    let missed = gap(this.#lastSeq.get(msg.endpoint), msg.seq);
+    this.#lastSeq.set(msg.endpoint, msg.seq);
+    const held = this.#held.get(msg.endpoint);
+    if (held && !held.whole) {
+      missed = 0;
+      const { topic, topic_seq: topicSeq } = msg;
+      if (typeof topic === "string" && Number.isSafeInteger(topicSeq) && held.topics.has(topic)) {
+        missed = gap(held.topics.get(topic), topicSeq);
+        held.topics.set(topic, topicSeq);
+      }
+    }
+    return missed;
+  }
+
+  #subscribed(endpoint, topics) {
+    let held = this.#held.get(endpoint);
+    if (!held) {
+      held = { whole: false, topics: new Map() };
+      this.#held.set(endpoint, held);
+    }
+    if (topics === undefined) held.whole = true;
+    else for (const topic of topics) if (!held.topics.has(topic)) held.topics.set(topic, undefined);
+  }
+
+  #unsubscribed(endpoint, topics) {
+    const held = this.#held.get(endpoint);
+    if (held && topics !== undefined) {
+      for (const topic of topics) held.topics.delete(topic);
+      if (held.whole || held.topics.size > 0) return;
+    }
+    // Nothing held any more: a later subscription starts afresh, without a seq gap.
+    this.#held.delete(endpoint);
+    this.#lastSeq.delete(endpoint);
+  }
+
   #callbackFailed(err) {
     if (this.listenerCount("callbackError") > 0) this.emit("callbackError", err);
     else console.error("wsmux-client: subscription callback failed:", err);
@@ -540,9 +619,14 @@ export class Client extends EventEmitter {
     if (!this.#closeReason) this.#closeReason = reason;
     for (const { reject } of this.#pending.values()) reject(this.#closedError());
     this.#pending.clear();
+    this.#onAck.clear();
     for (const waiter of this.#waiters.splice(0)) waiter.resolve(null);
     this.#sock.destroy();
     this.emit("close", this.#closeReason);
     this.#resolveClosed(this.#closeReason);
   }
+}
+
+function gap(last, now) {
+  return last !== undefined && now > last + 1 ? now - last - 1 : 0;
 }

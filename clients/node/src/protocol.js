@@ -28,6 +28,73 @@ export const FATAL_CODES = new Set([
   "timeout",
 ]);
 
+/**
+ * Every error code of PROTOCOL.md section 11 this package knows. Daemons may send others
+ * (treat them as generic failures); only `FATAL_CODES` end the connection. The topic codes:
+ * `topic_rejected` (an event: the upstream refused a topic), `invalid_topic`,
+ * `too_many_topics` and `topics_unsupported` (replies to `subscribe`).
+ */
+export const ERROR_CODES = new Set([
+  "frame_too_large",
+  "bad_frame",
+  "invalid_msgpack",
+  "not_a_map",
+  "missing_type",
+  "unknown_type",
+  "invalid_message",
+  "invalid_data",
+  "hello_required",
+  "unsupported_version",
+  "already_greeted",
+  "unknown_endpoint",
+  "not_connected",
+  "too_large",
+  "not_subscribed",
+  "too_many_subscriptions",
+  "queue_full",
+  "overflowed",
+  "expired",
+  "lagged",
+  "too_many_clients",
+  "permission_denied",
+  "shutting_down",
+  "send_failed",
+  "fatal",
+  "invalid_config",
+  "unsupported",
+  "internal",
+  "sticky_full",
+  "busy",
+  "timeout",
+  "topic_rejected",
+  "invalid_topic",
+  "too_many_topics",
+  "topics_unsupported",
+]);
+
+/**
+ * Checks the `topics` option of `subscribe`/`unsubscribe`: undefined/null, or an iterable of
+ * strings that is not itself a string; returns it as an array. Only the types are checked; the
+ * daemon checks the limits (empty topics, length, shape, count).
+ */
+export function topicList(topics) {
+  if (topics === undefined || topics === null) return undefined;
+  if (typeof topics === "string" || typeof topics[Symbol.iterator] !== "function") {
+    throw new TypeError(`topics must be an array of strings, such as ["btcusdt@trade"], not ${describe(topics)}`);
+  }
+  const out = [...topics];
+  for (const topic of out) {
+    if (typeof topic !== "string") throw new TypeError(`every topic must be a string, not ${describe(topic)}`);
+  }
+  return out;
+}
+
+function describe(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return typeof value === "object" ? (value.constructor?.name ?? "an object") : `a ${typeof value}`;
+}
+
 /** Frame types that answer a request; they carry the request's `id` when it had one. */
 export const REPLY_TYPES = new Set(["ack", "error", "status", "pong"]);
 

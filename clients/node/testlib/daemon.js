@@ -1,4 +1,5 @@
-// Test helpers: the golden vectors of proto/vectors and a real `wsmuxd --demo` process.
+// Test helpers: the golden vectors of proto/vectors and a real `wsmuxd` process (`--demo`,
+// or a configuration given as text).
 
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -52,14 +53,24 @@ function canConnect(socketPath) {
   });
 }
 
-/** Starts `wsmuxd --demo --socket <tmpdir>/s.sock` and waits until it listens. */
-export async function startDaemon() {
+/**
+ * Starts `wsmuxd --demo --socket <tmpdir>/s.sock`, or with `config` (TOML text) `wsmuxd
+ * --config <tmpdir>/wsmux.toml --socket <tmpdir>/s.sock`, and waits until it listens.
+ */
+export async function startDaemon({ config } = {}) {
   const bin = daemonBinary();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "wsmux-node-"));
   const socket = path.join(dir, "s.sock");
   const env = { ...process.env };
   delete env.WSMUX_SOCKET;
-  const child = spawn(bin, ["--demo", "--socket", socket], { env, stdio: ["ignore", "pipe", "pipe"] });
+  delete env.WSMUX_CONFIG;
+  let mode = ["--demo"];
+  if (config !== undefined) {
+    const configPath = path.join(dir, "wsmux.toml");
+    fs.writeFileSync(configPath, config);
+    mode = ["--config", configPath];
+  }
+  const child = spawn(bin, [...mode, "--socket", socket], { env, stdio: ["ignore", "pipe", "pipe"] });
   let log = "";
   child.stdout.on("data", (d) => (log += d));
   child.stderr.on("data", (d) => (log += d));

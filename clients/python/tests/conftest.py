@@ -57,18 +57,27 @@ def from_json(value: Any) -> Any:
 
 
 class Daemon:
-    """A `wsmuxd --demo` process listening on a socket in a private temp directory."""
+    """A `wsmuxd` process listening on a socket in a private temp directory: `--demo`, or
+    `--config` with ``config`` (TOML text) written to a file in that directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: str | None = None) -> None:
         # A short directory: Unix socket paths are limited to about 100 bytes.
         self.dir = tempfile.mkdtemp(prefix="wsmux-py-")
         self.socket = os.path.join(self.dir, "s.sock")
         self.log_path = os.path.join(self.dir, "wsmuxd.log")
+        if config is None:
+            mode = ["--demo"]
+        else:
+            config_path = os.path.join(self.dir, "wsmux.toml")
+            with open(config_path, "w", encoding="utf-8") as f:
+                f.write(config)
+            mode = ["--config", config_path]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
         env = dict(os.environ)
         env.pop("WSMUX_SOCKET", None)
+        env.pop("WSMUX_CONFIG", None)
         self.proc = subprocess.Popen(
-            [str(daemon_binary()), "--demo", "--socket", self.socket],
+            [str(daemon_binary()), *mode, "--socket", self.socket],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

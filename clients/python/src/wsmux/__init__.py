@@ -15,6 +15,15 @@ Blocking::
             elif isinstance(event, wsmux.State):
                 print(event.endpoint, "is", event.state)
 
+Topics (endpoints with ``[endpoints.NAME.topics]`` in the daemon's configuration)::
+
+    client.subscribe("binance", topics=["btcusdt@trade", "ethusdt@trade"])
+    for event in client.events():
+        if isinstance(event, wsmux.Message):
+            print(event.topic, event.topic_seq, event.data)
+        elif isinstance(event, wsmux.ErrorEvent) and event.code == "topic_rejected":
+            print(event.topic, "refused:", event.message)
+
 asyncio::
 
     async with await wsmux.AsyncClient.connect() as client:
@@ -36,6 +45,8 @@ from .errors import (
 from .events import ErrorEvent, Event, Lagged, Message, OtherEvent, State
 from .protocol import (
     DEFAULT_MAX_FRAME,
+    ERROR_CODES,
+    FATAL_CODES,
     PROTOCOL_VERSION,
     FrameDecoder,
     decode_body,
@@ -48,6 +59,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "ERROR_CODES",
+    "FATAL_CODES",
     "PROTOCOL_VERSION",
     "AsyncClient",
     "Client",

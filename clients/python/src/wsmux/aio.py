@@ -12,7 +12,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import (
     Any,
     Callable,
@@ -40,6 +40,7 @@ from .protocol import (
     default_socket_path,
     encode_frame,
     request,
+    topic_list,
 )
 
 __all__ = ["AsyncCallback", "AsyncClient"]
@@ -91,6 +92,10 @@ class AsyncClient:
         self.welcome: Frame = welcome
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[Frame]] = {}
+        #: What to do in the reader task when a subscribe/unsubscribe is acked, before the
+        #: frames after the ack are routed; by id, kept after a timeout so that a late ack
+        #: still updates what the connection holds.
+        self._on_ack: dict[int, Callable[[], None]] = {}
         self._callbacks: dict[str, AsyncCallback] = {}
         self._dispatch: asyncio.Queue[Any] = asyncio.Queue()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
@@ -188,19 +193,27 @@ class AsyncClient:
         endpoint: str,
         callback: AsyncCallback | None = None,
         *,
+        topics: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Subscribes to ``endpoint`` and waits for the ack.
+        """Subscribes to ``endpoint``, or to some of its ``topics``, and waits for the ack.
 
         A ``State`` event with the current state follows, then messages and state changes.
         With ``callback`` (a function or coroutine function), the events of ``endpoint`` go to
-        it, in order, instead of ``events()``.
+        it, in order, instead of ``events()``. ``topics`` works as in
+        :meth:`wsmux.Client.subscribe`.
         """
+        wanted = topic_list(topics)
         previous = self._callbacks.get(endpoint)
         if callback is not None:
             self._callbacks[endpoint] = callback
         try:
-            await self.request("subscribe", endpoint=endpoint, timeout=timeout)
+            await self._request(
+                "subscribe",
+                {"endpoint": endpoint, "topics": wanted},
+                timeout,
+                lambda: self._factory.subscribed(endpoint, wanted),
+            )
         except BaseException:
             if callback is not None:
                 if previous is None:
@@ -209,15 +222,31 @@ class AsyncClient:
                     self._callbacks[endpoint] = previous
             raise
 
-    async def unsubscribe(self, endpoint: str, *, timeout: float | None = None) -> None:
-        """Unsubscribes and waits for the ack.
+    async def unsubscribe(
+        self,
+        endpoint: str,
+        *,
+        topics: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Unsubscribes from ``endpoint`` (everything), or from some of its ``topics``, and
+        waits for the ack.
 
-        No event of ``endpoint`` follows the ack; once this returns, the subscription's
-        callback has handled every event before it and will not be called again (unless
-        ``unsubscribe`` is awaited from that callback).
+        No event of ``endpoint`` follows the ack once nothing is held on it any more; once
+        this returns, the subscription's callback has handled every event before it and, if
+        nothing is held, will not be called again (unless ``unsubscribe`` is awaited from that
+        callback).
         """
-        await self.request("unsubscribe", endpoint=endpoint, timeout=timeout)
-        self._callbacks.pop(endpoint, None)
+        dropped = topic_list(topics)
+
+        def on_ack() -> None:
+            self._factory.unsubscribed(endpoint, dropped)
+            if not self._factory.holds(endpoint):
+                self._callbacks.pop(endpoint, None)
+
+        await self._request(
+            "unsubscribe", {"endpoint": endpoint, "topics": dropped}, timeout, on_ack
+        )
         if asyncio.current_task() is not self._dispatch_task and not self._closed.is_set():
             barrier = asyncio.Event()
             self._dispatch.put_nowait((_BARRIER, barrier))
@@ -249,20 +278,35 @@ class AsyncClient:
 
     async def request(self, type_: str, *, timeout: float | None = None, **fields: Any) -> Frame:
         """Sends any request with a fresh id and returns its reply."""
+        return await self._request(type_, fields, timeout, None)
+
+    async def _request(
+        self,
+        type_: str,
+        fields: dict[str, Any],
+        timeout: float | None,
+        on_ack: Callable[[], None] | None,
+    ) -> Frame:
         if self._closed.is_set():
             raise self._closed_error()
         request_id = self._next_id
         self._next_id += 1
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        if on_ack is not None:
+            self._on_ack[request_id] = on_ack
         try:
-            frame = encode_frame(request(type_, request_id, **fields), self.max_frame)
-            async with self._write_lock:
-                try:
-                    self._writer.write(frame)
-                    await self._writer.drain()
-                except OSError as exc:
-                    raise ConnectionClosed(f"cannot write to the daemon: {exc}") from exc
+            try:
+                frame = encode_frame(request(type_, request_id, **fields), self.max_frame)
+                async with self._write_lock:
+                    try:
+                        self._writer.write(frame)
+                        await self._writer.drain()
+                    except OSError as exc:
+                        raise ConnectionClosed(f"cannot write to the daemon: {exc}") from exc
+            except BaseException:
+                self._on_ack.pop(request_id, None)
+                raise
             wait = self.request_timeout if timeout is None else timeout
             try:
                 reply = await asyncio.wait_for(asyncio.shield(future), wait)
@@ -353,6 +397,9 @@ class AsyncClient:
     def _route(self, msg: Frame) -> None:
         kind = msg["type"]
         if kind in REPLY_TYPES and isinstance(msg.get("id"), int):
+            on_ack = self._on_ack.pop(msg["id"], None)
+            if on_ack is not None and kind == "ack":
+                on_ack()  # before the frames that follow the ack are made into events
             future = self._pending.get(msg["id"])
             if future is not None and not future.done():
                 future.set_result(msg)
@@ -370,6 +417,7 @@ class AsyncClient:
         if self._close_reason is None:
             self._close_reason = reason
         self._closed.set()
+        self._on_ack.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(self._closed_error())

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Union
 
 from .errors import (
@@ -37,6 +37,7 @@ from .protocol import (
     default_socket_path,
     encode_frame,
     request,
+    topic_list,
 )
 
 __all__ = ["Callback", "Client"]
@@ -199,6 +200,10 @@ class Client:
         self._lock = threading.Lock()
         self._next_id = 1
         self._pending: dict[int, _Waiter] = {}
+        #: What to do on the reader thread when a subscribe/unsubscribe is acked, before the
+        #: frames after the ack are routed; by id, kept after a timeout so that a late ack
+        #: still updates what the connection holds.
+        self._on_ack: dict[int, Callable[[], None]] = {}
         self._callbacks: dict[str, Callback] = {}
         self._dispatch: queue.Queue[Any] = queue.Queue()
         self._events: queue.Queue[Any] = queue.Queue()
@@ -290,20 +295,36 @@ class Client:
         endpoint: str,
         callback: Callback | None = None,
         *,
+        topics: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Subscribes to ``endpoint`` and waits for the ack.
+        """Subscribes to ``endpoint``, or to some of its ``topics``, and waits for the ack.
 
         A ``State`` event with the endpoint's current state follows, then its messages and
         state changes. With ``callback``, these events of ``endpoint`` are passed to it (on the
-        client's dispatch thread, in order) instead of being queued for ``events()``.
+        client's dispatch thread, in order) instead of being queued for ``events()``; one
+        callback serves the endpoint (a later one replaces it).
+
+        ``topics`` (a list of str; endpoints with ``[endpoints.NAME.topics]``) adds those
+        topics to what this connection holds on the endpoint: only their messages come (and,
+        unless the endpoint says ``unmatched = "drop"``, messages without a topic). Without
+        ``topics``, every message of the endpoint comes. Refusals raise :class:`DaemonError`
+        with ``code`` ``topics_unsupported``, ``invalid_topic`` or ``too_many_topics``; the
+        upstream's refusal of a topic comes later as an :class:`ErrorEvent` with ``code``
+        ``topic_rejected`` and ``.topic``.
         """
+        wanted = topic_list(topics)
         if callback is not None:
             with self._lock:
                 previous = self._callbacks.get(endpoint)
                 self._callbacks[endpoint] = callback
         try:
-            self.request("subscribe", endpoint=endpoint, timeout=timeout)
+            self._request(
+                "subscribe",
+                {"endpoint": endpoint, "topics": wanted},
+                timeout,
+                lambda: self._factory.subscribed(endpoint, wanted),
+            )
         except BaseException:
             if callback is not None:
                 with self._lock:
@@ -313,16 +334,31 @@ class Client:
                         self._callbacks[endpoint] = previous
             raise
 
-    def unsubscribe(self, endpoint: str, *, timeout: float | None = None) -> None:
-        """Unsubscribes and waits for the ack.
+    def unsubscribe(
+        self,
+        endpoint: str,
+        *,
+        topics: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Unsubscribes from ``endpoint`` (everything), or from some of its ``topics``, and
+        waits for the ack.
 
-        No event of ``endpoint`` follows the ack; once this returns, the callback given to
-        ``subscribe`` has been called for every event before it and will not be called again
-        (unless ``unsubscribe`` is called from that callback, which cannot wait for itself).
+        No event of ``endpoint`` follows the ack once nothing is held on it any more; once
+        this returns, the callback given to ``subscribe`` has been called for every event
+        before it and, if nothing is held, will not be called again (unless ``unsubscribe``
+        is called from that callback, which cannot wait for itself). Topics not held are
+        ignored; ``not_subscribed`` means nothing at all was held on the endpoint.
         """
-        self.request("unsubscribe", endpoint=endpoint, timeout=timeout)
-        with self._lock:
-            self._callbacks.pop(endpoint, None)
+        dropped = topic_list(topics)
+
+        def on_ack() -> None:
+            self._factory.unsubscribed(endpoint, dropped)
+            if not self._factory.holds(endpoint):
+                with self._lock:
+                    self._callbacks.pop(endpoint, None)
+
+        self._request("unsubscribe", {"endpoint": endpoint, "topics": dropped}, timeout, on_ack)
         self._flush_dispatch(self.request_timeout if timeout is None else timeout)
 
     def _flush_dispatch(self, timeout: float | None) -> None:
@@ -361,6 +397,15 @@ class Client:
         This is how requests added to the protocol later can be made before this package
         knows them. Fields whose value is None are left out.
         """
+        return self._request(type_, fields, timeout, None)
+
+    def _request(
+        self,
+        type_: str,
+        fields: dict[str, Any],
+        timeout: float | None,
+        on_ack: Callable[[], None] | None,
+    ) -> Frame:
         waiter = _Waiter()
         with self._lock:
             if self._closed.is_set():
@@ -368,8 +413,15 @@ class Client:
             request_id = self._next_id
             self._next_id += 1
             self._pending[request_id] = waiter
+            if on_ack is not None:
+                self._on_ack[request_id] = on_ack
         try:
-            self._write(request(type_, request_id, **fields))
+            try:
+                self._write(request(type_, request_id, **fields))
+            except BaseException:
+                with self._lock:
+                    self._on_ack.pop(request_id, None)
+                raise
             if not waiter.done.wait(self.request_timeout if timeout is None else timeout):
                 raise TimeoutError(f"no reply to {type_} (id {request_id}) from the daemon")
         finally:
@@ -464,6 +516,9 @@ class Client:
         if kind in REPLY_TYPES and isinstance(msg.get("id"), int):
             with self._lock:
                 waiter = self._pending.get(msg["id"])
+                on_ack = self._on_ack.pop(msg["id"], None)
+            if on_ack is not None and kind == "ack":
+                on_ack()  # before the frames that follow the ack are made into events
             if waiter is not None:
                 waiter.reply = msg
                 waiter.done.set()
@@ -485,6 +540,7 @@ class Client:
                 self._close_reason = reason
             self._closed.set()
             waiters = list(self._pending.values())
+            self._on_ack.clear()
         for waiter in waiters:
             waiter.error = self._closed_error()
             waiter.done.set()

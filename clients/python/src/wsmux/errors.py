@@ -78,6 +78,18 @@ class DaemonError(WsmuxError):
 
         return self.code in FATAL_CODES
 
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint the error names, if any (``topic_rejected`` events do)."""
+        value = self.frame.get("endpoint")
+        return value if isinstance(value, str) else None
+
+    @property
+    def topic(self) -> str | None:
+        """The topic the error names, if any."""
+        value = self.frame.get("topic")
+        return value if isinstance(value, str) else None
+
 
 class ConnectionClosed(WsmuxError):
     """The connection to the daemon ended (daemon shutdown or restart, or ``close()``)."""

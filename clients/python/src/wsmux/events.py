@@ -19,10 +19,18 @@ class Message:
     seq: int
     #: ``str`` for a WebSocket text message, ``bytes`` for a binary one.
     data: str | bytes
-    #: How many messages of this endpoint this connection missed just before this one (a
-    #: ``seq`` gap, usually announced by a ``lagged`` error). 0 for the first message.
+    #: How many messages this connection missed just before this one, usually announced by a
+    #: ``lagged`` event. For a subscription to the whole endpoint it is the gap in ``seq``;
+    #: for one to topics only, the gap in ``topic_seq`` of this message's topic (other topics'
+    #: messages are not missed, they are not wanted). 0 for the first message.
     missed: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: The topic the endpoint's ``key`` found in the message; None without one (or from an
+    #: endpoint without topics).
+    topic: str | None = None
+    #: Rises by exactly 1 per message of ``topic``, per daemon run; None when the topic is
+    #: not known to the endpoint (nobody subscribed to it).
+    topic_seq: int | None = None
 
     @property
     def is_binary(self) -> bool:
@@ -58,7 +66,9 @@ class State:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """An ``error`` frame without request id, e.g. ``lagged`` (messages were dropped)."""
+    """An ``error`` frame without request id, e.g. ``lagged`` (messages were dropped) or
+    ``topic_rejected`` (the upstream refused ``topic`` of ``endpoint``; ``message`` is its
+    answer). Only the codes in ``wsmux.FATAL_CODES`` end the connection."""
 
     type: ClassVar[str] = "error"
 
@@ -68,8 +78,22 @@ class ErrorEvent:
 
     @property
     def endpoint(self) -> str | None:
+        """The endpoint the error concerns, if it names one."""
         value = self.raw.get("endpoint")
         return value if isinstance(value, str) else None
+
+    @property
+    def topic(self) -> str | None:
+        """The topic the error concerns (``topic_rejected``), if it names one."""
+        value = self.raw.get("topic")
+        return value if isinstance(value, str) else None
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the daemon closes the connection after this error."""
+        from .protocol import FATAL_CODES
+
+        return self.code in FATAL_CODES
 
 
 @dataclass(frozen=True)
@@ -100,21 +124,61 @@ class OtherEvent:
 Event = Union[Message, State, ErrorEvent, Lagged, OtherEvent]
 
 
+class _Held:
+    """What this connection holds on one endpoint, as acknowledged by the daemon."""
+
+    __slots__ = ("topics", "whole")
+
+    def __init__(self) -> None:
+        #: Subscribed to the whole endpoint (``subscribe`` without ``topics``).
+        self.whole = False
+        #: The topics held, each with the last ``topic_seq`` received (None: none yet).
+        self.topics: dict[str, int | None] = {}
+
+
 class EventFactory:
-    """Turns event frames into event objects and tracks ``seq`` per endpoint."""
+    """Turns event frames into event objects and tracks ``seq`` per endpoint.
+
+    The clients tell it about acknowledged ``subscribe``/``unsubscribe`` requests, in the
+    order of the frames, so that ``Message.missed`` does not count the messages of topics this
+    connection does not hold.
+    """
 
     def __init__(self) -> None:
         self._last_seq: dict[str, int] = {}
+        self._held: dict[str, _Held] = {}
+
+    def subscribed(self, endpoint: str, topics: list[str] | None) -> None:
+        """A ``subscribe`` of ``endpoint`` (the whole endpoint if ``topics`` is None) was
+        acknowledged."""
+        held = self._held.setdefault(endpoint, _Held())
+        if topics is None:
+            held.whole = True
+        else:
+            for topic in topics:
+                held.topics.setdefault(topic, None)
+
+    def unsubscribed(self, endpoint: str, topics: list[str] | None) -> None:
+        """An ``unsubscribe`` of ``endpoint`` (everything if ``topics`` is None) was
+        acknowledged."""
+        held = self._held.get(endpoint)
+        if held is not None and topics is not None:
+            for topic in topics:
+                held.topics.pop(topic, None)
+            if held.whole or held.topics:
+                return
+        # Nothing held any more: a later subscription starts afresh, without a seq gap.
+        self._held.pop(endpoint, None)
+        self._last_seq.pop(endpoint, None)
+
+    def holds(self, endpoint: str) -> bool:
+        """Whether this connection is subscribed to ``endpoint`` or to any of its topics."""
+        return endpoint in self._held
 
     def make(self, frame: Frame) -> Event:
         kind = frame["type"]
         if kind == "message":
-            endpoint = str(frame.get("endpoint"))
-            seq = int(frame.get("seq", 0))
-            last = self._last_seq.get(endpoint)
-            missed = seq - last - 1 if last is not None and seq > last + 1 else 0
-            self._last_seq[endpoint] = seq
-            return Message(endpoint, seq, frame.get("data", b""), missed, frame)
+            return self._message(frame)
         if kind == "state":
             return State(
                 str(frame.get("endpoint")),
@@ -129,3 +193,31 @@ class EventFactory:
         if kind == "lagged":
             return Lagged(str(frame.get("endpoint")), int(frame.get("dropped", 0)), frame)
         return OtherEvent(kind, frame)
+
+    def _message(self, frame: Frame) -> Message:
+        endpoint = str(frame.get("endpoint"))
+        seq = int(frame.get("seq", 0))
+        topic = frame.get("topic")
+        topic = topic if isinstance(topic, str) else None
+        topic_seq = frame.get("topic_seq")
+        topic_seq = topic_seq if _is_uint(topic_seq) else None
+        last = self._last_seq.get(endpoint)
+        missed = _gap(last, seq)
+        self._last_seq[endpoint] = seq
+        held = self._held.get(endpoint)
+        if held is not None and not held.whole:
+            # Subscribed to topics only: the other topics' messages are not for this
+            # connection, so only a gap in this topic's own counter is a miss.
+            missed = 0
+            if topic is not None and topic_seq is not None and topic in held.topics:
+                missed = _gap(held.topics[topic], topic_seq)
+                held.topics[topic] = topic_seq
+        return Message(endpoint, seq, frame.get("data", b""), missed, frame, topic, topic_seq)
+
+
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _gap(last: int | None, now: int) -> int:
+    return now - last - 1 if last is not None and now > last + 1 else 0

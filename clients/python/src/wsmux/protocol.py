@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Union
 
 import msgpack
@@ -43,6 +43,50 @@ FATAL_CODES = frozenset(
     }
 )
 
+#: Every error code of PROTOCOL.md section 11 that this package knows. Daemons may send
+#: others (treat them as generic failures); only ``FATAL_CODES`` end the connection. The topic
+#: codes: ``topic_rejected`` (an event: the upstream refused a topic), ``invalid_topic``,
+#: ``too_many_topics`` and ``topics_unsupported`` (replies to ``subscribe``).
+ERROR_CODES = frozenset(
+    {
+        "frame_too_large",
+        "bad_frame",
+        "invalid_msgpack",
+        "not_a_map",
+        "missing_type",
+        "unknown_type",
+        "invalid_message",
+        "invalid_data",
+        "hello_required",
+        "unsupported_version",
+        "already_greeted",
+        "unknown_endpoint",
+        "not_connected",
+        "too_large",
+        "not_subscribed",
+        "too_many_subscriptions",
+        "queue_full",
+        "overflowed",
+        "expired",
+        "lagged",
+        "too_many_clients",
+        "permission_denied",
+        "shutting_down",
+        "send_failed",
+        "fatal",
+        "invalid_config",
+        "unsupported",
+        "internal",
+        "sticky_full",
+        "busy",
+        "timeout",
+        "topic_rejected",
+        "invalid_topic",
+        "too_many_topics",
+        "topics_unsupported",
+    }
+)
+
 #: Frame types that answer a request; they carry the request's ``id`` when it had one.
 REPLY_TYPES = frozenset({"ack", "error", "status", "pong"})
 
@@ -64,6 +108,24 @@ def request(type_: str, id_: int | None = None, **fields: Any) -> Frame:
         msg["id"] = id_
     msg.update((k, v) for k, v in fields.items() if v is not None)
     return msg
+
+
+def topic_list(topics: Iterable[str] | None) -> list[str] | None:
+    """Checks the ``topics`` argument of ``subscribe``/``unsubscribe``: None, or an iterable of
+    ``str`` that is not itself a string. Only the types are checked; the daemon checks the
+    limits (empty topics, length, shape, count).
+    """
+    if topics is None:
+        return None
+    if isinstance(topics, (str, bytes, bytearray, memoryview)) or not isinstance(topics, Iterable):
+        raise TypeError(
+            f"topics must be a list of str, such as ['btcusdt@trade'], not {type(topics).__name__}"
+        )
+    out = list(topics)
+    for topic in out:
+        if not isinstance(topic, str):
+            raise TypeError(f"every topic must be a str, not {type(topic).__name__}")
+    return out
 
 
 def encode_frame(msg: Mapping[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
