@@ -18,6 +18,7 @@ pub mod rotation;
 pub mod server;
 pub mod text;
 pub mod tls;
+pub mod topics;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};

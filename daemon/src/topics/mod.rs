@@ -1,0 +1,20 @@
+//! Topics: sharing one upstream subscription per topic among many clients.
+//!
+//! Sans-IO, like `upstream/outbound.rs`: no tokio, no clock reads, no locks, no IO. Time comes
+//! in as `now`; the driver performs what comes out.
+//!
+//! - [`key`]: a message's topic, by JSON pointer, key template or regex, found by scanning
+//!   the message rather than parsing it ([`key::extract`], [`key::find`]).
+//! - [`template`]: subscribe and unsubscribe messages rendered from their templates, topics
+//!   grouped by the fields the template shares and batched by `max_per_message`.
+//! - [`subs`]: [`Subscriptions`], one per upstream connection: what is wanted, what the
+//!   upstream has, what is due, at which pace, and what the upstream's answers mean.
+//!
+//! The registry (which client holds which topic, topic states, sequence numbers, which
+//! connection a topic lives on) sits on top of these.
+
+pub mod key;
+pub mod subs;
+pub mod template;
+
+pub use subs::{Outgoing, Subscriptions, TopicEvent};
