@@ -1016,14 +1016,21 @@ mod tests {
         );
         assert!(b.subs.resubscribed());
         assert!(b.drain(200).is_empty(), "each topic once");
+    }
 
-        // The pace starts afresh on a new connection.
+    #[test]
+    fn the_pace_starts_afresh_on_a_new_connection() {
+        let mut s = binance();
+        s.max_per_message = 1;
+        let mut b = Bench::new(s);
+        b.subs.connected(b.at(0));
+        b.want(&strs(&names(7)), true);
+        assert_eq!(b.drain(0).len(), 5);
         b.subs.lost();
-        b.subs.connected(b.at(300));
-        let mut s = Bench::new(binance());
-        std::mem::swap(&mut s.subs, &mut b.subs);
-        b = s;
-        assert_eq!(b.drain(300).len(), 1);
+        b.subs.connected(b.at(10));
+        assert_eq!(b.drain(10).len(), 5, "a new connection has a full bucket");
+        assert_eq!(b.drain(999).len(), 0);
+        assert_eq!(b.drain(1_010).len(), 2);
     }
 
     #[test]
