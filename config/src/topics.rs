@@ -618,13 +618,17 @@ fn placeholder(inner: &str, fields: &[&str]) -> Result<Option<TemplatePart>, Str
     Ok(Some(part))
 }
 
+/// Largest `rate` count (the daemon remembers that many write times per connection).
+pub const MAX_RATE_COUNT: u32 = 100_000;
+
 /// Longest `rate` window.
 const MAX_RATE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Rate {
     /// Parses `N/DURATION` (`5/s`, `10/m`, `100/10s`, `1/250ms`; a unit alone means one of
     /// it; units `ms`, `s`, `m`, `h`, `d`), or `none` (`Ok(None)`: not paced). `N` is at
-    /// least 1; the window is more than zero and at most one day.
+    /// least 1 and at most [`MAX_RATE_COUNT`]; the window is more than zero and at most one
+    /// day.
     pub fn parse(text: &str) -> Result<Option<Rate>, String> {
         let text = text.trim();
         if text == "none" {
@@ -650,6 +654,12 @@ impl Rate {
         })?;
         if count == 0 {
             return Err(format!("`{}`: the count must be at least 1", shown(text)));
+        }
+        if count > MAX_RATE_COUNT {
+            return Err(format!(
+                "`{}`: the count may be at most {MAX_RATE_COUNT}",
+                shown(text)
+            ));
         }
         let window = window.trim();
         let digits = window.bytes().take_while(u8::is_ascii_digit).count();
@@ -1001,6 +1011,7 @@ mod tests {
             ("1/250ms", Some((1, ms(250)))),
             ("3/h", Some((3, ms(3_600_000)))),
             ("7/1d", Some((7, ms(86_400_000)))),
+            ("100000/d", Some((100_000, ms(86_400_000)))),
             (" 5 / s ", Some((5, ms(1_000)))),
             ("none", None),
         ];
@@ -1017,6 +1028,7 @@ mod tests {
             ("5/99999999999999999999s", "not a rate"),
             ("5/18446744073709551615d", "at most one day"),
             ("99999999999/s", "too large"),
+            ("100001/s", "at most 100000"),
             ("5", "not a rate"),
             ("5/", "not a rate"),
             ("/s", "not a rate"),

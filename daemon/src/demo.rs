@@ -19,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wsmux_config::{
-    EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings, LogSettings, Pointer,
-    Rate, ServerSettings, Settings, Template, TopicKey, TopicSettings, Unmatched,
+    EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings, LogSettings, Pointer, Rate,
+    ServerSettings, Settings, Template, TopicKey, TopicSettings, Unmatched,
 };
 
 /// Name of the demo endpoint.
@@ -33,7 +33,11 @@ pub const HEARTBEAT: &str = r#"{"type":"heartbeat"}"#;
 const TICK: Duration = Duration::from_millis(500);
 
 /// The symbols a connection may subscribe to, with their starting prices.
-const SYMBOLS: [(&str, f64); 3] = [("BTC-USD", 97_000.0), ("ETH-USD", 3_600.0), ("SOL-USD", 240.0)];
+const SYMBOLS: [(&str, f64); 3] = [
+    ("BTC-USD", 97_000.0),
+    ("ETH-USD", 3_600.0),
+    ("SOL-USD", 240.0),
+];
 
 /// Subscribe and unsubscribe messages of the demo endpoint's topics.
 const SUBSCRIBE: &str = r#"{"op":"subscribe","args":{topics},"id":{id}}"#;
@@ -139,7 +143,9 @@ fn request(text: &str, subscribed: &mut BTreeMap<&'static str, f64>) -> Option<s
         match SYMBOLS.iter().find(|(s, _)| *s == name) {
             Some(entry) => known.push(*entry),
             None => {
-                return Some(serde_json::json!({"id": id, "error": format!("unknown symbol: {name}")}))
+                return Some(
+                    serde_json::json!({"id": id, "error": format!("unknown symbol: {name}")}),
+                )
             }
         }
     }

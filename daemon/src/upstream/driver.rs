@@ -285,7 +285,9 @@ impl Driver {
 
     /// The registry changed this connection's topics.
     fn on_topic_changes(&mut self) {
-        let Some(t) = self.topics.as_mut() else { return };
+        let Some(t) = self.topics.as_mut() else {
+            return;
+        };
         for (topic, on) in self.endpoint.take_topic_changes(self.connection) {
             t.subs.want(topic, on);
         }
@@ -296,11 +298,13 @@ impl Driver {
         for e in events {
             match e {
                 TopicEvent::Active(topic) => self.endpoint.topic_active(self.connection, &topic),
-                TopicEvent::Rejected { topic, reason } => self.endpoint.topic_rejected(
-                    self.connection,
-                    &topic,
-                    &crate::text::escape(&reason, crate::text::MAX_PEER_TEXT),
-                ),
+                TopicEvent::Rejected { topic, reason } => {
+                    self.endpoint
+                        .topic_rejected(self.connection, &topic, &reason)
+                }
+                TopicEvent::UnsubscribeRejected { topics, reason } => {
+                    tracing::warn!(endpoint = %self.name(), connection = self.connection, topics = topics.len(), %reason, "the upstream refused an unsubscribe; its messages are no longer routed anyway")
+                }
             }
         }
     }
@@ -1113,8 +1117,13 @@ impl Driver {
         if !self.is_main() {
             self.commands.close();
             if let Link::Open(ws) = &mut self.link {
-                close_gracefully(ws, CloseCode::Away, "wsmuxd shutting down", self.endpoint.name())
-                    .await;
+                close_gracefully(
+                    ws,
+                    CloseCode::Away,
+                    "wsmuxd shutting down",
+                    self.endpoint.name(),
+                )
+                .await;
             }
             self.link = Link::Idle;
             self.topics_down();
