@@ -666,14 +666,15 @@ mod tests {
         /// Any bytes, any pointer: no panic.
         #[test]
         fn never_panics_on_any_bytes(
-            data in prop::collection::vec(prop_oneof![
-                Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'"'), Just(b'\\'),
-                Just(b':'), Just(b','), Just(b'a'), Just(b'0'), Just(b'u'), Just(b' '),
-                any::<u8>(),
-            ], 0..200),
-            pointer in "(/[a0u\\-]{0,2}){0,4}",
+            // Mostly JSON's own bytes, some of any kind (a wide `prop_oneof!` is slow).
+            data in prop::collection::vec(any::<(u8, u8)>().prop_map(|(pick, raw)| {
+                const JSON: &[u8] = b"{}[]\":,a0u \\";
+                if pick < 200 { JSON[usize::from(pick) % JSON.len()] } else { raw }
+            }), 0..200),
+            pointer in prop::collection::vec(prop_oneof![Just("a"), Just("0"), Just("u"), Just("-"), Just("")], 0..4),
         ) {
-            let ptr = Pointer::parse(&pointer).unwrap();
+            let text: String = pointer.iter().map(|t| format!("/{t}")).collect();
+            let ptr = Pointer::parse(&text).unwrap();
             let _ = find(&ptr, &data);
             let key = TopicKey::Json(vec![KeyPart::Field { name: "a".into(), pointer: ptr }]);
             let _ = extract(&key, PayloadRef::Binary(&data));
