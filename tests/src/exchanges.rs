@@ -719,15 +719,23 @@ impl Exchange {
                 .await
                 .is_err()
             {
-                let seen: Vec<String> = self
-                    .requests()
+                // The last few of each, cut short: a failing sharding test has thousands.
+                let reqs = self.requests();
+                let seen: Vec<String> = reqs[reqs.len().saturating_sub(20)..]
                     .iter()
-                    .map(|r| format!("#{} {:?} {}", r.conn, r.op, r.text))
+                    .map(|r| {
+                        let text: String = r.text.chars().take(200).collect();
+                        format!("#{} {:?} {text}", r.conn, r.op)
+                    })
                     .collect();
+                let closes = self.closes();
                 panic!(
-                    "{} fake: timed out after {secs}s waiting for {what}; closes {:?}; requests:\n{}",
+                    "{} fake: timed out after {secs}s waiting for {what}; {} closes, the last: \
+                     {:?}; {} requests, the last:\n{}",
                     self.format.name(),
-                    self.closes(),
+                    closes.len(),
+                    closes.last(),
+                    reqs.len(),
                     seen.join("\n")
                 );
             }
