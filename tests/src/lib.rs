@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod example;
+pub mod exchanges;
 pub mod mqtt;
 pub mod observe;
 pub mod proxy;

@@ -53,6 +53,8 @@ mod socket;
 mod socket_dir;
 /// `wss://` with private CAs, wrong names and client certificates.
 mod tls;
+/// Topics against fake Binance, OKX, Bybit, Kraken and Deribit upstreams.
+mod topics;
 /// The upstream path: binary auto-replies, close reasons, limits, fairness, rotation.
 mod upstream_path;
 
