@@ -3,8 +3,9 @@
 //!
 //! The service sends a price tick every 500 ms for the symbol `WSMUX`, and for each of
 //! `BTC-USD`, `ETH-USD` and `SOL-USD` that the connection subscribed to with
-//! `{"op":"subscribe","args":[...],"id":N}` (answered `{"id":N,"result":"ok"}`, or
-//! `{"id":N,"error":"unknown symbol: ..."}`; `"op":"unsubscribe"` stops them). It answers
+//! `{"op":"subscribe","args":[...],"id":N}`, answered once per symbol like Kraken v2 does
+//! (`{"id":N,"result":"ok","symbol":"BTC-USD"}`, or `{"id":N,"error":"unknown symbol:
+//! NOPE","symbol":"NOPE"}`); `"op":"unsubscribe"` stops them. It answers
 //! `{"type":"heartbeat"}` with `{"type":"heartbeat_ack",...}` and echoes every other message
 //! back as `{"type":"echo",...}`. The demo endpoint has topics keyed by `/symbol`, so
 //! `wsmux subscribe demo --topic BTC-USD` makes the daemon subscribe upstream.
@@ -105,7 +106,10 @@ async fn serve(tcp: TcpStream, cancel: CancellationToken) {
                     now_ms()
                 ))],
                 Some(Ok(Message::Text(t))) => match request(t.as_str(), &mut subscribed) {
-                    Some(answer) => vec![Message::text(answer.to_string())],
+                    Some(answers) => answers
+                        .into_iter()
+                        .map(|a| Message::text(a.to_string()))
+                        .collect(),
                     None => vec![Message::text(
                         serde_json::json!({"type": "echo", "data": t.as_str()}).to_string(),
                     )],
@@ -130,39 +134,40 @@ fn tick(n: u64, symbol: &str, price: f64) -> Message {
     ))
 }
 
-/// A subscribe or unsubscribe request: changes `subscribed` and gives the answer. `None` for
-/// any other message.
-fn request(text: &str, subscribed: &mut BTreeMap<&'static str, f64>) -> Option<serde_json::Value> {
+/// A subscribe or unsubscribe request: changes `subscribed` and gives one answer per symbol.
+/// `None` for any other message.
+fn request(
+    text: &str,
+    subscribed: &mut BTreeMap<&'static str, f64>,
+) -> Option<Vec<serde_json::Value>> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     let op = v.get("op")?.as_str()?;
+    if op != "subscribe" && op != "unsubscribe" {
+        return None;
+    }
     let id = v.get("id").cloned().unwrap_or(serde_json::Value::Null);
-    let args = v.get("args")?.as_array()?;
-    let mut known = Vec::new();
-    for a in args {
-        let name = a.as_str().unwrap_or_default();
-        match SYMBOLS.iter().find(|(s, _)| *s == name) {
-            Some(entry) => known.push(*entry),
-            None => {
-                return Some(
-                    serde_json::json!({"id": id, "error": format!("unknown symbol: {name}")}),
-                )
+    let answers = v
+        .get("args")?
+        .as_array()?
+        .iter()
+        .map(|a| {
+            let name = a.as_str().unwrap_or_default();
+            match SYMBOLS.iter().find(|(s, _)| *s == name) {
+                Some((symbol, price)) => {
+                    if op == "subscribe" {
+                        subscribed.entry(symbol).or_insert(*price);
+                    } else {
+                        subscribed.remove(symbol);
+                    }
+                    serde_json::json!({"id": id, "result": "ok", "symbol": symbol})
+                }
+                None => serde_json::json!({
+                    "id": id, "error": format!("unknown symbol: {name}"), "symbol": name
+                }),
             }
-        }
-    }
-    match op {
-        "subscribe" => {
-            for (symbol, price) in known {
-                subscribed.entry(symbol).or_insert(price);
-            }
-        }
-        "unsubscribe" => {
-            for (symbol, _) in known {
-                subscribed.remove(symbol);
-            }
-        }
-        _ => return None,
-    }
-    Some(serde_json::json!({"id": id, "result": "ok"}))
+        })
+        .collect();
+    Some(answers)
 }
 
 /// One of the demo's own constant topic settings, parsed.

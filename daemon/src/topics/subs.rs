@@ -21,12 +21,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use wsmux_config::{Pointer, Rate, TopicSettings};
+use wsmux_config::{Pointer, Rate, TopicKey, TopicSettings};
 use wsmux_proto::{Payload, PayloadRef};
 
 use crate::text;
 use crate::topics::key::{find, Value};
-use crate::topics::template::{batches, capacity, group, render};
+use crate::topics::template::{batches, capacity, group, json_string, render};
 
 /// Most due topics [`Subscriptions::next_message`] looks through to fill one message.
 pub const LOOKAHEAD: usize = 4096;
@@ -86,13 +86,57 @@ struct Topic {
     due: Option<u64>,
 }
 
-/// A written message waiting for its answer.
+/// A written message waiting for its answer (or answers: Kraken v2 answers a subscribe once
+/// per symbol, every answer with the same `req_id`). It stays until its `reply_timeout`, so
+/// later answers to it are recognised, and hidden, too.
 #[derive(Debug)]
 struct Pending {
     /// Subscribe or unsubscribe.
     subscribe: bool,
     /// Its topics.
     topics: Vec<Arc<str>>,
+}
+
+/// The topics of `topics` that an answer names, when it names some of them: a topic is named
+/// when the answer holds its text as a whole JSON string (`"FOO/BAR"`, as Kraken v2's
+/// per-symbol answers do), or, for a composite topic, one of its fields whose value differs
+/// between the topics of the message. Text inside a longer string (an error message that
+/// quotes a topic) does not count: exchanges that refuse a whole message say so in prose,
+/// and narrowing their refusal would leave the rest of the message silently unsubscribed.
+/// Empty when it names none (the answer is about all of them).
+fn named(key: &TopicKey, topics: &[Arc<str>], answer: &[u8]) -> Vec<Arc<str>> {
+    if topics.len() < 2 {
+        return Vec::new();
+    }
+    let fields: Vec<Vec<(&str, &str)>> = topics
+        .iter()
+        .map(|t| key.split(t).unwrap_or_default())
+        .collect();
+    let varies = |name: &str, value: &str| {
+        fields
+            .iter()
+            .any(|f| f.iter().any(|(n, v)| *n == name && *v != value))
+    };
+    let mentions = |value: &str| {
+        let mut quoted = String::with_capacity(value.len() + 2);
+        json_string(&mut quoted, value);
+        contains(answer, quoted.as_bytes())
+    };
+    topics
+        .iter()
+        .zip(&fields)
+        .filter(|(topic, f)| {
+            mentions(topic)
+                || (f.len() > 1
+                    && f.iter()
+                        .any(|(name, value)| varies(name, value) && mentions(value)))
+        })
+        .map(|(topic, _)| Arc::clone(topic))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The rate limit: at most `count` messages in any window of `per` (a sliding log of the
@@ -383,12 +427,23 @@ impl Subscriptions {
             PayloadRef::Binary(b) => b,
         };
         let id = answer_id(self.settings.reply_id.as_ref()?, bytes)?;
-        let pending = self.outstanding.remove(&id)?;
+        let pending = self.outstanding.get(&id)?;
+        let subscribe = pending.subscribe;
+        let rejection = self.rejection(bytes);
+        let named = named(&self.settings.key, &pending.topics, bytes);
+        // An answer about some of the message's topics may be followed by answers about the
+        // others; one about all of them is the only one.
+        let narrowed = !named.is_empty();
+        let topics = if narrowed {
+            named
+        } else {
+            pending.topics.clone()
+        };
         let mut events = Vec::new();
-        match (pending.subscribe, self.rejection(bytes)) {
-            (true, None) => self.activate(&pending.topics, &mut events),
+        match (subscribe, rejection) {
+            (true, None) => self.activate(&topics, &mut events),
             (true, Some(reason)) => {
-                for topic in pending.topics {
+                for topic in topics {
                     if let Some(t) = self.topics.get_mut(&topic) {
                         if t.wanted {
                             t.wanted = false;
@@ -404,10 +459,12 @@ impl Subscriptions {
                 }
             }
             (false, None) => {}
-            (false, Some(reason)) => events.push(TopicEvent::UnsubscribeRejected {
-                topics: pending.topics,
-                reason,
-            }),
+            (false, Some(reason)) => {
+                events.push(TopicEvent::UnsubscribeRejected { topics, reason })
+            }
+        }
+        if !narrowed {
+            self.outstanding.remove(&id);
         }
         Some(events)
     }
@@ -1255,6 +1312,72 @@ mod tests {
                 (false, vec!["book:BTC/USD".to_owned()]),
                 (false, vec!["ticker:ETH/USD".to_owned()])
             ]
+        );
+    }
+
+    #[test]
+    fn answers_per_symbol_are_all_hidden_and_a_refusal_names_only_its_topic() {
+        let mut b = Bench::new(unpaced(kraken()));
+        b.subs.connected(b.at(0));
+        b.want(
+            &["ticker:BTC/USD", "ticker:ETH/USD", "ticker:FOO/BAR"],
+            true,
+        );
+        let (sub, _) = b.next(0).unwrap();
+        let id = sub.id.unwrap();
+        // Kraken v2 answers once per symbol, every answer with the subscribe's req_id.
+        let ok = |symbol: &str| {
+            format!(
+                r#"{{"method":"subscribe","req_id":{id},"success":true,"result":{{"channel":"ticker","symbol":"{symbol}"}}}}"#
+            )
+        };
+        assert_eq!(
+            b.answer(&ok("BTC/USD"), 1),
+            Some(active(&["ticker:BTC/USD"]))
+        );
+        assert_eq!(
+            b.answer(&ok("ETH/USD"), 2),
+            Some(active(&["ticker:ETH/USD"]))
+        );
+        let refusal = format!(
+            r#"{{"method":"subscribe","req_id":{id},"success":false,"error":"Currency pair not supported FOO/BAR","symbol":"FOO/BAR"}}"#
+        );
+        assert_eq!(
+            b.answer(&refusal, 3),
+            Some(rejected(
+                &["ticker:FOO/BAR"],
+                "Currency pair not supported FOO/BAR"
+            ))
+        );
+        assert!(b.subs.is_wanted("ticker:BTC/USD") && !b.subs.is_wanted("ticker:FOO/BAR"));
+        // Until its reply_timeout, one more answer to the same id is still recognised.
+        assert!(b.answer(&ok("BTC/USD"), 4).is_some());
+    }
+
+    #[test]
+    fn a_refusal_that_quotes_a_topic_in_its_text_rejects_the_whole_message() {
+        let mut b = Bench::new(unpaced(binance()));
+        b.subs.connected(b.at(0));
+        b.want(&["btcusdt@trade", "nope@trade"], true);
+        let (sub, _) = b.next(0).unwrap();
+        let id = sub.id.unwrap();
+        let refusal = format!(
+            r#"{{"id":{id},"error":{{"code":2,"msg":"Invalid request: unknown stream \"nope@trade\""}}}}"#
+        );
+        let Some(events) = b.answer(&refusal, 1) else {
+            panic!("an answer")
+        };
+        assert_eq!(events.len(), 2, "{events:?}");
+        // An answer naming one topic as a whole string is about that one only.
+        b.want(&["a@trade", "b@trade"], true);
+        let (sub, _) = b.next(2).unwrap();
+        let refusal = format!(
+            r#"{{"id":{},"error":"unknown stream","stream":"b@trade"}}"#,
+            sub.id.unwrap()
+        );
+        assert_eq!(
+            b.answer(&refusal, 3),
+            Some(rejected(&["b@trade"], "unknown stream"))
         );
     }
 
