@@ -35,3 +35,7 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Length of the frame header (the big-endian `u32` body length).
 pub const HEADER_LEN: usize = 4;
+
+/// Most topics one `subscribe` or `unsubscribe` may name; a longer `topics` array is
+/// `invalid_message`.
+pub const MAX_TOPICS_PER_REQUEST: usize = 10_000;
