@@ -18,7 +18,9 @@ mod payload;
 mod scan;
 
 pub use codes::ErrorCode;
-pub use frame::{encode, encode_data_message, encode_to_vec, EncodeError, FrameError};
+pub use frame::{
+    encode, encode_data_message, encode_data_message_fields, encode_to_vec, EncodeError, FrameError,
+};
 pub use message::{
     decode_client, decode_server, Ack, ClientMsg, ConnState, DataMessage, Dropped, EndpointStatus,
     EndpointSummary, ErrorMsg, Hello, Lagged, MessageError, Ping, Pong, Reconnect, Reload, Send,
