@@ -53,6 +53,8 @@ mod socket;
 mod socket_dir;
 /// `wss://` with private CAs, wrong names and client certificates.
 mod tls;
+/// Topics through the Rust client and the `wsmux` CLI.
+mod topics_cli;
 /// The upstream path: binary auto-replies, close reasons, limits, fairness, rotation.
 mod upstream_path;
 
