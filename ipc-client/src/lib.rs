@@ -579,13 +579,70 @@ impl Client {
         .map(drop)
     }
 
-    /// Unsubscribes from an endpoint.
+    /// Unsubscribes from an endpoint: its whole-endpoint subscription and every topic.
     pub async fn unsubscribe(&self, endpoint: &str) -> Result<(), ClientError> {
         self.expect_ack(|id| {
             ClientMsg::Unsubscribe(Unsubscribe {
                 topics: None,
                 id: Some(id),
                 endpoint: endpoint.to_owned(),
+            })
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Subscribes to some topics of an endpoint that has `[endpoints.NAME.topics]`
+    /// configured: this client then gets the endpoint's messages whose key gives one of its
+    /// topics (each with [`DataMessage::topic`] and [`DataMessage::topic_seq`]), its state
+    /// changes, and (with `unmatched = "all"`, the default) messages without a topic. Topics
+    /// add up over calls; duplicates are ignored. [`Client::subscribe`] on the same endpoint
+    /// adds every message.
+    ///
+    /// `Ok` means the daemon accepted the request (the endpoint's current state arrives as the
+    /// next [`Event::State`]), not that the upstream did: a topic the upstream refuses later
+    /// arrives as an [`Event::Error`] with code `topic_rejected` and the endpoint and topic
+    /// set. Refused at once: `topics_unsupported`, `invalid_topic` (no topics, an empty or too
+    /// long one, one the endpoint's key cannot produce), `too_many_topics`, and
+    /// `invalid_message` for more than [`proto::MAX_TOPICS_PER_REQUEST`] in one call; then
+    /// nothing changed.
+    pub async fn subscribe_topics<I, S>(&self, endpoint: &str, topics: I) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+        self.expect_ack(|id| {
+            ClientMsg::Subscribe(Subscribe {
+                id: Some(id),
+                endpoint: endpoint.to_owned(),
+                topics: Some(topics),
+            })
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes topics from this client's set for an endpoint; topics it does not hold are
+    /// ignored. Its other topics, and a whole-endpoint [`Client::subscribe`], stay. Once no
+    /// client holds a topic, the daemon unsubscribes it upstream. [`Client::unsubscribe`]
+    /// removes everything. Fails with `not_subscribed` only when the client holds nothing on
+    /// the endpoint.
+    pub async fn unsubscribe_topics<I, S>(
+        &self,
+        endpoint: &str,
+        topics: I,
+    ) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+        self.expect_ack(|id| {
+            ClientMsg::Unsubscribe(Unsubscribe {
+                id: Some(id),
+                endpoint: endpoint.to_owned(),
+                topics: Some(topics),
             })
         })
         .await

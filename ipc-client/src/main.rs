@@ -4,6 +4,7 @@
 //! socket is served by another user: not the daemon), 4 the daemon refused the request
 //! (unknown endpoint, not connected, ...), 5 `wait` timed out.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use base64::Engine;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use wsmux_client::proto::{EndpointStatus, Payload};
+use wsmux_client::proto::{EndpointStatus, ErrorCode, ErrorMsg, Payload, TopicStatus};
 use wsmux_client::{Client, ClientError, ConnectOptions, Delivery, Event, SendOptions};
 
 /// Talk to a running wsmuxd: status, subscribe, send, bridge.
@@ -48,6 +49,11 @@ enum Command {
         /// Endpoint names.
         #[arg(required = true)]
         endpoints: Vec<String>,
+        /// Only this topic's messages (repeatable), on each endpoint named; the endpoint needs
+        /// `[endpoints.NAME.topics]`. Messages without a topic still come with the endpoint's
+        /// `unmatched = "all"`. Exits with code 4 once the upstream has refused every topic.
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
         /// Print only message payloads (text as is, binary as base64), one per line.
         #[arg(long)]
         data_only: bool,
@@ -205,16 +211,39 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Subscribe {
             endpoints,
+            topics,
             data_only,
             count,
         } => {
+            // With topics: what the upstream has not refused yet, per endpoint.
+            let mut wanted: HashSet<(String, String)> = HashSet::new();
             for ep in &endpoints {
-                client.subscribe(ep).await?;
+                if topics.is_empty() {
+                    client.subscribe(ep).await?;
+                } else {
+                    client.subscribe_topics(ep, topics.iter().cloned()).await?;
+                    wanted.extend(topics.iter().map(|t| (ep.clone(), t.clone())));
+                }
             }
             let mut seen = 0u64;
             while let Some(event) = client.next_event().await {
                 let is_message = matches!(event, Event::Message(_));
                 out.event(&event, data_only).await?;
+                if let Event::Error(ErrorMsg {
+                    code: ErrorCode::TopicRejected,
+                    endpoint: Some(endpoint),
+                    topic: Some(topic),
+                    ..
+                }) = &event
+                {
+                    let was_wanted = wanted.remove(&(endpoint.clone(), topic.clone()));
+                    if was_wanted && wanted.is_empty() {
+                        return Err(Failure {
+                            code: 4,
+                            error: anyhow::anyhow!("the upstream refused every topic"),
+                        });
+                    }
+                }
                 if is_message {
                     seen += 1;
                     if count.is_some_and(|c| seen >= c) {
@@ -398,6 +427,12 @@ fn render_event(event: &Event, data_only: bool) -> Option<String> {
             obj.insert("endpoint".into(), json!(m.endpoint));
             obj.insert("seq".into(), json!(m.seq));
             payload_fields(&m.data, &mut obj);
+            if let Some(topic) = &m.topic {
+                obj.insert("topic".into(), json!(topic));
+            }
+            if let Some(topic_seq) = m.topic_seq {
+                obj.insert("topic_seq".into(), json!(topic_seq));
+            }
             Some(Value::Object(obj).to_string())
         }
         Event::State(s) if data_only => {
@@ -432,9 +467,24 @@ fn render_event(event: &Event, data_only: bool) -> Option<String> {
             Some(Value::Object(obj).to_string())
         }
         Event::Error(e) => {
-            eprintln!("wsmux: {}: {}", e.code, e.message);
+            let about = match (&e.endpoint, &e.topic) {
+                (Some(ep), Some(topic)) => format!("{ep} topic {}: ", escape(topic)),
+                (Some(ep), None) => format!("{ep}: "),
+                _ => String::new(),
+            };
+            eprintln!("wsmux: {}: {about}{}", e.code, escape(&e.message));
             (!data_only).then(|| {
-                json!({"type": "error", "code": e.code.as_str(), "message": e.message}).to_string()
+                let mut obj = serde_json::Map::new();
+                obj.insert("type".into(), json!("error"));
+                obj.insert("code".into(), json!(e.code.as_str()));
+                obj.insert("message".into(), json!(e.message));
+                if let Some(endpoint) = &e.endpoint {
+                    obj.insert("endpoint".into(), json!(endpoint));
+                }
+                if let Some(topic) = &e.topic {
+                    obj.insert("topic".into(), json!(topic));
+                }
+                Value::Object(obj).to_string()
             })
         }
         Event::Lagged(l) => {
@@ -495,10 +545,49 @@ fn status_json(endpoints: &[EndpointStatus]) -> Value {
                     "reconnects": e.reconnects,
                     "queued": e.queued,
                     "lagged_drops": e.lagged_drops,
+                    "connections": e.connections,
+                    "topics": e.topics.iter().map(topic_json).collect::<Vec<_>>(),
                 })
             })
             .collect(),
     )
+}
+
+/// One topic of `status --json`, with the wire's field names.
+fn topic_json(t: &TopicStatus) -> Value {
+    json!({
+        "topic": t.topic,
+        "subscribers": t.subscribers,
+        "state": topic_state(t),
+        "connection": t.connection,
+        "messages": t.messages,
+        "reason": t.reason,
+    })
+}
+
+/// The wire name of a topic's state.
+fn topic_state(t: &TopicStatus) -> String {
+    serde_json::to_value(t.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Text for a terminal: control characters shown escaped (topics are chosen by clients,
+/// reasons come from upstreams).
+fn escape(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn ago(since_ms: u64) -> String {
@@ -531,6 +620,7 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
         "STATE",
         "FOR",
         "CONNECTS",
+        "CONNS",
         "SUBS",
         "MSGS IN",
         "BYTES IN",
@@ -549,6 +639,7 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
                 e.state.to_string(),
                 ago(e.since),
                 e.connects.to_string(),
+                e.connections.to_string(),
                 e.subscribers.to_string(),
                 e.messages_in.to_string(),
                 human_bytes(e.bytes_in),
@@ -563,6 +654,39 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
             ]
         })
         .collect();
+    let mut out = table(&headers, rows);
+    // Then one line per topic, for the endpoints that have topics.
+    let topics: Vec<Vec<String>> = endpoints
+        .iter()
+        .flat_map(|e| {
+            e.topics.iter().map(|t| {
+                vec![
+                    e.name.clone(),
+                    escape(&t.topic),
+                    topic_state(t),
+                    t.subscribers.to_string(),
+                    t.connection.to_string(),
+                    t.messages.to_string(),
+                    t.reason
+                        .as_deref()
+                        .map(escape)
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+        })
+        .collect();
+    if !topics.is_empty() {
+        out.push('\n');
+        let headers = [
+            "ENDPOINT", "TOPIC", "STATE", "SUBS", "CONN", "MSGS", "REASON",
+        ];
+        out.push_str(&table(&headers, topics));
+    }
+    out
+}
+
+/// Columns padded to their widest cell, the last one left as it is.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -142,9 +142,10 @@ fn put_uint(buf: &mut BytesMut, v: u64) {
     }
 }
 
-/// Encodes a `message {endpoint, seq, data}` frame without copying `data` into an owned
-/// message first. The daemon encodes each upstream message once with this and shares the
-/// resulting bytes with every subscriber.
+/// Encodes a `message {endpoint, seq, data, topic?, topic_seq?}` frame without copying `data`
+/// into an owned message first. The daemon encodes each upstream message once with this and
+/// shares the resulting bytes with every subscriber. `topic` gives both `topic` and
+/// `topic_seq`; [`encode_data_message_fields`] writes either alone.
 ///
 /// Written by hand rather than through serde because it runs once per upstream message; it
 /// produces exactly the bytes [`encode`] produces for the same message (a test checks).
@@ -155,16 +156,34 @@ pub fn encode_data_message(
     data: PayloadRef<'_>,
     max: usize,
 ) -> Result<Bytes, EncodeError> {
+    let (topic, topic_seq) = match topic {
+        Some((t, n)) => (Some(t), Some(n)),
+        None => (None, None),
+    };
+    encode_data_message_fields(endpoint, seq, topic, topic_seq, data, max)
+}
+
+/// [`encode_data_message`] with `topic` and `topic_seq` given separately: a message whose key
+/// found a topic that no client has asked for carries `topic` without `topic_seq`.
+pub fn encode_data_message_fields(
+    endpoint: &str,
+    seq: u64,
+    topic: Option<&str>,
+    topic_seq: Option<u64>,
+    data: PayloadRef<'_>,
+    max: usize,
+) -> Result<Bytes, EncodeError> {
     let payload_len = match data {
         PayloadRef::Text(t) => t.len(),
         PayloadRef::Binary(b) => b.len(),
     };
-    let topic_len = topic.map_or(0, |(t, _)| t.len() + 32);
+    let topic_len = topic.map_or(0, |t| t.len() + 11) + topic_seq.map_or(0, |_| 19);
     // Header, map, four keys, "message", seq, and the endpoint and payload with headers.
     let mut buf =
         BytesMut::with_capacity(HEADER_LEN + 48 + endpoint.len() + payload_len + topic_len);
     buf.put_slice(&[0; HEADER_LEN]);
-    buf.put_u8(if topic.is_some() { 0x86 } else { 0x84 });
+    let entries = 4 + u8::from(topic.is_some()) + u8::from(topic_seq.is_some());
+    buf.put_u8(0x80 | entries);
     buf.put_slice(b"\xa4type\xa7message\xa8endpoint");
     put_str_header(&mut buf, endpoint.len());
     buf.put_slice(endpoint.as_bytes());
@@ -181,10 +200,12 @@ pub fn encode_data_message(
             buf.put_slice(b);
         }
     }
-    if let Some((topic, topic_seq)) = topic {
+    if let Some(topic) = topic {
         buf.put_slice(b"\xa5topic");
         put_str_header(&mut buf, topic.len());
         buf.put_slice(topic.as_bytes());
+    }
+    if let Some(topic_seq) = topic_seq {
         buf.put_slice(b"\xa9topic_seq");
         put_uint(&mut buf, topic_seq);
     }

@@ -18,7 +18,9 @@ mod payload;
 mod scan;
 
 pub use codes::ErrorCode;
-pub use frame::{encode, encode_data_message, encode_to_vec, EncodeError, FrameError};
+pub use frame::{
+    encode, encode_data_message, encode_data_message_fields, encode_to_vec, EncodeError, FrameError,
+};
 pub use message::{
     decode_client, decode_server, Ack, ClientMsg, ConnState, DataMessage, Dropped, EndpointStatus,
     EndpointSummary, ErrorMsg, Hello, Lagged, MessageError, Ping, Pong, Reconnect, Reload, Send,
@@ -35,3 +37,7 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Length of the frame header (the big-endian `u32` body length).
 pub const HEADER_LEN: usize = 4;
+
+/// Most topics one `subscribe` or `unsubscribe` may name; a longer `topics` array is
+/// `invalid_message`.
+pub const MAX_TOPICS_PER_REQUEST: usize = 10_000;

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::ErrorCode;
 use crate::payload::{Payload, DATA_EXPECTING};
-use crate::scan::{self, Malformed, Scan};
+use crate::scan::{self, Malformed, Scan, TopicsFault};
+use crate::MAX_TOPICS_PER_REQUEST;
 
 /// A message from a local client to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -569,6 +570,32 @@ fn check_text(scan: &Scan<'_>, id: Option<u64>) -> Result<(), MessageError> {
     }
 }
 
+/// `topics` must be an array of at most [`MAX_TOPICS_PER_REQUEST`] `str`s, each valid UTF-8:
+/// serde alone would take a `bin` holding UTF-8 for a string, and report a bad `str` as
+/// `invalid_msgpack`.
+fn check_topics(scan: &Scan<'_>, id: Option<u64>) -> Result<(), MessageError> {
+    let (code, why) = match scan.topics {
+        None => return Ok(()),
+        Some(TopicsFault::NotArray) => (
+            ErrorCode::InvalidMessage,
+            "`topics` must be an array of MessagePack str".to_owned(),
+        ),
+        Some(TopicsFault::TooMany(n)) => (
+            ErrorCode::InvalidMessage,
+            format!("`topics` names {n} topics; at most {MAX_TOPICS_PER_REQUEST} per request"),
+        ),
+        Some(TopicsFault::NotStr(i)) => (
+            ErrorCode::InvalidMessage,
+            format!("`topics[{i}]` is not a MessagePack str"),
+        ),
+        Some(TopicsFault::BadText(i)) => (
+            ErrorCode::InvalidData,
+            format!("`topics[{i}]` is a MessagePack str that is not valid UTF-8"),
+        ),
+    };
+    Err(MessageError::new(code, why, id))
+}
+
 /// Maps an rmp-serde error onto a stable code.
 fn classify(e: rmp_serde::decode::Error, id: Option<u64>) -> MessageError {
     use rmp_serde::decode::Error as E;
@@ -594,8 +621,14 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, MessageError> {
     let (ty, id, scan) = envelope(body)?;
     Ok(match ty.as_str() {
         "hello" => ClientMsg::Hello(body_as(body, id)?),
-        "subscribe" => ClientMsg::Subscribe(body_as(body, id)?),
-        "unsubscribe" => ClientMsg::Unsubscribe(body_as(body, id)?),
+        "subscribe" => {
+            check_topics(&scan, id)?;
+            ClientMsg::Subscribe(body_as(body, id)?)
+        }
+        "unsubscribe" => {
+            check_topics(&scan, id)?;
+            ClientMsg::Unsubscribe(body_as(body, id)?)
+        }
         "send" => {
             check_text(&scan, id)?;
             ClientMsg::Send(body_as(body, id)?)

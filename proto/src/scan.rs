@@ -9,6 +9,8 @@
 
 use std::collections::HashSet;
 
+use crate::MAX_TOPICS_PER_REQUEST;
+
 /// The map keys whose `str` values must be valid UTF-8 *text messages* (`invalid_data`).
 const DATA_KEYS: [&[u8]; 2] = [b"data", b"undo"];
 
@@ -26,6 +28,21 @@ pub(crate) struct Scan<'a> {
     pub non_str_key: bool,
     /// A `data` or `undo` key whose `str` value is not valid UTF-8.
     pub bad_text: Option<&'static str>,
+    /// What is wrong with the `topics` value (of `subscribe` and `unsubscribe`), if anything.
+    pub topics: Option<TopicsFault>,
+}
+
+/// Why a `topics` value is not an array of at most [`MAX_TOPICS_PER_REQUEST`] UTF-8 `str`s.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TopicsFault {
+    /// Neither an array nor `nil`.
+    NotArray,
+    /// An array of this many elements, more than [`MAX_TOPICS_PER_REQUEST`].
+    TooMany(u64),
+    /// The element at this index is not a `str`.
+    NotStr(u64),
+    /// The element at this index is a `str` that is not valid UTF-8.
+    BadText(u64),
 }
 
 /// Why the body is not one well-formed MessagePack value.
@@ -171,6 +188,34 @@ fn uint_at(buf: &[u8], pos: usize) -> Result<Option<u64>, Malformed> {
     })
 }
 
+/// Checks the `topics` value at `pos`, which [`skip`] has already found to be one whole value:
+/// `nil` (not given) or an array of at most [`MAX_TOPICS_PER_REQUEST`] UTF-8 `str`s.
+fn topics_fault(buf: &[u8], pos: usize) -> Result<Option<TopicsFault>, Malformed> {
+    let marker = *buf.get(pos).ok_or(Malformed::Truncated)?;
+    if marker == 0xc0 {
+        return Ok(None);
+    }
+    if !matches!(marker, 0x90..=0x9f | 0xdc | 0xdd) {
+        return Ok(Some(TopicsFault::NotArray));
+    }
+    let h = head(buf, pos)?;
+    if h.children > MAX_TOPICS_PER_REQUEST as u64 {
+        return Ok(Some(TopicsFault::TooMany(h.children)));
+    }
+    let mut at = pos + h.header;
+    for i in 0..h.children {
+        match str_at(buf, at)? {
+            None => return Ok(Some(TopicsFault::NotStr(i))),
+            Some(text) if std::str::from_utf8(text).is_err() => {
+                return Ok(Some(TopicsFault::BadText(i)))
+            }
+            Some(_) => {}
+        }
+        at = skip(buf, at)?;
+    }
+    Ok(None)
+}
+
 /// Scans `body`, which must start with a map marker: the whole body must be exactly one
 /// MessagePack value.
 pub(crate) fn scan(body: &[u8]) -> Result<Scan<'_>, Malformed> {
@@ -205,6 +250,7 @@ pub(crate) fn scan(body: &[u8]) -> Result<Scan<'_>, Malformed> {
                         ids += 1;
                         out.id = uint_at(body, value)?;
                     }
+                    b"topics" if out.topics.is_none() => out.topics = topics_fault(body, value)?,
                     k if DATA_KEYS.contains(&k) && out.bad_text.is_none() => {
                         if let Some(text) = str_at(body, value)? {
                             if std::str::from_utf8(text).is_err() {

@@ -17,6 +17,15 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z0-9_-]{1,16}"
 }
 
+/// A topic: any text, short or long enough for a `str 8` header.
+fn topic() -> impl Strategy<Value = String> {
+    ".{0,40}"
+}
+
+fn topics() -> impl Strategy<Value = Option<Vec<String>>> {
+    proptest::option::of(proptest::collection::vec(topic(), 0..6))
+}
+
 fn state() -> impl Strategy<Value = ConnState> {
     prop_oneof![
         Just(ConnState::Connecting),
@@ -32,16 +41,20 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
         (any::<u32>(), proptest::option::of(".{0,16}"))
             .prop_map(|(version, client)| ClientMsg::Hello(Hello { version, client })),
-        (id.clone(), name()).prop_map(|(id, endpoint)| ClientMsg::Subscribe(Subscribe {
-            topics: None,
-            id,
-            endpoint
-        })),
-        (id.clone(), name()).prop_map(|(id, endpoint)| ClientMsg::Unsubscribe(Unsubscribe {
-            topics: None,
-            id,
-            endpoint
-        })),
+        (id.clone(), name(), topics()).prop_map(|(id, endpoint, topics)| ClientMsg::Subscribe(
+            Subscribe {
+                topics,
+                id,
+                endpoint
+            }
+        )),
+        (id.clone(), name(), topics()).prop_map(|(id, endpoint, topics)| {
+            ClientMsg::Unsubscribe(Unsubscribe {
+                topics,
+                id,
+                endpoint,
+            })
+        }),
         (
             id.clone(),
             name(),
@@ -70,15 +83,22 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
     let id = any::<Option<u64>>();
     prop_oneof![
-        (name(), any::<u64>(), payload()).prop_map(|(endpoint, seq, data)| {
-            ServerMsg::Message(DataMessage {
-                topic: None,
-                topic_seq: None,
-                endpoint,
-                seq,
-                data,
-            })
-        }),
+        (
+            name(),
+            any::<u64>(),
+            payload(),
+            proptest::option::of(topic()),
+            any::<Option<u64>>()
+        )
+            .prop_map(|(endpoint, seq, data, topic, topic_seq)| {
+                ServerMsg::Message(DataMessage {
+                    topic,
+                    topic_seq,
+                    endpoint,
+                    seq,
+                    data,
+                })
+            }),
         (
             name(),
             state(),
@@ -103,13 +123,23 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             ),
         (any::<u64>(), any::<Option<bool>>())
             .prop_map(|(id, queued)| ServerMsg::Ack(Ack { id, queued })),
-        (id.clone(), ".{0,32}").prop_map(|(id, message)| ServerMsg::Error(ErrorMsg {
-            endpoint: None,
-            topic: None,
-            id,
-            code: ErrorCode::NotConnected,
-            message
-        })),
+        (
+            id.clone(),
+            ".{0,32}",
+            proptest::option::of(name()),
+            proptest::option::of(topic())
+        )
+            .prop_map(|(id, message, endpoint, topic)| ServerMsg::Error(ErrorMsg {
+                code: if topic.is_some() {
+                    ErrorCode::TopicRejected
+                } else {
+                    ErrorCode::NotConnected
+                },
+                endpoint,
+                topic,
+                id,
+                message
+            })),
         (id.clone(), name()).prop_map(|(id, endpoint)| ServerMsg::Sent(Sent { id, endpoint })),
         (id.clone(), name(), ".{0,32}").prop_map(|(id, endpoint, message)| {
             ServerMsg::Dropped(Dropped {
@@ -144,6 +174,25 @@ proptest! {
         let fast = encode_data_message(&endpoint, seq, None, data.as_ref(), DEFAULT_MAX_FRAME).unwrap();
         let slow = encode_to_vec(&ServerMsg::Message(DataMessage { topic: None, topic_seq: None,  endpoint, seq, data }), DEFAULT_MAX_FRAME).unwrap();
         prop_assert_eq!(&fast[..], &slow[..]);
+    }
+
+    #[test]
+    fn data_fast_path_matches_for_any_topic(
+        endpoint in name(),
+        seq in any::<u64>(),
+        data in payload(),
+        topic in proptest::option::of(topic()),
+        topic_seq in any::<Option<u64>>(),
+    ) {
+        let fast = encode_data_message_fields(&endpoint, seq, topic.as_deref(), topic_seq, data.as_ref(), DEFAULT_MAX_FRAME).unwrap();
+        let msg = DataMessage { topic: topic.clone(), topic_seq, endpoint: endpoint.clone(), seq, data: data.clone() };
+        let slow = encode_to_vec(&ServerMsg::Message(msg.clone()), DEFAULT_MAX_FRAME).unwrap();
+        prop_assert_eq!(&fast[..], &slow[..]);
+        if let (Some(t), Some(n)) = (topic.as_deref(), topic_seq) {
+            let pair = encode_data_message(&endpoint, seq, Some((t, n)), data.as_ref(), DEFAULT_MAX_FRAME).unwrap();
+            prop_assert_eq!(&pair[..], &slow[..]);
+        }
+        prop_assert_eq!(decode_server(&fast[HEADER_LEN..]).unwrap(), ServerMsg::Message(msg));
     }
 
     #[test]

@@ -159,3 +159,138 @@ fn framing_faults_of_the_body_stay_invalid_msgpack() {
     let e = err(&deep);
     assert_eq!(e.code, ErrorCode::InvalidMsgpack, "{e}");
 }
+
+/// An array of already-encoded values, in the smallest array form.
+fn array(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = match items.len() {
+        n @ 0..=15 => vec![0x90 | n as u8],
+        n @ 16..=0xffff => {
+            let mut h = vec![0xdc];
+            h.extend_from_slice(&(n as u16).to_be_bytes());
+            h
+        }
+        n => {
+            let mut h = vec![0xdd];
+            h.extend_from_slice(&(n as u32).to_be_bytes());
+            h
+        }
+    };
+    for item in items {
+        out.extend_from_slice(item);
+    }
+    out
+}
+
+/// A `subscribe` or `unsubscribe` with id 31, endpoint `feed` and `topics` set to `topics`
+/// (already encoded).
+fn with_topics(ty: &[u8], topics: &[u8]) -> Vec<u8> {
+    map(&[
+        (&s(b"type"), &s(ty)),
+        (&s(b"id"), &[31]),
+        (&s(b"endpoint"), &s(b"feed")),
+        (&s(b"topics"), topics),
+    ])
+}
+
+fn topics_of(msg: ClientMsg) -> Option<Vec<String>> {
+    match msg {
+        ClientMsg::Subscribe(m) => m.topics,
+        ClientMsg::Unsubscribe(m) => m.topics,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn topics_must_be_an_array_of_str() {
+    for ty in [&b"subscribe"[..], b"unsubscribe"] {
+        // Well-formed: fixstr, str 8, an empty array (the daemon judges emptiness), array 16.
+        let ok = with_topics(ty, &array(&[s(b"a"), vec![0xd9, 2, b'b', b'c']]));
+        assert_eq!(
+            topics_of(decode_client(&ok).unwrap()),
+            Some(vec!["a".to_owned(), "bc".to_owned()])
+        );
+        let empty = with_topics(ty, &array(&[]));
+        assert_eq!(topics_of(decode_client(&empty).unwrap()), Some(vec![]));
+        let many: Vec<Vec<u8>> = (0..20u8).map(|i| s(&[b'a' + i])).collect();
+        let long = with_topics(ty, &array(&many));
+        assert_eq!(
+            topics_of(decode_client(&long).unwrap()).map(|t| t.len()),
+            Some(20)
+        );
+        // `nil` is "not given": the whole endpoint.
+        let nil = with_topics(ty, &[0xc0]);
+        assert_eq!(topics_of(decode_client(&nil).unwrap()), None);
+
+        // Not an array.
+        for bad in [
+            s(b"a"),
+            vec![1],
+            vec![0x81, 0xa1, b'a', 0xa1, b'b'],
+            vec![0xc3],
+        ] {
+            let e = err(&with_topics(ty, &bad));
+            assert_eq!(
+                (e.code, e.id),
+                (ErrorCode::InvalidMessage, Some(31)),
+                "{bad:02x?}: {e}"
+            );
+            assert!(e.message.contains("topics"), "{e}");
+        }
+        // An element that is not a str: an integer, a `bin` (even valid UTF-8), nil, an array.
+        for bad in [vec![7], vec![0xc4, 1, b'x'], vec![0xc0], array(&[s(b"a")])] {
+            let e = err(&with_topics(ty, &array(&[s(b"ok"), bad.clone()])));
+            assert_eq!(
+                (e.code, e.id),
+                (ErrorCode::InvalidMessage, Some(31)),
+                "{bad:02x?}: {e}"
+            );
+            assert!(e.message.contains("topics"), "{e}");
+        }
+        // A str that is not UTF-8.
+        for bad in [&b"\xff"[..], b"ok\xc3", b"\xed\xa0\x80"] {
+            let e = err(&with_topics(ty, &array(&[s(b"ok"), s(bad)])));
+            assert_eq!(
+                (e.code, e.id),
+                (ErrorCode::InvalidData, Some(31)),
+                "{bad:02x?}: {e}"
+            );
+            assert!(e.message.contains("topics"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn at_most_ten_thousand_topics_per_request() {
+    assert_eq!(MAX_TOPICS_PER_REQUEST, 10_000);
+    let topic = s(b"t");
+    let items = vec![topic; MAX_TOPICS_PER_REQUEST];
+    for ty in [&b"subscribe"[..], b"unsubscribe"] {
+        let body = with_topics(ty, &array(&items));
+        assert_eq!(
+            topics_of(decode_client(&body).unwrap()).map(|t| t.len()),
+            Some(MAX_TOPICS_PER_REQUEST)
+        );
+        let mut over = items.clone();
+        over.push(s(b"u"));
+        let e = err(&with_topics(ty, &array(&over)));
+        assert_eq!((e.code, e.id), (ErrorCode::InvalidMessage, Some(31)), "{e}");
+        assert!(e.message.contains("10000"), "{e}");
+        // An announced count far above the cap in a short body is a truncated body, not a
+        // long loop.
+        let e = err(&with_topics(ty, &[0xdd, 0xff, 0xff, 0xff, 0xff]));
+        assert_eq!(e.code, ErrorCode::InvalidMsgpack, "{e}");
+    }
+}
+
+#[test]
+fn topics_in_other_requests_are_an_unknown_key() {
+    let body = map(&[
+        (&s(b"type"), &s(b"ping")),
+        (&s(b"id"), &[32]),
+        (&s(b"topics"), &[7]),
+    ]);
+    assert_eq!(
+        decode_client(&body).unwrap(),
+        ClientMsg::Ping(Ping { id: Some(32) })
+    );
+}

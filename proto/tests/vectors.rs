@@ -89,6 +89,15 @@ fn cases() -> Vec<Case> {
         s("sent", server_json(ServerMsg::Sent, json!({"id": 14, "endpoint": "feed"}))),
         s("dropped", server_json(ServerMsg::Dropped, json!({"id": 15, "endpoint": "feed", "code": "expired", "message": "queued for longer than 30s"}))),
         s("lagged", server_json(ServerMsg::Lagged, json!({"endpoint": "feed", "dropped": 3}))),
+        // topics (PROTOCOL.md section 18)
+        c("subscribe_topics", client_json(ClientMsg::Subscribe, json!({"id": 17, "endpoint": "binance", "topics": ["btcusdt@trade", "ethusdt@trade"]}))),
+        c("subscribe_topics_no_id", client_json(ClientMsg::Subscribe, json!({"endpoint": "kraken", "topics": ["ticker:BTC/USD"]}))),
+        c("unsubscribe_topics", client_json(ClientMsg::Unsubscribe, json!({"id": 18, "endpoint": "binance", "topics": ["ethusdt@trade"]}))),
+        s("message_topic", message_topic(Some("btcusdt@trade"), Some(12))),
+        s("message_topic_no_topic_seq", message_topic(Some("bnbusdt@trade"), None)),
+        s("message_topic_binary", message_topic_binary()),
+        s("error_topic_rejected", error_topic_rejected()),
+        s("status_reply_topics", status_reply(Some(19), vec![topics_status()])),
     ]
 }
 
@@ -213,6 +222,42 @@ fn message(endpoint: &str, seq: u64, data: Payload) -> ServerMsg {
     })
 }
 
+/// A Binance combined-stream message and the topic its key found.
+fn message_topic(topic: Option<&str>, topic_seq: Option<u64>) -> ServerMsg {
+    let stream = topic.unwrap_or("none");
+    ServerMsg::Message(DataMessage {
+        endpoint: "binance".into(),
+        seq: 1045,
+        data: text(&format!(
+            r#"{{"stream":"{stream}","data":{{"p":"67000.1","q":"0.002"}}}}"#
+        )),
+        topic: topic.map(str::to_owned),
+        topic_seq,
+    })
+}
+
+/// A binary message: its bytes are scanned as JSON, like a text message's.
+fn message_topic_binary() -> ServerMsg {
+    ServerMsg::Message(DataMessage {
+        endpoint: "deribit".into(),
+        seq: 300,
+        data: bin(br#"{"params":{"channel":"ticker.BTC-PERPETUAL.raw"}}"#),
+        topic: Some("ticker.BTC-PERPETUAL.raw".into()),
+        topic_seq: Some(65_536),
+    })
+}
+
+/// The upstream refused a topic: an event (no `id`) naming the endpoint and the topic.
+fn error_topic_rejected() -> ServerMsg {
+    ServerMsg::Error(ErrorMsg {
+        id: None,
+        code: ErrorCode::TopicRejected,
+        message: "Currency pair not supported FOO/BAR".into(),
+        endpoint: Some("kraken".into()),
+        topic: Some("ticker:FOO/BAR".into()),
+    })
+}
+
 fn state(endpoint: &str, state: ConnState) -> ServerMsg {
     ServerMsg::State(StateEvent::new(endpoint, state))
 }
@@ -274,6 +319,32 @@ fn full_status() -> EndpointStatus {
         "messages_out": 1,
         "bytes_out": 31,
         "subscribers": 2,
+    }))
+}
+
+/// An endpoint with topics: two connections, a topic in every state.
+fn topics_status() -> EndpointStatus {
+    from_json(json!({
+        "name": "kraken",
+        "url": "wss://ws.kraken.com/v2",
+        "state": "open",
+        "since": 1_718_000_000_500_u64,
+        "connects": 2,
+        "messages_in": 5000,
+        "bytes_in": 1_250_000,
+        "messages_out": 0,
+        "bytes_out": 0,
+        "subscribers": 3,
+        "reconnects": 0,
+        "queued": 0,
+        "lagged_drops": 0,
+        "connections": 2,
+        "topics": [
+            {"topic": "ticker:BTC/USD", "subscribers": 2, "state": "active", "connection": 0, "messages": 4211},
+            {"topic": "ticker:ETH/USD", "subscribers": 1, "state": "pending", "connection": 1, "messages": 0},
+            {"topic": "ticker:FOO/BAR", "subscribers": 1, "state": "rejected", "connection": 0, "messages": 0,
+             "reason": "Currency pair not supported FOO/BAR"},
+        ],
     }))
 }
 
@@ -385,6 +456,19 @@ fn golden_vectors() {
     let mut failures = Vec::new();
     for case in &cases {
         let frame = case.encode();
+        // A `message` gives the same bytes through the daemon's fast path.
+        if let Msg::Server(ServerMsg::Message(m)) = &case.msg {
+            let fast = encode_data_message_fields(
+                &m.endpoint,
+                m.seq,
+                m.topic.as_deref(),
+                m.topic_seq,
+                m.data.as_ref(),
+                MAX,
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(&fast[..], &frame[..], "{}: fast path differs", case.name);
+        }
         // The JSON description, encoded independently, must give the same bytes.
         let from_json = frame_from_json_value(&to_json_value(&frame[HEADER_LEN..]));
         assert_eq!(

@@ -102,29 +102,38 @@ fn text_and_binary_data_use_str_and_bin() {
 
 #[test]
 fn data_message_fast_path_matches_the_generic_encoder() {
+    let topics: [(Option<&str>, Option<u64>); 4] = [
+        (None, None),
+        (Some("btcusdt@trade"), Some(12)),
+        (Some("btcusdt@trade"), None),
+        (None, Some(3)),
+    ];
     for data in [
         Payload::Text("{\"px\":1}".into()),
         Payload::Binary(Bytes::from_static(b"\x00\xff")),
     ] {
-        let fast = encode_data_message("feed", 42, None, data.as_ref(), MAX).unwrap();
-        let generic = encode_to_vec(
-            &ServerMsg::Message(DataMessage {
-                topic: None,
-                topic_seq: None,
+        for (topic, topic_seq) in topics {
+            let fast = encode_data_message_fields("feed", 42, topic, topic_seq, data.as_ref(), MAX)
+                .unwrap();
+            let msg = DataMessage {
+                topic: topic.map(str::to_owned),
+                topic_seq,
                 endpoint: "feed".into(),
                 seq: 42,
                 data: data.clone(),
-            }),
-            MAX,
-        )
-        .unwrap();
-        assert_eq!(&fast[..], &generic[..]);
-        match decode_server(body(&fast)).unwrap() {
-            ServerMsg::Message(m) => {
-                assert_eq!(m.seq, 42);
-                assert_eq!(m.data, data);
+            };
+            let generic = encode_to_vec(&ServerMsg::Message(msg.clone()), MAX).unwrap();
+            assert_eq!(&fast[..], &generic[..], "{topic:?} {topic_seq:?}");
+            if let (Some(t), Some(n)) = (topic, topic_seq) {
+                let pair =
+                    encode_data_message("feed", 42, Some((t, n)), data.as_ref(), MAX).unwrap();
+                assert_eq!(&pair[..], &generic[..]);
             }
-            other => panic!("unexpected {other:?}"),
+            if (topic, topic_seq) == (None, None) {
+                let none = encode_data_message("feed", 42, None, data.as_ref(), MAX).unwrap();
+                assert_eq!(&none[..], &generic[..]);
+            }
+            assert_eq!(decode_server(body(&fast)).unwrap(), ServerMsg::Message(msg));
         }
     }
 }
@@ -392,19 +401,39 @@ fn data_fast_path_matches_at_every_size_boundary() {
                 Payload::Binary(Bytes::from(vec![7u8; len])),
             ] {
                 let endpoint = "e".repeat(len.min(300));
-                let fast = encode_data_message(&endpoint, seq, None, data.as_ref(), MAX).unwrap();
-                let generic = encode_to_vec(
-                    &ServerMsg::Message(DataMessage {
-                        topic: None,
-                        topic_seq: None,
-                        endpoint,
+                // A topic of the same length class, its counter at the same boundary.
+                let topic = "t".repeat(len.min(300));
+                for (topic, topic_seq) in [
+                    (None, None),
+                    (Some(topic.as_str()), Some(seq)),
+                    (Some(topic.as_str()), None),
+                ] {
+                    let fast = encode_data_message_fields(
+                        &endpoint,
                         seq,
-                        data,
-                    }),
-                    MAX,
-                )
-                .unwrap();
-                assert_eq!(&fast[..], &generic[..], "len {len}, seq {seq}");
+                        topic,
+                        topic_seq,
+                        data.as_ref(),
+                        MAX,
+                    )
+                    .unwrap();
+                    let generic = encode_to_vec(
+                        &ServerMsg::Message(DataMessage {
+                            topic: topic.map(str::to_owned),
+                            topic_seq,
+                            endpoint: endpoint.clone(),
+                            seq,
+                            data: data.clone(),
+                        }),
+                        MAX,
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        &fast[..],
+                        &generic[..],
+                        "len {len}, seq {seq}, topic_seq {topic_seq:?}"
+                    );
+                }
             }
         }
     }

@@ -55,6 +55,8 @@ mod socket_dir;
 mod tls;
 /// Topics against fake Binance, OKX, Bybit, Kraken and Deribit upstreams.
 mod topics;
+/// Topics through the Rust client and the `wsmux` CLI.
+mod topics_cli;
 /// The upstream path: binary auto-replies, close reasons, limits, fairness, rotation.
 mod upstream_path;
 
