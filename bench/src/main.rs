@@ -31,7 +31,7 @@ use report::{Host, JsonSink};
 use scenarios::Ctx;
 
 /// Benchmarks wsmuxd: fan-out throughput, added latency, the upstream direction, memory at
-/// scale and a large burst, with websocat as the comparison when it is on PATH.
+/// scale, a large burst and topic routing, with websocat as the comparison when it is on PATH.
 #[derive(Debug, Parser)]
 #[command(name = "wsmux-bench", version)]
 pub struct Args {
@@ -128,6 +128,22 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
 
+    /// Routing: topics of the feed (at most 10 000).
+    #[arg(long, default_value_t = 1000)]
+    pub route_topics: usize,
+
+    /// Routing: clients (each holds `--route-topics-per-client` topics on the routed leg).
+    #[arg(long, default_value_t = 100)]
+    pub route_clients: usize,
+
+    /// Routing: topics each client holds on the routed leg.
+    #[arg(long, default_value_t = 10)]
+    pub route_topics_per_client: usize,
+
+    /// Routing: messages per leg (the same messages on both legs).
+    #[arg(long, default_value_t = 200_000)]
+    pub route_messages: u64,
+
     /// Longest one case may run once set up, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -145,6 +161,8 @@ pub enum Scenario {
     Scale,
     /// A large burst to a daemon with default settings.
     Burst,
+    /// Topic routing (1000 topics, 100 clients with 10 each) next to plain fan-out.
+    Route,
     /// All of the above.
     All,
 }
@@ -170,6 +188,14 @@ fn real_main(args: Args) -> Result<bool> {
     if args.subscribers.contains(&0) || args.senders.contains(&0) || args.rate == 0 {
         bail!("--subscribers, --senders and --rate must be greater than zero");
     }
+    let route = scenarios::route::Case {
+        leg: scenarios::route::Leg::Routed,
+        topics: args.route_topics,
+        clients: args.route_clients,
+        per_client: args.route_topics_per_client,
+        messages: args.route_messages,
+    };
+    route.validate().context("--route-* options")?;
     payload::init_clock();
     let fds = harness::stats::raise_fd_limit();
     let wsmuxd = harness::daemon::find_wsmuxd(args.wsmuxd.as_deref())?;

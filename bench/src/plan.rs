@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::scenarios::{fanout, latency, scale, send, System};
+use crate::scenarios::{fanout, latency, route, scale, send, System};
 use crate::{Args, Scenario};
 
 /// What to run, after `--smoke` and the scenario list are taken into account.
@@ -17,6 +17,8 @@ pub struct Plan {
     pub scale: Option<scale::Case>,
     /// Burst cases (fan-out with default queues).
     pub burst: Vec<fanout::Case>,
+    /// Topic-routing legs: plain fan-out first, then routed, with the same messages.
+    pub route: Vec<route::Case>,
 }
 
 /// The cases `args` ask for; the websocat leg only if `websocat` is available.
@@ -34,6 +36,16 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
         send: Vec::new(),
         scale: None,
         burst: Vec::new(),
+        route: Vec::new(),
+    };
+    let route_legs = |topics, clients, per_client, messages| {
+        [route::Leg::Plain, route::Leg::Routed].map(|leg| route::Case {
+            leg,
+            topics,
+            clients,
+            per_client,
+            messages,
+        })
     };
     if args.smoke {
         let raised = |subscribers, size, messages| fanout::Case {
@@ -81,6 +93,9 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
                 queues: fanout::Queues::Default,
                 ..raised(1, 100, 20_000)
             }];
+        }
+        if wants(Scenario::Route) {
+            p.route = route_legs(100, 10, 10, 5_000).to_vec();
         }
         return p;
     }
@@ -141,6 +156,15 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
                 queues,
             });
         }
+    }
+    if wants(Scenario::Route) {
+        p.route = route_legs(
+            args.route_topics,
+            args.route_clients,
+            args.route_topics_per_client,
+            args.route_messages,
+        )
+        .to_vec();
     }
     p
 }

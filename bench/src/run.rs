@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::harness;
 use crate::plan::Plan;
 use crate::report::{self, JsonSink};
-use crate::scenarios::{fanout, latency, scale, send, Ctx, System};
+use crate::scenarios::{fanout, latency, route, scale, send, Ctx, System};
 use crate::tables;
 use crate::targets::Results;
 
@@ -242,6 +242,54 @@ pub async fn run_plan(
             crate::scenarios::fanout::default_queue_bytes() / (1024 * 1024)
         ));
         print!("{}", t.render());
+    }
+
+    for case in &plan.route {
+        let what = format!(
+            "route {} topics={} clients={} per_client={} messages={}",
+            case.leg.name(),
+            case.topics,
+            case.clients,
+            case.per_client,
+            case.messages
+        );
+        eprintln!("{what} ...");
+        match route::run(ctx, *case).await {
+            Ok(o) => {
+                eprintln!(
+                    "  {} msg/s total, {} of {} delivered, {} lost, {} foreign, {:.2} s",
+                    report::rate(o.total_msgs_per_s),
+                    o.delivered,
+                    o.expected,
+                    o.lost,
+                    o.foreign,
+                    o.elapsed_s
+                );
+                check(&mut failures, o.correct(), || {
+                    format!(
+                        "{what}: {} of {} delivered, {} lost, {} foreign, {} out of order, {} not \
+                         of the feed, {} topic field errors, {} topic_seq gaps, {} errors, \
+                         complete: {}",
+                        o.delivered,
+                        o.expected,
+                        o.lost,
+                        o.foreign,
+                        o.disordered,
+                        o.unexpected,
+                        o.topic_field_errors,
+                        o.topic_seq_gaps,
+                        o.errors,
+                        o.complete
+                    )
+                });
+                json.record("route", &o)?;
+                r.route.push(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+    if !r.route.is_empty() {
+        print!("{}", tables::route(&r.route).render());
     }
     Ok((r, failures))
 }

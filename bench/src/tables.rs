@@ -2,7 +2,7 @@
 
 use crate::harness::stats::{us, us_diff};
 use crate::report::{mib, rate, Table};
-use crate::scenarios::{fanout, latency, scale, send};
+use crate::scenarios::{fanout, latency, route, scale, send};
 
 /// Fan-out (and burst) cases.
 pub fn fanout(title: &str, rows: &[fanout::Outcome]) -> Table {
@@ -247,5 +247,107 @@ pub fn scale(o: &scale::Outcome) -> Table {
         format!("peak (VmHWM) with {} clients", o.clients),
         kib(o.peak_rss_with_clients_kib),
     ]);
+    t
+}
+
+/// The topic-routing legs, side by side, with the routed/plain ratios and the routing check.
+pub fn route(rows: &[route::Outcome]) -> Table {
+    let title = match rows.first() {
+        Some(o) => format!(
+            "topic routing: {} topics, {} clients × {} topics (routed) or the whole endpoint \
+             (plain), {}–{} B JSON, same messages",
+            o.topics,
+            o.clients,
+            o.per_client,
+            crate::harness::feed::MIN_SIZE,
+            crate::harness::feed::MAX_SIZE
+        ),
+        None => "topic routing".into(),
+    };
+    let mut t = Table::new(
+        title,
+        vec![
+            "leg",
+            "sent",
+            "queue",
+            "delivered",
+            "lost",
+            "foreign",
+            "lagged",
+            "msg/s total",
+            "sent msg/s",
+            "secs",
+            "CPU s",
+            "CPU %",
+            "CPU ns/msg",
+            "CPU ns/sent",
+            "peak RSS MiB",
+            "bench CPU s",
+        ],
+    );
+    for o in rows {
+        t.rows.push(vec![
+            o.leg.to_owned(),
+            o.messages.to_string(),
+            o.queue_messages.to_string(),
+            o.delivered.to_string(),
+            if o.complete {
+                o.lost.to_string()
+            } else {
+                format!("{} (timeout)", o.lost)
+            },
+            o.foreign.to_string(),
+            o.lagged_reports.to_string(),
+            rate(o.total_msgs_per_s),
+            rate(o.sent_msgs_per_s),
+            format!("{:.2}", o.elapsed_s),
+            format!("{:.2}", o.cpu_s),
+            if o.elapsed_s > 0.0 {
+                format!("{:.0}", 100.0 * o.cpu_s / o.elapsed_s)
+            } else {
+                "-".into()
+            },
+            format!("{:.0}", o.cpu_ns_per_msg),
+            format!("{:.0}", o.cpu_ns_per_sent),
+            mib(o.peak_rss_kib),
+            format!("{:.2}", o.harness_cpu_s),
+        ]);
+    }
+    let plain = rows.iter().find(|o| o.leg == "plain");
+    let routed = rows.iter().find(|o| o.leg == "routed");
+    if let (Some(p), Some(r)) = (plain, routed) {
+        t.notes.push(format!(
+            "routed / plain, same run: CPU per delivered message {} (target ≤ 1.50×), CPU per \
+             sent message {}, delivered msg/s {}",
+            ratio(r.cpu_ns_per_msg, p.cpu_ns_per_msg),
+            ratio(r.cpu_ns_per_sent, p.cpu_ns_per_sent),
+            ratio(r.total_msgs_per_s, p.total_msgs_per_s)
+        ));
+    }
+    for o in rows {
+        let verdict = if o.correct() { "ok" } else { "FAILED" };
+        let mut line = format!(
+            "{} check {verdict}: {} of {} expected deliveries, {} lost, {} foreign, {} out of \
+             order, {} not of the feed, {} errors",
+            o.leg, o.delivered, o.expected, o.lost, o.foreign, o.disordered, o.unexpected, o.errors
+        );
+        if o.leg == "routed" {
+            line.push_str(&format!(
+                ", {} topic/topic_seq field errors, {} topic_seq gaps; upstream asked for {} \
+                 topics ({} distinct) in {} SUBSCRIBE requests",
+                o.topic_field_errors,
+                o.topic_seq_gaps,
+                o.upstream_subscribed_topics,
+                o.upstream_distinct_topics,
+                o.upstream_subscribes
+            ));
+        }
+        t.notes.push(line);
+    }
+    t.notes.push(
+        "CPU ns/msg: daemon CPU per delivered message (one message to one client); CPU ns/sent: \
+         per upstream message; foreign: messages of a topic the client does not hold"
+            .into(),
+    );
     t
 }

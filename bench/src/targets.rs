@@ -18,6 +18,8 @@ pub struct Results {
     pub scale: Option<scale::Outcome>,
     /// Burst cases (fan-out with default queues).
     pub burst: Vec<fanout::Outcome>,
+    /// Topic-routing legs.
+    pub route: Vec<crate::scenarios::route::Outcome>,
 }
 
 /// One goal and its verdict.
@@ -170,6 +172,22 @@ pub fn evaluate(r: &Results) -> Vec<Verdict> {
                     o.size
                 ),
                 o.lost == 0 && o.complete,
+            )
+        }),
+    ));
+    let plain = r.route.iter().find(|o| o.leg == "plain");
+    let routed = r.route.iter().find(|o| o.leg == "routed");
+    v.push(verdict(
+        "topic routing: daemon CPU per delivered message vs plain fan-out, same run",
+        "≤ 1.5× plain",
+        plain.zip(routed).map(|(p, o)| {
+            let q = o.cpu_ns_per_msg / p.cpu_ns_per_msg.max(1e-9);
+            (
+                format!(
+                    "{:.2}× ({:.0} vs {:.0} ns/msg; {} topics, {} clients × {})",
+                    q, o.cpu_ns_per_msg, p.cpu_ns_per_msg, o.topics, o.clients, o.per_client
+                ),
+                q <= 1.5 && o.correct() && p.correct(),
             )
         }),
     ));

@@ -179,9 +179,21 @@ impl Client {
 
     /// Subscribes to `endpoint` and waits until it is `open` (or `deadline`).
     pub async fn subscribe_open(&mut self, endpoint: &str, deadline: Instant) -> Result<()> {
+        self.subscribe_topics(endpoint, None, deadline).await
+    }
+
+    /// Subscribes to `topics` of `endpoint` (the whole endpoint if `None`) and waits until
+    /// the subscription is acknowledged and the endpoint is `open` (or `deadline`). An `error`
+    /// reply fails with its code and message.
+    pub async fn subscribe_topics(
+        &mut self,
+        endpoint: &str,
+        topics: Option<Vec<String>>,
+        deadline: Instant,
+    ) -> Result<()> {
         const ID: u64 = 1;
         self.request(&ClientMsg::Subscribe(Subscribe {
-            topics: None,
+            topics,
             id: Some(ID),
             endpoint: endpoint.to_owned(),
         }))

@@ -61,6 +61,8 @@ pub struct Config {
     pub queue_bytes: Option<usize>,
     /// `max_clients`; `None` keeps the daemon's default (1024).
     pub max_clients: Option<usize>,
+    /// TOML appended after the endpoints as it is (e.g. an `[endpoints.NAME.topics]` table).
+    pub extra: String,
 }
 
 impl Config {
@@ -86,6 +88,10 @@ impl Config {
         }
         for (name, url) in &self.endpoints {
             let _ = write!(t, "\n[endpoints.{name}]\nurl = {url:?}\n");
+        }
+        if !self.extra.is_empty() {
+            t.push('\n');
+            t.push_str(&self.extra);
         }
         t
     }

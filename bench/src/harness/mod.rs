@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod feed;
 pub mod msgpack;
 pub mod payload;
 pub mod stats;

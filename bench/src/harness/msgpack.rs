@@ -1,8 +1,8 @@
 //! A minimal, allocation-free reader for the frame bodies the daemon sends.
 //!
 //! The load generator must never be the bottleneck, so subscribers do not run every frame
-//! through serde: they pick out `type`, `seq`, `data`, `id`, `code`, `state`, `message` and
-//! `dropped` and skip everything else, following the MessagePack formats listed in PROTOCOL.md's
+//! through serde: they pick out `type`, `seq`, `data`, `id`, `code`, `state`, `message`,
+//! `dropped`, `topic` and `topic_seq` and skip everything else, following the MessagePack formats listed in PROTOCOL.md's
 //! appendix. A body this reader cannot make sense of is reported as an error, never guessed.
 
 use anyhow::{bail, Result};
@@ -26,6 +26,10 @@ pub struct Fields<'a> {
     pub dropped: Option<u64>,
     /// `message` of an `error` (human-readable text).
     pub message: Option<&'a str>,
+    /// `topic` of a `message` (or of a `topic_rejected` error).
+    pub topic: Option<&'a str>,
+    /// `topic_seq` of a `message`.
+    pub topic_seq: Option<u64>,
 }
 
 struct Cursor<'a> {
@@ -188,6 +192,8 @@ pub fn fields(body: &[u8]) -> Result<Fields<'_>> {
             "code" => f.code = c.str_or_skip(vb)?,
             "state" => f.state = c.str_or_skip(vb)?,
             "message" => f.message = c.str_or_skip(vb)?,
+            "topic" => f.topic = c.str_or_skip(vb)?,
+            "topic_seq" => f.topic_seq = c.uint_or_skip(vb)?,
             _ => c.skip_after(vb, 0)?,
         }
     }
@@ -217,6 +223,20 @@ mod tests {
             encode_data_message("feed", u64::MAX, None, PayloadRef::Text("hi"), 1 << 20).unwrap();
         let f = fields(&text[HEADER_LEN..]).unwrap();
         assert_eq!((f.seq, f.data), (Some(u64::MAX), Some(&b"hi"[..])));
+        assert_eq!((f.topic, f.topic_seq), (None, None));
+        let routed = encode_data_message(
+            "feed",
+            9,
+            Some(("t0042", 3)),
+            PayloadRef::Text("{}"),
+            1 << 20,
+        )
+        .unwrap();
+        let f = fields(&routed[HEADER_LEN..]).unwrap();
+        assert_eq!(
+            (f.seq, f.topic, f.topic_seq),
+            (Some(9), Some("t0042"), Some(3))
+        );
     }
 
     #[test]

@@ -40,6 +40,25 @@ struct Shared {
     conns: Mutex<Vec<Arc<Conn>>>,
     changed: Condvar,
     stopping: AtomicBool,
+    /// Connections answer Binance-style `SUBSCRIBE`/`UNSUBSCRIBE` requests.
+    answer: bool,
+}
+
+/// Most stream names a connection's [`SubscribeLog`] keeps.
+const MAX_LOGGED_STREAMS: usize = 1 << 20;
+
+/// The Binance-style requests a connection received (an upstream started with
+/// [`Upstream::start_answering`]).
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeLog {
+    /// `SUBSCRIBE` requests.
+    pub requests: u64,
+    /// The streams they named, in order, repeats included (at most 1 M).
+    pub streams: Vec<String>,
+    /// `UNSUBSCRIBE` requests.
+    pub unsubscribes: u64,
+    /// Text messages that were neither.
+    pub other: u64,
 }
 
 /// One accepted WebSocket connection.
@@ -51,6 +70,10 @@ pub struct Conn {
     rx_messages: AtomicU64,
     rx_bytes: AtomicU64,
     last_rx_ns: AtomicU64,
+    /// Answers `SUBSCRIBE`/`UNSUBSCRIBE` and logs them in `subs`.
+    answer: bool,
+    /// What was subscribed, when `answer`.
+    subs: Mutex<SubscribeLog>,
 }
 
 /// What a connection received from its client.
@@ -67,9 +90,23 @@ pub struct Received {
 impl Upstream {
     /// Listens on 127.0.0.1, port chosen by the system.
     pub fn start() -> Result<Upstream> {
+        Upstream::start_with(false)
+    }
+
+    /// Like [`Upstream::start`], but every connection also parses the client's text messages
+    /// as Binance-style requests (`{"method":"SUBSCRIBE","params":[...],"id":N}`), answers
+    /// each `SUBSCRIBE`/`UNSUBSCRIBE` with `{"result":null,"id":N}` and logs it.
+    pub fn start_answering() -> Result<Upstream> {
+        Upstream::start_with(true)
+    }
+
+    fn start_with(answer: bool) -> Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the upstream")?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            answer,
+            ..Shared::default()
+        });
         let s = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
             .name("upstream-accept".into())
@@ -115,6 +152,23 @@ impl Upstream {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+impl Upstream {
+    /// The requests of every connection so far, together (connections in accept order).
+    pub fn subscribed(&self) -> SubscribeLog {
+        let conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = SubscribeLog::default();
+        for c in conns.iter() {
+            let s = c.subscribed();
+            all.requests += s.requests;
+            all.unsubscribes += s.unsubscribes;
+            all.other += s.other;
+            let room = MAX_LOGGED_STREAMS.saturating_sub(all.streams.len());
+            all.streams.extend(s.streams.into_iter().take(room));
+        }
+        all
     }
 }
 
@@ -204,6 +258,8 @@ fn serve(mut stream: TcpStream, shared: Arc<Shared>) -> Result<()> {
         rx_messages: AtomicU64::new(0),
         rx_bytes: AtomicU64::new(0),
         last_rx_ns: AtomicU64::new(0),
+        answer: shared.answer,
+        subs: Mutex::new(SubscribeLog::default()),
     });
     {
         let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,6 +283,19 @@ fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
     } else {
         buf.push(127);
         buf.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// Appends a text frame holding `body`.
+pub fn put_text(buf: &mut Vec<u8>, body: &[u8]) {
+    put_header(buf, 0x1, body.len());
+    buf.extend_from_slice(body);
+}
+
+/// Undoes a client's masking.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
     }
 }
 
@@ -288,6 +357,73 @@ impl Conn {
         self.write(frame)
     }
 
+    /// Sends `count` text messages as fast as the socket takes them; `body(i, buf)` appends
+    /// the payload of message `i` (`0..count`) to `buf`. Blocks; returns when the last byte
+    /// was written.
+    pub fn blast_text(&self, count: u64, mut body: impl FnMut(u64, &mut Vec<u8>)) -> Result<()> {
+        let mut one = Vec::with_capacity(4096);
+        let mut batch = Vec::with_capacity(2 * BATCH);
+        for i in 0..count {
+            one.clear();
+            body(i, &mut one);
+            put_text(&mut batch, &one);
+            if batch.len() >= BATCH {
+                self.write(&batch)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            self.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Writes frames built with [`put_text`] in one go.
+    pub fn write_frames(&self, frames: &[u8]) -> Result<()> {
+        self.write(frames)
+    }
+
+    /// The requests logged so far (empty unless the upstream answers requests).
+    pub fn subscribed(&self) -> SubscribeLog {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Logs and answers one text message of the client, if it is a Binance-style request.
+    fn on_request(&self, text: &[u8]) {
+        let v: Option<serde_json::Value> = serde_json::from_slice(text).ok();
+        let method = v
+            .as_ref()
+            .and_then(|v| v.get("method"))
+            .and_then(|m| m.as_str());
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        match (method, &v) {
+            (Some("SUBSCRIBE"), Some(v)) => {
+                subs.requests += 1;
+                let params = v.get("params").and_then(|p| p.as_array());
+                for s in params.into_iter().flatten().filter_map(|s| s.as_str()) {
+                    if subs.streams.len() < MAX_LOGGED_STREAMS {
+                        subs.streams.push(s.to_owned());
+                    }
+                }
+            }
+            (Some("UNSUBSCRIBE"), Some(_)) => subs.unsubscribes += 1,
+            _ => {
+                subs.other += 1;
+                return;
+            }
+        }
+        drop(subs);
+        let id = v
+            .as_ref()
+            .and_then(|v| v.get("id"))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let answer = serde_json::json!({ "result": null, "id": id }).to_string();
+        let mut frame = Vec::with_capacity(answer.len() + 4);
+        put_text(&mut frame, answer.as_bytes());
+        let _ = self.write(&frame);
+    }
+
     fn read_loop(&self, stream: TcpStream) -> Result<()> {
         let mut r = BufReader::with_capacity(64 * 1024, stream);
         let mut payload = Vec::new();
@@ -324,6 +460,12 @@ impl Conn {
                 0x0..=0x2 => {
                     // Data (or a continuation of it): count the message when it is complete.
                     self.rx_bytes.fetch_add(len, Ordering::Relaxed);
+                    if self.answer && fin && opcode == 0x1 {
+                        if masked {
+                            unmask(&mut payload, mask);
+                        }
+                        self.on_request(&payload);
+                    }
                     if fin {
                         self.last_rx_ns.store(now_ns(), Ordering::Relaxed);
                         self.rx_messages.fetch_add(1, Ordering::Release);
@@ -331,9 +473,7 @@ impl Conn {
                 }
                 0x8 | 0x9 => {
                     if masked {
-                        for (i, b) in payload.iter_mut().enumerate() {
-                            *b ^= mask[i % 4];
-                        }
+                        unmask(&mut payload, mask);
                     }
                     let reply_op = if opcode == 0x9 { 0xA } else { 0x8 };
                     let echo = if opcode == 0x8 {
@@ -484,5 +624,47 @@ mod tests {
         }
         assert_eq!(conns[0].received().messages, 1);
         assert_eq!(conns[0].received().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn answers_and_logs_subscribes() {
+        payload::init_clock();
+        let up = Upstream::start_answering().unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(up.url()).await.unwrap();
+        let conns = up.wait_live(1, Duration::from_secs(5)).unwrap();
+        for text in [
+            r#"{"method":"SUBSCRIBE","params":["t0001","t0002"],"id":7}"#,
+            r#"{"method":"UNSUBSCRIBE","params":["t0001"],"id":8}"#,
+            "not json",
+        ] {
+            ws.send(Message::text(text)).await.unwrap();
+        }
+        for want in [7, 8] {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("no answer");
+            };
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v, serde_json::json!({"result": null, "id": want}));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns[0].received().messages < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let log = up.subscribed();
+        assert_eq!((log.requests, log.unsubscribes, log.other), (1, 1, 1));
+        assert_eq!(log.streams, ["t0001", "t0002"]);
+
+        // Text frames from the blaster arrive whole and in order.
+        let c = Arc::clone(&conns[0]);
+        std::thread::spawn(move || {
+            c.blast_text(3, |i, b| b.extend_from_slice(format!("m{i}").as_bytes()))
+                .unwrap()
+        });
+        for want in ["m0", "m1", "m2"] {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("no message");
+            };
+            assert_eq!(t.as_str(), want);
+        }
     }
 }

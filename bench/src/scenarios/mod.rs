@@ -1,9 +1,11 @@
 //! The scenarios. Each module runs one case at a time and returns typed results (the burst is
-//! a fan-out case with the daemon's default queues); `tables` and `report` turn them into
+//! a fan-out case with the daemon's default queues; the routing case has a plain and a routed
+//! leg); `tables` and `report` turn them into
 //! tables and JSON lines, `targets` compares them with the goals.
 
 pub mod fanout;
 pub mod latency;
+pub mod route;
 pub mod scale;
 pub mod send;
 
