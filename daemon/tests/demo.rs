@@ -111,3 +111,76 @@ async fn demo_mode_streams_ticks_and_echoes() {
     assert!(status.success(), "{status}");
     assert!(!socket.exists());
 }
+
+/// The README's topics line: `wsmux subscribe demo --topic BTC-USD` gets only that symbol's
+/// ticks, with `topic` and `topic_seq`; a symbol the demo upstream does not know comes back as
+/// `topic_rejected`, and the other topic of the same request is not affected.
+#[tokio::test]
+async fn demo_topics_route_one_symbol_and_reject_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("demo.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
+        .arg("--demo")
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        if let Ok(s) = UnixStream::connect(&socket).await {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo daemon did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut buf = BytesMut::new();
+    send(
+        &mut stream,
+        &ClientMsg::Hello(Hello {
+            version: 1,
+            client: None,
+        }),
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut stream, &mut buf).await,
+        ServerMsg::Welcome(_)
+    ));
+    send(
+        &mut stream,
+        &ClientMsg::Subscribe(Subscribe {
+            id: Some(1),
+            endpoint: "demo".into(),
+            topics: Some(vec!["BTC-USD".into(), "NOPE".into()]),
+        }),
+    )
+    .await;
+    let mut topic_seqs = Vec::new();
+    let mut rejected = false;
+    while topic_seqs.len() < 3 || !rejected {
+        match recv(&mut stream, &mut buf).await {
+            ServerMsg::Message(m) => {
+                assert_eq!(m.topic.as_deref(), Some("BTC-USD"), "{m:?}");
+                let Payload::Text(t) = &m.data else {
+                    panic!("text expected")
+                };
+                assert!(t.contains(r#""symbol":"BTC-USD""#), "{t}");
+                topic_seqs.push(m.topic_seq.unwrap());
+            }
+            ServerMsg::Error(e) => {
+                assert_eq!(e.code, wsmux_proto::ErrorCode::TopicRejected, "{e:?}");
+                assert_eq!(e.topic.as_deref(), Some("NOPE"));
+                assert_eq!(e.message, "unknown symbol: NOPE");
+                rejected = true;
+            }
+            _ => {}
+        }
+    }
+    let first = topic_seqs[0];
+    assert_eq!(topic_seqs, vec![first, first + 1, first + 2]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
