@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use wsmux_proto::ConnState;
+use wsmux_proto::{ConnState, TopicState};
 
 use crate::endpoint::Counters;
 use crate::server::ServerContext;
@@ -125,7 +125,12 @@ impl Collector for DaemonCollector {
         }
 
         type GetGauge = fn(&wsmux_proto::EndpointStatus) -> Option<f64>;
-        let gauges: [(&str, &str, GetGauge); 3] = [
+        let gauges: [(&str, &str, GetGauge); 4] = [
+            (
+                "wsmux_endpoint_connections",
+                "Upstream connections open now (more than one when topics are spread over several)",
+                |s| Some(f64::from(s.connections)),
+            ),
             (
                 "wsmux_endpoint_queue_depth",
                 "Client messages waiting for the endpoint to open",
@@ -149,6 +154,29 @@ impl Collector for DaemonCollector {
                     ConstGauge::new(v)
                         .encode(m.encode_family(&[("endpoint", s.name.as_str())])?)?;
                 }
+            }
+        }
+        let mut topics = encoder.encode_descriptor(
+            "wsmux_endpoint_topics",
+            "Topics some local client holds, by the state of their upstream subscription",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in statuses.iter().filter(|s| !s.topics.is_empty()) {
+            for state in [
+                TopicState::Pending,
+                TopicState::Active,
+                TopicState::Rejected,
+            ] {
+                let n = s.topics.iter().filter(|t| t.state == state).count();
+                let name = match state {
+                    TopicState::Pending => "pending",
+                    TopicState::Active => "active",
+                    _ => "rejected",
+                };
+                ConstGauge::new(n as i64).encode(
+                    topics.encode_family(&[("endpoint", s.name.as_str()), ("state", name)])?,
+                )?;
             }
         }
         Ok(())

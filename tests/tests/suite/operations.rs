@@ -195,9 +195,13 @@ async fn prometheus_metrics_over_real_http() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let mut topical = Upstream::start().await;
     let config = format!(
-        "metrics_listen = \"127.0.0.1:{port}\"\n{}",
-        endpoint_toml("feed", &up.url(), "")
+        "metrics_listen = \"127.0.0.1:{port}\"\n{}{}\
+         [endpoints.topical.topics]\nkey = \"/stream\"\n\
+         subscribe = '{{\"op\":\"sub\",\"args\":{{topics}}}}'\n",
+        endpoint_toml("feed", &up.url(), ""),
+        endpoint_toml("topical", &topical.url(), ""),
     );
     let d = Daemon::start(&config);
     let (mut c, _) = Raw::greeted(&d.socket).await;
@@ -206,16 +210,42 @@ async fn prometheus_metrics_over_real_http() {
     }
     up.broadcast(Message::text("counted"));
     assert!(matches!(c.recv().await, Some(ServerMsg::Message(_))));
+    c.send(&ClientMsg::Subscribe(wsmux_proto::Subscribe {
+        id: Some(5),
+        endpoint: "topical".into(),
+        topics: Some(vec!["a".into()]),
+    }))
+    .await;
+    // Without `{id}` in the template a topic is active once its subscribe is written.
+    within(
+        10,
+        "the topic's subscribe upstream",
+        topical.wait_for(|s| matches!(s, Seen::Message(_, Message::Text(t)) if t.as_str() == r#"{"op":"sub","args":["a"]}"#)),
+    )
+    .await;
 
-    let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    http.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    async fn scrape(port: u16) -> String {
+        let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        http.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        response
+    }
+    // The topic turns active just after its subscribe is written: scrape until it shows.
+    let active = r#"wsmux_endpoint_topics{endpoint="topical",state="active"} 1"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = scrape(port).await;
+        if response.contains(active) || std::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for line in [
         r#"wsmux_endpoint_state{endpoint="feed",state="open"} 1"#,
         r#"wsmux_endpoint_state{endpoint="feed",state="backoff"} 0"#,
@@ -223,6 +253,10 @@ async fn prometheus_metrics_over_real_http() {
         r#"wsmux_endpoint_connects_total{endpoint="feed"} 1"#,
         r#"wsmux_endpoint_subscribers{endpoint="feed"} 1"#,
         r#"wsmux_endpoint_queue_depth{endpoint="feed"} 0"#,
+        r#"wsmux_endpoint_connections{endpoint="feed"} 1"#,
+        r#"wsmux_endpoint_connections{endpoint="topical"} 1"#,
+        r#"wsmux_endpoint_topics{endpoint="topical",state="active"} 1"#,
+        r#"wsmux_endpoint_topics{endpoint="topical",state="rejected"} 0"#,
     ] {
         assert!(response.contains(line), "missing `{line}` in:\n{response}");
     }
