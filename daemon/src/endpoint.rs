@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use wsmux_config::Unmatched;
 use wsmux_proto::{
-    encode_data_message, ConnState, EndpointStatus, EndpointSummary, ErrorCode, ErrorMsg, Payload,
-    PayloadRef, ServerMsg, StateEvent,
+    encode_data_message_fields, ConnState, EndpointStatus, EndpointSummary, ErrorCode, ErrorMsg,
+    Payload, PayloadRef, ServerMsg, StateEvent,
 };
 
 use crate::frames;
@@ -199,6 +199,12 @@ struct Shared {
     stopped: bool,
 }
 
+/// Where the `{id}`s of the daemon's own subscribe and unsubscribe messages start (plus a
+/// random offset below it): far above the small ids applications give their own requests, so
+/// an answer to a client's `send` is never taken for an answer to the daemon, and below 2^53,
+/// so JavaScript upstreams read them exactly.
+const TOPIC_ID_BASE: u64 = 1 << 40;
+
 /// Why [`Endpoint::subscribe`] did not subscribe.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubscribeError {
@@ -309,7 +315,7 @@ impl Endpoint {
             send_timeout_ms: AtomicU64::new(settings.send_timeout.as_millis() as u64),
             topic_wakers: Mutex::new(vec![Arc::new(Notify::new())]),
             spawner: std::sync::OnceLock::new(),
-            topic_ids: AtomicU64::new(0),
+            topic_ids: AtomicU64::new(TOPIC_ID_BASE + fastrand::u64(..TOPIC_ID_BASE)),
             extra_commands: Mutex::new(Vec::new()),
         }
     }
@@ -356,8 +362,28 @@ impl Endpoint {
                     None => shared.registry = Some(Registry::new(Arc::new(t.clone()))),
                 }
             }
-            // Without `[topics]` now, topics already held stay routed until their holders
-            // leave; new topic subscriptions are refused.
+            if settings.topics.is_none() {
+                if let Some(registry) = shared.registry.take() {
+                    // Without `[topics]` the daemon no longer subscribes or routes topics: every
+                    // holder hears that its topics are gone, as for a refusal, and new topic
+                    // requests get `topics_unsupported`.
+                    for (topic, holders) in registry.holders() {
+                        let frame = frames::encode(&ServerMsg::Error(ErrorMsg {
+                            id: None,
+                            code: ErrorCode::TopicRejected,
+                            message: "a configuration reload removed the endpoint's topics".into(),
+                            endpoint: Some(self.name.to_string()),
+                            topic: Some(topic.to_string()),
+                        }));
+                        for outbox in holders {
+                            outbox.push_control(frame.clone());
+                        }
+                    }
+                    let whole: Vec<ClientId> = shared.whole.keys().copied().collect();
+                    shared.subscribers.retain(|c, _| whole.contains(c));
+                    shared.unmatched = Unmatched::All;
+                }
+            }
         }
         self.max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
@@ -559,7 +585,8 @@ impl Endpoint {
             .unwrap_or_default()
     }
 
-    /// The next `{id}` of a subscribe or unsubscribe message (1, 2, ...).
+    /// The next `{id}` of a subscribe or unsubscribe message (counting up from a random
+    /// point above [`TOPIC_ID_BASE`]).
     pub fn next_topic_id(&self) -> u64 {
         self.topic_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -639,14 +666,11 @@ impl Endpoint {
         shared.seq += 1;
         let seq = shared.seq;
         let (topic_seq, holders) = match (topic, shared.registry.as_mut()) {
-            (Some(t), Some(r)) => {
-                let (n, holders) = r.route(t);
-                (Some(n), holders)
-            }
+            (Some(t), Some(r)) => r.route(t),
             _ => (None, None),
         };
         let frame =
-            match encode_data_message(&self.name, seq, topic.zip(topic_seq), data, max_frame) {
+            match encode_data_message_fields(&self.name, seq, topic, topic_seq, data, max_frame) {
                 Ok(frame) => frame,
                 Err(e) => {
                     tracing::warn!(

@@ -20,8 +20,24 @@ use crate::endpoint::ClientId;
 use crate::outbox::Outbox;
 
 /// Topics without holders whose counters are kept, so a topic that is unsubscribed and
-/// subscribed again goes on counting (a re-subscriber sees the gap, not a restart).
+/// subscribed again goes on counting (a re-subscriber sees the gap, not a restart). Beyond
+/// this, the longest-retired topic's counter is forgotten.
 const RETIRED_COUNTERS: usize = 65_536;
+
+/// Most upstream connections one endpoint opens for its topics.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// A topic without holders, remembered.
+#[derive(Debug)]
+struct Retired {
+    /// Its counter.
+    seq: u64,
+    /// The connection that carried it (it goes back there when asked for again, so it is
+    /// not carried by two connections while the old one's unsubscribe is still due).
+    connection: usize,
+    /// Which entry of `retired_order` is this one's.
+    generation: u64,
+}
 
 /// One topic that at least one client holds.
 #[derive(Debug)]
@@ -56,10 +72,13 @@ pub struct Registry {
     open: Vec<bool>,
     /// Per connection: topics whose wanted-ness may have changed since it last looked.
     changed: Vec<HashSet<Arc<str>>>,
-    /// Counters of topics that lost their last holder, oldest first in `retired_order`.
-    retired: HashMap<Arc<str>, u64>,
-    /// Eviction order of `retired`.
-    retired_order: VecDeque<Arc<str>>,
+    /// Topics that lost their last holder, oldest first in `retired_order`.
+    retired: HashMap<Arc<str>, Retired>,
+    /// Eviction order of `retired`: entries whose generation no longer matches are stale
+    /// (the topic was held again) and skipped.
+    retired_order: VecDeque<(Arc<str>, u64)>,
+    /// The next generation of `retired_order`.
+    generation: u64,
 }
 
 /// What [`Registry::add`] and [`Registry::remove`] changed that the endpoint must act on.
@@ -91,6 +110,7 @@ impl Registry {
             changed: vec![HashSet::new()],
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
+            generation: 0,
         }
     }
 
@@ -167,6 +187,18 @@ impl Registry {
             ));
         }
         let new_distinct = out.iter().filter(|t| !self.topics.contains_key(*t)).count();
+        let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
+        let free: usize = (0..MAX_CONNECTIONS)
+            .map(|k| room.saturating_sub(self.per_connection.get(k).copied().unwrap_or(0)))
+            .fold(0usize, usize::saturating_add);
+        if new_distinct > free {
+            return Err((
+                ErrorCode::TooManyTopics,
+                format!(
+                    "the endpoint would need more than {MAX_CONNECTIONS} upstream connections of max_per_connection = {room} topics"
+                ),
+            ));
+        }
         if self.topics.len() + new_distinct > self.settings.max_topics {
             return Err((
                 ErrorCode::TooManyTopics,
@@ -195,11 +227,20 @@ impl Registry {
                 .or_default()
                 .insert(Arc::clone(&topic));
             if !self.topics.contains_key(&topic) {
-                let connection = self.assign(&mut touched);
-                let seq = self.retired.remove(&topic).unwrap_or(0);
-                if seq > 0 {
-                    self.retired_order.retain(|t| *t != topic);
-                }
+                let retired = self.retired.remove(&topic);
+                let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
+                let connection = match &retired {
+                    Some(r)
+                        if self
+                            .per_connection
+                            .get(r.connection)
+                            .is_some_and(|n| *n < room) =>
+                    {
+                        r.connection
+                    }
+                    _ => self.assign(&mut touched),
+                };
+                let seq = retired.map_or(0, |r| r.seq);
                 self.per_connection[connection] += 1;
                 self.topics.insert(
                     Arc::clone(&topic),
@@ -270,22 +311,41 @@ impl Registry {
             self.per_connection[connection] -= 1;
             self.changed[connection].insert(Arc::clone(&topic));
             touched.touch(connection);
-            self.retire(topic, seq);
+            self.retire(topic, seq, connection);
         }
         touched
     }
 
-    fn retire(&mut self, topic: Arc<str>, seq: u64) {
-        if seq == 0 {
-            return;
-        }
-        if self.retired.len() >= RETIRED_COUNTERS {
-            if let Some(oldest) = self.retired_order.pop_front() {
+    fn retire(&mut self, topic: Arc<str>, seq: u64, connection: usize) {
+        while self.retired.len() >= RETIRED_COUNTERS {
+            let Some((oldest, generation)) = self.retired_order.pop_front() else {
+                break;
+            };
+            if self
+                .retired
+                .get(&oldest)
+                .is_some_and(|r| r.generation == generation)
+            {
                 self.retired.remove(&oldest);
             }
         }
-        self.retired_order.push_back(Arc::clone(&topic));
-        self.retired.insert(topic, seq);
+        if self.retired_order.len() >= 2 * RETIRED_COUNTERS {
+            // Stale entries of topics held again: drop them all at once (amortised).
+            let retired = &self.retired;
+            self.retired_order
+                .retain(|(t, g)| retired.get(t).is_some_and(|r| r.generation == *g));
+        }
+        self.generation += 1;
+        self.retired_order
+            .push_back((Arc::clone(&topic), self.generation));
+        self.retired.insert(
+            topic,
+            Retired {
+                seq,
+                connection,
+                generation: self.generation,
+            },
+        );
     }
 
     /// Whether the client holds any topic.
@@ -293,21 +353,23 @@ impl Registry {
         self.clients.contains_key(&client)
     }
 
-    /// A message of `topic` arrived: counts it; its `topic_seq` and its holders.
-    pub fn route(&mut self, topic: &str) -> (u64, Option<&HashMap<ClientId, Arc<Outbox>>>) {
+    /// A message of `topic` arrived: counts it if the topic is known (held now, or held
+    /// before and remembered); its `topic_seq` then, and its holders.
+    pub fn route(&mut self, topic: &str) -> (Option<u64>, Option<&HashMap<ClientId, Arc<Outbox>>>) {
         let counted = self.topics.get_mut(topic).map(|e| {
             e.seq += 1;
             e.seq
         });
         if let Some(seq) = counted {
-            return (seq, self.topics.get(topic).map(|e| &e.holders));
+            return (Some(seq), self.topics.get(topic).map(|e| &e.holders));
         }
-        if let Some(seq) = self.retired.get_mut(topic) {
-            *seq += 1;
-            return (*seq, None);
+        match self.retired.get_mut(topic) {
+            Some(r) => {
+                r.seq += 1;
+                (Some(r.seq), None)
+            }
+            None => (None, None),
         }
-        self.retire(Arc::from(topic), 1);
-        (1, None)
     }
 
     /// Forgets a client that was disconnected for not reading (its outbox is closed).
@@ -394,6 +456,11 @@ impl Registry {
     /// Connections that exist (some may be down).
     pub fn connections(&self) -> usize {
         self.per_connection.len()
+    }
+
+    /// Every topic held, with its holders' outboxes.
+    pub fn holders(&self) -> impl Iterator<Item = (&Arc<str>, impl Iterator<Item = &Arc<Outbox>>)> {
+        self.topics.iter().map(|(t, e)| (t, e.holders.values()))
     }
 
     /// The topics for `status`, sorted.
@@ -531,17 +598,41 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_asked_for_again_goes_back_to_its_connection() {
+        let mut r = Registry::new(settings(Some(1)));
+        add(&mut r, 1, &["a", "b"]);
+        assert!(r.wanted(1, "b"));
+        // b leaves; its unsubscribe on connection 1 may still be due when it is asked again.
+        r.remove(1, Some(&strings(&["b"])));
+        add(&mut r, 2, &["b"]);
+        assert!(r.wanted(1, "b") && !r.wanted(0, "b"));
+    }
+
+    #[test]
+    fn connections_are_capped() {
+        let mut s = (*settings(Some(1))).clone();
+        s.max_per_client = 1000;
+        s.max_topics = 1000;
+        let mut r = Registry::new(Arc::new(s));
+        let many: Vec<String> = (0..MAX_CONNECTIONS).map(|i| format!("t{i}")).collect();
+        let checked = r.check(1, &many).expect("fits");
+        r.add(1, &outbox(), checked);
+        assert_eq!(r.connections(), MAX_CONNECTIONS);
+        let err = r.check(2, &strings(&["one-more"])).unwrap_err();
+        assert_eq!(err.0, ErrorCode::TooManyTopics, "{}", err.1);
+    }
+
+    #[test]
     fn counters_go_on_across_a_resubscribe_and_rejection_waits_for_a_new_ask() {
         let mut r = Registry::new(settings(None));
         add(&mut r, 1, &["a"]);
-        assert_eq!(r.route("a").0, 1);
-        // Topics nobody holds are counted too.
-        assert_eq!(r.route("other").0, 1);
-        assert_eq!(r.route("other").0, 2);
+        assert_eq!(r.route("a").0, Some(1));
+        // Topics nobody ever held are not counted.
+        assert_eq!(r.route("other").0, None);
         r.remove(1, None);
-        assert_eq!(r.route("a").0, 2);
+        assert_eq!(r.route("a").0, Some(2));
         add(&mut r, 2, &["a"]);
-        assert_eq!(r.route("a").0, 3);
+        assert_eq!(r.route("a").0, Some(3));
         r.take_changes(0);
         assert_eq!(r.rejected(0, "a", "no such stream").len(), 1);
         assert!(!r.wanted(0, "a"));

@@ -433,7 +433,7 @@ impl Subscriptions {
         let named = named(&self.settings.key, &pending.topics, bytes);
         // An answer about some of the message's topics may be followed by answers about the
         // others; one about all of them is the only one.
-        let narrowed = !named.is_empty();
+        let narrowed = !named.is_empty() && named.len() < pending.topics.len();
         let topics = if narrowed {
             named
         } else {

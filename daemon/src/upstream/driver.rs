@@ -521,6 +521,16 @@ impl Driver {
                 }
             }
             Action::Drop { reason } => self.lost(reason, false, None),
+            Action::Rotate if self.topics.is_some() => {
+                // A replacement would need the whole topic set subscribed, paced, with its
+                // answers told apart from the old connection's stream; that is not done yet,
+                // so an endpoint with topics renews its connection at `max_lifetime` with a
+                // plain reconnect (and resubscribes, as after any reconnect).
+                tracing::info!(endpoint = %self.name(), connection = self.connection, "max_lifetime reached: reconnecting (an endpoint with topics does not rotate make-before-break)");
+                if let Some(action) = self.policy.force(Self::now(), false) {
+                    Box::pin(self.perform(action)).await;
+                }
+            }
             Action::Rotate => {
                 if self.rotation.is_none()
                     && self.link.is_open()
@@ -929,6 +939,15 @@ impl Driver {
             }
             Command::ClientGone(client) => self.outbound.client_gone(client),
             Command::Reconnect { id, reply } => {
+                if self.is_main() {
+                    // The endpoint's other connections are revived and reconnected too.
+                    for tx in self.endpoint.connection_commands() {
+                        let _ = tx.try_send(Envelope::from(Command::Reconnect {
+                            id: None,
+                            reply: Arc::clone(&reply),
+                        }));
+                    }
+                }
                 self.force("reconnect requested").await;
                 if let Some(id) = id {
                     reply.push_control(frames::ack(id));
@@ -961,6 +980,18 @@ impl Driver {
                         t.settings = Arc::new(new.clone());
                     }
                     _ => self.topics = Self::topics_for(&self.endpoint, self.connection, &settings),
+                }
+                if !self.is_main() && self.topics.is_none() {
+                    // No topics any more: this connection has nothing left to carry.
+                    tracing::info!(endpoint = %self.name(), connection = self.connection, "topics removed by a reload: closing this upstream connection");
+                    if let Link::Open(ws) = &mut self.link {
+                        close_gracefully(ws, CloseCode::Normal, "no topics", self.endpoint.name())
+                            .await;
+                    }
+                    self.link = Link::Idle;
+                    self.rotation = None;
+                    self.policy.stop();
+                    return;
                 }
                 *self.settings_slot.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
                 self.settings = Arc::new(settings);
@@ -996,11 +1027,7 @@ impl Driver {
         }
         match event {
             LinkEvent::Connected(Ok(mut ws)) => {
-                let mut replay: Vec<Payload> = self.outbound.replacement_replay();
-                if let Some(t) = self.topics.as_ref() {
-                    let endpoint = Arc::clone(&self.endpoint);
-                    replay.extend(t.subs.replay(&mut || endpoint.next_topic_id()));
-                }
+                let replay: Vec<Payload> = self.outbound.replacement_replay();
                 let limit = self.write_limit(self.settings.connect_timeout);
                 if let Err(reason) = replay_to(&mut ws, replay, limit).await {
                     tracing::warn!(endpoint = %self.name(), %reason, "rotation: replacement failed; keeping the current connection");

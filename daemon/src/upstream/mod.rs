@@ -131,12 +131,11 @@ pub async fn supervise<F, Fut>(
             escape(&what, MAX_PEER_TEXT)
         );
         tracing::error!(endpoint = %endpoint.name(), connection, %reason, restart_in = %crate::policy::humanize(delay), "driver panicked");
+        endpoint.set_connection_open(connection, false);
         if connection == 0 {
             let mut ev = StateEvent::new(endpoint.name(), ConnState::Failed);
             ev.reason = Some(reason);
             endpoint.set_state(ev);
-        } else {
-            endpoint.set_connection_open(connection, false);
         }
         tokio::select! {
             _ = cancel.cancelled(), if connection != 0 => return,

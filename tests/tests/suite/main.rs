@@ -57,6 +57,8 @@ mod tls;
 mod topics;
 /// Topics through the Rust client and the `wsmux` CLI.
 mod topics_cli;
+/// Topics under operations: clients' own answers, max_lifetime, reloads.
+mod topics_ops;
 /// The upstream path: binary auto-replies, close reasons, limits, fairness, rotation.
 mod upstream_path;
 
