@@ -308,7 +308,11 @@ impl Registry {
             let connection = entry.connection;
             let seq = entry.seq;
             self.topics.remove(&topic);
-            self.per_connection[connection] -= 1;
+            // Without an `unsubscribe` template the upstream keeps carrying the topic, so
+            // its place on the connection is taken until that connection reconnects.
+            if self.settings.unsubscribe.is_some() {
+                self.per_connection[connection] -= 1;
+            }
             self.changed[connection].insert(Arc::clone(&topic));
             touched.touch(connection);
             self.retire(topic, seq, connection);
@@ -439,6 +443,13 @@ impl Registry {
         if let Some(o) = self.open.get_mut(k) {
             *o = open;
         }
+        if open {
+            // A new connection carries exactly the topics held on it.
+            let held = self.topics.values().filter(|e| e.connection == k).count();
+            if let Some(n) = self.per_connection.get_mut(k) {
+                *n = held;
+            }
+        }
         if !open {
             for e in self.topics.values_mut() {
                 if e.connection == k && e.state == TopicState::Active {
@@ -500,7 +511,10 @@ mod tests {
                 text: String::new(),
                 parts: Vec::new(),
             },
-            unsubscribe: None,
+            unsubscribe: Some(Template {
+                text: String::new(),
+                parts: Vec::new(),
+            }),
             item: None,
             max_per_message: 50,
             rate: None,
@@ -606,6 +620,21 @@ mod tests {
         r.remove(1, Some(&strings(&["b"])));
         add(&mut r, 2, &["b"]);
         assert!(r.wanted(1, "b") && !r.wanted(0, "b"));
+    }
+
+    #[test]
+    fn without_unsubscribe_a_left_topic_keeps_its_place_until_the_connection_reconnects() {
+        let mut s = (*settings(Some(1))).clone();
+        s.unsubscribe = None;
+        let mut r = Registry::new(Arc::new(s));
+        add(&mut r, 1, &["a"]);
+        r.remove(1, None);
+        // The upstream still sends `a` on connection 0: `b` goes elsewhere.
+        add(&mut r, 2, &["b"]);
+        assert!(r.wanted(1, "b"));
+        r.set_open(0, true);
+        add(&mut r, 3, &["c"]);
+        assert!(r.wanted(0, "c"));
     }
 
     #[test]

@@ -84,6 +84,9 @@ struct Topic {
     subscribed: bool,
     /// Its place in the due order, while `wanted != subscribed` on an open connection.
     due: Option<u64>,
+    /// The `{id}` of its latest subscribe: only an answer to that one can reject it (an
+    /// answer to an older subscribe, arriving late, cannot).
+    sent_id: Option<u64>,
 }
 
 /// A written message waiting for its answer (or answers: Kraken v2 answers a subscribe once
@@ -277,6 +280,7 @@ impl Subscriptions {
             wanted: false,
             subscribed: false,
             due: None,
+            sent_id: None,
         });
         if t.wanted != on {
             t.wanted = on;
@@ -371,6 +375,13 @@ impl Subscriptions {
         let id = template.uses_id().then(&mut *next_id);
         let data = Payload::Text(render(&s.key, template, s.item.as_ref(), &topics, id));
         self.bucket.take(now);
+        if subscribe {
+            for topic in &topics {
+                if let Some(t) = self.topics.get_mut(topic) {
+                    t.sent_id = id;
+                }
+            }
+        }
         Some(Outgoing {
             data,
             subscribe,
@@ -443,6 +454,12 @@ impl Subscriptions {
         match (subscribe, rejection) {
             (true, None) => self.activate(&topics, &mut events),
             (true, Some(reason)) => {
+                let current = |t: &Arc<str>| {
+                    self.topics
+                        .get(t)
+                        .is_some_and(|e| e.sent_id.is_none() || e.sent_id == Some(id))
+                };
+                let topics: Vec<Arc<str>> = topics.into_iter().filter(|t| current(t)).collect();
                 for topic in topics {
                     if let Some(t) = self.topics.get_mut(&topic) {
                         if t.wanted {
@@ -1378,6 +1395,27 @@ mod tests {
         assert_eq!(
             b.answer(&refusal, 3),
             Some(rejected(&["b@trade"], "unknown stream"))
+        );
+    }
+
+    #[test]
+    fn a_late_refusal_of_an_older_subscribe_does_not_reject_the_newer_one() {
+        let mut b = Bench::new(unpaced(binance()));
+        b.subs.connected(b.at(0));
+        b.want(&["a"], true);
+        let (old, _) = b.next(0).unwrap();
+        b.want(&["a"], false);
+        let (unsub, _) = b.next(1).unwrap();
+        assert!(!unsub.subscribe);
+        b.want(&["a"], true);
+        let (new, _) = b.next(2).unwrap();
+        assert!(new.subscribe);
+        let refusal = |id: u64| format!(r#"{{"error":{{"code":2,"msg":"busy"}},"id":{id}}}"#);
+        assert_eq!(b.answer(&refusal(old.id.unwrap()), 3), Some(vec![]));
+        assert!(b.subs.is_wanted("a"));
+        assert_eq!(
+            b.answer(&refusal(new.id.unwrap()), 4),
+            Some(rejected(&["a"], "busy"))
         );
     }
 
