@@ -140,7 +140,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub route_topics_per_client: usize,
 
-    /// Routing: messages per leg (the same messages on both legs).
+    /// Routing: messages per leg (the same messages on every leg).
     #[arg(long, default_value_t = 200_000)]
     pub route_messages: u64,
 

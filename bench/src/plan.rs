@@ -17,7 +17,8 @@ pub struct Plan {
     pub scale: Option<scale::Case>,
     /// Burst cases (fan-out with default queues).
     pub burst: Vec<fanout::Case>,
-    /// Topic-routing legs: plain fan-out first, then routed, with the same messages.
+    /// Topic-routing legs: plain fan-out to every client, plain fan-out to one client, then
+    /// routed, with the same messages.
     pub route: Vec<route::Case>,
 }
 
@@ -39,7 +40,7 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
         route: Vec::new(),
     };
     let route_legs = |topics, clients, per_client, messages| {
-        [route::Leg::Plain, route::Leg::Routed].map(|leg| route::Case {
+        [route::Leg::Plain, route::Leg::PlainOne, route::Leg::Routed].map(|leg| route::Case {
             leg,
             topics,
             clients,

@@ -250,15 +250,24 @@ pub fn scale(o: &scale::Outcome) -> Table {
     t
 }
 
+/// How a routing leg is named in the table: `routed`, `plain K=100`, `plain K=1`.
+fn route_leg(o: &route::Outcome) -> String {
+    match o.leg {
+        "routed" => "routed".into(),
+        _ => format!("plain K={}", o.receivers),
+    }
+}
+
 /// The topic-routing legs, side by side, with the routed/plain ratios and the routing check.
 pub fn route(rows: &[route::Outcome]) -> Table {
     let title = match rows.first() {
         Some(o) => format!(
             "topic routing: {} topics, {} clients × {} topics (routed) or the whole endpoint \
-             (plain), {}–{} B JSON, same messages",
+             (plain K={} and plain K=1), {}–{} B JSON, same messages",
             o.topics,
             o.clients,
             o.per_client,
+            o.clients,
             crate::harness::feed::MIN_SIZE,
             crate::harness::feed::MAX_SIZE
         ),
@@ -287,7 +296,7 @@ pub fn route(rows: &[route::Outcome]) -> Table {
     );
     for o in rows {
         t.rows.push(vec![
-            o.leg.to_owned(),
+            route_leg(o),
             o.messages.to_string(),
             o.queue_messages.to_string(),
             o.delivered.to_string(),
@@ -314,11 +323,23 @@ pub fn route(rows: &[route::Outcome]) -> Table {
         ]);
     }
     let plain = rows.iter().find(|o| o.leg == "plain");
+    let one = rows.iter().find(|o| o.leg == "plain_k1");
     let routed = rows.iter().find(|o| o.leg == "routed");
+    if let (Some(p), Some(r)) = (one, routed) {
+        t.notes.push(format!(
+            "routed / plain K=1 (each message delivered once on both), same run: CPU per \
+             delivered message {} (target ≤ 1.50×), CPU per sent message {}, delivered msg/s {}",
+            ratio(r.cpu_ns_per_msg, p.cpu_ns_per_msg),
+            ratio(r.cpu_ns_per_sent, p.cpu_ns_per_sent),
+            ratio(r.total_msgs_per_s, p.total_msgs_per_s)
+        ));
+    }
     if let (Some(p), Some(r)) = (plain, routed) {
         t.notes.push(format!(
-            "routed / plain, same run: CPU per delivered message {} (target ≤ 1.50×), CPU per \
-             sent message {}, delivered msg/s {}",
+            "routed / plain K={} (context: {} deliveries per message there), same run: CPU per \
+             delivered message {}, CPU per sent message {}, delivered msg/s {}",
+            p.receivers,
+            p.receivers,
             ratio(r.cpu_ns_per_msg, p.cpu_ns_per_msg),
             ratio(r.cpu_ns_per_sent, p.cpu_ns_per_sent),
             ratio(r.total_msgs_per_s, p.total_msgs_per_s)
@@ -329,7 +350,14 @@ pub fn route(rows: &[route::Outcome]) -> Table {
         let mut line = format!(
             "{} check {verdict}: {} of {} expected deliveries, {} lost, {} foreign, {} out of \
              order, {} not of the feed, {} errors",
-            o.leg, o.delivered, o.expected, o.lost, o.foreign, o.disordered, o.unexpected, o.errors
+            route_leg(o),
+            o.delivered,
+            o.expected,
+            o.lost,
+            o.foreign,
+            o.disordered,
+            o.unexpected,
+            o.errors
         );
         if o.leg == "routed" {
             line.push_str(&format!(

@@ -1,7 +1,7 @@
 //! Topic routing: one upstream sends a Binance-like JSON feed (`{"stream":"t0042",...}`, see
 //! [`feed`]) over `topics` topics; `clients` clients each hold `per_client` topics of it.
 //!
-//! Two legs, run back to back with the same messages:
+//! Three legs, run back to back with the same messages:
 //!
 //! - **routed**: the endpoint has a `[topics]` table (`key = "/stream"`, Binance's
 //!   `SUBSCRIBE` template, `rate = "none"`); client `c` subscribes to topics `c`,
@@ -11,6 +11,9 @@
 //!   held topic was subscribed upstream.
 //! - **plain**: the same endpoint without `[topics]` and the same number of clients, each
 //!   subscribed to the whole endpoint: every client gets every message.
+//! - **plain K=1**: the same endpoint without `[topics]` and a single client subscribed to the
+//!   whole endpoint: like the routed leg, every message is delivered exactly once, so the two
+//!   compare CPU per delivered message for the same number of deliveries.
 //!
 //! Setup, warm-up and measurement follow the fan-out scenario: a fresh upstream and daemon
 //! per leg, every client subscribed, warm-up probes (one per topic per round) until every
@@ -61,6 +64,8 @@ const PROBE_ROUND: Duration = Duration::from_millis(200);
 pub enum Leg {
     /// No `[topics]`: every client subscribes to the whole endpoint.
     Plain,
+    /// No `[topics]`: one client subscribes to the whole endpoint.
+    PlainOne,
     /// `[topics]` configured: every client subscribes to its topics.
     Routed,
 }
@@ -70,8 +75,14 @@ impl Leg {
     pub fn name(self) -> &'static str {
         match self {
             Leg::Plain => "plain",
+            Leg::PlainOne => "plain_k1",
             Leg::Routed => "routed",
         }
+    }
+
+    /// The endpoint has a `[topics]` table and clients subscribe to topics.
+    pub fn routed(self) -> bool {
+        self == Leg::Routed
     }
 }
 
@@ -82,7 +93,7 @@ pub struct Case {
     pub leg: Leg,
     /// Topics of the feed.
     pub topics: usize,
-    /// Clients.
+    /// Clients of the routed and plain legs (the plain K=1 leg has one).
     pub clients: usize,
     /// Topics each client holds on the routed leg.
     pub per_client: usize,
@@ -114,11 +125,19 @@ impl Case {
         Ok(())
     }
 
+    /// Clients connected on this leg: `clients`, or 1 on the plain K=1 leg.
+    pub fn receivers(&self) -> usize {
+        match self.leg {
+            Leg::PlainOne => 1,
+            Leg::Plain | Leg::Routed => self.clients,
+        }
+    }
+
     /// The topics client `c` receives: on the routed leg `c`, `c + clients`, ... (`per_client`
-    /// of them), on the plain leg all.
+    /// of them), on the plain legs all.
     pub fn held(&self, c: usize) -> Vec<usize> {
         match self.leg {
-            Leg::Plain => (0..self.topics).collect(),
+            Leg::Plain | Leg::PlainOne => (0..self.topics).collect(),
             Leg::Routed => (0..self.per_client)
                 .map(|j| c + j * self.clients)
                 .filter(|&k| k < self.topics)
@@ -138,7 +157,7 @@ impl Case {
 
     /// Messages the fullest client receives.
     fn most_per_client(&self) -> u64 {
-        (0..self.clients)
+        (0..self.receivers())
             .map(|c| self.expected(&self.held(c)))
             .max()
             .unwrap_or(0)
@@ -154,7 +173,9 @@ impl Case {
     pub fn queue_bytes(&self) -> usize {
         let probes = 16 * self.topics as u64 * (feed::OVERHEAD as u64 + ENVELOPE);
         let run = match self.leg {
-            Leg::Plain => feed::total_bytes(self.messages) + self.messages * ENVELOPE,
+            Leg::Plain | Leg::PlainOne => {
+                feed::total_bytes(self.messages) + self.messages * ENVELOPE
+            }
             Leg::Routed => self.most_per_client() * (feed::MAX_SIZE as u64 + ENVELOPE),
         };
         default_queue_bytes().max((run + probes) as usize)
@@ -233,6 +254,8 @@ pub struct Outcome {
     pub peak_rss_kib: u64,
     /// CPU seconds the benchmark process itself used during the run.
     pub harness_cpu_s: f64,
+    /// Clients connected on this leg (`clients`, or 1 on the plain K=1 leg).
+    pub receivers: usize,
 }
 
 impl Outcome {
@@ -404,23 +427,26 @@ impl TopicTracker {
     }
 }
 
-/// Connects `case.clients` clients, 64 at a time, each subscribed to what it holds.
+/// Connects `case.receivers()` clients, 64 at a time, each subscribed to what it holds.
 async fn clients(
     socket: &std::path::Path,
     case: Case,
     deadline: Instant,
 ) -> Result<Vec<(Client, Vec<usize>)>> {
-    let mut out = Vec::with_capacity(case.clients);
+    let n = case.receivers();
+    let mut out = Vec::with_capacity(n);
     let mut next = 0;
-    while next < case.clients {
-        let batch = (case.clients - next).min(64);
+    while next < n {
+        let batch = (n - next).min(64);
         let mut set = tokio::task::JoinSet::new();
         for c in next..next + batch {
             let socket = socket.to_owned();
             let held = case.held(c);
             set.spawn(async move {
                 let mut client = Client::connect(&socket, deadline).await?;
-                let topics = (case.leg == Leg::Routed)
+                let topics = case
+                    .leg
+                    .routed()
                     .then(|| held.iter().map(|&k| feed::topic_name(k)).collect());
                 client.subscribe_topics(ENDPOINT, topics, deadline).await?;
                 Ok::<_, anyhow::Error>((client, held))
@@ -496,10 +522,11 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
     let config = Config {
         queue_messages: Some(case.queue_messages()),
         queue_bytes: Some(case.queue_bytes()),
-        max_clients: Some(case.clients.max(1024) + 16),
-        extra: match case.leg {
-            Leg::Plain => String::new(),
-            Leg::Routed => TOPICS_TABLE.to_owned(),
+        max_clients: Some(case.receivers().max(1024) + 16),
+        extra: if case.leg.routed() {
+            TOPICS_TABLE.to_owned()
+        } else {
+            String::new()
         },
         ..Config::single(ENDPOINT, &upstream.url())
     };
@@ -507,7 +534,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
     let conns = upstream.wait_live(1, Duration::from_secs(10))?;
     let conn = Arc::clone(&conns[0]);
     let subs = clients(&daemon.socket, case, setup_deadline).await?;
-    let log = if case.leg == Leg::Routed {
+    let log = if case.leg.routed() {
         let want: HashSet<String> = (0..case.clients)
             .flat_map(|c| case.held(c))
             .map(feed::topic_name)
@@ -525,7 +552,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
     for (client, held) in subs {
         let attached = Arc::clone(&attached);
         let go = Arc::clone(&go);
-        let mut t = TopicTracker::new(case.topics, case.messages, &held, case.leg == Leg::Routed);
+        let mut t = TopicTracker::new(case.topics, case.messages, &held, case.leg.routed());
         tasks.spawn(async move {
             let notified = go.notified();
             // The writer half stays alive: dropping it would end the session.
@@ -549,7 +576,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
     {
         let conn = Arc::clone(&conn);
         let attached = Arc::clone(&attached);
-        let (topics, want) = (case.topics, case.clients);
+        let (topics, want) = (case.topics, case.receivers());
         tokio::task::spawn_blocking(move || probe(&conn, topics, &attached, want))
             .await
             .context("probe thread")?
@@ -570,7 +597,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
         })?;
         Ok::<_, anyhow::Error>(now_ns())
     });
-    let mut trackers = Vec::with_capacity(case.clients);
+    let mut trackers = Vec::with_capacity(case.receivers());
     while let Some(r) = tasks.join_next().await {
         trackers.push(r.context("client task")??);
     }
@@ -596,7 +623,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
         per_client: case.per_client,
         messages: case.messages,
         queue_messages: case.queue_messages(),
-        expected: (0..case.clients)
+        expected: (0..case.receivers())
             .map(|c| case.expected(&case.held(c)))
             .sum(),
         delivered,
@@ -625,6 +652,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
         cpu_ns_per_sent: cpu * 1e9 / case.messages.max(1) as f64,
         peak_rss_kib: mem.hwm_kib,
         harness_cpu_s: (own1 - own0).max(0.0),
+        receivers: case.receivers(),
     })
 }
 
@@ -684,6 +712,28 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn the_single_plain_client_gets_every_message_once() {
+        let one = case(Leg::PlainOne);
+        one.validate().unwrap();
+        assert_eq!(one.receivers(), 1);
+        assert_eq!(
+            (case(Leg::Plain).receivers(), case(Leg::Routed).receivers()),
+            (100, 100)
+        );
+        assert_eq!(one.held(0), (0..1000).collect::<Vec<_>>());
+        // The same number of deliveries as the routed leg: each message once.
+        let routed = case(Leg::Routed);
+        let all_routed: u64 = (0..routed.receivers())
+            .map(|c| routed.expected(&routed.held(c)))
+            .sum();
+        assert_eq!(one.expected(&one.held(0)), 200_000);
+        assert_eq!(all_routed, 200_000);
+        assert!(one.queue_messages() >= 200_000);
+        assert!(one.queue_bytes() as u64 >= feed::total_bytes(200_000));
+        assert!(!one.leg.routed() && routed.leg.routed());
     }
 
     #[test]
