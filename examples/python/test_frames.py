@@ -851,3 +851,27 @@ if __name__ == "__main__":
 
                 traceback.print_exc()
     sys.exit(1 if failed else 0)
+
+
+def test_subscribe_and_unsubscribe_with_topics() -> None:
+    def script(d: FakeDaemon) -> None:
+        d.greet()
+        sub = d.expect("subscribe")
+        assert sub == {"type": "subscribe", "id": 1, "endpoint": "feed", "topics": ["a", "b"]}
+        d.write({"type": "ack", "id": 1})
+        unsub = d.expect("unsubscribe")
+        assert unsub == {"type": "unsubscribe", "id": 2, "endpoint": "feed", "topics": ["a"]}
+        d.write({"type": "ack", "id": 2})
+
+    client, thread, errors = _client_with(script)
+    client.hello(timeout=5)
+    try:
+        client.subscribe("feed", timeout=5, topics="a")
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("a plain string is refused")
+    client.subscribe("feed", timeout=5, topics=["a", "b"])
+    client.unsubscribe("feed", timeout=5, topics=("a",))
+    client.close()
+    _finish(thread, errors)

@@ -478,18 +478,36 @@ class WsmuxClient:
 
     # -- requests --------------------------------------------------------------------------
 
-    def subscribe(self, endpoint: str, timeout: float | None = None) -> None:
-        """Subscribes to ``endpoint`` and waits for the ack.
+    def subscribe(
+        self,
+        endpoint: str,
+        timeout: float | None = None,
+        topics: Sequence[str] | None = None,
+    ) -> None:
+        """Subscribes to ``endpoint`` (or, with ``topics``, to those topics of it: only their
+        messages arrive, each with ``topic`` and ``topic_seq``) and waits for the ack.
 
         The daemon then sends a ``state`` event with the endpoint's current state, followed by
-        its messages and state changes; read them with ``events()``.
+        its messages and state changes; read them with ``events()``. A topic the upstream
+        refuses arrives later as an ``error`` event with code ``topic_rejected``.
         """
-        self.request("subscribe", timeout, endpoint=endpoint)
+        if topics is None:
+            self.request("subscribe", timeout, endpoint=endpoint)
+        else:
+            self.request("subscribe", timeout, endpoint=endpoint, topics=_topic_list(topics))
 
-    def unsubscribe(self, endpoint: str, timeout: float | None = None) -> None:
-        """Unsubscribes; nothing about ``endpoint`` arrives after this returns (apart from
-        events already queued in this client)."""
-        self.request("unsubscribe", timeout, endpoint=endpoint)
+    def unsubscribe(
+        self,
+        endpoint: str,
+        timeout: float | None = None,
+        topics: Sequence[str] | None = None,
+    ) -> None:
+        """Unsubscribes (from ``topics`` only, if given); nothing about them arrives after
+        this returns (apart from events already queued in this client)."""
+        if topics is None:
+            self.request("unsubscribe", timeout, endpoint=endpoint)
+        else:
+            self.request("unsubscribe", timeout, endpoint=endpoint, topics=_topic_list(topics))
 
     def send(
         self,
@@ -686,6 +704,13 @@ def _message_json(event: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out["data"] = data
     return out
+
+
+def _topic_list(topics: Sequence[str]) -> list[str]:
+    """``topics`` as the list the protocol wants; a plain string is a mistake, not a list."""
+    if isinstance(topics, (str, bytes)) or not all(isinstance(t, str) for t in topics):
+        raise TypeError("topics must be a list of str")
+    return list(topics)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
