@@ -656,10 +656,12 @@ impl Session {
             },
             ClientMsg::Unsubscribe(m) => match self.ctx.endpoint(&m.endpoint) {
                 Some(ep) => {
-                    if ep.unsubscribe(self.id, m.topics.as_deref()) {
-                        if !ep.is_subscribed(self.id) {
-                            self.subscriptions.remove(&m.endpoint);
-                        }
+                    let held = ep.unsubscribe(self.id, m.topics.as_deref());
+                    if !ep.is_subscribed(self.id) {
+                        // Also when a reload ended its topics before it asked.
+                        self.subscriptions.remove(&m.endpoint);
+                    }
+                    if held {
                         self.ack(m.id);
                     } else {
                         self.fail(
@@ -759,8 +761,9 @@ impl Session {
     /// Subscriptions to endpoints that still exist (a reload may have removed some).
     fn live_subscriptions(&mut self) -> usize {
         let ctx = &self.ctx;
+        let id = self.id;
         self.subscriptions
-            .retain(|name| ctx.endpoint(name).is_some());
+            .retain(|name| ctx.endpoint(name).is_some_and(|ep| ep.is_subscribed(id)));
         self.subscriptions.len()
     }
 

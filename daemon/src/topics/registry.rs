@@ -37,6 +37,10 @@ struct Retired {
     connection: usize,
     /// Which entry of `retired_order` is this one's.
     generation: u64,
+    /// Its place on `connection` is still taken: there is no `unsubscribe` template, so the
+    /// upstream still carries it, and `connection` has not reconnected since (its `opened`
+    /// count then).
+    slot: Option<u64>,
 }
 
 /// One topic that at least one client holds.
@@ -70,6 +74,8 @@ pub struct Registry {
     per_connection: Vec<usize>,
     /// Whether each connection is open.
     open: Vec<bool>,
+    /// How often each connection opened.
+    opened: Vec<u64>,
     /// Per connection: topics whose wanted-ness may have changed since it last looked.
     changed: Vec<HashSet<Arc<str>>>,
     /// Topics that lost their last holder, oldest first in `retired_order`.
@@ -107,6 +113,7 @@ impl Registry {
             clients: HashMap::new(),
             per_connection: vec![0],
             open: vec![false],
+            opened: vec![0],
             changed: vec![HashSet::new()],
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
@@ -229,7 +236,12 @@ impl Registry {
             if !self.topics.contains_key(&topic) {
                 let retired = self.retired.remove(&topic);
                 let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
+                let slot_kept = retired.as_ref().is_some_and(|r| {
+                    r.slot.is_some() && self.opened.get(r.connection).copied() == r.slot
+                });
                 let connection = match &retired {
+                    // Still carried upstream there: back to it, in the place it kept.
+                    Some(r) if slot_kept => r.connection,
                     Some(r)
                         if self
                             .per_connection
@@ -241,7 +253,9 @@ impl Registry {
                     _ => self.assign(&mut touched),
                 };
                 let seq = retired.map_or(0, |r| r.seq);
-                self.per_connection[connection] += 1;
+                if !slot_kept {
+                    self.per_connection[connection] += 1;
+                }
                 self.topics.insert(
                     Arc::clone(&topic),
                     Entry {
@@ -278,6 +292,7 @@ impl Registry {
         let k = self.per_connection.len();
         self.per_connection.push(0);
         self.open.push(false);
+        self.opened.push(0);
         self.changed.push(HashSet::new());
         touched.new_connections.push(k);
         k
@@ -321,6 +336,11 @@ impl Registry {
     }
 
     fn retire(&mut self, topic: Arc<str>, seq: u64, connection: usize) {
+        let slot = self
+            .settings
+            .unsubscribe
+            .is_none()
+            .then(|| self.opened.get(connection).copied().unwrap_or(0));
         while self.retired.len() >= RETIRED_COUNTERS {
             let Some((oldest, generation)) = self.retired_order.pop_front() else {
                 break;
@@ -348,6 +368,7 @@ impl Registry {
                 seq,
                 connection,
                 generation: self.generation,
+                slot,
             },
         );
     }
@@ -444,6 +465,9 @@ impl Registry {
             *o = open;
         }
         if open {
+            if let Some(n) = self.opened.get_mut(k) {
+                *n += 1;
+            }
             // A new connection carries exactly the topics held on it.
             let held = self.topics.values().filter(|e| e.connection == k).count();
             if let Some(n) = self.per_connection.get_mut(k) {
@@ -632,6 +656,14 @@ mod tests {
         // The upstream still sends `a` on connection 0: `b` goes elsewhere.
         add(&mut r, 2, &["b"]);
         assert!(r.wanted(1, "b"));
+        // `a` again: back to connection 0, in the place it kept, not a second one.
+        add(&mut r, 4, &["a"]);
+        assert!(r.wanted(0, "a"));
+        r.remove(4, None);
+        add(&mut r, 4, &["a"]);
+        assert!(r.wanted(0, "a"));
+        assert_eq!(r.connections(), 2);
+        r.remove(4, None);
         r.set_open(0, true);
         add(&mut r, 3, &["c"]);
         assert!(r.wanted(0, "c"));

@@ -454,11 +454,8 @@ impl Subscriptions {
         match (subscribe, rejection) {
             (true, None) => self.activate(&topics, &mut events),
             (true, Some(reason)) => {
-                let current = |t: &Arc<str>| {
-                    self.topics
-                        .get(t)
-                        .is_some_and(|e| e.sent_id.is_none() || e.sent_id == Some(id))
-                };
+                let current =
+                    |t: &Arc<str>| self.topics.get(t).is_some_and(|e| e.sent_id == Some(id));
                 let topics: Vec<Arc<str>> = topics.into_iter().filter(|t| current(t)).collect();
                 for topic in topics {
                     if let Some(t) = self.topics.get_mut(&topic) {
@@ -1417,6 +1414,14 @@ mod tests {
             b.answer(&refusal(new.id.unwrap()), 4),
             Some(rejected(&["a"], "busy"))
         );
+        // Asked for again, its subscribe not written yet: an old refusal still cannot touch it.
+        b.want(&["b"], true);
+        let (first, _) = b.next(5).unwrap();
+        b.want(&["b"], false);
+        b.next(6).unwrap();
+        b.want(&["b"], true);
+        assert_eq!(b.answer(&refusal(first.id.unwrap()), 7), Some(vec![]));
+        assert!(b.subs.is_wanted("b"));
     }
 
     #[test]

@@ -193,6 +193,8 @@ pub struct Driver {
     connection: usize,
     /// The endpoint's topics, when it has `[topics]`.
     topics: Option<Topics>,
+    /// A further connection whose topics a reload removed: it ends.
+    finished: bool,
 }
 
 /// What a driver is made of, besides its command channel.
@@ -251,6 +253,7 @@ impl Driver {
             drain_until: None,
             connection: parts.connection,
             topics,
+            finished: false,
         }
     }
 
@@ -369,6 +372,9 @@ impl Driver {
         let first = self.policy.start();
         self.perform(first).await;
         loop {
+            if self.finished {
+                break;
+            }
             let drain_until = self.drain_until;
             if self.cancel.is_cancelled() && drain_until.is_none() {
                 if self.outbound.backlog() == 0 || self.drain_timeout.is_zero() {
@@ -990,7 +996,7 @@ impl Driver {
                     }
                     self.link = Link::Idle;
                     self.rotation = None;
-                    self.policy.stop();
+                    self.finished = true;
                     return;
                 }
                 *self.settings_slot.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
