@@ -36,11 +36,11 @@ async fn send(stream: &mut UnixStream, msg: &ClientMsg) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn demo_mode_streams_ticks_and_echoes() {
+/// `wsmuxd --demo` on a socket in a temp dir, and a client that said `hello`.
+async fn greeted_demo() -> (tempfile::TempDir, std::process::Child, UnixStream, BytesMut) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("demo.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
         .arg("--demo")
         .arg("--socket")
         .arg(&socket)
@@ -68,6 +68,13 @@ async fn demo_mode_streams_ticks_and_echoes() {
         recv(&mut stream, &mut buf).await,
         ServerMsg::Welcome(_)
     ));
+    (dir, child, stream, buf)
+}
+
+#[tokio::test]
+async fn demo_mode_streams_ticks_and_echoes() {
+    let (dir, mut child, mut stream, mut buf) = greeted_demo().await;
+    let socket = dir.path().join("demo.sock");
     send(
         &mut stream,
         &ClientMsg::Subscribe(Subscribe {
@@ -117,36 +124,7 @@ async fn demo_mode_streams_ticks_and_echoes() {
 /// `topic_rejected`, and the other topic of the same request is not affected.
 #[tokio::test]
 async fn demo_topics_route_one_symbol_and_reject_an_unknown_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("demo.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
-        .arg("--demo")
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        if let Ok(s) = UnixStream::connect(&socket).await {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "demo daemon did not listen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut buf = BytesMut::new();
-    send(
-        &mut stream,
-        &ClientMsg::Hello(Hello {
-            version: 1,
-            client: None,
-        }),
-    )
-    .await;
-    assert!(matches!(
-        recv(&mut stream, &mut buf).await,
-        ServerMsg::Welcome(_)
-    ));
+    let (_dir, mut child, mut stream, mut buf) = greeted_demo().await;
     send(
         &mut stream,
         &ClientMsg::Subscribe(Subscribe {
