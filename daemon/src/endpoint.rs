@@ -189,8 +189,6 @@ struct Shared {
     whole: HashMap<ClientId, Arc<Outbox>>,
     /// Topic reference counts, when the endpoint has `[topics]`.
     registry: Option<Registry>,
-    /// Who gets messages without a topic.
-    unmatched: Unmatched,
     /// Sequence number of the last data message (`seq`), across connections and restarts.
     seq: u64,
     /// The URL with its secrets hidden, as `status` shows it (changes on reload).
@@ -298,10 +296,6 @@ impl Endpoint {
                     .topics
                     .as_ref()
                     .map(|t| Registry::new(Arc::new(t.clone()))),
-                unmatched: settings
-                    .topics
-                    .as_ref()
-                    .map_or(Unmatched::All, |t| t.unmatched),
                 seq: 0,
                 url_redacted: settings.url_redacted.clone(),
                 stopped: false,
@@ -356,7 +350,6 @@ impl Endpoint {
             let mut shared = self.lock();
             shared.url_redacted.clone_from(&settings.url_redacted);
             if let Some(t) = &settings.topics {
-                shared.unmatched = t.unmatched;
                 match shared.registry.as_mut() {
                     Some(r) => r.reconfigure(Arc::new(t.clone())),
                     None => shared.registry = Some(Registry::new(Arc::new(t.clone()))),
@@ -381,7 +374,6 @@ impl Endpoint {
                     }
                     let whole: Vec<ClientId> = shared.whole.keys().copied().collect();
                     shared.subscribers.retain(|c, _| whole.contains(c));
-                    shared.unmatched = Unmatched::All;
                 }
             }
         }
@@ -665,6 +657,11 @@ impl Endpoint {
         let shared = &mut *guard;
         shared.seq += 1;
         let seq = shared.seq;
+        // Messages without a topic go to topic holders too (`unmatched = "all"`).
+        let unmatched_to_all = shared
+            .registry
+            .as_ref()
+            .is_some_and(|r| r.settings().unmatched == Unmatched::All);
         let (topic_seq, holders) = match (topic, shared.registry.as_mut()) {
             (Some(t), Some(r)) => r.route(t),
             _ => (None, None),
@@ -700,8 +697,7 @@ impl Endpoint {
                     push(*client, outbox);
                 }
             }
-        } else if topic.is_none() && shared.unmatched == Unmatched::All && shared.registry.is_some()
-        {
+        } else if topic.is_none() && unmatched_to_all {
             for (client, outbox) in &shared.subscribers {
                 if !shared.whole.contains_key(client) {
                     push(*client, outbox);

@@ -1548,7 +1548,17 @@ mod tests {
         assert_eq!(ex.live(), [1]);
         // A sixth within the same second is not.
         send(&mut ws, &get(6)).await;
-        let close = tokio::time::timeout(Duration::from_secs(5), async {
+        let close = close_frame(&mut ws).await;
+        assert_eq!(u16::from(close.code), 1008);
+        assert_eq!(close.reason.as_str(), BINANCE_CLOSE_REASON);
+        ex.wait_for(5, "the close recorded", |ex| !ex.closes().is_empty())
+            .await;
+        assert!(ex.closes()[0].1.contains("1008"), "{:?}", ex.closes());
+    }
+
+    /// The close frame the fake sends next (within 5 s), skipping other messages.
+    async fn close_frame(ws: &mut Client) -> CloseFrame {
+        tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Close(f))) => return f,
@@ -1559,12 +1569,7 @@ mod tests {
         })
         .await
         .expect("closed in time")
-        .expect("a close frame");
-        assert_eq!(u16::from(close.code), 1008);
-        assert_eq!(close.reason.as_str(), BINANCE_CLOSE_REASON);
-        ex.wait_for(5, "the close recorded", |ex| !ex.closes().is_empty())
-            .await;
-        assert!(ex.closes()[0].1.contains("1008"), "{:?}", ex.closes());
+        .expect("a close frame")
     }
 
     #[tokio::test]
@@ -1597,18 +1602,7 @@ mod tests {
         }
         assert_eq!(ex.subscribed(1).len(), 1024);
         send(&mut ws, &chunk(1024, 1025)).await;
-        let close = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(f))) => return f,
-                    Some(Ok(_)) => {}
-                    other => panic!("no close frame: {other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("closed in time")
-        .expect("a close frame");
+        let close = close_frame(&mut ws).await;
         assert_eq!(u16::from(close.code), 1008);
     }
 

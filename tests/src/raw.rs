@@ -172,3 +172,22 @@ impl Raw {
         }
     }
 }
+
+/// A MessagePack map of short `str` keys (under 32 bytes) and already-encoded values, written
+/// by hand so that bad request bodies do not depend on the crate under test.
+pub fn msgpack_map(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = vec![0x80 | entries.len() as u8];
+    for (k, v) in entries {
+        out.push(0xa0 | k.len() as u8);
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// A short MessagePack `str` (under 32 bytes), written by hand.
+pub fn msgpack_str(v: &str) -> Vec<u8> {
+    let mut out = vec![0xa0 | v.len() as u8];
+    out.extend_from_slice(v.as_bytes());
+    out
+}

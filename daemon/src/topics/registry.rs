@@ -58,6 +58,20 @@ pub struct Entry {
     reason: Option<String>,
 }
 
+/// What the registry knows of one upstream connection.
+#[derive(Debug, Default)]
+struct Connection {
+    /// Places taken on it: its topics, and (without an `unsubscribe` template) topics it
+    /// still carries upstream for nobody.
+    taken: usize,
+    /// It is open.
+    open: bool,
+    /// How often it opened.
+    opened: u64,
+    /// Topics whose wanted-ness on it may have changed since it last looked.
+    changed: HashSet<Arc<str>>,
+}
+
 /// A refused request: the code and the message for the client.
 pub type Refusal = (ErrorCode, String);
 
@@ -70,14 +84,8 @@ pub struct Registry {
     topics: HashMap<Arc<str>, Entry>,
     /// Each client's topics.
     clients: HashMap<ClientId, HashSet<Arc<str>>>,
-    /// Topics assigned to each connection (index = connection).
-    per_connection: Vec<usize>,
-    /// Whether each connection is open.
-    open: Vec<bool>,
-    /// How often each connection opened.
-    opened: Vec<u64>,
-    /// Per connection: topics whose wanted-ness may have changed since it last looked.
-    changed: Vec<HashSet<Arc<str>>>,
+    /// The upstream connections (index = connection).
+    connections: Vec<Connection>,
     /// Topics that lost their last holder, oldest first in `retired_order`.
     retired: HashMap<Arc<str>, Retired>,
     /// Eviction order of `retired`: entries whose generation no longer matches are stale
@@ -111,10 +119,7 @@ impl Registry {
             settings,
             topics: HashMap::new(),
             clients: HashMap::new(),
-            per_connection: vec![0],
-            open: vec![false],
-            opened: vec![0],
-            changed: vec![HashSet::new()],
+            connections: vec![Connection::default()],
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
             generation: 0,
@@ -196,7 +201,7 @@ impl Registry {
         let new_distinct = out.iter().filter(|t| !self.topics.contains_key(*t)).count();
         let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
         let free: usize = (0..MAX_CONNECTIONS)
-            .map(|k| room.saturating_sub(self.per_connection.get(k).copied().unwrap_or(0)))
+            .map(|k| room.saturating_sub(self.connections.get(k).map_or(0, |c| c.taken)))
             .fold(0usize, usize::saturating_add);
         if new_distinct > free {
             return Err((
@@ -237,16 +242,17 @@ impl Registry {
                 let retired = self.retired.remove(&topic);
                 let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
                 let slot_kept = retired.as_ref().is_some_and(|r| {
-                    r.slot.is_some() && self.opened.get(r.connection).copied() == r.slot
+                    r.slot.is_some()
+                        && self.connections.get(r.connection).map(|c| c.opened) == r.slot
                 });
                 let connection = match &retired {
                     // Still carried upstream there: back to it, in the place it kept.
                     Some(r) if slot_kept => r.connection,
                     Some(r)
                         if self
-                            .per_connection
+                            .connections
                             .get(r.connection)
-                            .is_some_and(|n| *n < room) =>
+                            .is_some_and(|c| c.taken < room) =>
                     {
                         r.connection
                     }
@@ -254,7 +260,7 @@ impl Registry {
                 };
                 let seq = retired.map_or(0, |r| r.seq);
                 if !slot_kept {
-                    self.per_connection[connection] += 1;
+                    self.connections[connection].taken += 1;
                 }
                 self.topics.insert(
                     Arc::clone(&topic),
@@ -266,7 +272,9 @@ impl Registry {
                         reason: None,
                     },
                 );
-                self.changed[connection].insert(Arc::clone(&topic));
+                self.connections[connection]
+                    .changed
+                    .insert(Arc::clone(&topic));
                 touched.touch(connection);
             }
             let Some(entry) = self.topics.get_mut(&topic) else {
@@ -275,7 +283,9 @@ impl Registry {
             if entry.state == TopicState::Rejected {
                 entry.state = TopicState::Pending;
                 entry.reason = None;
-                self.changed[entry.connection].insert(Arc::clone(&topic));
+                self.connections[entry.connection]
+                    .changed
+                    .insert(Arc::clone(&topic));
                 touched.touch(entry.connection);
             }
             entry.holders.insert(client, Arc::clone(outbox));
@@ -286,14 +296,11 @@ impl Registry {
     /// The first connection with room, or a new one.
     fn assign(&mut self, touched: &mut Touched) -> usize {
         let room = self.settings.max_per_connection.unwrap_or(usize::MAX);
-        if let Some(k) = self.per_connection.iter().position(|n| *n < room) {
+        if let Some(k) = self.connections.iter().position(|c| c.taken < room) {
             return k;
         }
-        let k = self.per_connection.len();
-        self.per_connection.push(0);
-        self.open.push(false);
-        self.opened.push(0);
-        self.changed.push(HashSet::new());
+        let k = self.connections.len();
+        self.connections.push(Connection::default());
         touched.new_connections.push(k);
         k
     }
@@ -326,9 +333,11 @@ impl Registry {
             // Without an `unsubscribe` template the upstream keeps carrying the topic, so
             // its place on the connection is taken until that connection reconnects.
             if self.settings.unsubscribe.is_some() {
-                self.per_connection[connection] -= 1;
+                self.connections[connection].taken -= 1;
             }
-            self.changed[connection].insert(Arc::clone(&topic));
+            self.connections[connection]
+                .changed
+                .insert(Arc::clone(&topic));
             touched.touch(connection);
             self.retire(topic, seq, connection);
         }
@@ -340,7 +349,7 @@ impl Registry {
             .settings
             .unsubscribe
             .is_none()
-            .then(|| self.opened.get(connection).copied().unwrap_or(0));
+            .then(|| self.connections.get(connection).map_or(0, |c| c.opened));
         while self.retired.len() >= RETIRED_COUNTERS {
             let Some((oldest, generation)) = self.retired_order.pop_front() else {
                 break;
@@ -381,14 +390,14 @@ impl Registry {
     /// A message of `topic` arrived: counts it if the topic is known (held now, or held
     /// before and remembered); its `topic_seq` then, and its holders.
     pub fn route(&mut self, topic: &str) -> (Option<u64>, Option<&HashMap<ClientId, Arc<Outbox>>>) {
-        let counted = self.topics.get_mut(topic).map(|e| {
+        let Registry {
+            topics, retired, ..
+        } = self;
+        if let Some(e) = topics.get_mut(topic) {
             e.seq += 1;
-            e.seq
-        });
-        if let Some(seq) = counted {
-            return (Some(seq), self.topics.get(topic).map(|e| &e.holders));
+            return (Some(e.seq), Some(&e.holders));
         }
-        match self.retired.get_mut(topic) {
+        match retired.get_mut(topic) {
             Some(r) => {
                 r.seq += 1;
                 (Some(r.seq), None)
@@ -411,10 +420,10 @@ impl Registry {
 
     /// The topics whose wanted-ness on connection `k` may have changed, with the answer now.
     pub fn take_changes(&mut self, k: usize) -> Vec<(Arc<str>, bool)> {
-        let Some(set) = self.changed.get_mut(k) else {
+        let Some(c) = self.connections.get_mut(k) else {
             return Vec::new();
         };
-        let topics: Vec<Arc<str>> = set.drain().collect();
+        let topics: Vec<Arc<str>> = c.changed.drain().collect();
         topics
             .into_iter()
             .map(|t| {
@@ -427,8 +436,8 @@ impl Registry {
     /// Every topic connection `k` should be subscribed to (a connection that starts, or
     /// restarts after a panic, begins from this).
     pub fn wanted_on(&mut self, k: usize) -> Vec<Arc<str>> {
-        if let Some(set) = self.changed.get_mut(k) {
-            set.clear();
+        if let Some(c) = self.connections.get_mut(k) {
+            c.changed.clear();
         }
         self.topics
             .iter()
@@ -461,36 +470,34 @@ impl Registry {
 
     /// Connection `k` opened or was lost. Its active topics are `pending` while it is down.
     pub fn set_open(&mut self, k: usize, open: bool) {
-        if let Some(o) = self.open.get_mut(k) {
-            *o = open;
-        }
         if open {
-            if let Some(n) = self.opened.get_mut(k) {
-                *n += 1;
-            }
             // A new connection carries exactly the topics held on it.
             let held = self.topics.values().filter(|e| e.connection == k).count();
-            if let Some(n) = self.per_connection.get_mut(k) {
-                *n = held;
+            if let Some(c) = self.connections.get_mut(k) {
+                c.open = true;
+                c.opened += 1;
+                c.taken = held;
             }
+            return;
         }
-        if !open {
-            for e in self.topics.values_mut() {
-                if e.connection == k && e.state == TopicState::Active {
-                    e.state = TopicState::Pending;
-                }
+        if let Some(c) = self.connections.get_mut(k) {
+            c.open = false;
+        }
+        for e in self.topics.values_mut() {
+            if e.connection == k && e.state == TopicState::Active {
+                e.state = TopicState::Pending;
             }
         }
     }
 
     /// Upstream connections open now.
     pub fn connections_open(&self) -> u32 {
-        self.open.iter().filter(|o| **o).count() as u32
+        self.connections.iter().filter(|c| c.open).count() as u32
     }
 
     /// Connections that exist (some may be down).
     pub fn connections(&self) -> usize {
-        self.per_connection.len()
+        self.connections.len()
     }
 
     /// Every topic held, with its holders' outboxes.

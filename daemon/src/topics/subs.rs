@@ -26,7 +26,7 @@ use wsmux_proto::{Payload, PayloadRef};
 
 use crate::text;
 use crate::topics::key::{find, Value};
-use crate::topics::template::{batches, capacity, group, json_string, render};
+use crate::topics::template::{capacity, group, json_string, render};
 
 /// Most due topics [`Subscriptions::next_message`] looks through to fill one message.
 pub const LOOKAHEAD: usize = 4096;
@@ -525,24 +525,6 @@ impl Subscriptions {
     /// How many topics are wanted.
     pub fn wanted(&self) -> usize {
         self.wanted
-    }
-
-    /// Subscribe messages for the whole wanted set, batched and grouped but not paced (for a
-    /// replacement connection). Changes nothing here.
-    pub fn replay(&self, next_id: &mut dyn FnMut() -> u64) -> Vec<Payload> {
-        let s = &self.settings;
-        let wanted = self
-            .topics
-            .iter()
-            .filter(|(_, t)| t.wanted)
-            .map(|(k, _)| Arc::clone(k));
-        batches(&s.key, &s.subscribe, s.max_per_message, wanted)
-            .into_iter()
-            .map(|topics| {
-                let id = s.subscribe.uses_id().then(&mut *next_id);
-                Payload::Text(render(&s.key, &s.subscribe, s.item.as_ref(), &topics, id))
-            })
-            .collect()
     }
 
     /// Whether `topic` is wanted here.
@@ -1562,23 +1544,6 @@ mod tests {
             };
             assert_eq!(b.answer(answer, 1), Some(want), "{answer}");
         }
-    }
-
-    #[test]
-    fn replay_renders_the_wanted_set_unpaced() {
-        let mut b = Bench::new(binance());
-        b.want(&strs(&names(120)), true);
-        b.want(&["s0000@trade"], false);
-        let mut id = 100;
-        let replay = b.subs.replay(&mut || {
-            id += 1;
-            id
-        });
-        assert_eq!(replay.len(), 3);
-        let v: serde_json::Value = serde_json::from_str(text(&replay[2])).unwrap();
-        assert_eq!(v["params"].as_array().unwrap().len(), 19);
-        assert_eq!(v["id"], 103);
-        assert_eq!(b.subs.due(), 0, "changes nothing");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! `max_per_message` topics, and exactly one when the template uses `{topic}` or
 //! `{topic|raw}`. Text is inserted as a JSON string escaped per RFC 8259, except with `|raw`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use wsmux_config::{Template, TemplatePart, TopicKey};
@@ -28,34 +27,6 @@ pub fn group<'t>(key: &TopicKey, template: &Template, topic: &'t str) -> Vec<&'t
     }
     let fields = key.split(topic).unwrap_or_default();
     names.iter().map(|n| lookup(&fields, n)).collect()
-}
-
-/// `topics`, in order, cut into the topic lists of messages of `template`: per group, in the
-/// order each group first appears, at most [`capacity`] topics each.
-pub fn batches(
-    key: &TopicKey,
-    template: &Template,
-    max_per_message: usize,
-    topics: impl IntoIterator<Item = Arc<str>>,
-) -> Vec<Vec<Arc<str>>> {
-    let cap = capacity(template, max_per_message);
-    let mut out: Vec<Vec<Arc<str>>> = Vec::new();
-    // Per group, the index in `out` of its batch that still has room.
-    let mut open: HashMap<Vec<String>, usize> = HashMap::new();
-    for topic in topics {
-        let g: Vec<String> = group(key, template, &topic)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        match open.get(&g) {
-            Some(&i) if out[i].len() < cap => out[i].push(topic),
-            _ => {
-                open.insert(g, out.len());
-                out.push(vec![topic]);
-            }
-        }
-    }
-    out
 }
 
 /// The message of `template` for `topics` (one group, at most [`capacity`] of them).
@@ -177,6 +148,8 @@ pub fn json_string(out: &mut String, s: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     /// A key and its parsed templates, as the config crate builds them.
@@ -200,6 +173,34 @@ mod tests {
 
     fn arcs(topics: &[&str]) -> Vec<Arc<str>> {
         topics.iter().map(|t| Arc::from(*t)).collect()
+    }
+
+    /// `topics`, in order, cut into the topic lists of messages of `template`: per group, in the
+    /// order each group first appears, at most [`capacity`] topics each.
+    fn batches(
+        key: &TopicKey,
+        template: &Template,
+        max_per_message: usize,
+        topics: impl IntoIterator<Item = Arc<str>>,
+    ) -> Vec<Vec<Arc<str>>> {
+        let cap = capacity(template, max_per_message);
+        let mut out: Vec<Vec<Arc<str>>> = Vec::new();
+        // Per group, the index in `out` of its batch that still has room.
+        let mut open: HashMap<Vec<String>, usize> = HashMap::new();
+        for topic in topics {
+            let g: Vec<String> = group(key, template, &topic)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            match open.get(&g) {
+                Some(&i) if out[i].len() < cap => out[i].push(topic),
+                _ => {
+                    open.insert(g, out.len());
+                    out.push(vec![topic]);
+                }
+            }
+        }
+        out
     }
 
     fn render_all(f: &Format, topics: &[&str], max: usize) -> Vec<String> {
@@ -278,52 +279,6 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(message).unwrap();
             }
         }
-    }
-
-    #[test]
-    fn batches_by_max_per_message_and_group() {
-        let binance = format("/stream", r#"{"params":{topics},"id":{id}}"#, None);
-        let topics: Vec<String> = (0..2_500).map(|i| format!("s{i:04}@trade")).collect();
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let b = batches(&binance.key, &binance.subscribe, 50, arcs(&topics));
-        assert_eq!(b.len(), 50);
-        assert!(b.iter().all(|m| m.len() == 50));
-        let flat: Vec<&str> = b.iter().flatten().map(|t| &**t).collect();
-        assert_eq!(flat, topics, "order is kept");
-
-        // Grouped by the shared scalar field, each group cut by the limit, groups in order
-        // of first appearance.
-        let kraken = format(
-            "{/channel}:{/data/0/symbol}",
-            r#"{"channel":{channel},"symbol":{symbol[]}}"#,
-            None,
-        );
-        let topics = ["a:1", "b:1", "a:2", "a:3", "b:2", "c:1", "a:4"];
-        let b = batches(&kraken.key, &kraken.subscribe, 2, arcs(&topics));
-        let b: Vec<Vec<&str>> = b.iter().map(|m| m.iter().map(|t| &**t).collect()).collect();
-        assert_eq!(
-            b,
-            vec![
-                vec!["a:1", "a:2"],
-                vec!["b:1", "b:2"],
-                vec!["a:3", "a:4"],
-                vec!["c:1"]
-            ]
-        );
-
-        // `{topic}`: one per message, whatever the limit.
-        let one = format("/s", r#"{"sub":{topic}}"#, None);
-        assert_eq!(capacity(&one.subscribe, 50), 1);
-        assert_eq!(
-            render_all(&one, &["x", "y"], 50),
-            vec![r#"{"sub":"x"}"#, r#"{"sub":"y"}"#]
-        );
-        // Without scalar fields, every topic is in one group.
-        assert_eq!(
-            group(&kraken.key, &binance.subscribe, "a:1"),
-            Vec::<&str>::new()
-        );
-        assert_eq!(group(&kraken.key, &kraken.subscribe, "a:1"), vec!["a"]);
     }
 
     #[test]

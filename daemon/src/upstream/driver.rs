@@ -144,8 +144,6 @@ struct Rotation {
 struct Topics {
     /// What this connection is subscribed to upstream, and what it should be.
     subs: Subscriptions,
-    /// Where the message's topic is found.
-    settings: Arc<wsmux_config::TopicSettings>,
     /// Fires when the registry changed this connection's topics.
     waker: Arc<tokio::sync::Notify>,
 }
@@ -266,7 +264,6 @@ impl Driver {
         }
         Some(Topics {
             subs,
-            settings: Arc::new(t.clone()),
             waker: endpoint.topic_waker(k),
         })
     }
@@ -907,10 +904,12 @@ impl Driver {
     }
 
     fn fan_out(&mut self, data: PayloadRef<'_>) {
+        // `self.topics` exists exactly when the settings have `[topics]`.
         let topic = self
+            .settings
             .topics
             .as_ref()
-            .and_then(|t| crate::topics::key::extract(&t.settings.key, data));
+            .and_then(|t| crate::topics::key::extract(&t.key, data));
         self.endpoint
             .deliver(data, topic.as_deref(), self.max_frame);
     }
@@ -981,21 +980,13 @@ impl Driver {
                     }
                 }
                 match (self.topics.as_mut(), settings.topics.as_ref()) {
-                    (Some(t), Some(new)) => {
-                        t.subs.reconfigure(new);
-                        t.settings = Arc::new(new.clone());
-                    }
+                    (Some(t), Some(new)) => t.subs.reconfigure(new),
                     _ => self.topics = Self::topics_for(&self.endpoint, self.connection, &settings),
                 }
                 if !self.is_main() && self.topics.is_none() {
                     // No topics any more: this connection has nothing left to carry.
+                    // The loop ends and `shutdown` closes it.
                     tracing::info!(endpoint = %self.name(), connection = self.connection, "topics removed by a reload: closing this upstream connection");
-                    if let Link::Open(ws) = &mut self.link {
-                        close_gracefully(ws, CloseCode::Normal, "no topics", self.endpoint.name())
-                            .await;
-                    }
-                    self.link = Link::Idle;
-                    self.rotation = None;
                     self.finished = true;
                     return;
                 }
@@ -1137,6 +1128,15 @@ impl Driver {
         }
     }
 
+    /// Closes the upstream (and a rotation's replacement) with a close frame.
+    async fn close_link(&mut self, code: CloseCode, reason: &str) {
+        if let Link::Open(ws) = &mut self.link {
+            close_gracefully(ws, code, reason, self.endpoint.name()).await;
+        }
+        self.link = Link::Idle;
+        self.rotation = None;
+    }
+
     async fn shutdown(&mut self) {
         self.policy.stop();
         let mut ev = StateEvent::new(self.name(), ConnState::Closed);
@@ -1148,17 +1148,14 @@ impl Driver {
         );
         self.publish(ev);
         if !self.is_main() {
+            // A further connection has no sends, queue or subscribers of its own.
             self.commands.close();
-            if let Link::Open(ws) = &mut self.link {
-                close_gracefully(
-                    ws,
-                    CloseCode::Away,
-                    "wsmuxd shutting down",
-                    self.endpoint.name(),
-                )
-                .await;
+            if self.finished {
+                self.close_link(CloseCode::Normal, "no topics").await;
+            } else {
+                self.close_link(CloseCode::Away, "wsmuxd shutting down")
+                    .await;
             }
-            self.link = Link::Idle;
             self.topics_down();
             return;
         }
@@ -1181,17 +1178,8 @@ impl Driver {
         }
         let notices = self.outbound.shutdown();
         self.notify(notices);
-        if let Link::Open(ws) = &mut self.link {
-            close_gracefully(
-                ws,
-                CloseCode::Away,
-                "wsmuxd shutting down",
-                self.endpoint.name(),
-            )
+        self.close_link(CloseCode::Away, "wsmuxd shutting down")
             .await;
-        }
-        self.link = Link::Idle;
-        self.rotation = None;
         self.endpoint.clear_subscribers();
         tracing::info!(endpoint = %self.name(), "closed");
     }

@@ -5,26 +5,9 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 use wsmux_proto::{ClientMsg, ConnState, ErrorCode, Ping, ServerMsg, Subscribe};
-use wsmux_tests::raw::Raw;
+use wsmux_tests::raw::{msgpack_map as map, msgpack_str as s, Raw};
 
 use crate::daemon_with_feed;
-
-/// A tiny MessagePack map writer, so the bad bodies do not depend on the crate under test.
-fn map(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = vec![0x80 | entries.len() as u8];
-    for (k, v) in entries {
-        out.push(0xa0 | k.len() as u8);
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-fn s(v: &str) -> Vec<u8> {
-    let mut out = vec![0xa0 | v.len() as u8];
-    out.extend_from_slice(v.as_bytes());
-    out
-}
 
 async fn expect_error(c: &mut Raw, code: ErrorCode) -> wsmux_proto::ErrorMsg {
     match c.recv().await {

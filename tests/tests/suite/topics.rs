@@ -19,7 +19,7 @@ use wsmux_tests::exchanges::{
     Exchange, Format, Op, Request, BINANCE_MESSAGES_PER_SECOND, BINANCE_UNKNOWN_STREAM,
     PACING_SLACK,
 };
-use wsmux_tests::raw::Raw;
+use wsmux_tests::raw::{msgpack_map as map, msgpack_str as s, Raw};
 use wsmux_tests::upstream::Upstream;
 use wsmux_tests::within;
 
@@ -755,24 +755,6 @@ async fn topics_beyond_max_per_connection_open_more_connections() {
         "{:?}",
         ex.closes()
     );
-}
-
-/// A tiny MessagePack map writer, so the bad bodies do not depend on the crate under test.
-fn map(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = vec![0x80 | entries.len() as u8];
-    for (k, v) in entries {
-        out.push(0xa0 | k.len() as u8);
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-/// A short MessagePack str.
-fn s(v: &str) -> Vec<u8> {
-    let mut out = vec![0xa0 | v.len() as u8];
-    out.extend_from_slice(v.as_bytes());
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
