@@ -904,6 +904,9 @@ impl Endpoint {
             reconnects: c.reconnects.load(Ordering::Relaxed),
             queued: c.queue_depth.load(Ordering::Relaxed),
             lagged_drops: c.lagged_drops.load(Ordering::Relaxed),
+            history_messages: 0,
+            history_bytes: 0,
+            history_first_seq: None,
         }
     }
 

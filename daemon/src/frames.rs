@@ -32,14 +32,14 @@ pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> By
 
 /// An `ack` frame.
 pub fn ack(id: u64) -> Bytes {
-    encode(&ServerMsg::Ack(Ack { id, queued: None }))
+    encode(&ServerMsg::Ack(Ack::new(id)))
 }
 
 /// An `ack` frame for a `send` that was queued rather than written.
 pub fn ack_queued(id: u64) -> Bytes {
     encode(&ServerMsg::Ack(Ack {
-        id,
         queued: Some(true),
+        ..Ack::new(id)
     }))
 }
 

@@ -36,6 +36,20 @@ use wsmux_proto::ErrorCode;
 
 use crate::endpoint::Endpoint;
 use crate::server::{ReloadRequest, ServerContext};
+
+/// This daemon process's epoch (`welcome.epoch`): new each time the daemon starts, so that a
+/// client can tell whether the `seq` it last saw belongs to this run. The start time in
+/// milliseconds and 32 random bits, in hex.
+pub fn epoch() -> &'static str {
+    static EPOCH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        format!("{ms:x}-{:08x}", fastrand::u32(..))
+    })
+}
 use crate::upstream::{Driver, Parts};
 
 /// How many commands may wait for one endpoint's driver before senders wait.

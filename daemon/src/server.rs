@@ -616,6 +616,7 @@ impl Session {
                     .iter()
                     .map(|e| e.summary())
                     .collect(),
+                epoch: Some(crate::epoch().to_owned()),
             }));
             return true;
         }
@@ -721,6 +722,7 @@ impl Session {
                     .iter()
                     .map(|e| e.status())
                     .collect(),
+                epoch: Some(crate::epoch().to_owned()),
             })),
             ClientMsg::Ping(m) => self.reply(ServerMsg::Pong(Pong { id: m.id })),
             ClientMsg::Reconnect(m) => match self.ctx.endpoint(&m.endpoint) {

@@ -81,6 +81,7 @@ async fn demo_mode_streams_ticks_and_echoes() {
             topics: None,
             id: Some(1),
             endpoint: "demo".into(),
+            ..Subscribe::default()
         }),
     )
     .await;
@@ -131,6 +132,7 @@ async fn demo_topics_route_one_symbol_and_reject_an_unknown_one() {
             id: Some(1),
             endpoint: "demo".into(),
             topics: Some(vec!["BTC-USD".into(), "NOPE".into()]),
+            ..Subscribe::default()
         }),
     )
     .await;

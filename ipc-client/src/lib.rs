@@ -570,9 +570,9 @@ impl Client {
     pub async fn subscribe(&self, endpoint: &str) -> Result<(), ClientError> {
         self.expect_ack(|id| {
             ClientMsg::Subscribe(Subscribe {
-                topics: None,
                 id: Some(id),
                 endpoint: endpoint.to_owned(),
+                ..Subscribe::default()
             })
         })
         .await
@@ -617,6 +617,7 @@ impl Client {
                 id: Some(id),
                 endpoint: endpoint.to_owned(),
                 topics: Some(topics),
+                ..Subscribe::default()
             })
         })
         .await

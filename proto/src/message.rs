@@ -68,10 +68,10 @@ pub struct Hello {
     pub client: Option<String>,
 }
 
-/// `subscribe {id?, endpoint, topics?}`.
+/// `subscribe {id?, endpoint, topics?, since?, epoch?}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscribe {
-    /// Request id; the reply carries it.
+    /// Request id; the reply carries it. Required with `since`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// Endpoint name.
@@ -79,6 +79,14 @@ pub struct Subscribe {
     /// Topics to add to this client's set for the endpoint. Absent: the whole endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<String>>,
+    /// Resume: the last `seq` this client processed. The daemon first replays, from its
+    /// history, every message in scope with a greater `seq`, then carries on live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// With `since`: the `epoch` (from `welcome`) that `since` belongs to. Absent: the
+    /// daemon's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// `unsubscribe {id?, endpoint, topics?}`.
@@ -199,7 +207,7 @@ pub struct Ping {
     pub id: Option<u64>,
 }
 
-/// `welcome {version, server, endpoints}`.
+/// `welcome {version, server, endpoints, epoch?}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// Protocol version the daemon speaks.
@@ -208,6 +216,10 @@ pub struct Welcome {
     pub server: String,
     /// Every configured endpoint and its state now.
     pub endpoints: Vec<EndpointSummary>,
+    /// New each time the daemon starts: `seq` values are comparable only within one epoch.
+    /// Absent from daemons older than history and resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// One endpoint in `welcome`.
@@ -315,8 +327,8 @@ impl StateEvent {
     }
 }
 
-/// `ack {id}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `ack {id, queued?, recovered?, first_seq?}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// The id of the request that succeeded.
     pub id: u64,
@@ -324,6 +336,24 @@ pub struct Ack {
     /// written; its fate follows as `sent` or `dropped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<bool>,
+    /// With a `subscribe` that gave `since`: `true` when every message in scope after
+    /// `since` is delivered (replayed, then live) with no gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// With a `subscribe` that gave `since`: the first `seq` this subscription delivers;
+    /// messages in scope from `since + 1` up to `first_seq - 1` are missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<u64>,
+}
+
+impl Ack {
+    /// A plain `ack {id}`.
+    pub fn new(id: u64) -> Self {
+        Ack {
+            id,
+            ..Ack::default()
+        }
+    }
 }
 
 /// `error {id?, code, message}`.
@@ -365,6 +395,9 @@ pub struct StatusReply {
     pub id: Option<u64>,
     /// One entry per configured endpoint.
     pub endpoints: Vec<EndpointStatus>,
+    /// The daemon's epoch, as in `welcome`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The status of one endpoint.
@@ -414,6 +447,15 @@ pub struct EndpointStatus {
     /// Topics of the endpoint (endpoints with `topics` configured), sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<TopicStatus>,
+    /// Messages held in the endpoint's history now.
+    #[serde(default)]
+    pub history_messages: u64,
+    /// Bytes held in the endpoint's history now (encoded frames plus a per-message charge).
+    #[serde(default)]
+    pub history_bytes: u64,
+    /// The oldest `seq` the history holds; absent when it is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_first_seq: Option<u64>,
 }
 
 /// One topic in `status`.
@@ -596,6 +638,19 @@ fn check_topics(scan: &Scan<'_>, id: Option<u64>) -> Result<(), MessageError> {
     Err(MessageError::new(code, why, id))
 }
 
+/// `since` needs an `id` (its answer, `recovered` and `first_seq`, is the `ack`), and
+/// `epoch` means nothing without `since`.
+fn check_resume(m: &Subscribe) -> Result<(), MessageError> {
+    let why = match (&m.since, &m.epoch, m.id) {
+        (Some(_), _, None) => {
+            "`since` needs an `id`: whether the subscription recovered is told in its `ack`"
+        }
+        (None, Some(_), _) => "`epoch` is only meaningful with `since`",
+        _ => return Ok(()),
+    };
+    Err(MessageError::new(ErrorCode::InvalidMessage, why, m.id))
+}
+
 /// Maps an rmp-serde error onto a stable code.
 fn classify(e: rmp_serde::decode::Error, id: Option<u64>) -> MessageError {
     use rmp_serde::decode::Error as E;
@@ -623,7 +678,9 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, MessageError> {
         "hello" => ClientMsg::Hello(body_as(body, id)?),
         "subscribe" => {
             check_topics(&scan, id)?;
-            ClientMsg::Subscribe(body_as(body, id)?)
+            let m: Subscribe = body_as(body, id)?;
+            check_resume(&m)?;
+            ClientMsg::Subscribe(m)
         }
         "unsubscribe" => {
             check_topics(&scan, id)?;

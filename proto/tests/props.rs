@@ -45,7 +45,8 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             Subscribe {
                 topics,
                 id,
-                endpoint
+                endpoint,
+                ..Subscribe::default()
             }
         )),
         (id.clone(), name(), topics()).prop_map(|(id, endpoint, topics)| {
@@ -121,8 +122,12 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                     })
                 }
             ),
-        (any::<u64>(), any::<Option<bool>>())
-            .prop_map(|(id, queued)| ServerMsg::Ack(Ack { id, queued })),
+        (any::<u64>(), any::<Option<bool>>()).prop_map(|(id, queued)| ServerMsg::Ack(Ack {
+            id,
+            queued,
+            recovered: None,
+            first_seq: None,
+        })),
         (
             id.clone(),
             ".{0,32}",

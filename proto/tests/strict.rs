@@ -294,3 +294,44 @@ fn topics_in_other_requests_are_an_unknown_key() {
         ClientMsg::Ping(Ping { id: Some(32) })
     );
 }
+
+#[test]
+fn since_needs_an_id_and_epoch_needs_since() {
+    let ok = map(&[
+        (&s(b"type"), &s(b"subscribe")),
+        (&s(b"id"), &[5]),
+        (&s(b"endpoint"), &s(b"feed")),
+        (&s(b"since"), &[0xcd, 0x04, 0x12]),
+        (&s(b"epoch"), &s(b"e1")),
+    ]);
+    match decode_client(&ok).unwrap() {
+        ClientMsg::Subscribe(m) => {
+            assert_eq!(m.since, Some(1042));
+            assert_eq!(m.epoch.as_deref(), Some("e1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let no_id = map(&[
+        (&s(b"type"), &s(b"subscribe")),
+        (&s(b"endpoint"), &s(b"feed")),
+        (&s(b"since"), &[7]),
+    ]);
+    let e = err(&no_id);
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("`since` needs an `id`"), "{e}");
+    let no_since = map(&[
+        (&s(b"type"), &s(b"subscribe")),
+        (&s(b"id"), &[6]),
+        (&s(b"endpoint"), &s(b"feed")),
+        (&s(b"epoch"), &s(b"e1")),
+    ]);
+    let e = err(&no_since);
+    assert_eq!((e.code, e.id), (ErrorCode::InvalidMessage, Some(6)));
+    let negative = map(&[
+        (&s(b"type"), &s(b"subscribe")),
+        (&s(b"id"), &[6]),
+        (&s(b"endpoint"), &s(b"feed")),
+        (&s(b"since"), &[0xff]),
+    ]);
+    assert_eq!(err(&negative).code, ErrorCode::InvalidMessage);
+}

@@ -98,6 +98,14 @@ fn cases() -> Vec<Case> {
         s("message_topic_binary", message_topic_binary()),
         s("error_topic_rejected", error_topic_rejected()),
         s("status_reply_topics", status_reply(Some(19), vec![topics_status()])),
+        // history and resume (PROTOCOL.md section 19)
+        s("welcome_epoch", server_json(ServerMsg::Welcome, json!({"version": PROTOCOL_VERSION, "server": "wsmuxd/0.1.0", "endpoints": [{"name": "feed", "state": "open"}], "epoch": "193a1f2b4c0-5e2d9a71"}))),
+        c("subscribe_since", client_json(ClientMsg::Subscribe, json!({"id": 20, "endpoint": "feed", "since": 1042, "epoch": "193a1f2b4c0-5e2d9a71"}))),
+        c("subscribe_since_no_epoch", client_json(ClientMsg::Subscribe, json!({"id": 21, "endpoint": "feed", "since": 0}))),
+        c("subscribe_topics_since", client_json(ClientMsg::Subscribe, json!({"id": 22, "endpoint": "binance", "topics": ["btcusdt@trade"], "since": 70000, "epoch": "193a1f2b4c0-5e2d9a71"}))),
+        s("ack_recovered", server_json(ServerMsg::Ack, json!({"id": 20, "recovered": true, "first_seq": 1043}))),
+        s("ack_not_recovered", server_json(ServerMsg::Ack, json!({"id": 22, "recovered": false, "first_seq": 70313}))),
+        s("status_reply_history", server_json(ServerMsg::Status, json!({"id": 23, "endpoints": [history_status()], "epoch": "193a1f2b4c0-5e2d9a71"}))),
     ]
 }
 
@@ -300,7 +308,11 @@ fn error(id: Option<u64>, code: ErrorCode, message: &str) -> ServerMsg {
 }
 
 fn status_reply(id: Option<u64>, endpoints: Vec<EndpointStatus>) -> ServerMsg {
-    ServerMsg::Status(StatusReply { id, endpoints })
+    ServerMsg::Status(StatusReply {
+        id,
+        endpoints,
+        epoch: None,
+    })
 }
 
 /// An `EndpointStatus` with every field PROTOCOL.md documents, optional ones included.
@@ -346,6 +358,29 @@ fn topics_status() -> EndpointStatus {
              "reason": "Currency pair not supported FOO/BAR"},
         ],
     }))
+}
+
+/// An endpoint whose history holds messages 33..=1042.
+fn history_status() -> serde_json::Value {
+    json!({
+        "name": "feed",
+        "url": "wss://stream.example.com/v1",
+        "state": "open",
+        "since": 1_718_000_000_123_u64,
+        "connects": 1,
+        "messages_in": 1042,
+        "bytes_in": 90_112,
+        "messages_out": 0,
+        "bytes_out": 0,
+        "subscribers": 1,
+        "reconnects": 0,
+        "queued": 0,
+        "lagged_drops": 0,
+        "connections": 1,
+        "history_messages": 1010,
+        "history_bytes": 151_500,
+        "history_first_seq": 33,
+    })
 }
 
 /// An `EndpointStatus` with no optional field.

@@ -153,6 +153,7 @@ fn every_client_message_round_trips() {
             topics: None,
             id: Some(1),
             endpoint: "a".into(),
+            ..Subscribe::default()
         }),
         ClientMsg::Unsubscribe(Unsubscribe {
             topics: None,
@@ -194,6 +195,7 @@ fn every_server_message_round_trips() {
                 name: "a".into(),
                 state: ConnState::Backoff,
             }],
+            epoch: None,
         }),
         ServerMsg::State(StateEvent {
             endpoint: "a".into(),
@@ -212,10 +214,14 @@ fn every_server_message_round_trips() {
         ServerMsg::Ack(Ack {
             id: 9,
             queued: None,
+            recovered: None,
+            first_seq: None,
         }),
         ServerMsg::Ack(Ack {
             id: 10,
             queued: Some(true),
+            recovered: None,
+            first_seq: None,
         }),
         ServerMsg::Sent(Sent {
             id: Some(4),
@@ -259,7 +265,11 @@ fn every_server_message_round_trips() {
                 reconnects: 1,
                 queued: 2,
                 lagged_drops: 3,
+                history_messages: 0,
+                history_bytes: 0,
+                history_first_seq: None,
             }],
+            epoch: None,
         }),
         ServerMsg::Pong(Pong { id: Some(2) }),
     ];
@@ -282,7 +292,8 @@ fn unknown_keys_are_ignored_and_nil_optionals_accepted() {
         ClientMsg::Subscribe(Subscribe {
             topics: None,
             id: None,
-            endpoint: "x".into()
+            endpoint: "x".into(),
+            ..Subscribe::default()
         })
     );
 }

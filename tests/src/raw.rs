@@ -136,9 +136,9 @@ impl Raw {
     /// Subscribes (with id 1000) and returns the initial state event, checking the ack.
     pub async fn subscribe(&mut self, endpoint: &str) -> StateEvent {
         self.send(&ClientMsg::Subscribe(Subscribe {
-            topics: None,
             id: Some(1000),
             endpoint: endpoint.into(),
+            ..Subscribe::default()
         }))
         .await;
         match self.recv().await {

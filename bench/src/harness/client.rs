@@ -196,6 +196,7 @@ impl Client {
             topics,
             id: Some(ID),
             endpoint: endpoint.to_owned(),
+            ..Subscribe::default()
         }))
         .await?;
         let mut acked = false;

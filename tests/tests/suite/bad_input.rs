@@ -88,6 +88,7 @@ async fn bad_input_is_answered_and_isolated() {
         topics: None,
         id: Some(3),
         endpoint: "feed".into(),
+        ..Subscribe::default()
     }))
     .await;
     let e = expect_error(&mut c, ErrorCode::HelloRequired).await;

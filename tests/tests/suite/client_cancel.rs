@@ -105,6 +105,7 @@ async fn greet_then_stop_reading(listener: tokio::net::UnixListener) -> tokio::n
         version: PROTOCOL_VERSION,
         server: "stand-in".into(),
         endpoints: Vec::new(),
+        epoch: None,
     });
     let frame = wsmux_client::proto::frame::encode_to_vec(&welcome, 1024 * 1024).unwrap();
     stream.write_all(&frame).await.unwrap();

@@ -146,6 +146,7 @@ async fn subscription_limit_is_enforced() {
         topics: None,
         id: Some(2),
         endpoint: "other".into(),
+        ..Subscribe::default()
     }))
     .await;
     loop {

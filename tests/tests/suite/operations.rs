@@ -214,6 +214,7 @@ async fn prometheus_metrics_over_real_http() {
         id: Some(5),
         endpoint: "topical".into(),
         topics: Some(vec!["a".into()]),
+        ..wsmux_proto::Subscribe::default()
     }))
     .await;
     // Without `{id}` in the template a topic is active once its subscribe is written.

@@ -130,6 +130,7 @@ impl Client {
             id: Some(id),
             endpoint: endpoint.into(),
             topics: Some(topics.to_vec()),
+            ..Subscribe::default()
         });
         match self.call(msg).await {
             ServerMsg::Ack(_) => Ok(()),

@@ -58,6 +58,7 @@ impl StandIn {
                 name: "feed".into(),
                 state: ConnState::Open,
             }],
+            epoch: None,
         }))
         .await;
         s
@@ -87,7 +88,13 @@ impl StandIn {
 
     async fn ack(&mut self, id: Option<u64>) {
         let id = id.expect("the client gives every request an id");
-        self.write(&ServerMsg::Ack(Ack { id, queued: None })).await;
+        self.write(&ServerMsg::Ack(Ack {
+            id,
+            queued: None,
+            recovered: None,
+            first_seq: None,
+        }))
+        .await;
     }
 
     async fn state_open(&mut self) {
@@ -223,6 +230,7 @@ async fn the_rust_client_sends_topics_and_reads_topic_fields() {
                 id,
                 endpoint,
                 topics: t,
+                ..
             }) => {
                 assert_eq!((endpoint.as_str(), t), ("feed", topics(&["a", "b"])));
                 d.ack(id).await;
@@ -421,6 +429,9 @@ fn topics_status() -> EndpointStatus {
                 Some("unknown stream"),
             ),
         ],
+        history_messages: 0,
+        history_bytes: 0,
+        history_first_seq: None,
     }
 }
 
@@ -435,6 +446,7 @@ async fn cli_status_shows_connections_and_one_line_per_topic() {
                     d.write(&ServerMsg::Status(StatusReply {
                         id: r.id,
                         endpoints: vec![topics_status()],
+                        epoch: None,
                     }))
                     .await
                 }

@@ -24,6 +24,7 @@ fn subscribe(id: u64, topics: &[&str]) -> ClientMsg {
         id: Some(id),
         endpoint: "feed".into(),
         topics: Some(topics.iter().map(|t| (*t).to_owned()).collect()),
+        ..Subscribe::default()
     })
 }
 
