@@ -222,7 +222,7 @@ impl Layers {
             other => (None, other.to_string()),
         };
         let reason = if reason.ends_with("expected a duration") {
-            format!(r#"{reason} such as "15s", "500ms" or "1m 30s""#)
+            duration_reason(&reason)
         } else {
             reason
         };
@@ -385,4 +385,21 @@ fn misspelt_root_key(first: &str, root_keys: &[&str]) -> Option<String> {
             prefix = env::PREFIX,
         )
     })
+}
+
+/// The reason of a duration that did not parse. The `config` crate hands every scalar over as a
+/// string, so `interval = 15` reads `invalid value: string "15"`: a bare number is told to
+/// take a unit instead.
+fn duration_reason(reason: &str) -> String {
+    let bare = reason
+        .strip_prefix("invalid value: string \"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(value, _)| value)
+        .filter(|value| value.parse::<f64>().is_ok());
+    match bare {
+        Some(n) => format!(
+            r#"{n} has no unit: a duration needs one, such as "{n}s" or "{n}ms" (units: ms, s, m, h, d)"#
+        ),
+        None => format!(r#"{reason} such as "15s", "500ms" or "1m 30s""#),
+    }
 }

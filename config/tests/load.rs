@@ -602,7 +602,12 @@ fn validation_errors_name_origin_and_key() {
         (
             with_feed("[endpoints.feed.heartbeat]\ninterval = 15"),
             "endpoints.feed.heartbeat.interval",
-            "expected a duration",
+            r#"15 has no unit: a duration needs one, such as "15s" or "15ms""#,
+        ),
+        (
+            with_feed("[endpoints.feed.heartbeat]\ninterval = 2.5"),
+            "endpoints.feed.heartbeat.interval",
+            r#"2.5 has no unit"#,
         ),
         (
             with_feed("[endpoints.feed.reconnect]\nmax_attempts = 5000000000"),

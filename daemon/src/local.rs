@@ -14,7 +14,11 @@ use interprocess::local_socket::ListenerOptions;
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// Another daemon answers on the path.
-    #[error("another wsmuxd is already listening on {0}; stop it first or choose another socket")]
+    #[error(
+        "another wsmuxd is already listening on {0}; stop it first, or choose another socket \
+         with --socket PATH, the WSMUX_SOCKET variable or `socket = \"PATH\"` in the \
+         configuration (clients then need the same path: `wsmux --socket PATH` or WSMUX_SOCKET)"
+    )]
     AlreadyRunning(PathBuf),
     /// The path exists and is not a socket: never delete it.
     #[error("{0} exists and is not a socket; refusing to replace it")]

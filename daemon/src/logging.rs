@@ -47,6 +47,13 @@ fn allowed(target: &str, level: &tracing::Level) -> bool {
     !capped || *level <= tracing::Level::INFO
 }
 
+/// Colours only for a person at a terminal: never into journald, a pipe or a file, and never
+/// when `NO_COLOR` is set (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `settings.level`.
 ///
 /// Keep the returned guard alive until the process exits: dropping it flushes the file
@@ -72,6 +79,7 @@ pub fn init(settings: &LogSettings) -> Result<Option<WorkerGuard>, LogError> {
             .boxed()
     } else {
         fmt::layer()
+            .with_ansi(colour_on_stderr())
             .with_writer(std::io::stderr)
             .with_filter(filter()?)
             .boxed()

@@ -603,7 +603,11 @@ impl Session {
             self.greeted = true;
             tracing::debug!(
                 client = self.id,
-                name = ?hello.client.as_deref().map(|n| escape(n, MAX_PEER_TEXT)),
+                name = hello
+                    .client
+                    .as_deref()
+                    .map(|n| escape(n, MAX_PEER_TEXT))
+                    .as_deref(),
                 "hello"
             );
             self.client_name = hello.client;

@@ -63,14 +63,14 @@ const OUTGOING_BYTES: usize = 2 * DEFAULT_MAX_FRAME;
 /// Something a client operation could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The daemon's socket could not be reached.
-    #[error("cannot connect to wsmuxd at {path}: {source} (is the daemon running?)")]
+    /// The daemon's socket could not be reached. The OS error is part of the message (and is
+    /// not repeated as a `source`, so that error chains print it once).
+    #[error("cannot connect to wsmuxd at {path}: {reason} (is the daemon running?)")]
     Connect {
         /// The socket path tried.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Reading or writing the socket failed.
     #[error("connection to wsmuxd failed: {0}")]
@@ -405,9 +405,9 @@ impl Client {
     }
 
     async fn handshake(path: &Path, options: &ConnectOptions) -> Result<Client, ClientError> {
-        let connect_err = |source| ClientError::Connect {
+        let connect_err = |reason| ClientError::Connect {
             path: path.to_owned(),
-            source,
+            reason,
         };
         let trusted = TrustedUids {
             own: peer::own_uid(),

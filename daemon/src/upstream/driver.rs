@@ -279,7 +279,7 @@ impl Driver {
         if self.is_main() {
             self.endpoint.set_state(ev);
         } else {
-            tracing::debug!(endpoint = %self.name(), connection = self.connection, state = %ev.state, reason = ?ev.reason, "topic connection state");
+            tracing::debug!(endpoint = %self.name(), connection = self.connection, state = %ev.state, reason = ev.reason.as_deref(), "topic connection state");
         }
     }
 
@@ -335,7 +335,7 @@ impl Driver {
         let Some(out) = t.subs.next_message(now, &mut || endpoint.next_topic_id()) else {
             return false;
         };
-        tracing::debug!(endpoint = %self.name(), connection = self.connection, subscribe = out.subscribe, topics = out.topics.len(), id = ?out.id, "topics message");
+        tracing::debug!(endpoint = %self.name(), connection = self.connection, subscribe = out.subscribe, topics = out.topics.len(), id = out.id, "topics message");
         match self.write_direct(to_message(&out.data)).await {
             Ok(()) => {
                 let events = match self.topics.as_mut() {
@@ -596,7 +596,7 @@ impl Driver {
         }
         self.opened_before = true;
         self.down_since = None;
-        tracing::info!(endpoint = %self.name(), connection = self.connection, reconnect = ?ev.reconnect, downtime_ms = ?ev.downtime_ms, "open");
+        tracing::info!(endpoint = %self.name(), connection = self.connection, reconnect = ev.reconnect, downtime_ms = ev.downtime_ms, "open");
         self.publish(ev);
         let notices = self.outbound.opened(now);
         self.notify(notices);

@@ -93,7 +93,13 @@ fn no_daemon_exits_with_code_3() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the daemon running"), "{stderr}");
+    assert_eq!(
+        stderr.matches("os error").count(),
+        1,
+        "the OS error is told once: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,3 +271,28 @@ async fn prometheus_metrics_over_real_http() {
     http.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_is_not_a_terminal_has_no_colours_and_plain_field_values() {
+    let (_up, d) = crate::daemon_with_feed("").await;
+    // The daemon's stderr is a file here, as under journald or a service manager.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.log().contains(" open") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `open` line:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = d.log();
+    assert!(
+        !log.contains('\x1b'),
+        "colour escapes in a log file:\n{log:?}"
+    );
+    assert!(log.contains("reconnect=false"), "{log}");
+    assert!(
+        !log.contains("Some(") && !log.contains("=None"),
+        "Rust Option syntax in the log:\n{log}"
+    );
+}

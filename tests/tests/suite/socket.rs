@@ -42,6 +42,10 @@ async fn a_second_daemon_on_the_same_socket_is_refused_and_the_first_keeps_servi
     assert!(!status.success());
     assert!(out.contains("already listening"), "{out}");
     assert!(
+        out.contains("--socket PATH") && out.contains("WSMUX_SOCKET"),
+        "says how to choose another socket: {out}"
+    );
+    assert!(
         d.socket.exists(),
         "the live daemon's socket was not touched"
     );
