@@ -46,7 +46,21 @@ const UNSUBSCRIBE: &str = r#"{"op":"unsubscribe","args":{topics},"id":{id}}"#;
 
 /// Starts the demo service on an ephemeral port of 127.0.0.1; it stops when `cancel` fires.
 pub async fn start(cancel: CancellationToken) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    start_on(SocketAddr::from(([127, 0, 0, 1], 0)), cancel).await
+}
+
+/// Starts the demo service on `addr` (`wsmuxd --demo-upstream`), which must be a loopback
+/// address; it stops when `cancel` fires. Returns the address it listens on.
+pub async fn start_on(addr: SocketAddr, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the demo upstream listens on loopback only (such as 127.0.0.1:9001), not {addr}"
+            ),
+        ));
+    }
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -22,6 +22,11 @@ struct Args {
     #[arg(long, conflicts_with = "config")]
     demo: bool,
 
+    /// Run only the demo upstream, on this loopback address (e.g. 127.0.0.1:9001), for a
+    /// daemon started with a configuration that points at it (examples/demo.toml).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "demo", "check"])]
+    demo_upstream: Option<std::net::SocketAddr>,
+
     /// Local socket path (overrides the configuration and WSMUX_SOCKET).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -64,6 +69,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
 
+    if let Some(addr) = args.demo_upstream {
+        return runtime.block_on(demo_upstream(addr));
+    }
     let demo_cancel = CancellationToken::new();
     let mut config_path: Option<PathBuf> = None;
     let (mut settings, origin) = if args.demo {
@@ -152,6 +160,23 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     demo_cancel.cancel();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
+    Ok(())
+}
+
+/// `--demo-upstream ADDR`: the demo service alone, until SIGINT or SIGTERM.
+async fn demo_upstream(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let signals = install_signals()?;
+    let cancel = CancellationToken::new();
+    let addr = wsmuxd::demo::start_on(addr, cancel.clone())
+        .await
+        .with_context(|| format!("cannot start the demo upstream on {addr}"))?;
+    // Printed on stdout for scripts that asked for port 0.
+    println!("demo upstream listening on ws://{addr}/ticker");
+    eprintln!(
+        "wsmuxd: the demo upstream is running; start a daemon that points at it, e.g. \
+         `wsmuxd --config examples/demo.toml`; Ctrl-C stops it"
+    );
+    wait_for_signal(signals.shutdown, cancel.clone()).await;
     Ok(())
 }
 

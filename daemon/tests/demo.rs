@@ -38,10 +38,18 @@ async fn send(stream: &mut UnixStream, msg: &ClientMsg) {
 
 /// `wsmuxd --demo` on a socket in a temp dir, and a client that said `hello`.
 async fn greeted_demo() -> (tempfile::TempDir, std::process::Child, UnixStream, BytesMut) {
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_wsmuxd"));
+    daemon.arg("--demo");
+    greeted(daemon).await
+}
+
+/// The daemon `command` starts, on a socket in a temp dir, and a client that said `hello`.
+async fn greeted(
+    mut command: Command,
+) -> (tempfile::TempDir, std::process::Child, UnixStream, BytesMut) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("demo.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
-        .arg("--demo")
+    let child = command
         .arg("--socket")
         .arg(&socket)
         .stderr(Stdio::null())
@@ -163,4 +171,66 @@ async fn demo_topics_route_one_symbol_and_reject_an_unknown_one() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The offline Quick start: `wsmuxd --demo-upstream ADDR` runs the demo upstream alone, and a
+/// daemon started with the shipped `examples/demo.toml` (its URL pointed at that port) serves
+/// the demo endpoint with its topics.
+#[tokio::test]
+async fn the_shipped_demo_config_runs_against_a_separate_demo_upstream() {
+    use std::io::BufRead;
+    let mut upstream = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
+        .args(["--demo-upstream", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(upstream.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("demo upstream listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo.toml");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_wsmuxd"));
+    daemon
+        .args(["--config", config])
+        .env("WSMUX_ENDPOINTS__DEMO__URL", &url);
+    let (_dir, mut child, mut stream, mut buf) = greeted(daemon).await;
+    send(
+        &mut stream,
+        &ClientMsg::Subscribe(Subscribe {
+            id: Some(1),
+            endpoint: "demo".into(),
+            topics: Some(vec!["ETH-USD".into()]),
+            ..Subscribe::default()
+        }),
+    )
+    .await;
+    loop {
+        if let ServerMsg::Message(m) = recv(&mut stream, &mut buf).await {
+            assert_eq!(m.topic.as_deref(), Some("ETH-USD"), "{m:?}");
+            break;
+        }
+    }
+    for pid in [child.id(), upstream.id()] {
+        // SAFETY: kill(2) on our own children.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(upstream.wait().unwrap().success());
+}
+
+#[test]
+fn the_demo_upstream_refuses_an_address_that_is_not_loopback() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsmuxd"))
+        .args(["--demo-upstream", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("loopback only"), "{stderr}");
 }
