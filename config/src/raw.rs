@@ -126,6 +126,9 @@ pub(crate) struct RawEndpoint {
     /// `drop` or `disconnect`.
     #[serde(default, deserialize_with = "strict")]
     pub slow_client: Option<String>,
+    /// Whether `/readyz` waits for this endpoint to be open.
+    #[serde(default, deserialize_with = "strict")]
+    pub required: Option<bool>,
     /// Connection rotation period.
     #[serde(default, with = "humantime_serde")]
     pub max_lifetime: Option<Duration>,

@@ -105,6 +105,9 @@ pub struct EndpointSettings {
     pub auto_reply: Vec<AutoReplyRule>,
     /// What to do with a local client that does not read fast enough.
     pub slow_client: SlowClientPolicy,
+    /// `/readyz` on the metrics listener answers 200 only while this endpoint is open
+    /// (and every other required one). Default `false`.
+    pub required: bool,
     /// Rotate the connection (make-before-break) once it has been open this long; `None`
     /// never rotates.
     pub max_lifetime: Option<Duration>,
@@ -416,6 +419,7 @@ impl EndpointSettings {
             queue: QueueSettings::default(),
             auto_reply: Vec::new(),
             slow_client: SlowClientPolicy::Drop,
+            required: false,
             max_lifetime: None,
             fatal_statuses: vec![401, 403],
             fatal_close_codes: Vec::new(),

@@ -265,6 +265,7 @@ impl Validator<'_> {
             queue,
             auto_reply,
             slow_client,
+            required,
             max_lifetime,
             fatal_statuses,
             fatal_close_codes,
@@ -319,6 +320,7 @@ impl Validator<'_> {
                 SLOW_CLIENT_POLICIES,
                 defaults.slow_client,
             )?,
+            required: required.unwrap_or(defaults.required),
             max_lifetime: self.optional_positive(&key.key("max_lifetime"), max_lifetime)?,
             fatal_statuses: self.codes(
                 &key.key("fatal_statuses"),

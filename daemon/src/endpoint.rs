@@ -182,6 +182,9 @@ struct Shared {
     last_error: Option<String>,
     /// Last heartbeat round trip, in microseconds.
     rtt_us: Option<u64>,
+    /// The most recent state changes, oldest first, at most [`RECENT_CHANGES`], for the
+    /// status page.
+    changes: std::collections::VecDeque<(SystemTime, StateEvent)>,
     /// Subscribed clients and their outboxes: every client that holds the whole endpoint or
     /// a topic of it (all of them get state events).
     subscribers: HashMap<ClientId, Arc<Outbox>>,
@@ -196,6 +199,9 @@ struct Shared {
     /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
     stopped: bool,
 }
+
+/// State changes kept per endpoint for the status page.
+const RECENT_CHANGES: usize = 20;
 
 /// Where the `{id}`s of the daemon's own subscribe and unsubscribe messages start (plus a
 /// random offset below it): far above the small ids applications give their own requests, so
@@ -267,6 +273,8 @@ pub struct Endpoint {
     spawner: std::sync::OnceLock<Spawner>,
     /// The `{id}` counter of subscribe and unsubscribe messages.
     topic_ids: AtomicU64,
+    /// `/readyz` waits for this endpoint to be open (`required`).
+    required: AtomicBool,
     /// Command channels of the additional connections' drivers (index 1 is connection 1).
     extra_commands: Mutex<Vec<mpsc::Sender<Envelope>>>,
 }
@@ -286,6 +294,7 @@ impl Endpoint {
                 settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
             ),
             shared: Mutex::new(Shared {
+                changes: std::collections::VecDeque::from([(SystemTime::now(), first.clone())]),
                 last_event: first,
                 since: SystemTime::now(),
                 last_error: None,
@@ -311,6 +320,7 @@ impl Endpoint {
             spawner: std::sync::OnceLock::new(),
             topic_ids: AtomicU64::new(TOPIC_ID_BASE + fastrand::u64(..TOPIC_ID_BASE)),
             extra_commands: Mutex::new(Vec::new()),
+            required: AtomicBool::new(settings.required),
         }
     }
 
@@ -379,6 +389,7 @@ impl Endpoint {
         }
         self.max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
+        self.required.store(settings.required, Ordering::Relaxed);
         self.disconnect_slow.store(
             settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
             Ordering::Relaxed,
@@ -627,10 +638,32 @@ impl Endpoint {
         }
         shared.last_event = event;
         shared.since = SystemTime::now();
+        // The driver's first `connecting` repeats the one the endpoint starts in.
+        let repeated = shared
+            .changes
+            .back()
+            .is_some_and(|(_, last)| *last == shared.last_event);
+        if !repeated {
+            if shared.changes.len() == RECENT_CHANGES {
+                shared.changes.pop_front();
+            }
+            let change = (shared.since, shared.last_event.clone());
+            shared.changes.push_back(change);
+        }
         let frame = frames::encode(&ServerMsg::State(shared.last_event.clone()));
         for outbox in shared.subscribers.values() {
             outbox.push_control(frame.clone());
         }
+    }
+
+    /// The most recent state changes, oldest first, with when they happened.
+    pub fn recent_changes(&self) -> Vec<(SystemTime, StateEvent)> {
+        self.lock().changes.iter().cloned().collect()
+    }
+
+    /// Whether `/readyz` waits for this endpoint (`required = true`).
+    pub fn is_required(&self) -> bool {
+        self.required.load(Ordering::Relaxed)
     }
 
     /// Records the round trip of an answered heartbeat.

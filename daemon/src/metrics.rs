@@ -1,4 +1,5 @@
-//! Prometheus metrics on a loopback address (`metrics_listen`).
+//! Prometheus metrics, health probes and a status page on a loopback address
+//! (`metrics_listen`): `/metrics`, `/healthz`, `/readyz`, `/status.json` and `/`.
 //!
 //! Nothing is counted twice: at every scrape a collector reads the same counters that
 //! `status` reports and encodes them with `prometheus-client`. The HTTP side is deliberately
@@ -230,25 +231,173 @@ async fn answer(mut stream: TcpStream, ctx: &Arc<ServerContext>) -> std::io::Res
         }
         head.extend_from_slice(&buf[..n]);
     }
+    let response = respond(&head, ctx);
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// The whole HTTP response to a request whose head (request line and headers) is `head`.
+fn respond(head: &[u8], ctx: &Arc<ServerContext>) -> Vec<u8> {
     let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = request_line.split(|&b| b == b' ');
-    let (method, path) = (parts.next(), parts.next());
-    let (status, content_type, body) = match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => match render(ctx) {
-            Ok(body) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body),
-            Err(_) => (
-                "500 Internal Server Error",
-                "text/plain",
-                "encoding failed\n".into(),
+    let (method, target) = (parts.next(), parts.next());
+    // The query string does not choose the page (`/readyz?verbose` is `/readyz`).
+    let path = target.map(|t| t.split(|&b| b == b'?').next().unwrap_or_default());
+    let plain = "text/plain; charset=utf-8";
+    let (status, content_type, body) = if !loopback_host(head) {
+        // A page on another site that rebinds its name to 127.0.0.1 must not read the status.
+        (
+            "421 Misdirected Request",
+            plain,
+            "this listener answers to loopback names only (127.0.0.1, [::1], localhost)\n"
+                .to_owned(),
+        )
+    } else {
+        match (method, path) {
+            (Some(b"GET"), Some(b"/metrics")) => match render(ctx) {
+                Ok(body) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    plain,
+                    "encoding failed\n".into(),
+                ),
+            },
+            (Some(b"GET"), Some(b"/healthz")) => ("200 OK", plain, "ok\n".into()),
+            (Some(b"GET"), Some(b"/readyz")) => {
+                let waiting = not_ready(ctx);
+                if waiting.is_empty() {
+                    ("200 OK", plain, "ready\n".into())
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        plain,
+                        format!("not ready: {}\n", waiting.join("; ")),
+                    )
+                }
+            }
+            (Some(b"GET"), Some(b"/status.json")) => {
+                ("200 OK", "application/json", status_json(ctx).to_string())
+            }
+            (Some(b"GET"), Some(b"/")) => {
+                ("200 OK", "text/html; charset=utf-8", STATUS_PAGE.to_owned())
+            }
+            (Some(b"GET"), _) => (
+                "404 Not Found",
+                plain,
+                "try /metrics, /healthz, /readyz, /status.json or /\n".into(),
             ),
-        },
-        (Some(b"GET"), _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+            _ => ("405 Method Not Allowed", plain, "GET only\n".into()),
+        }
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nx-content-type-options: nosniff\r\n\
+         content-security-policy: default-src 'none'; script-src 'unsafe-inline'; \
+         style-src 'unsafe-inline'; connect-src 'self'\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    )
+    .into_bytes()
+}
+
+/// The status page: no build step, no external assets; it polls `/status.json`.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+/// Whether the request's `Host` (if it has one) is a loopback name: an IP literal on loopback
+/// or `localhost`, with or without a port.
+fn loopback_host(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head);
+    let Some(host) = text.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("host")
+            .then(|| value.trim().to_owned())
+    }) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why `/readyz` is not 200: every `required` endpoint that is not open, with its state and
+/// last error. Empty when ready.
+fn not_ready(ctx: &Arc<ServerContext>) -> Vec<String> {
+    ctx.all_endpoints()
+        .iter()
+        .filter(|e| e.is_required())
+        .map(|e| e.status())
+        .filter(|s| s.state != ConnState::Open)
+        .map(|s| {
+            let mut why = format!("endpoint `{}` is {}", s.name, s.state);
+            if let Some(error) = &s.last_error {
+                why.push_str(&format!(" ({})", crate::text::escape(error, 200)));
+            }
+            why
+        })
+        .collect()
+}
+
+/// `/status.json`: what `status` answers (each endpoint as in the protocol's `status` reply),
+/// the readiness, and each endpoint's recent state changes.
+fn status_json(ctx: &Arc<ServerContext>) -> serde_json::Value {
+    let endpoints = ctx.all_endpoints();
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let changes: Vec<serde_json::Value> = endpoints
+        .iter()
+        .flat_map(|e| e.recent_changes())
+        .map(|(at, ev)| {
+            serde_json::json!({
+                "endpoint": ev.endpoint,
+                "state": ev.state.as_str(),
+                "at": ms(at),
+                "attempt": ev.attempt,
+                "reason": ev.reason,
+            })
+        })
+        .collect();
+    let not_ready = not_ready(ctx);
+    serde_json::json!({
+        "server": ctx.server_name,
+        "epoch": crate::epoch(),
+        "clients": ctx.clients.load(Ordering::Relaxed),
+        "ready": not_ready.is_empty(),
+        "not_ready": not_ready,
+        "endpoints": endpoints.iter().map(|e| e.status()).collect::<Vec<_>>(),
+        "required": endpoints.iter().filter(|e| e.is_required()).map(|e| e.name().to_owned()).collect::<Vec<_>>(),
+        "changes": changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_host_names_are_answered() {
+        for ok in [
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:9464\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: localhost\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [::1]:9464\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: 127.8.9.10\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+        ] {
+            assert!(loopback_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: evil.example:9464\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: localhost.evil.example\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n",
+        ] {
+            assert!(!loopback_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
 }

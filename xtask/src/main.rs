@@ -5,7 +5,7 @@
 //!   and client, the Node client and, when `.ci/platforms.sh` exists, the platform builds.
 //! - `cargo xtask install`: only the installation part.
 //!
-//! What it installs: Debian packages (`nats-server`, `mosquitto`, Node.js and npm) with
+//! What it installs: Debian packages (`nats-server`, `mosquitto`, Node.js, npm and Chromium) with
 //! apt-get when running as root, or else it says which command to run; the Python packages
 //! `msgpack` and `pytest` and the client in `clients/python` with pip; the npm packages of
 //! `clients/node` and `tests/node` with `npm ci`.
@@ -25,6 +25,7 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("mosquitto", "mosquitto"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    ("chromium", "chromium"),
 ];
 
 /// Python modules the suites import, with the pip and Debian package names.

@@ -41,6 +41,8 @@ mod liveness;
 mod open_files;
 /// Configuration reload, rotation and shutdown drain.
 mod operations;
+/// Health probes and the status page on the metrics listener.
+mod probes;
 /// The Python example client from `examples/python`.
 mod python;
 /// Secrets stay out of `--check`, logs and `status`.
