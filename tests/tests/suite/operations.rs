@@ -266,10 +266,13 @@ async fn prometheus_metrics_over_real_http() {
     let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    http.write_all(b"GET /nothing-here HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
     let mut response = String::new();
     http.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(response.contains("try /metrics"), "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
