@@ -92,14 +92,19 @@ impl Stage {
         Stage::WebSocket,
     ];
 
-    fn during(self) -> &'static str {
+    /// What was under way, for "connect timeout after 10s (during ...)".
+    fn during(self, proxy: Option<&wsmux_config::Proxy>) -> String {
+        let proxy = proxy.map_or_else(
+            || "the proxy".to_owned(),
+            |p| format!("proxy {}", p.address()),
+        );
         match self {
-            Stage::Tcp => "the TCP connect",
-            Stage::Resolve => "name resolution",
-            Stage::ProxyTcp => "the TCP connect to the proxy",
-            Stage::ProxyHandshake => "the proxy handshake",
-            Stage::Tls => "the TLS handshake",
-            Stage::WebSocket => "the WebSocket handshake",
+            Stage::Tcp => "the TCP connect".into(),
+            Stage::Resolve => "name resolution".into(),
+            Stage::ProxyTcp => format!("the TCP connect to {proxy}"),
+            Stage::ProxyHandshake => format!("the handshake with {proxy}"),
+            Stage::Tls => "the TLS handshake".into(),
+            Stage::WebSocket => "the WebSocket handshake".into(),
         }
     }
 }
@@ -136,18 +141,11 @@ pub async fn connect(
     let progress = Progress::new();
     match tokio::time::timeout(settings.connect_timeout, open(&settings, &tls, &progress)).await {
         Ok(result) => result,
-        Err(_) => {
-            let stage = progress.get();
-            let proxy = match (stage, settings.proxy.proxy()) {
-                (Stage::ProxyTcp | Stage::ProxyHandshake, Some(p)) => format!(" {}", p.address()),
-                _ => String::new(),
-            };
-            Err(ConnectError::plain(format!(
-                "connect timeout after {} (during {}{proxy})",
-                humanize(settings.connect_timeout),
-                stage.during(),
-            )))
-        }
+        Err(_) => Err(ConnectError::plain(format!(
+            "connect timeout after {} (during {})",
+            humanize(settings.connect_timeout),
+            progress.get().during(settings.proxy.proxy()),
+        ))),
     }
 }
 

@@ -262,7 +262,7 @@ async fn a_silent_proxy_is_bounded_by_connect_timeout() {
     let reason = backoff.reason.unwrap_or_default();
     assert_eq!(
         reason,
-        format!("connect timeout after 2s (during the proxy handshake 127.0.0.1:{port})")
+        format!("connect timeout after 2s (during the handshake with proxy 127.0.0.1:{port})")
     );
 }
 
