@@ -42,8 +42,8 @@
 //!
 //! # `${VAR}` and `${file:PATH}` references
 //!
-//! Endpoint `url`s, header values and `on_connect` text messages may refer to environment
-//! variables as `${NAME}`; `$$` stands for a literal `$`, and any other `$` is an error. An
+//! Endpoint `url`s and `proxy` URLs, header values and `on_connect` text messages may refer to
+//! environment variables as `${NAME}`; `$$` stands for a literal `$`, and any other `$` is an error. An
 //! unset variable is an error naming the key and the variable. Variables come from the same
 //! environment as overrides (the process environment, or the map given to [`Loader::env`]).
 //!
@@ -57,6 +57,12 @@
 //!
 //! Nowhere else: in particular the templates and pointers of `[endpoints.NAME.topics]` are
 //! taken as written (they hold no secrets, and `$` is plain text in them).
+//!
+//! # `proxy = "env"`
+//!
+//! The one place where the environment is read for what it means to other programs: as curl
+//! reads `HTTPS_PROXY`, `NO_PROXY` and the rest (see the `proxy` module), once per load. Only
+//! endpoints that say `proxy = "env"` do so.
 //!
 //! # Files named by the configuration
 //!
@@ -72,6 +78,7 @@ mod env;
 mod error;
 mod key;
 mod layers;
+mod proxy;
 mod raw;
 mod redact;
 mod settings;
@@ -83,6 +90,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Origin};
+pub use proxy::{no_proxy_matches, Proxy, ProxyCredentials, ProxyKind, ProxySetting};
 pub use settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
     LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,

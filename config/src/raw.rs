@@ -96,6 +96,9 @@ pub(crate) struct RawEndpoint {
     /// `ws://` or `wss://` URL, possibly with `${VAR}` references.
     #[serde(default, deserialize_with = "strict")]
     pub url: Option<String>,
+    /// A proxy URL (possibly with `${VAR}` references), or `env`.
+    #[serde(default, deserialize_with = "strict")]
+    pub proxy: Option<String>,
     /// Extra handshake headers; values may hold `${VAR}` references.
     #[serde(default, deserialize_with = "strict")]
     pub headers: Option<BTreeMap<String, String>>,

@@ -60,6 +60,27 @@ pub(crate) fn redact_url(url: &url::Url, rules: &SegmentRules<'_>) -> String {
     u.to_string()
 }
 
+/// A proxy URL as logs and `--check` show it: `http://***:***@proxy.example:3128` (`***@`
+/// for a user name without a password). Host and port are not secret.
+pub(crate) fn redact_proxy(
+    scheme: &str,
+    host: &str,
+    port: u16,
+    credentials: &Option<crate::ProxyCredentials>,
+) -> String {
+    let userinfo = match credentials {
+        None => "",
+        Some(c) if c.password.is_empty() => "***@",
+        Some(_) => "***:***@",
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    format!("{scheme}://{userinfo}{host}:{port}")
+}
+
 /// A path segment that looks like a key, token or id rather than a word: at least
 /// [`MIN_TOKEN_LEN`] characters, only letters, digits and `-_.~%+=`, with letters and digits
 /// mixed (`a1B2...`, a UUID, a hex digest, a JWT part).

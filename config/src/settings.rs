@@ -77,14 +77,16 @@ pub struct LogSettings {
 
 /// One upstream WebSocket endpoint.
 ///
-/// Its `Debug` form shows the redacted URL and header *names* only: header values, the full
-/// URL and `on_connect` payloads carry secrets.
+/// Its `Debug` form shows the redacted URL, the redacted proxy and header *names* only: header
+/// values, the full URL, proxy credentials and `on_connect` payloads carry secrets.
 #[derive(Clone, PartialEq)]
 pub struct EndpointSettings {
     /// Name clients use to address it (the key under `[endpoints]`).
     pub name: String,
     /// `ws://` or `wss://` URL, `${VAR}` references resolved.
     pub url: url::Url,
+    /// Whether and through which proxy the upstream is reached. Default: directly.
+    pub proxy: crate::ProxySetting,
     /// Extra HTTP headers for the handshake, `${VAR}` references resolved.
     pub headers: BTreeMap<String, String>,
     /// WebSocket subprotocols to offer (`Sec-WebSocket-Protocol`).
@@ -143,6 +145,7 @@ impl std::fmt::Debug for EndpointSettings {
         f.debug_struct("EndpointSettings")
             .field("name", &self.name)
             .field("url", &self.url_redacted)
+            .field("proxy", &self.proxy)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("subprotocols", &self.subprotocols)
             .field("connect_timeout", &self.connect_timeout)
@@ -409,6 +412,7 @@ impl EndpointSettings {
         EndpointSettings {
             name: name.into(),
             url,
+            proxy: crate::ProxySetting::Direct,
             headers: BTreeMap::new(),
             subprotocols: Vec::new(),
             connect_timeout: Duration::from_secs(10),

@@ -12,10 +12,11 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use regex::Regex;
 
-use crate::env::{interpolate, EnvSnapshot};
+use crate::env::{interpolate, EnvSnapshot, Lookup};
 use crate::error::{ConfigError, Origin};
 use crate::key::KeyPath;
 use crate::layers::Layers;
+use crate::proxy::{self, ProxySetting};
 use crate::raw::{
     Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawLog, RawMessage, RawMessageTable,
     RawQueue, RawReconnect, RawSticky, RawTls, RawTopics,
@@ -255,6 +256,7 @@ impl Validator<'_> {
         // Taken apart field by field, so that no raw key can be left unchecked.
         let RawEndpoint {
             url,
+            proxy,
             headers,
             subprotocols,
             connect_timeout,
@@ -281,6 +283,7 @@ impl Validator<'_> {
             return Err(self.error(&url_key, "is required (a ws:// or wss:// URL)"));
         };
         let url = self.url(&url_key, &url_text)?;
+        let proxy = self.proxy(&key.key("proxy"), proxy, &url)?;
         let redact_segments = redact_segments.unwrap_or_default();
         let patterns = self.patterns(&key.key("redact_segments"), &redact_segments)?;
         let interpolated = crate::redact::interpolated_segments(&url_text, &url);
@@ -353,6 +356,7 @@ impl Validator<'_> {
             )?,
             name: defaults.name,
             url: defaults.url,
+            proxy,
             topics: topics
                 .map(|raw| self.topics(&key.key("topics"), raw))
                 .transpose()?,
@@ -396,6 +400,63 @@ impl Validator<'_> {
             return Err(self.error(key, "a WebSocket URL must not have a `#fragment`"));
         }
         Ok(url)
+    }
+
+    /// `proxy`: a URL (`${VAR}` resolved), or `env` to read the environment as curl does,
+    /// for the upstream `url`. A proxy variable that cannot be used is an error naming it.
+    fn proxy(&self, key: &KeyPath, raw: Option<String>, url: &url::Url) -> Result<ProxySetting> {
+        let Some(text) = raw else {
+            return Ok(ProxySetting::Direct);
+        };
+        let resolved = self.resolve(key, &text)?;
+        if resolved.is_empty() {
+            return Err(self.error(
+                key,
+                "is empty: remove it to connect directly, or give a proxy URL or `env`",
+            ));
+        }
+        if resolved == "env" {
+            let names = proxy::proxy_vars(url.scheme()).iter();
+            for &name in names.chain(&proxy::NO_PROXY_VARS) {
+                if let Lookup::NotUnicode = self.env.get(name) {
+                    return Err(ConfigError::Invalid {
+                        origin: Origin::EnvVar(name.to_owned()),
+                        key: key.to_string(),
+                        reason: "is not valid Unicode (`proxy = \"env\"` reads this variable)"
+                            .into(),
+                    });
+                }
+            }
+            let choice = proxy::from_env(url, |name| match self.env.get(name) {
+                Lookup::Found(value) => Some(value),
+                Lookup::Unset | Lookup::NotUnicode => None,
+            });
+            return match choice {
+                proxy::EnvChoice::Direct(why) => Ok(ProxySetting::Env {
+                    proxy: None,
+                    decision: format!("direct: {why}"),
+                }),
+                proxy::EnvChoice::Proxy { var, value } => {
+                    let proxy = proxy::parse(&value, proxy::Form::Env).map_err(|reason| {
+                        ConfigError::Invalid {
+                            origin: Origin::EnvVar(var.to_owned()),
+                            key: key.to_string(),
+                            reason: format!("{reason} (`proxy = \"env\"` reads this variable)"),
+                        }
+                    })?;
+                    Ok(ProxySetting::Env {
+                        decision: format!("{} from {var}", proxy.redacted),
+                        proxy: Some(proxy),
+                    })
+                }
+            };
+        }
+        proxy::parse(&resolved, proxy::Form::Key)
+            .map(ProxySetting::Url)
+            .map_err(|reason| {
+                let note = resolved_note(&text, &resolved);
+                self.error(key, format!("{reason}{note}"))
+            })
     }
 
     /// Handshake headers: names are HTTP tokens, unique regardless of case, and not set by

@@ -30,8 +30,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wsmux_config::EndpointSettings;
 pub use wsmux_config::Settings;
+use wsmux_config::{EndpointSettings, ProxySetting};
 use wsmux_proto::ErrorCode;
 
 use crate::endpoint::Endpoint;
@@ -124,7 +124,14 @@ impl Endpoints {
     fn start(&mut self, ep: &EndpointSettings) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let endpoint = Arc::new(Endpoint::new(ep, tx));
-        tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, "starting endpoint");
+        match &ep.proxy {
+            ProxySetting::Direct => {
+                tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, "starting endpoint");
+            }
+            proxy => {
+                tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, %proxy, "starting endpoint");
+            }
+        }
         let token = self.cancel.child_token();
         let settings = Arc::new(std::sync::Mutex::new(ep.clone()));
         let parts = Parts {
@@ -215,6 +222,9 @@ impl Endpoints {
             match self.running.get_mut(name) {
                 None => self.start(settings),
                 Some((_, current)) if current != settings => {
+                    if current.proxy != settings.proxy {
+                        tracing::info!(endpoint = %name, proxy = %settings.proxy, "proxy changed by reload");
+                    }
                     let Some(ep) = self.ctx.endpoint(name) else {
                         continue;
                     };

@@ -108,6 +108,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         println!("socket: {}", socket.display());
         for ep in &settings.endpoints {
             println!("endpoint {}: {}", ep.name, ep.url_redacted);
+            if ep.proxy != wsmux_config::ProxySetting::Direct {
+                println!("  proxy: {}", ep.proxy);
+            }
         }
         return Ok(());
     }

@@ -49,6 +49,8 @@ pub struct Builder {
     config: String,
     /// Extra environment variables.
     env: Vec<(String, String)>,
+    /// Variables of the test's environment the daemon does not inherit.
+    unset: Vec<String>,
     /// `RLIMIT_NOFILE` (soft, hard) for the process.
     nofile: Option<(u64, u64)>,
     /// Run the daemon as this uid and gid (through `setpriv`, groups cleared).
@@ -82,6 +84,12 @@ impl Builder {
     /// Adds an environment variable.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Leaves `key` out of the daemon's environment (the test's own may have it).
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.unset.push(key.into());
         self
     }
 
@@ -141,7 +149,7 @@ impl Builder {
         if let Some((path, _)) = &notify {
             env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
         }
-        d.spawn(&env, self.nofile, self.user);
+        d.spawn(&env, &self.unset, self.nofile, self.user);
         if self.wait {
             d.wait_ready(notify.as_ref().map(|(_, s)| s));
         }
@@ -160,6 +168,7 @@ impl Daemon {
             socket: Some(socket),
             config: config.to_owned(),
             env: Vec::new(),
+            unset: Vec::new(),
             nofile: None,
             user: None,
             wait: true,
@@ -192,7 +201,13 @@ impl Daemon {
     }
 
     /// Starts the process without waiting.
-    fn spawn(&mut self, env: &[(String, String)], nofile: Option<(u64, u64)>, user: Option<u32>) {
+    fn spawn(
+        &mut self,
+        env: &[(String, String)],
+        unset: &[String],
+        nofile: Option<(u64, u64)>,
+        user: Option<u32>,
+    ) {
         use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(self.dir.path().join("wsmuxd.log")).expect("log file");
         let mut cmd = match user {
@@ -209,8 +224,11 @@ impl Daemon {
         cmd.arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "wsmuxd=debug,info")
-            .env_remove("WSMUX_SOCKET")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("WSMUX_SOCKET");
+        for key in unset {
+            cmd.env_remove(key);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -329,6 +347,28 @@ impl Daemon {
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("wsmuxd.log")).unwrap_or_default()
+    }
+
+    /// Fails the test if any of `secrets` shows in the log (which must hold `DEBUG` lines),
+    /// in what `wsmuxd --check` prints for this configuration, or in `status` (what the test
+    /// took from a status reply).
+    pub fn assert_hidden(&self, status: &str, secrets: &[&str]) {
+        let (ok, check) = run_wsmuxd(&["--check", "--config", self.config.to_str().unwrap()], &[]);
+        assert!(ok.success(), "{check}");
+        let log = self.log();
+        assert!(
+            log.contains("DEBUG"),
+            "the daemon logs at debug or below: {log}"
+        );
+        for (what, text) in [
+            ("--check", check.as_str()),
+            ("the log", &log),
+            ("status", status),
+        ] {
+            for secret in secrets {
+                assert!(!text.contains(secret), "{what} shows `{secret}`:\n{text}");
+            }
+        }
     }
 
     /// The process id.

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use wsmux_proto::{ClientMsg, ConnState, EndpointStatus, Payload, ServerMsg, StatusRequest};
+use wsmux_proto::{
+    ClientMsg, ConnState, EndpointStatus, Payload, ServerMsg, StatusReply, StatusRequest,
+};
 
 use crate::raw::Raw;
 
@@ -66,18 +68,22 @@ pub fn bytes_of(p: &Payload) -> &[u8] {
 
 /// Asks for the status of `endpoint` on a fresh connection.
 pub async fn status(socket: &std::path::Path, endpoint: &str) -> EndpointStatus {
+    status_reply(socket)
+        .await
+        .endpoints
+        .into_iter()
+        .find(|e| e.name == endpoint)
+        .unwrap_or_else(|| panic!("no endpoint {endpoint} in the status"))
+}
+
+/// Asks for the whole status on a fresh connection.
+pub async fn status_reply(socket: &std::path::Path) -> StatusReply {
     let (mut c, _) = Raw::greeted(socket).await;
     c.send(&ClientMsg::Status(StatusRequest { id: Some(7) }))
         .await;
     loop {
         match c.recv().await {
-            Some(ServerMsg::Status(s)) => {
-                return s
-                    .endpoints
-                    .into_iter()
-                    .find(|e| e.name == endpoint)
-                    .unwrap_or_else(|| panic!("no endpoint {endpoint} in the status"));
-            }
+            Some(ServerMsg::Status(s)) => return s,
             Some(_) => {}
             None => panic!("the daemon closed the connection before its status reply"),
         }

@@ -1,6 +1,7 @@
-//! Real third-party servers for the interop tests: `nats-server`, `mosquitto` and WebSocket
-//! servers written with Node's `ws` package. Each is a child process bound to 127.0.0.1 with
-//! its config and log in a temporary directory, killed when dropped.
+//! Real third-party servers for the interop tests: `nats-server`, `mosquitto`, WebSocket
+//! servers written with Node's `ws` package, and the proxies `tinyproxy` (HTTP `CONNECT`)
+//! and `microsocks` (SOCKS5). Each is a child process bound to 127.0.0.1 with its config and
+//! log in a temporary directory, killed when dropped.
 //!
 //! `cargo xtask test` installs all of them. A test whose server is missing fails with a
 //! message naming that command: it never skips silently.
@@ -245,6 +246,117 @@ impl Mosquitto {
     }
 
     /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// `tinyproxy`, an HTTP proxy that tunnels `CONNECT` to any port, logging every request line.
+pub struct TinyProxy {
+    /// The process.
+    process: Process,
+    /// Where it listens.
+    pub port: u16,
+}
+
+impl TinyProxy {
+    /// Starts a proxy on a free port; with `auth`, it requires that user name and password
+    /// (tinyproxy takes only letters, digits, `-`, `_` and `.` in them).
+    pub fn start(auth: Option<(&str, &str)>) -> TinyProxy {
+        let (process, port) =
+            start_on_free_port("tinyproxy", |dir, port| Self::spawn(dir, port, auth));
+        TinyProxy { process, port }
+    }
+
+    /// Starts a proxy on `port` (one a test reserved with [`free_port`]).
+    pub fn start_on(port: u16, auth: Option<(&str, &str)>) -> TinyProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match Self::spawn(dir, port, auth) {
+            Ok(process) => TinyProxy { process, port },
+            Err((_, why)) => panic!("tinyproxy did not start on port {port}: {why}"),
+        }
+    }
+
+    fn spawn(
+        dir: TempDir,
+        port: u16,
+        auth: Option<(&str, &str)>,
+    ) -> Result<Process, (TempDir, String)> {
+        let program = require("tinyproxy", "tinyproxy");
+        let config = dir.path().join("tinyproxy.conf");
+        // No `ConnectPort` line: CONNECT to every port. Without `LogFile` or `Syslog`,
+        // `-d` logs to stderr.
+        let mut text = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogLevel Info\nMaxClients 64\n\
+             Allow 127.0.0.1\nDisableViaHeader Yes\n"
+        );
+        if let Some((user, password)) = auth {
+            text.push_str(&format!("BasicAuth {user} {password}\n"));
+        }
+        std::fs::write(&config, text).expect("write tinyproxy.conf");
+        let config = config.display().to_string();
+        let ready = "Accepting connections";
+        Process::start(
+            "tinyproxy",
+            dir,
+            &program,
+            &["-d", "-c", &config],
+            port,
+            ready,
+        )
+    }
+
+    /// `http://user:password@127.0.0.1:PORT` (or without credentials).
+    pub fn url(&self, auth: Option<(&str, &str)>) -> String {
+        match auth {
+            Some((user, password)) => format!("http://{user}:{password}@127.0.0.1:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// What the proxy logged so far (`Request (file descriptor N): CONNECT host:port ...`).
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// How many `CONNECT` requests it logged so far.
+    pub fn connects(&self) -> usize {
+        self.log().matches("): CONNECT ").count()
+    }
+}
+
+/// `microsocks`, a SOCKS5 server with user name and password authentication, logging the
+/// target of every connection it makes (`client[N] 127.0.0.1: connected to host:port`).
+pub struct SocksProxy {
+    /// The process.
+    process: Process,
+    /// Where it listens.
+    pub port: u16,
+}
+
+impl SocksProxy {
+    /// Starts a SOCKS5 server on a free port that requires `user` and `password`.
+    pub fn start(user: &str, password: &str) -> SocksProxy {
+        let program = require("microsocks", "microsocks");
+        let (process, port) = start_on_free_port("microsocks", |dir, port| {
+            let port_text = port.to_string();
+            let args = [
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port_text,
+                "-u",
+                user,
+                "-P",
+                password,
+            ];
+            // It prints nothing until a client comes: listening is the readiness.
+            Process::start("microsocks", dir, &program, &args, port, "")
+        });
+        SocksProxy { process, port }
+    }
+
+    /// What the server logged so far.
     pub fn log(&self) -> String {
         self.process.log()
     }

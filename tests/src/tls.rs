@@ -77,6 +77,16 @@ impl Pki {
 /// Starts a `wss` server with the given certificate; with `client_ca`, it requires client
 /// certificates signed by that CA. Every connection is greeted with the text `hello tls`.
 pub async fn server(cert_pem: &str, key_pem: &str, client_ca: Option<&str>) -> SocketAddr {
+    serve(cert_pem, key_pem, client_ca, false).await
+}
+
+/// Like [`server`] without client certificates, and every text or binary message is sent
+/// back.
+pub async fn echo_server(cert_pem: &str, key_pem: &str) -> SocketAddr {
+    serve(cert_pem, key_pem, None, true).await
+}
+
+async fn serve(cert_pem: &str, key_pem: &str, client_ca: Option<&str>, echo: bool) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -118,7 +128,11 @@ pub async fn server(cert_pem: &str, key_pem: &str, client_ca: Option<&str>) -> S
                 let _ = ws.send(Message::text("hello tls")).await;
                 // Keep the connection open, answering pings, until the peer leaves.
                 use futures_util::StreamExt;
-                while let Some(Ok(_)) = ws.next().await {}
+                while let Some(Ok(m)) = ws.next().await {
+                    if echo && (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
             });
         }
     });

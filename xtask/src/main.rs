@@ -5,10 +5,10 @@
 //!   and client, the Node client and, when `.ci/platforms.sh` exists, the platform builds.
 //! - `cargo xtask install`: only the installation part.
 //!
-//! What it installs: Debian packages (`nats-server`, `mosquitto`, Node.js, npm and Chromium) with
-//! apt-get when running as root, or else it says which command to run; the Python packages
-//! `msgpack` and `pytest` and the client in `clients/python` with pip; the npm packages of
-//! `clients/node` and `tests/node` with `npm ci`.
+//! What it installs: Debian packages (`nats-server`, `mosquitto`, `tinyproxy`, `microsocks`,
+//! Node.js, npm and Chromium) with apt-get when running as root, or else it says which command
+//! to run; the Python packages `msgpack` and `pytest` and the client in `clients/python` with
+//! pip; the npm packages of `clients/node` and `tests/node` with `npm ci`.
 //!
 //! Every step prints a `== step` header. The first step that fails ends the run, naming the
 //! step, with a non-zero exit status.
@@ -23,6 +23,8 @@ use std::time::SystemTime;
 const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("nats-server", "nats-server"),
     ("mosquitto", "mosquitto"),
+    ("tinyproxy", "tinyproxy"),
+    ("microsocks", "microsocks"),
     ("node", "nodejs"),
     ("npm", "npm"),
     ("chromium", "chromium"),

@@ -1,5 +1,6 @@
-//! One attempt to open a link: TCP, TLS, the WebSocket handshake, all within
-//! `connect_timeout`; what a refusal said (status, `Retry-After`, body, escaped).
+//! One attempt to open a link: TCP (directly or through a [`super::proxy`]), TLS, the
+//! WebSocket handshake, all within `connect_timeout`; what a refusal said (status,
+//! `Retry-After`, body, escaped), and at which stage a timeout struck.
 //!
 //! The stream under tungstenite is a [`Tap`]: it passes bytes through unchanged and scans the
 //! server's frame headers on the way, keeping the payload of a close frame. tungstenite
@@ -8,6 +9,7 @@
 //! the server really sent, so that a `reason` can say it.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,11 +24,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsmux_config::EndpointSettings;
 
 use super::inbound::RawClose;
+use super::proxy::Tunnel;
 use crate::policy::humanize;
 use crate::text::{escape, MAX_PEER_TEXT};
 
 /// An open upstream WebSocket.
-pub type Ws = WebSocketStream<Tap<MaybeTlsStream<TcpStream>>>;
+pub type Ws = WebSocketStream<Tap<MaybeTlsStream<Tunnel>>>;
 
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -40,6 +43,8 @@ pub struct ConnectError {
     pub status: Option<u16>,
     /// The server's `Retry-After`, in seconds form.
     pub retry_after: Option<Duration>,
+    /// The proxy refused our credentials: fatal whatever `fatal_statuses` says.
+    pub proxy_auth_failed: bool,
 }
 
 impl ConnectError {
@@ -48,20 +53,98 @@ impl ConnectError {
             reason: reason.into(),
             status: None,
             retry_after: None,
+            proxy_auth_failed: false,
+        }
+    }
+
+    /// Whether retrying is pointless until someone fixes something: the upstream refused
+    /// the handshake with one of `fatal_statuses`, or a proxy refused its credentials.
+    pub fn is_fatal(&self, fatal_statuses: &[u16]) -> bool {
+        self.proxy_auth_failed || self.status.is_some_and(|s| fatal_statuses.contains(&s))
+    }
+}
+
+/// The stages of an attempt, for saying where a timeout struck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// TCP to the upstream.
+    Tcp,
+    /// Resolving the upstream's name (SOCKS5 without `h`).
+    Resolve,
+    /// TCP to the proxy.
+    ProxyTcp,
+    /// `CONNECT` or the SOCKS5 handshake.
+    ProxyHandshake,
+    /// TLS with the upstream.
+    Tls,
+    /// The WebSocket handshake.
+    WebSocket,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] = [
+        Stage::Tcp,
+        Stage::Resolve,
+        Stage::ProxyTcp,
+        Stage::ProxyHandshake,
+        Stage::Tls,
+        Stage::WebSocket,
+    ];
+
+    /// What was under way, for "connect timeout after 10s (during ...)".
+    fn during(self, proxy: Option<&wsmux_config::Proxy>) -> String {
+        let proxy = proxy.map_or_else(
+            || "the proxy".to_owned(),
+            |p| format!("proxy {}", p.address()),
+        );
+        match self {
+            Stage::Tcp => "the TCP connect".into(),
+            Stage::Resolve => "name resolution".into(),
+            Stage::ProxyTcp => format!("the TCP connect to {proxy}"),
+            Stage::ProxyHandshake => format!("the handshake with {proxy}"),
+            Stage::Tls => "the TLS handshake".into(),
+            Stage::WebSocket => "the WebSocket handshake".into(),
         }
     }
 }
 
-/// Opens the WebSocket: TCP, TLS and the handshake, all within `connect_timeout`.
+/// The stage an attempt has reached, readable after its future was dropped.
+#[derive(Debug)]
+pub struct Progress(AtomicU8);
+
+impl Progress {
+    fn new() -> Self {
+        Progress(AtomicU8::new(Stage::Tcp as u8))
+    }
+
+    /// Records that the attempt reached `stage`.
+    pub fn set(&self, stage: Stage) {
+        self.0.store(stage as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Stage {
+        let n = self.0.load(Ordering::Relaxed);
+        Stage::ALL
+            .into_iter()
+            .find(|s| *s as u8 == n)
+            .unwrap_or(Stage::Tcp)
+    }
+}
+
+/// Opens the WebSocket: TCP (through the proxy, if any), TLS and the handshake, all within
+/// `connect_timeout`.
 pub async fn connect(
     settings: Arc<EndpointSettings>,
     tls: Arc<crate::tls::TlsBase>,
 ) -> Result<Box<Ws>, ConnectError> {
-    match tokio::time::timeout(settings.connect_timeout, open(&settings, &tls)).await {
+    let progress = Progress::new();
+    match tokio::time::timeout(settings.connect_timeout, open(&settings, &tls, &progress)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::plain(format!(
-            "connect timeout after {}",
-            humanize(settings.connect_timeout)
+            "connect timeout after {} (during {})",
+            humanize(settings.connect_timeout),
+            progress.get().during(settings.proxy.proxy()),
         ))),
     }
 }
@@ -69,6 +152,7 @@ pub async fn connect(
 async fn open(
     settings: &EndpointSettings,
     tls: &crate::tls::TlsBase,
+    progress: &Progress,
 ) -> Result<Box<Ws>, ConnectError> {
     let mut request = settings
         .url
@@ -101,11 +185,23 @@ async fn open(
     let port = url.port_or_known_default().unwrap_or(80);
     // `[::1]` in a URL is `::1` to a resolver.
     let addr_host = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((addr_host, port))
-        .await
-        .map_err(|e| ConnectError::plain(format!("TCP connect to {host}:{port} failed: {e}")))?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = match settings.proxy.proxy() {
+        None => {
+            let tcp = TcpStream::connect((addr_host, port)).await.map_err(|e| {
+                ConnectError::plain(format!("TCP connect to {host}:{port} failed: {e}"))
+            })?;
+            let _ = tcp.set_nodelay(true);
+            Tunnel::direct(tcp)
+        }
+        Some(proxy) => super::proxy::open(proxy, host, port, progress)
+            .await
+            .map_err(|e| ConnectError {
+                proxy_auth_failed: e.auth_failed,
+                ..ConnectError::plain(e.reason)
+            })?,
+    };
     let stream = if url.scheme() == "wss" {
+        progress.set(Stage::Tls);
         let config = crate::tls::for_endpoint(settings, tls).map_err(ConnectError::plain)?;
         let name = rustls::pki_types::ServerName::try_from(addr_host.to_owned())
             .map_err(|e| ConnectError::plain(format!("invalid TLS server name `{host}`: {e}")))?;
@@ -117,6 +213,7 @@ async fn open(
     } else {
         MaybeTlsStream::Plain(tcp)
     };
+    progress.set(Stage::WebSocket);
     match tokio_tungstenite::client_async_with_config(request, Tap::new(stream), Some(config)).await
     {
         Ok((ws, _response)) => Ok(Box::new(ws)),
@@ -138,6 +235,7 @@ async fn open(
                 reason: describe_error(&e),
                 status,
                 retry_after,
+                proxy_auth_failed: false,
             })
         }
     }
@@ -334,34 +432,42 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
     }
 }
 
+/// The `AsyncWrite` methods of a wrapper that writes straight through to its field `inner`.
+macro_rules! write_through {
+    ($inner:ident) => {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.get_mut().$inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().$inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().$inner).poll_shutdown(cx)
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.get_mut().$inner).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.$inner.is_write_vectored()
+        }
+    };
+}
+pub(super) use write_through;
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+    write_through!(inner);
 }
 
 #[cfg(test)]

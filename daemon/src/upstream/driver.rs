@@ -564,9 +564,7 @@ impl Driver {
             }
             LinkEvent::Connected(Err(e)) => {
                 self.link = Link::Idle;
-                let fatal = e
-                    .status
-                    .is_some_and(|s| self.settings.fatal_statuses.contains(&s));
+                let fatal = e.is_fatal(&self.settings.fatal_statuses);
                 self.retry_or_give_up(e.reason, fatal, e.retry_after);
             }
             LinkEvent::Inbound(msg) => self.on_frame(msg).await,

@@ -1,8 +1,11 @@
 //! The upstream side of one endpoint, split the way quinn splits `quinn-proto` from its
 //! driver:
 //!
-//! - [`connect`]: one attempt to open a link (TCP, TLS, handshake, `Retry-After`, error
-//!   descriptions) and the [`connect::Tap`] that keeps close frames as the server sent them;
+//! - [`connect`]: one attempt to open a link (TCP, [`proxy`], TLS, handshake, `Retry-After`,
+//!   error descriptions) and the [`connect::Tap`] that keeps close frames as the server sent
+//!   them;
+//! - [`proxy`]: the HTTP `CONNECT` or SOCKS5 leg through a proxy, and the [`proxy::Tunnel`]
+//!   stream (sans-IO parsing of the proxy's answer);
 //! - [`inbound`] (sans-IO): what one inbound frame is: data, heartbeat answer, server ping to
 //!   auto-reply to, close;
 //! - [`outbound`] (sans-IO): what is written and in which order (`on_connect`, sticky,
@@ -18,6 +21,7 @@ pub mod connect;
 pub mod driver;
 pub mod inbound;
 pub mod outbound;
+pub mod proxy;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -43,6 +43,8 @@ mod open_files;
 mod operations;
 /// Health probes and the status page on the metrics listener.
 mod probes;
+/// Upstreams behind real HTTP and SOCKS5 proxies.
+mod proxy;
 /// The Python example client from `examples/python`.
 mod python;
 /// Secrets stay out of `--check`, logs and `status`.

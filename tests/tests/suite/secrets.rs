@@ -3,7 +3,7 @@
 
 use tokio_tungstenite::tungstenite::Message;
 use wsmux_proto::{ClientMsg, ServerMsg, StatusReply, StatusRequest};
-use wsmux_tests::daemon::{run_wsmuxd, Daemon};
+use wsmux_tests::daemon::Daemon;
 use wsmux_tests::raw::Raw;
 use wsmux_tests::upstream::{Behaviour, Seen, Upstream};
 use wsmux_tests::within;
@@ -75,15 +75,7 @@ on_connect = ['{"op":"auth","key":"onconnectsecret"}']"#;
     let shown = status(&mut c).await.endpoints[0].url.clone();
     assert!(shown.ends_with("/ws/***?token=***"), "{shown}");
 
-    let (ok, check) = run_wsmuxd(&["--check", "--config", d.config.to_str().unwrap()], &[]);
-    assert!(ok.success(), "{check}");
-    let log = d.log();
-    assert!(log.contains("DEBUG"), "RUST_LOG=trace took effect: {log}");
-    for (what, text) in [("--check", &check), ("the log", &log), ("status", &shown)] {
-        for secret in SECRETS {
-            assert!(!text.contains(secret), "{what} shows `{secret}`:\n{text}");
-        }
-    }
+    d.assert_hidden(&shown, SECRETS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
