@@ -7,8 +7,10 @@
 //!
 //! - a `wss://` upstream takes the first of `wss_proxy`, `WSS_PROXY`, `https_proxy`,
 //!   `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY` that is set and not empty; a `ws://` upstream the
-//!   first of `ws_proxy`, `WS_PROXY`, `http_proxy`, `all_proxy`, `ALL_PROXY`. `HTTP_PROXY` is
-//!   never read: in a CGI environment it is what a client's `Proxy:` header sets ("httpoxy").
+//!   first of `ws_proxy`, `WS_PROXY`, `http_proxy`, `HTTP_PROXY`, `all_proxy`, `ALL_PROXY`.
+//!   (curl skips uppercase `HTTP_PROXY` because in a CGI program a client's `Proxy:` header
+//!   sets it, "httpoxy"; the daemon is no CGI program and reads it only when `proxy = "env"`
+//!   asks it to, so it is honoured, after the lowercase one.)
 //! - a value without a scheme is an HTTP proxy, and one without a port uses 1080.
 //! - `no_proxy` (or, when it is unset or empty, `NO_PROXY`) lists hosts that are reached
 //!   directly (see [`no_proxy_matches`]).
@@ -313,6 +315,7 @@ pub(crate) fn proxy_vars(scheme: &str) -> &'static [&'static str] {
             "ws_proxy",
             "WS_PROXY",
             "http_proxy",
+            "HTTP_PROXY",
             "all_proxy",
             "ALL_PROXY",
         ]
@@ -325,12 +328,7 @@ pub(crate) fn from_env<'a>(url: &url::Url, lookup: impl Fn(&str) -> Option<&'a s
     let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
     let vars = proxy_vars(url.scheme());
     let Some((var, value)) = vars.iter().find_map(|&v| get(v).map(|value| (v, value))) else {
-        let mut why = format!("no proxy variable is set ({})", vars.join(", "));
-        if url.scheme() == "ws" && get("HTTP_PROXY").is_some() {
-            why.push_str(
-                "; HTTP_PROXY is not read, as by curl: set http_proxy (lowercase) instead",
-            );
-        }
+        let why = format!("no proxy variable is set ({})", vars.join(", "));
         return EnvChoice::Direct(why);
     };
     let [lower, upper] = NO_PROXY_VARS;
@@ -585,7 +583,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let ws = ["g", "h", "i", "e", "f"];
+        let ws = ["g", "h", "i", "j", "e", "f"];
         for (skip, want) in ws.iter().enumerate() {
             let vars: Vec<_> = all
                 .iter()
@@ -605,11 +603,11 @@ mod tests {
     }
 
     #[test]
-    fn uppercase_http_proxy_is_not_read_and_the_log_says_so() {
-        match choose("ws://x.example/", &[("HTTP_PROXY", "p:1")]) {
-            EnvChoice::Direct(why) => assert!(why.contains("http_proxy (lowercase)"), "{why}"),
-            other => panic!("{other:?}"),
-        }
+    fn uppercase_http_proxy_is_read_after_the_lowercase_one() {
+        assert_eq!(
+            choose("ws://x.example/", &[("HTTP_PROXY", "p:1")]),
+            via("HTTP_PROXY", "p:1")
+        );
         match choose("wss://x.example/", &[]) {
             EnvChoice::Direct(why) => {
                 assert!(why.starts_with("no proxy variable is set"), "{why}");

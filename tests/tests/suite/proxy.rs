@@ -18,7 +18,7 @@ const SOCKS_USER: &str = "bob";
 const SOCKS_PASSWORD: &str = "p@ss:w0rd";
 const SOCKS_PASSWORD_ENCODED: &str = "p%40ss%3Aw0rd";
 
-/// Every proxy variable curl (and so `proxy = "env"`) reads.
+/// Every proxy variable `proxy = "env"` reads (removed from the daemon's environment).
 const PROXY_VARS: &[&str] = &[
     "wss_proxy",
     "WSS_PROXY",
