@@ -184,7 +184,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A read of standard input may still wait in its thread (`bridge` ending because the
+    // daemon went away): exit without waiting for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // A closed stdout (e.g. `wsmux subscribe x | head`) is not an error.
