@@ -226,7 +226,7 @@ async fn a_killed_connection_is_resumed_and_every_seq_arrives_once_in_order() {
         &client,
         "the subscription's state",
         |e| matches!(e, Event::State(s) if s.state == ConnState::Open).then_some(()),
-        |_| false,
+        |e| matches!(e, Event::State(_)),
     )
     .await;
     let publisher = tokio::spawn(async move {
@@ -371,7 +371,7 @@ async fn a_lagged_subscriber_resumes_by_itself_and_sees_every_seq_once() {
         &client,
         "the subscription's state",
         |e| matches!(e, Event::State(s) if s.state == ConnState::Open).then_some(()),
-        |_| false,
+        |e| matches!(e, Event::State(_)),
     )
     .await;
     // The client's socket is not read while the upstream sends far more than the socket
@@ -405,4 +405,95 @@ async fn a_lagged_subscriber_resumes_by_itself_and_sees_every_seq_once() {
         seen.resumed.len()
     );
     drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_while_reconnecting_ends_everything_at_once() {
+    let up = Upstream::start().await;
+    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
+    let first = daemon.start();
+    let client = Client::connect_with(options(&daemon.socket)).await.unwrap();
+    client.subscribe("feed").await.unwrap();
+    stop(first);
+    until(
+        &client,
+        "disconnected",
+        |e| matches!(e, Event::Disconnected(_)).then_some(()),
+        |e| matches!(e, Event::State(_)),
+    )
+    .await;
+    // A ping waits for the reconnect, a send waits in the buffer; closing ends both.
+    let ping = client.ping();
+    let send = client.send("feed", "never written");
+    tokio::pin!(ping, send);
+    assert!(futures_util::poll!(&mut ping).is_pending());
+    assert!(futures_util::poll!(&mut send).is_pending());
+    client.close();
+    assert!(matches!(
+        within(2, "the waiting ping", ping).await,
+        Err(ClientError::Closed)
+    ));
+    assert!(matches!(
+        within(2, "the buffered send", send).await,
+        Err(ClientError::Closed)
+    ));
+    assert_eq!(
+        within(2, "the end of events", client.next_event()).await,
+        None
+    );
+    assert_eq!(client.pending_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_refuses_a_socket_taken_by_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if !cfg!(target_os = "linux") || unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running a daemon as another user needs Linux and root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let up = Upstream::start().await;
+    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
+    let socket_dir = daemon.socket.parent().unwrap().to_owned();
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let first = daemon.start();
+    let client = Client::connect_with(options(&daemon.socket)).await.unwrap();
+    client.subscribe("feed").await.unwrap();
+    stop(first);
+    until(
+        &client,
+        "disconnected",
+        |e| matches!(e, Event::Disconnected(_)).then_some(()),
+        |e| matches!(e, Event::State(_)),
+    )
+    .await;
+    // Another user's daemon takes the path: the client says so and does not talk to it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let squatter = Daemon::builder(&endpoint_toml("feed", &up.url(), ""))
+        .dir(dir)
+        .socket(daemon.socket.clone())
+        .user(NOBODY)
+        .start();
+    let refusal = until(
+        &client,
+        "the refusal",
+        |e| match e {
+            Event::Error(e) => Some(e.clone()),
+            _ => None,
+        },
+        |_| false,
+    )
+    .await;
+    assert!(
+        refusal.message.contains(&format!("uid {NOBODY}")),
+        "{refusal:?}"
+    );
+    assert!(!client.is_connected());
+    // Once the real daemon is back, the client is too.
+    stop(squatter);
+    let _second = daemon.start();
+    until(&client, "reconnected", reconnected, |_| false).await;
+    assert_eq!(status(&daemon.socket, "feed").await.subscribers, 1);
 }
