@@ -319,13 +319,8 @@ impl Shared {
             }
         }
         st.buffer = SendBuffer::default();
-        let resync = st.resync.take();
         let mut inbox = self.inbox();
-        if let Some(resync) = resync {
-            let event = Event::Reconnected(resync.finish());
-            let size = own_event_size(&event);
-            inbox.buffer.release(event, size);
-        }
+        cut_short(&mut st, &mut inbox);
         if let Some(event) = last_words {
             inbox.buffer.push_final(event);
         }
@@ -365,13 +360,8 @@ impl Shared {
             }
         }
         st.desired.disconnected();
-        let resync = st.resync.take();
         let mut inbox = self.inbox();
-        if let Some(resync) = resync {
-            let event = Event::Reconnected(resync.finish());
-            let size = own_event_size(&event);
-            inbox.buffer.release(event, size);
-        }
+        cut_short(&mut st, &mut inbox);
         let event = Event::Disconnected(Disconnected {
             reason: lost.reason,
         });
@@ -471,6 +461,16 @@ impl Shared {
         let size = own_event_size(&event);
         let _ = self.inbox().buffer.push(event, size);
         self.arrived.notify_waiters();
+    }
+}
+
+/// The connection ends before every subscribe of its reconnect was answered: the
+/// `reconnected` event says what was, and the events held behind it come out.
+fn cut_short(st: &mut State, inbox: &mut Inbox) {
+    if let Some(resync) = st.resync.take() {
+        let event = Event::Reconnected(resync.finish());
+        let size = own_event_size(&event);
+        inbox.buffer.release(event, size);
     }
 }
 

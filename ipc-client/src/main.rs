@@ -298,11 +298,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
                     eprintln!(
                         "wsmux: {ep} resumed after {since}: {}, from seq {first}",
-                        if recovered {
-                            "nothing missed"
-                        } else {
-                            "messages were missed"
-                        }
+                        missed(recovered)
                     );
                     if !data_only {
                         let line = json!({"type": "subscribed", "endpoint": ep, "since": since,
@@ -651,11 +647,7 @@ fn render_event(event: &Event, data_only: bool) -> Option<String> {
                 } else {
                     ""
                 },
-                if r.recovered {
-                    "nothing was missed"
-                } else {
-                    "messages may have been missed"
-                }
+                missed(r.recovered)
             );
             (!data_only).then(|| {
                 json!({"type": "reconnected", "epoch": r.epoch, "new_epoch": r.new_epoch,
@@ -668,11 +660,7 @@ fn render_event(event: &Event, data_only: bool) -> Option<String> {
             eprintln!(
                 "wsmux: resumed {} from its history: {}",
                 r.endpoint,
-                if r.recovered {
-                    "nothing was missed"
-                } else {
-                    "messages were missed"
-                }
+                missed(r.recovered)
             );
             (!data_only).then(|| {
                 json!({"type": "resumed", "endpoint": r.endpoint, "recovered": r.recovered,
@@ -682,6 +670,15 @@ fn render_event(event: &Event, data_only: bool) -> Option<String> {
         }
         // Kinds of events a newer library may add: nothing to print.
         _ => None,
+    }
+}
+
+/// For people: whether a resume recovered everything.
+fn missed(recovered: bool) -> &'static str {
+    if recovered {
+        "nothing was missed"
+    } else {
+        "messages were missed"
     }
 }
 

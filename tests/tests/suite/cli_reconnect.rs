@@ -12,7 +12,7 @@ use wsmux_tests::observe::status;
 use wsmux_tests::upstream::{Seen, Upstream};
 use wsmux_tests::within;
 
-use crate::client_reconnect::{stop, Restartable};
+use crate::client_reconnect::{restartable_feed, stop, upstream_message, Restartable};
 use crate::{daemon_with_feed, endpoint_toml};
 
 /// The exit code for a lost connection to the daemon.
@@ -38,9 +38,7 @@ async fn produce(up: &Upstream, socket: &std::path::Path, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_prints_disconnected_and_reconnected_across_a_daemon_restart() {
     let mut up = Upstream::start().await;
-    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
-    let first = daemon.start();
-    within(10, "the first upstream connection", up.wait_connected(1)).await;
+    let (daemon, first) = restartable_feed(&mut up).await;
     let cli = Cli::spawn(&daemon.socket, &["subscribe", "feed"]);
     assert_eq!(cli.next().await["state"], "open");
     up.broadcast(Message::text("one"));
@@ -93,9 +91,7 @@ async fn with_no_reconnect_subscribe_and_bridge_exit_with_code_6() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_writes_a_line_typed_while_the_daemon_is_down_after_the_restart() {
     let mut up = Upstream::start().await;
-    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
-    let first = daemon.start();
-    within(10, "the first upstream connection", up.wait_connected(1)).await;
+    let (daemon, first) = restartable_feed(&mut up).await;
     let mut bridge = Cli::spawn_with_stdin(&daemon.socket, &["bridge", "feed"]);
     assert_eq!(bridge.next().await["type"], "state");
     stop(first);
@@ -103,13 +99,10 @@ async fn bridge_writes_a_line_typed_while_the_daemon_is_down_after_the_restart()
     bridge.write_line("typed while down");
     let _second = daemon.start();
     bridge.next_of("reconnected", |_| false).await;
-    let seen = within(
-        10,
-        "the line upstream",
-        up.wait_for(|s| matches!(s, Seen::Message(..))),
-    )
-    .await;
-    assert_eq!(seen, Seen::Message(2, Message::text("typed while down")));
+    assert_eq!(
+        upstream_message(&mut up).await,
+        Seen::Message(2, Message::text("typed while down"))
+    );
     assert!(bridge.child.try_wait().unwrap().is_none(), "still running");
 }
 

@@ -50,6 +50,36 @@ impl Restartable {
     }
 }
 
+/// An upstream and a restartable daemon with one endpoint `feed`, connected to it.
+pub async fn restartable_feed(up: &mut Upstream) -> (Restartable, Daemon) {
+    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
+    let first = daemon.start();
+    within(10, "the first upstream connection", up.wait_connected(1)).await;
+    (daemon, first)
+}
+
+/// The next data message the upstream receives, within 10 s.
+pub async fn upstream_message(up: &mut Upstream) -> Seen {
+    within(
+        10,
+        "a message at the upstream",
+        up.wait_for(|s| matches!(s, Seen::Message(..))),
+    )
+    .await
+}
+
+/// Subscribes `client` to `feed` and waits until it is open.
+async fn subscribed_open(client: &Client) {
+    client.subscribe("feed").await.unwrap();
+    until(
+        client,
+        "the subscription's state",
+        |e| matches!(e, Event::State(s) if s.state == ConnState::Open).then_some(()),
+        |e| matches!(e, Event::State(_)),
+    )
+    .await;
+}
+
 /// SIGTERM, and wait for the process to end.
 pub fn stop(mut d: Daemon) {
     d.signal(libc::SIGTERM);
@@ -135,9 +165,7 @@ impl Watched {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_is_found_again_and_subscriptions_and_sticky_sends_come_back() {
     let mut up = Upstream::start().await;
-    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
-    let first = daemon.start();
-    within(10, "the first upstream connection", up.wait_connected(1)).await;
+    let (daemon, first) = restartable_feed(&mut up).await;
     let client = Client::connect_with(options(&daemon.socket)).await.unwrap();
     let old_epoch = client.epoch().expect("the daemon has an epoch");
     let subscribed = client.subscribe("feed").await.unwrap();
@@ -148,8 +176,10 @@ async fn a_restarted_daemon_is_found_again_and_subscriptions_and_sticky_sends_co
         ..SendOptions::default()
     };
     client.send_with("feed", "sub", sticky).await.unwrap();
-    let seen = up.wait_for(|s| matches!(s, Seen::Message(..))).await;
-    assert_eq!(seen, Seen::Message(1, Message::text("sub")));
+    assert_eq!(
+        upstream_message(&mut up).await,
+        Seen::Message(1, Message::text("sub"))
+    );
     up.broadcast(Message::text("before"));
     let seq = until(
         &client,
@@ -220,15 +250,8 @@ async fn a_killed_connection_is_resumed_and_every_seq_arrives_once_in_order() {
     let d = Daemon::start(&endpoint_toml("feed", &up.url(), ""));
     let proxy = UnixProxy::start(&d.socket);
     let client = Client::connect_with(options(&proxy.socket)).await.unwrap();
-    client.subscribe("feed").await.unwrap();
-    // Wait for the subscription to be in place before the upstream produces.
-    until(
-        &client,
-        "the subscription's state",
-        |e| matches!(e, Event::State(s) if s.state == ConnState::Open).then_some(()),
-        |e| matches!(e, Event::State(_)),
-    )
-    .await;
+    // The subscription is in place before the upstream produces.
+    subscribed_open(&client).await;
     let publisher = tokio::spawn(async move {
         for i in 1..=N {
             up.broadcast(Message::text(format!("{i}")));
@@ -288,9 +311,7 @@ async fn without_reconnect_the_client_closes_when_the_connection_drops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_while_the_daemon_is_down_wait_for_it_or_fail_at_once() {
     let mut up = Upstream::start().await;
-    let daemon = Restartable::new(endpoint_toml("feed", &up.url(), ""));
-    let first = daemon.start();
-    within(10, "the first upstream connection", up.wait_connected(1)).await;
+    let (daemon, first) = restartable_feed(&mut up).await;
     let buffering = Client::connect_with(options(&daemon.socket).disconnected_buffer(1 << 20, 1))
         .await
         .unwrap();
@@ -334,23 +355,17 @@ async fn sends_while_the_daemon_is_down_wait_for_it_or_fail_at_once() {
     within(10, "the buffered send", &mut waiting)
         .await
         .expect("the buffered send completes after the reconnect");
-    let seen = within(
-        10,
-        "the buffered message upstream",
-        up.wait_for(|s| matches!(s, Seen::Message(..))),
-    )
-    .await;
-    assert_eq!(seen, Seen::Message(2, Message::text("while down")));
+    assert_eq!(
+        upstream_message(&mut up).await,
+        Seen::Message(2, Message::text("while down"))
+    );
     // Once back, both clients send as usual.
     until(&failing, "reconnected", reconnected, |_| false).await;
     failing.send("feed", "back").await.unwrap();
-    let seen = within(
-        10,
-        "the message after the reconnect",
-        up.wait_for(|s| matches!(s, Seen::Message(..))),
-    )
-    .await;
-    assert_eq!(seen, Seen::Message(2, Message::text("back")));
+    assert_eq!(
+        upstream_message(&mut up).await,
+        Seen::Message(2, Message::text("back"))
+    );
     assert_eq!(buffering.pending_requests(), 0);
     drop(second);
 }
@@ -366,14 +381,7 @@ async fn a_lagged_subscriber_resumes_by_itself_and_sees_every_seq_once() {
     ));
     let proxy = UnixProxy::start(&d.socket);
     let client = Client::connect_with(options(&proxy.socket)).await.unwrap();
-    client.subscribe("feed").await.unwrap();
-    until(
-        &client,
-        "the subscription's state",
-        |e| matches!(e, Event::State(s) if s.state == ConnState::Open).then_some(()),
-        |e| matches!(e, Event::State(_)),
-    )
-    .await;
+    subscribed_open(&client).await;
     // The client's socket is not read while the upstream sends far more than the socket
     // buffers and the client's queue hold.
     proxy.pause();
