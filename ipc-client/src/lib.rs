@@ -299,9 +299,11 @@ pub struct Subscribed {
 pub struct SendOptions {
     /// Fail with `not_connected` instead of queueing while the endpoint is down.
     pub no_queue: bool,
-    /// Replay after every reconnect while this client stays connected. The client remembers
-    /// it and sends it again after it reconnects to the daemon (at most 1024 per endpoint,
-    /// 16 MiB of them; an identical one replaces the earlier one).
+    /// Replay after every reconnect while this client stays connected. Once the daemon
+    /// accepted it, the client remembers it and sends it again after it reconnects to the
+    /// daemon (at most 1024 per endpoint and 16 MiB of them, else
+    /// [`ClientError::StickyFull`]; an identical one keeps the earlier one's place). One whose
+    /// answer the connection lost ([`ClientError::Disconnected`]) is not remembered.
     pub sticky: bool,
     /// With `sticky`: sent when this client disconnects.
     pub undo: Option<Payload>,

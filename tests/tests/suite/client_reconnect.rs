@@ -122,6 +122,17 @@ async fn until<T>(
     .await
 }
 
+/// Takes events until [`Event::Disconnected`]; only state events may come before it.
+async fn until_disconnected(client: &Client) {
+    until(
+        client,
+        "disconnected",
+        |e| matches!(e, Event::Disconnected(_)).then_some(()),
+        |e| matches!(e, Event::State(_)),
+    )
+    .await;
+}
+
 fn reconnected(event: &Event) -> Option<Reconnected> {
     match event {
         Event::Reconnected(r) => Some(r.clone()),
@@ -194,13 +205,7 @@ async fn a_restarted_daemon_is_found_again_and_subscriptions_and_sticky_sends_co
     assert_eq!(seq, 1);
 
     stop(first);
-    until(
-        &client,
-        "disconnected",
-        |e| matches!(e, Event::Disconnected(_)).then_some(()),
-        |e| matches!(e, Event::State(s) if s.state == ConnState::Closed),
-    )
-    .await;
+    until_disconnected(&client).await;
     let second = daemon.start();
     let listening = Instant::now();
     let event = until(&client, "reconnected", reconnected, |_| false).await;
@@ -321,13 +326,7 @@ async fn sends_while_the_daemon_is_down_wait_for_it_or_fail_at_once() {
             .unwrap();
     stop(first);
     for client in [&buffering, &failing] {
-        until(
-            client,
-            "disconnected",
-            |e| matches!(e, Event::Disconnected(_)).then_some(()),
-            |_| false,
-        )
-        .await;
+        until_disconnected(client).await;
     }
 
     // Fail: at once, with a clear error.
@@ -423,13 +422,7 @@ async fn closing_while_reconnecting_ends_everything_at_once() {
     let client = Client::connect_with(options(&daemon.socket)).await.unwrap();
     client.subscribe("feed").await.unwrap();
     stop(first);
-    until(
-        &client,
-        "disconnected",
-        |e| matches!(e, Event::Disconnected(_)).then_some(()),
-        |e| matches!(e, Event::State(_)),
-    )
-    .await;
+    until_disconnected(&client).await;
     // A ping waits for the reconnect, a send waits in the buffer; closing ends both.
     let ping = client.ping();
     let send = client.send("feed", "never written");
@@ -469,13 +462,7 @@ async fn a_reconnect_refuses_a_socket_taken_by_another_user() {
     let client = Client::connect_with(options(&daemon.socket)).await.unwrap();
     client.subscribe("feed").await.unwrap();
     stop(first);
-    until(
-        &client,
-        "disconnected",
-        |e| matches!(e, Event::Disconnected(_)).then_some(()),
-        |e| matches!(e, Event::State(_)),
-    )
-    .await;
+    until_disconnected(&client).await;
     // Another user's daemon takes the path: the client says so and does not talk to it.
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -504,4 +491,50 @@ async fn a_reconnect_refuses_a_socket_taken_by_another_user() {
     let _second = daemon.start();
     until(&client, "reconnected", reconnected, |_| false).await;
     assert_eq!(status(&daemon.socket, "feed").await.subscribers, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_a_reload_removed_is_reported_and_forgotten_at_the_reconnect() {
+    let keep = Upstream::start().await;
+    let gone = Upstream::start().await;
+    let d = Daemon::start(&format!(
+        "{}{}",
+        endpoint_toml("feed", &keep.url(), ""),
+        endpoint_toml("gone", &gone.url(), "")
+    ));
+    let proxy = UnixProxy::start(&d.socket);
+    let client = Client::connect_with(options(&proxy.socket)).await.unwrap();
+    client.subscribe("feed").await.unwrap();
+    client.subscribe("gone").await.unwrap();
+    let after = format!(
+        "socket = {:?}\n{}",
+        d.socket.display().to_string(),
+        endpoint_toml("feed", &keep.url(), "")
+    );
+    std::fs::write(&d.config, after).unwrap();
+    client.reload().await.unwrap();
+    proxy.kill();
+    until_disconnected(&client).await;
+    let event = until(&client, "reconnected", reconnected, |_| false).await;
+    assert!(!event.new_epoch && !event.recovered, "{event:?}");
+    let names: Vec<&str> = event
+        .endpoints
+        .iter()
+        .map(|e| e.endpoint.as_str())
+        .collect();
+    assert_eq!(names, ["feed", "gone"]);
+    assert!(event.endpoints[0].recovered && event.endpoints[0].error.is_none());
+    let refused = event.endpoints[1].error.as_ref().expect("the refusal");
+    assert_eq!(
+        refused.code,
+        wsmux_client::proto::ErrorCode::UnknownEndpoint
+    );
+    assert!(!event.endpoints[1].recovered);
+    // Forgotten: the next reconnect does not ask for it again.
+    proxy.kill();
+    until_disconnected(&client).await;
+    let event = until(&client, "reconnected again", reconnected, |_| false).await;
+    assert!(event.recovered, "{event:?}");
+    assert_eq!(event.endpoints.len(), 1);
+    assert_eq!(event.endpoints[0].endpoint, "feed");
 }
