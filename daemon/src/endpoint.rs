@@ -682,7 +682,7 @@ impl Endpoint {
                         .cloned()
                         .collect();
                 }
-                let touched = registry.add(client, outbox, checked);
+                let touched = registry.add(client, outbox, checked, shared.seq + 1);
                 fallout.touched.connections.extend(touched.connections);
                 fallout
                     .touched
@@ -713,7 +713,14 @@ impl Endpoint {
                 (next, None)
             }
             Some(at) => {
-                let r = shared.history.resume(at.since, at.same_epoch);
+                let mut r = shared.history.resume(at.since, at.same_epoch);
+                // A topic of the set that nobody held for a while was not subscribed
+                // upstream then: its messages of that time never reached the history.
+                let unbroken = shared
+                    .registry
+                    .as_ref()
+                    .is_none_or(|reg| reg.held_since(client, at.since.saturating_add(1)));
+                r.recovered &= unbroken;
                 let counter = if r.recovered {
                     &self.counters.resumes_recovered
                 } else {
