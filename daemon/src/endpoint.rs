@@ -5,11 +5,17 @@
 //! status and to hand messages to the driver over its command channel. State changes and
 //! subscription happen under one lock, so a new subscriber's first `state` event is exactly
 //! the state every later event follows from.
+//!
+//! The endpoint's [`History`] lives under that lock too: [`Endpoint::deliver`] pushes every
+//! message into it where the message is numbered. A client that resumes (`subscribe {since}`)
+//! is *paused* there: live delivery skips it while a replay task of its own
+//! ([`Endpoint::subscribe`]) pushes what it missed, a bounded chunk per turn and only while
+//! its outbox has room, and goes live in the critical section where it catches up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -20,6 +26,7 @@ use wsmux_proto::{
 };
 
 use crate::frames;
+use crate::history::{Entry, History, Limits, Out, Replay, Selection, Step};
 use crate::outbox::{Outbox, Pushed};
 use crate::topics::registry::{Registry, Touched};
 
@@ -169,6 +176,12 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Messages waiting in the outbound queue now.
     pub queue_depth: AtomicU64,
+    /// `subscribe`s with `since` answered `recovered: true`.
+    pub resumes_recovered: AtomicU64,
+    /// `subscribe`s with `since` answered `recovered: false`.
+    pub resumes_unrecovered: AtomicU64,
+    /// Messages replayed from the history.
+    pub replayed: AtomicU64,
 }
 
 /// State guarded by the endpoint lock.
@@ -198,6 +211,169 @@ struct Shared {
     url_redacted: String,
     /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
     stopped: bool,
+    /// The most recent messages, for clients that resume (PROTOCOL.md section 19).
+    history: History,
+    /// Clients whose replay runs: live delivery skips them, their messages wait in the
+    /// history until the replay catches up.
+    replaying: HashMap<ClientId, Replaying>,
+}
+
+impl Shared {
+    /// Changes the history with `change`, which hands it the callback for what it evicts: the
+    /// evicted messages overtake every replay that had not reached them (a replay that is at
+    /// the evicted message takes it now if it fits).
+    fn change_history(
+        &mut self,
+        name: &Arc<str>,
+        change: impl FnOnce(&mut History, &mut dyn FnMut(&Entry)),
+    ) -> Fallout {
+        let Shared {
+            history,
+            replaying,
+            whole,
+            registry,
+            ..
+        } = self;
+        let mut fallout = Fallout::default();
+        change(history, &mut |e| {
+            for (client, r) in replaying.iter_mut() {
+                let Replaying {
+                    replay,
+                    outbox,
+                    start,
+                    ..
+                } = r;
+                let set = SetOf::new(*client, whole, registry.as_ref());
+                replay.evicted(e, &set, |out| hand(name, outbox, *start, out, &mut fallout));
+            }
+        });
+        fallout
+    }
+}
+
+/// Hands what a replay produced to the client's outbox: a `lagged` always, a frame only if it
+/// fits and the writer has taken the resume's `ack` (outbox position `start`).
+fn hand(name: &Arc<str>, outbox: &Outbox, start: u64, out: Out, fallout: &mut Fallout) -> bool {
+    match out {
+        Out::Lagged(n) => {
+            outbox.push_control(frames::lagged(name, n));
+            fallout.dropped += n;
+            true
+        }
+        Out::Frame(frame) => {
+            let queued = outbox.push_replayed(name, frame.clone(), start);
+            fallout.replayed += u64::from(queued);
+            queued
+        }
+    }
+}
+
+/// A running replay and what its task needs.
+#[derive(Debug)]
+struct Replaying {
+    /// Its cursor and selection.
+    replay: Replay,
+    /// The client's outbox.
+    outbox: Arc<Outbox>,
+    /// The outbox's position just after the `ack` of the resume: nothing is replayed before
+    /// the writer has taken it, so that every `lagged` of the endpoint the client reads
+    /// before the `ack` reports drops from before the resume.
+    start: u64,
+    /// Wakes its task when the replay restarts or ends.
+    wake: Arc<Notify>,
+}
+
+/// A client's set on the endpoint, as selection sees it under the lock.
+struct SetOf<'a> {
+    /// The client.
+    client: ClientId,
+    /// It holds the whole endpoint.
+    whole: bool,
+    /// Topic-less messages reach it.
+    unmatched: bool,
+    /// The endpoint's topics, if it has any.
+    registry: Option<&'a Registry>,
+}
+
+impl<'a> SetOf<'a> {
+    fn new(
+        client: ClientId,
+        whole: &HashMap<ClientId, Arc<Outbox>>,
+        registry: Option<&'a Registry>,
+    ) -> Self {
+        SetOf {
+            client,
+            whole: whole.contains_key(&client),
+            unmatched: registry
+                .is_some_and(|r| r.settings().unmatched == Unmatched::All && r.holds_any(client)),
+            registry,
+        }
+    }
+}
+
+impl Selection for SetOf<'_> {
+    fn whole(&self) -> bool {
+        self.whole
+    }
+
+    fn holds(&self, topic: &str) -> bool {
+        self.registry.is_some_and(|r| r.holds(self.client, topic))
+    }
+
+    fn unmatched(&self) -> bool {
+        self.unmatched
+    }
+}
+
+/// Forgets clients on this endpoint entirely: their subscriptions, topics and replays.
+fn forget(shared: &mut Shared, clients: &[ClientId], touched: &mut Touched) {
+    for client in clients {
+        shared.subscribers.remove(client);
+        shared.whole.remove(client);
+        if let Some(r) = shared.registry.as_mut() {
+            touched
+                .connections
+                .extend(r.drop_client(*client).connections);
+        }
+        if let Some(ended) = shared.replaying.remove(client) {
+            ended.wake.notify_one();
+        }
+    }
+}
+
+/// What a change under the lock leaves to do once the lock is released.
+#[derive(Debug, Default)]
+struct Fallout {
+    /// Topic connections to wake.
+    touched: Touched,
+    /// Clients disconnected for lagging.
+    gone: Vec<ClientId>,
+    /// Messages lost to lagging clients.
+    dropped: u64,
+    /// Messages replayed.
+    replayed: u64,
+}
+
+/// Where a `subscribe` with `since` resumes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeAt {
+    /// The last `seq` the client processed.
+    pub since: u64,
+    /// `since` belongs to this daemon run (its `epoch` is the current one, or absent).
+    pub same_epoch: bool,
+}
+
+/// What a replay task does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// The replay caught up (the client is live) or ended.
+    Done,
+    /// A chunk went out; more follows after a yield.
+    Again,
+    /// The outbox has no room for the next frame, of this length.
+    Wait(usize),
+    /// The writer has not yet taken the resume's `ack` (this outbox position).
+    Behind(u64),
 }
 
 /// State changes kept per endpoint for the status page.
@@ -277,6 +453,8 @@ pub struct Endpoint {
     required: AtomicBool,
     /// Command channels of the additional connections' drivers (index 1 is connection 1).
     extra_commands: Mutex<Vec<mpsc::Sender<Envelope>>>,
+    /// Numbers replay tasks, so that a task whose replay was replaced knows to end.
+    replay_tasks: AtomicU64,
 }
 
 impl Endpoint {
@@ -284,6 +462,17 @@ impl Endpoint {
     pub fn new(
         settings: &wsmux_config::EndpointSettings,
         commands: mpsc::Sender<Envelope>,
+    ) -> Self {
+        Self::continuing(settings, commands, 0)
+    }
+
+    /// Like [`Endpoint::new`], numbering messages from `latest + 1` (an endpoint added again
+    /// after a reload removed it continues where it stopped, so that a `seq` never means two
+    /// messages within one epoch).
+    pub fn continuing(
+        settings: &wsmux_config::EndpointSettings,
+        commands: mpsc::Sender<Envelope>,
+        latest: u64,
     ) -> Self {
         let mut first = StateEvent::new(settings.name.clone(), ConnState::Connecting);
         first.attempt = Some(1);
@@ -305,9 +494,11 @@ impl Endpoint {
                     .topics
                     .as_ref()
                     .map(|t| Registry::new(Arc::new(t.clone()))),
-                seq: 0,
+                seq: latest,
                 url_redacted: settings.url_redacted.clone(),
                 stopped: false,
+                history: History::new(Limits::from(&settings.history), latest),
+                replaying: HashMap::new(),
             }),
             counters: Counters::default(),
             commands,
@@ -321,6 +512,7 @@ impl Endpoint {
             topic_ids: AtomicU64::new(TOPIC_ID_BASE + fastrand::u64(..TOPIC_ID_BASE)),
             extra_commands: Mutex::new(Vec::new()),
             required: AtomicBool::new(settings.required),
+            replay_tasks: AtomicU64::new(0),
         }
     }
 
@@ -356,8 +548,13 @@ impl Endpoint {
 
     /// Applies the parts of reloaded settings that sessions read.
     pub fn reconfigure(&self, settings: &wsmux_config::EndpointSettings) {
-        {
-            let mut shared = self.lock();
+        self.disconnect_slow.store(
+            settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
+            Ordering::Relaxed,
+        );
+        let fallout = {
+            let mut guard = self.lock();
+            let shared = &mut *guard;
             shared.url_redacted.clone_from(&settings.url_redacted);
             if let Some(t) = &settings.topics {
                 match shared.registry.as_mut() {
@@ -384,16 +581,26 @@ impl Endpoint {
                     }
                     let whole: Vec<ClientId> = shared.whole.keys().copied().collect();
                     shared.subscribers.retain(|c, _| whole.contains(c));
+                    // Replays of clients that held only topics end with them.
+                    shared.replaying.retain(|c, r| {
+                        let keep = whole.contains(c);
+                        if !keep {
+                            r.wake.notify_one();
+                        }
+                        keep
+                    });
                 }
             }
-        }
+            // New history limits apply at once.
+            let limits = Limits::from(&settings.history);
+            self.change_history(shared, |h, evicted| {
+                h.set_limits(limits, Instant::now(), evicted)
+            })
+        };
+        self.settle(fallout);
         self.max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
         self.required.store(settings.required, Ordering::Relaxed);
-        self.disconnect_slow.store(
-            settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
-            Ordering::Relaxed,
-        );
         self.send_timeout_ms
             .store(settings.send_timeout.as_millis() as u64, Ordering::Relaxed);
         let old = self
@@ -425,51 +632,294 @@ impl Endpoint {
     /// when it is refused. Once the endpoint has stopped ([`Endpoint::clear_subscribers`])
     /// nothing is queued: a session that looked the endpoint up just before a reload removed
     /// it must not leave its outbox with a dead endpoint.
+    ///
+    /// With `resume` (`subscribe {since}`), the client's whole set then resumes from the
+    /// history (PROTOCOL.md section 19.3): if anything is to be replayed, the client is paused
+    /// and a replay task starts (or a running one starts again from the new `since`). Without
+    /// it, what the request adds to a running replay counts from the next message on.
     pub fn subscribe(
-        &self,
+        self: &Arc<Self>,
         client: ClientId,
         outbox: &Arc<Outbox>,
         id: Option<u64>,
         topics: Option<&[String]>,
+        resume: Option<ResumeAt>,
     ) -> Result<(), SubscribeError> {
         let mut guard = self.lock();
         let shared = &mut *guard;
         if shared.stopped {
             return Err(SubscribeError::Stopped);
         }
-        let mut touched = Touched::default();
-        match topics {
-            None => {
+        let checked = match (topics, shared.registry.as_ref()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(SubscribeError::Refused(
+                    ErrorCode::TopicsUnsupported,
+                    format!(
+                        "endpoint `{}` has no topics (no [endpoints.{}.topics] table)",
+                        self.name, self.name
+                    ),
+                ))
+            }
+            (Some(list), Some(registry)) => Some(
+                registry
+                    .check(client, list)
+                    .map_err(|(code, message)| SubscribeError::Refused(code, message))?,
+            ),
+        };
+        let mut fallout = Fallout::default();
+        if resume.is_some() {
+            // A lookup sees the history as `max_age` leaves it now.
+            fallout = self.expire(shared, Instant::now());
+            if outbox.is_closed() {
+                // Disconnected just now for lagging in an earlier replay.
+                drop(guard);
+                self.settle(fallout);
+                return Ok(());
+            }
+        }
+        let was_whole = shared.whole.contains_key(&client);
+        let had_topics = shared
+            .registry
+            .as_ref()
+            .is_some_and(|r| r.holds_any(client));
+        let mut added = Vec::new();
+        match (checked, shared.registry.as_mut()) {
+            (Some(checked), Some(registry)) => {
+                if shared.replaying.contains_key(&client) {
+                    added = checked
+                        .iter()
+                        .filter(|t| !registry.holds(client, t))
+                        .cloned()
+                        .collect();
+                }
+                let touched = registry.add(client, outbox, checked, shared.seq + 1);
+                fallout.touched.connections.extend(touched.connections);
+                fallout
+                    .touched
+                    .new_connections
+                    .extend(touched.new_connections);
+            }
+            _ => {
                 shared.whole.insert(client, Arc::clone(outbox));
             }
-            Some(list) => {
-                let Some(registry) = shared.registry.as_mut() else {
-                    return Err(SubscribeError::Refused(
-                        ErrorCode::TopicsUnsupported,
-                        format!(
-                            "endpoint `{}` has no topics (no [endpoints.{}.topics] table)",
-                            self.name, self.name
-                        ),
-                    ));
-                };
-                let checked = registry
-                    .check(client, list)
-                    .map_err(|(code, message)| SubscribeError::Refused(code, message))?;
-                touched = registry.add(client, outbox, checked);
-            }
         }
+        shared.subscribers.insert(client, Arc::clone(outbox));
+        let next = shared.seq + 1;
+        let mut spawn = None;
+        let (first_seq, recovered) = match resume {
+            None => {
+                let unmatched_all = shared
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.settings().unmatched == Unmatched::All);
+                if let Some(running) = shared.replaying.get_mut(&client) {
+                    running.replay.added(
+                        topics.is_none() && !was_whole,
+                        added,
+                        topics.is_some() && !had_topics && unmatched_all,
+                        next,
+                    );
+                }
+                (next, None)
+            }
+            Some(at) => {
+                let mut r = shared.history.resume(at.since, at.same_epoch);
+                // A topic of the set that nobody held for a while was not subscribed
+                // upstream then: its messages of that time never reached the history.
+                let unbroken = shared
+                    .registry
+                    .as_ref()
+                    .is_none_or(|reg| reg.held_since(client, at.since.saturating_add(1)));
+                r.recovered &= unbroken;
+                let counter = if r.recovered {
+                    &self.counters.resumes_recovered
+                } else {
+                    &self.counters.resumes_unrecovered
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if r.cursor < shared.history.latest() {
+                    // What is still queued of the endpoint has `seq > since`: it comes again
+                    // from the history, or the ack says it is lost (the seam rule would
+                    // discard it anyway). Its drops not yet announced are covered too.
+                    outbox.purge(&self.name);
+                    match shared.replaying.get_mut(&client) {
+                        Some(running) => {
+                            running.replay.restart(r.cursor);
+                            running.wake.notify_one();
+                        }
+                        None => {
+                            let task = self.replay_tasks.fetch_add(1, Ordering::Relaxed);
+                            let wake = Arc::new(Notify::new());
+                            shared.replaying.insert(
+                                client,
+                                Replaying {
+                                    replay: Replay::new(r.cursor, task),
+                                    outbox: Arc::clone(outbox),
+                                    start: u64::MAX,
+                                    wake: Arc::clone(&wake),
+                                },
+                            );
+                            spawn = Some((task, wake));
+                        }
+                    }
+                } else if let Some(ended) = shared.replaying.remove(&client) {
+                    // Nothing after the new `since`: what the earlier replay had left is
+                    // not wanted.
+                    ended.wake.notify_one();
+                }
+                (r.first_seq, Some(r.recovered))
+            }
+        };
         if let Some(id) = id {
-            outbox.push_control(frames::ack(id));
+            outbox.push_control(frames::ack_subscribe(id, first_seq, recovered));
         }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
-        shared.subscribers.insert(client, Arc::clone(outbox));
+        if resume.is_some() {
+            if let Some(running) = shared.replaying.get_mut(&client) {
+                running.start = outbox.mark();
+            }
+        }
         drop(guard);
-        self.wake(touched);
+        self.settle(fallout);
+        if let Some((task, wake)) = spawn {
+            tokio::spawn(Arc::clone(self).replay(client, Arc::clone(outbox), task, wake));
+        }
         Ok(())
     }
 
+    /// Drives one client's replay: a bounded step under the lock, then (if the outbox is
+    /// full) a wait for room, until the replay catches up or ends (the client left or
+    /// unsubscribed, its outbox closed, the endpoint stopped, or a newer replay replaced it).
+    async fn replay(
+        self: Arc<Self>,
+        client: ClientId,
+        outbox: Arc<Outbox>,
+        task: u64,
+        wake: Arc<Notify>,
+    ) {
+        loop {
+            match self.replay_step(client, task, &outbox) {
+                Turn::Done => return,
+                Turn::Again => tokio::task::yield_now().await,
+                Turn::Wait(len) => tokio::select! {
+                    () = outbox.room(len) => {}
+                    () = wake.notified() => {}
+                },
+                Turn::Behind(mark) => tokio::select! {
+                    () = outbox.passed(mark) => {}
+                    () = wake.notified() => {}
+                },
+            }
+        }
+    }
+
+    /// One turn of a replay, under the lock: pushes what follows the cursor while the outbox
+    /// has room (at most [`crate::history::REPLAY_CHUNK`] entries), and takes the client off
+    /// the paused list in the same critical section when it has caught up.
+    fn replay_step(&self, client: ClientId, task: u64, outbox: &Outbox) -> Turn {
+        let mut guard = self.lock();
+        let shared = &mut *guard;
+        let mut fallout = self.expire(shared, Instant::now());
+        let Shared {
+            replaying,
+            whole,
+            registry,
+            history,
+            ..
+        } = shared;
+        let turn = match replaying.get_mut(&client) {
+            Some(running) if running.replay.task == task && !outbox.is_past(running.start) => {
+                Turn::Behind(running.start)
+            }
+            Some(running) if running.replay.task == task && !outbox.is_closed() => {
+                let set = SetOf::new(client, whole, registry.as_ref());
+                let start = running.start;
+                let step = running.replay.step(history, &set, |out| {
+                    hand(&self.name, outbox, start, out, &mut fallout)
+                });
+                match step {
+                    Step::CaughtUp => {
+                        replaying.remove(&client);
+                        Turn::Done
+                    }
+                    Step::More => Turn::Again,
+                    Step::Full(len) => Turn::Wait(len),
+                }
+            }
+            Some(running) if running.replay.task == task => {
+                replaying.remove(&client);
+                Turn::Done
+            }
+            _ => Turn::Done,
+        };
+        drop(guard);
+        self.settle(fallout);
+        turn
+    }
+
+    /// Evicts what `max_age` excludes at `now`, with what that does to running replays.
+    fn expire(&self, shared: &mut Shared, now: Instant) -> Fallout {
+        self.change_history(shared, |h, evicted| h.expire(now, evicted))
+    }
+
+    /// Changes the history (see [`Shared::change_history`]); under `slow_client =
+    /// "disconnect"`, a replay that lost messages to eviction disconnects its client, as live
+    /// lagging does (under `"drop"` the replay reports them with `lagged` before its next
+    /// frame).
+    fn change_history(
+        &self,
+        shared: &mut Shared,
+        change: impl FnOnce(&mut History, &mut dyn FnMut(&Entry)),
+    ) -> Fallout {
+        let mut fallout = shared.change_history(&self.name, change);
+        if shared.replaying.is_empty() || !self.disconnect_slow.load(Ordering::Relaxed) {
+            return fallout;
+        }
+        let mut gone = Vec::new();
+        for (client, running) in &mut shared.replaying {
+            let lost = running.replay.lost();
+            if lost > 0 {
+                fallout.dropped += lost;
+                running.outbox.disconnect(lagged_farewell(&self.name));
+                gone.push(*client);
+            }
+        }
+        forget(shared, &gone, &mut fallout.touched);
+        fallout.gone.extend(gone);
+        fallout
+    }
+
+    /// Does, without the lock, what a change under it left: wakes topic connections, counts
+    /// and logs lagging clients.
+    fn settle(&self, fallout: Fallout) {
+        let Fallout {
+            touched,
+            gone,
+            dropped,
+            replayed,
+        } = fallout;
+        self.wake(touched);
+        if replayed > 0 {
+            self.counters
+                .replayed
+                .fetch_add(replayed, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            self.counters
+                .lagged_drops
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        if !gone.is_empty() {
+            tracing::warn!(endpoint = %self.name, clients = ?gone, "disconnected slow clients");
+            self.counters
+                .lagged_disconnects
+                .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Removes a subscriber's topics (`topics` given) or everything (`None`); `false` if it
-    /// held nothing on this endpoint.
+    /// held nothing on this endpoint. What it removes stops at once, replayed or live.
     pub fn unsubscribe(&self, client: ClientId, topics: Option<&[String]>) -> bool {
         let mut guard = self.lock();
         let shared = &mut *guard;
@@ -478,13 +928,9 @@ impl Endpoint {
         }
         let touched = match topics {
             None => {
-                shared.whole.remove(&client);
-                shared.subscribers.remove(&client);
-                shared
-                    .registry
-                    .as_mut()
-                    .map(|r| r.remove(client, None))
-                    .unwrap_or_default()
+                let mut touched = Touched::default();
+                forget(shared, &[client], &mut touched);
+                touched
             }
             Some(list) => {
                 let touched = shared
@@ -498,6 +944,9 @@ impl Endpoint {
                     .is_some_and(|r| r.holds_any(client));
                 if !holds && !shared.whole.contains_key(&client) {
                     shared.subscribers.remove(&client);
+                    if let Some(ended) = shared.replaying.remove(&client) {
+                        ended.wake.notify_one();
+                    }
                 }
                 touched
             }
@@ -674,9 +1123,10 @@ impl Endpoint {
     /// Delivers one upstream data message: numbers it (`seq`, and `topic_seq` when it has a
     /// topic), encodes it once and hands the frame to every client that should get it: the
     /// whole-endpoint subscribers, the holders of its topic, and (`unmatched = "all"`) every
-    /// subscriber when it has no topic. Never waits. Numbering and delivery happen under the
-    /// endpoint's lock, so messages from several upstream connections reach every client in
-    /// `seq` order.
+    /// subscriber when it has no topic; clients whose replay runs are skipped, the message
+    /// waits for them in the history, where it goes too. Never waits. Numbering, delivery and
+    /// the history happen under the endpoint's lock, so messages from several upstream
+    /// connections reach every client in `seq` order.
     pub fn deliver(&self, data: PayloadRef<'_>, topic: Option<&str>, max_frame: usize) {
         let len = match data {
             PayloadRef::Text(t) => t.len(),
@@ -701,66 +1151,64 @@ impl Endpoint {
         };
         let frame =
             match encode_data_message_fields(&self.name, seq, topic, topic_seq, data, max_frame) {
-                Ok(frame) => frame,
+                Ok(frame) => Some(frame),
                 Err(e) => {
                     tracing::warn!(
                         endpoint = %self.name, seq, error = %e,
                         "upstream message too large for a client frame; not delivered"
                     );
-                    return;
+                    None
                 }
             };
         let mut dropped = 0;
         let mut gone = Vec::new();
-        let mut push = |client: ClientId, outbox: &Arc<Outbox>| match outbox.push_data(
-            &self.name,
-            frame.clone(),
-            disconnect,
-            || lagged_farewell(&self.name),
-        ) {
-            Pushed::Queued(n) => dropped += n,
-            Pushed::Disconnected => gone.push(client),
-        };
-        for (client, outbox) in &shared.whole {
-            push(*client, outbox);
-        }
-        if let Some(holders) = holders {
-            for (client, outbox) in holders {
-                if !shared.whole.contains_key(client) {
-                    push(*client, outbox);
+        if let Some(frame) = &frame {
+            let replaying = &shared.replaying;
+            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| {
+                if !replaying.is_empty() && replaying.contains_key(client) {
+                    return;
                 }
-            }
-        } else if topic.is_none() && unmatched_to_all {
-            for (client, outbox) in &shared.subscribers {
-                if !shared.whole.contains_key(client) {
-                    push(*client, outbox);
+                match outbox.push_data(&self.name, frame.clone(), disconnect, || {
+                    lagged_farewell(&self.name)
+                }) {
+                    Pushed::Queued(n) => dropped += n,
+                    Pushed::Disconnected => gone.push(*client),
                 }
+            };
+            for (client, outbox) in &shared.whole {
+                push(client, outbox);
             }
-        }
-        let mut touched = Touched::default();
-        for client in &gone {
-            shared.subscribers.remove(client);
-            shared.whole.remove(client);
-            if let Some(r) = shared.registry.as_mut() {
-                let t = r.drop_client(*client);
-                for k in t.connections {
-                    touched.connections.push(k);
+            if let Some(holders) = holders {
+                for (client, outbox) in holders {
+                    if !shared.whole.contains_key(client) {
+                        push(client, outbox);
+                    }
+                }
+            } else if topic.is_none() && unmatched_to_all {
+                for (client, outbox) in &shared.subscribers {
+                    if !shared.whole.contains_key(client) {
+                        push(client, outbox);
+                    }
                 }
             }
         }
+        let mut fallout = Fallout::default();
+        if shared.history.enabled() || !shared.replaying.is_empty() {
+            let entry = Entry {
+                seq,
+                at: Instant::now(),
+                topic: topic.map(Arc::from),
+                frame,
+            };
+            fallout = self.change_history(shared, |h, evicted| h.push(entry, evicted));
+        } else {
+            shared.history.numbered(seq);
+        }
+        forget(shared, &gone, &mut fallout.touched);
+        fallout.gone.extend(gone);
+        fallout.dropped += dropped;
         drop(guard);
-        self.wake(touched);
-        if dropped > 0 {
-            self.counters
-                .lagged_drops
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
-        if !gone.is_empty() {
-            tracing::warn!(endpoint = %self.name, clients = ?gone, "disconnected slow clients");
-            self.counters
-                .lagged_disconnects
-                .fetch_add(gone.len() as u64, Ordering::Relaxed);
-        }
+        self.settle(fallout);
     }
 
     /// Hands a command to the driver. A send first reserves its bytes in the endpoint's send
@@ -905,9 +1353,11 @@ impl Endpoint {
 
     /// The full status, for `status`.
     pub fn status(&self) -> EndpointStatus {
-        let shared = self.lock();
+        let mut guard = self.lock();
+        let fallout = self.expire(&mut guard, Instant::now());
+        let shared = &*guard;
         let c = &self.counters;
-        EndpointStatus {
+        let status = EndpointStatus {
             connections: match &shared.registry {
                 Some(r) => r.connections_open(),
                 None => u32::from(shared.last_event.state == ConnState::Open),
@@ -937,10 +1387,18 @@ impl Endpoint {
             reconnects: c.reconnects.load(Ordering::Relaxed),
             queued: c.queue_depth.load(Ordering::Relaxed),
             lagged_drops: c.lagged_drops.load(Ordering::Relaxed),
-            history_messages: 0,
-            history_bytes: 0,
-            history_first_seq: None,
-        }
+            history_messages: shared.history.len() as u64,
+            history_bytes: shared.history.bytes() as u64,
+            history_first_seq: shared.history.first_seq(),
+        };
+        drop(guard);
+        self.settle(fallout);
+        status
+    }
+
+    /// The `seq` of the latest message numbered (0 before the first).
+    pub fn latest_seq(&self) -> u64 {
+        self.lock().seq
     }
 
     /// Drops every subscriber (after the final `closed` state went out) and refuses new ones
@@ -950,6 +1408,10 @@ impl Endpoint {
         shared.stopped = true;
         shared.subscribers.clear();
         shared.whole.clear();
+        for (_, ended) in shared.replaying.drain() {
+            ended.wake.notify_one();
+        }
+        shared.history.clear(|_| {});
         if let Some(settings) = shared.registry.as_ref().map(|r| Arc::clone(r.settings())) {
             shared.registry = Some(Registry::new(settings));
         }
@@ -971,14 +1433,15 @@ mod tests {
     #[test]
     fn a_stopped_endpoint_refuses_new_subscribers() {
         let (ep, _rx) = endpoint(1 << 20);
+        let ep = Arc::new(ep);
         let early = Arc::new(Outbox::new(16, 1 << 20));
-        assert!(ep.subscribe(1, &early, None, None).is_ok());
+        assert!(ep.subscribe(1, &early, None, None, None).is_ok());
         assert_eq!(ep.status().subscribers, 1);
         ep.clear_subscribers();
         // A session that looked the endpoint up just before it was removed.
         let late = Arc::new(Outbox::new(16, 1 << 20));
         assert_eq!(
-            ep.subscribe(2, &late, Some(7), None),
+            ep.subscribe(2, &late, Some(7), None, None),
             Err(SubscribeError::Stopped)
         );
         assert!(
@@ -1082,5 +1545,305 @@ mod tests {
             .await
             .expect_err("the driver took nothing");
         assert!(matches!(error, CommandError::Busy { .. }), "{error}");
+    }
+
+    /// Endpoint `feed` with these history limits and slow-client policy.
+    fn with_history(
+        max_messages: usize,
+        slow_client: wsmux_config::SlowClientPolicy,
+    ) -> (Arc<Endpoint>, mpsc::Receiver<Envelope>) {
+        let mut settings =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        settings.history.max_messages = max_messages;
+        settings.slow_client = slow_client;
+        let (tx, rx) = mpsc::channel(4);
+        (Arc::new(Endpoint::new(&settings, tx)), rx)
+    }
+
+    fn deliver(ep: &Endpoint, seqs: std::ops::RangeInclusive<u64>) {
+        for n in seqs {
+            ep.deliver(PayloadRef::Text(&format!("m{n}")), None, 1 << 20);
+        }
+    }
+
+    /// Reads what the outbox holds as the writer would (drop announcements first, then the
+    /// batch), until nothing more comes, in short form: `ack 1 first 3 rec`, `state`,
+    /// `m7`, `lagged 4`, `error lagged`.
+    async fn read(outbox: &Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(batch) = tokio::time::timeout(Duration::from_millis(50), outbox.take()).await {
+            for (_, n) in &batch.lagged {
+                out.push(format!("lagged {n}"));
+            }
+            let mut charged = 0;
+            for frame in batch.frames() {
+                charged += crate::outbox::charge(frame.len());
+                let msg = wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..]);
+                out.push(match msg.expect("a frame the daemon encoded") {
+                    ServerMsg::Ack(a) => format!(
+                        "ack {} first {}{}",
+                        a.id,
+                        a.first_seq.unwrap_or(0),
+                        match a.recovered {
+                            Some(true) => " rec",
+                            Some(false) => " lost",
+                            None => "",
+                        }
+                    ),
+                    ServerMsg::State(_) => "state".into(),
+                    ServerMsg::Message(m) => format!("m{}", m.seq),
+                    ServerMsg::Lagged(l) => format!("lagged {}", l.dropped),
+                    ServerMsg::Error(e) => format!("error {}", e.code),
+                    other => format!("{other:?}"),
+                });
+            }
+            outbox.release(charged);
+            if batch.last {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Takes and writes one batch, as the writer does; how many frames it held.
+    async fn write_one_batch(outbox: &Outbox) -> usize {
+        let batch = outbox.take().await;
+        outbox.release(batch.frames().map(|f| crate::outbox::charge(f.len())).sum());
+        batch.frames().count()
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn ms(seqs: std::ops::RangeInclusive<u64>) -> Vec<String> {
+        seqs.map(|n| format!("m{n}")).collect()
+    }
+
+    fn at(since: u64) -> Option<ResumeAt> {
+        Some(ResumeAt {
+            since,
+            same_epoch: true,
+        })
+    }
+
+    /// Lets spawned replay tasks run until they wait.
+    async fn settle_tasks() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagged_client_resumes_replayed_then_live_with_no_gap_and_no_duplicate() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        let a = Arc::new(Outbox::new(4, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, None).unwrap();
+        deliver(&ep, 1..=2);
+        assert_eq!(
+            read(&a).await,
+            strs(&["ack 1 first 1", "state", "m1", "m2"])
+        );
+        // The client stops reading: its queue of four keeps 7 to 10.
+        deliver(&ep, 3..=10);
+        ep.subscribe(1, &a, Some(2), None, at(2)).unwrap();
+        // Messages that arrive during the replay wait in the history.
+        deliver(&ep, 11..=12);
+        let mut expected = strs(&["ack 2 first 3 rec", "state"]);
+        expected.extend(ms(3..=12));
+        assert_eq!(
+            read(&a).await,
+            expected,
+            "the queued 7 to 10 were purged and their drops covered: only the replay, in order"
+        );
+        deliver(&ep, 13..=13);
+        assert_eq!(read(&a).await, ms(13..=13), "live again");
+        assert_eq!(ep.counters.replayed.load(Ordering::Relaxed), 10);
+        assert_eq!(ep.counters.resumes_recovered.load(Ordering::Relaxed), 1);
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "the replay task ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_never_makes_room_and_waits_for_the_writer() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=50);
+        let a = Arc::new(Outbox::new(3, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, at(0)).unwrap();
+        let mut got = Vec::new();
+        // A client that takes one batch at a time.
+        for _ in 0..100 {
+            settle_tasks().await;
+            let batch = a.take().await;
+            assert!(batch.lagged.is_empty(), "nothing is dropped for a replay");
+            let mut charged = 0;
+            for frame in batch.frames() {
+                charged += crate::outbox::charge(frame.len());
+                if let Ok(ServerMsg::Message(m)) =
+                    wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..])
+                {
+                    got.push(m.seq);
+                }
+            }
+            assert!(a.queued_bytes() > 0);
+            a.release(charged);
+            if got.len() == 50 {
+                break;
+            }
+        }
+        assert_eq!(got, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_purges_what_is_still_queued_of_the_endpoint() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        let a = Arc::new(Outbox::new(100, 1 << 20));
+        ep.subscribe(1, &a, None, None, None).unwrap();
+        deliver(&ep, 1..=1);
+        assert_eq!(read(&a).await, strs(&["state", "m1"]));
+        deliver(&ep, 2..=3);
+        ep.subscribe(1, &a, Some(9), None, at(1)).unwrap();
+        let mut expected = strs(&["ack 9 first 2 rec", "state"]);
+        expected.extend(ms(2..=3));
+        assert_eq!(read(&a).await, expected, "2 and 3 once, after the ack");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_overtaking_a_replay_is_reported_where_the_gap_is() {
+        let (ep, _rx) = with_history(8, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=8);
+        // A client that keeps up gets the whole history, then live.
+        let a = Arc::new(Outbox::new(100, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, at(0)).unwrap();
+        let mut expected = strs(&["ack 1 first 1 rec", "state"]);
+        expected.extend(ms(1..=8));
+        assert_eq!(read(&a).await, expected);
+        // One that reads more slowly than the upstream produces: a queue of two.
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, Some(2), None, at(4)).unwrap();
+        assert_eq!(write_one_batch(&b).await, 2, "ack and state");
+        settle_tasks().await;
+        // 5 and 6 are queued; the history then evicts 7 to 16 before the client read them.
+        deliver(&ep, 9..=24);
+        let mut expected = ms(5..=6);
+        expected.push("lagged 10".into());
+        expected.extend(ms(17..=24));
+        assert_eq!(read(&b).await, expected);
+        deliver(&ep, 25..=25);
+        assert_eq!(read(&b).await, ms(25..=25), "then live");
+        assert_eq!(read(&a).await, ms(9..=25), "the other client lost nothing");
+        assert_eq!(ep.counters.lagged_drops.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_overtaking_a_replay_disconnects_under_the_disconnect_policy() {
+        let (ep, _rx) = with_history(8, wsmux_config::SlowClientPolicy::Disconnect);
+        deliver(&ep, 1..=8);
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, Some(2), None, at(4)).unwrap();
+        write_one_batch(&b).await;
+        settle_tasks().await;
+        deliver(&ep, 9..=24);
+        assert!(b.is_closed());
+        assert_eq!(
+            read(&b).await,
+            strs(&["error lagged"]),
+            "queued data discarded"
+        );
+        assert!(!ep.is_subscribed(2));
+        assert_eq!(ep.counters.lagged_disconnects.load(Ordering::Relaxed), 1);
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "the replay task ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsubscribing_or_stopping_ends_a_replay_at_once() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=20);
+        let a = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(1, &a, None, None, at(0)).unwrap();
+        write_one_batch(&a).await;
+        settle_tasks().await;
+        // The replay queued 1 and 2 and waits for room.
+        assert!(ep.unsubscribe(1, None));
+        deliver(&ep, 21..=22);
+        let got = read(&a).await;
+        assert_eq!(got, strs(&["m1", "m2"]), "nothing after the unsubscribe");
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "the replay task ended");
+
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, None, None, at(0)).unwrap();
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 2, "a replay task runs");
+        ep.clear_subscribers();
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "stopping the endpoint ended it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_during_a_replay_restarts_it_and_history_off_ends_it() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=20);
+        let a = Arc::new(Outbox::new(3, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, at(0)).unwrap();
+        write_one_batch(&a).await;
+        settle_tasks().await;
+        // 1, 2, 3 are queued; the client asks again from 15.
+        ep.subscribe(1, &a, Some(2), None, at(15)).unwrap();
+        let mut expected = strs(&["ack 2 first 16 rec", "state"]);
+        expected.extend(ms(16..=20));
+        assert_eq!(read(&a).await, expected, "the queued 1 to 3 purged");
+
+        // A reload that turns the history off while a replay runs: what it had left is lost.
+        deliver(&ep, 21..=30);
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, Some(3), None, at(20)).unwrap();
+        write_one_batch(&b).await;
+        settle_tasks().await;
+        let mut off =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        off.history.max_messages = 0;
+        ep.reconfigure(&off);
+        assert_eq!(ep.status().history_messages, 0);
+        assert_eq!(
+            read(&b).await,
+            strs(&["m21", "m22", "lagged 8"]),
+            "23 to 30 lost, reported where the gap is"
+        );
+        deliver(&ep, 31..=31);
+        assert_eq!(read(&b).await, ms(31..=31), "then live");
+        // With the history off, only a since at the latest recovers.
+        ep.subscribe(2, &b, Some(4), None, at(31)).unwrap();
+        ep.subscribe(2, &b, Some(5), None, at(30)).unwrap();
+        assert_eq!(
+            read(&b).await,
+            strs(&[
+                "ack 4 first 32 rec",
+                "state",
+                "ack 5 first 32 lost",
+                "state"
+            ])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_shows_the_history() {
+        let (ep, _rx) = with_history(5, wsmux_config::SlowClientPolicy::Drop);
+        let s = ep.status();
+        assert_eq!(
+            (s.history_messages, s.history_bytes, s.history_first_seq),
+            (0, 0, None)
+        );
+        deliver(&ep, 1..=7);
+        let s = ep.status();
+        assert_eq!((s.history_messages, s.history_first_seq), (5, Some(3)));
+        let frame =
+            encode_data_message_fields("feed", 7, None, None, PayloadRef::Text("m7"), 1 << 20)
+                .unwrap();
+        assert_eq!(
+            s.history_bytes,
+            5 * (frame.len() + crate::outbox::FRAME_OVERHEAD) as u64
+        );
     }
 }

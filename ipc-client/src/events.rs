@@ -7,6 +7,10 @@
 //! to its own queue for a slow client (PROTOCOL.md section 10). Every other event (state
 //! changes, errors, `sent`/`dropped` reports, the daemon's `lagged`) is kept; if those alone
 //! fill the buffer, the application has stopped reading altogether and the connection ends.
+//!
+//! While the client resubscribes after a reconnect, the events of the new connection are held
+//! behind a barrier ([`EventBuffer::hold`]) until the `reconnected` event that must come first
+//! is known ([`EventBuffer::release`]); held events count against the bound like any other.
 
 use std::collections::VecDeque;
 
@@ -52,6 +56,9 @@ pub(crate) struct EventBuffer {
     other: VecDeque<Entry>,
     /// Messages dropped here and not yet announced, per endpoint, in order of the first drop.
     lagged: Vec<(String, u64)>,
+    /// The arrival number kept for the event [`EventBuffer::release`] will put there: nothing
+    /// that arrived after it is handed out before it.
+    barrier: Option<u64>,
 }
 
 impl EventBuffer {
@@ -65,6 +72,7 @@ impl EventBuffer {
             data: VecDeque::new(),
             other: VecDeque::new(),
             lagged: Vec::new(),
+            barrier: None,
         }
     }
 
@@ -135,19 +143,56 @@ impl EventBuffer {
         self.other.push_back(entry);
     }
 
+    /// Holds every event pushed from now on until [`EventBuffer::release`] puts the one
+    /// that comes before them. Holding again while held changes nothing.
+    pub(crate) fn hold(&mut self) {
+        if self.barrier.is_none() {
+            self.barrier = Some(self.next_order);
+            self.next_order += 1;
+        }
+    }
+
+    /// Puts `event` (undroppable, charged `size` bytes even past the bound: it replaces no
+    /// frame) where [`EventBuffer::hold`] was called, and hands out what was held after it.
+    /// Without a hold, `event` is queued last.
+    pub(crate) fn release(&mut self, event: Event, size: usize) {
+        let order = match self.barrier.take() {
+            Some(order) => order,
+            None => {
+                self.next_order += 1;
+                self.next_order - 1
+            }
+        };
+        let at = self.other.partition_point(|e| e.order < order);
+        self.used += size;
+        self.other.insert(at, Entry { order, size, event });
+    }
+
     /// The next event for the application: pending client-side `lagged` notices first, then
-    /// the oldest event.
+    /// the oldest event, as long as it is not held behind a barrier.
     pub(crate) fn pop(&mut self) -> Option<Event> {
+        let from_data = match (self.data.front(), self.other.front()) {
+            (Some(d), Some(o)) => d.order < o.order,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let next = if from_data {
+            self.data.front()
+        } else {
+            self.other.front()
+        }
+        .map(|e| e.order);
+        if let Some(barrier) = self.barrier {
+            // While held, only what arrived before the barrier comes out.
+            if next.is_none_or(|order| order > barrier) {
+                return None;
+            }
+        }
         if !self.lagged.is_empty() {
             let (endpoint, dropped) = self.lagged.remove(0);
             return Some(Event::ClientLagged(Lagged { endpoint, dropped }));
         }
-        let from_data = match (self.data.front(), self.other.front()) {
-            (Some(d), Some(o)) => d.order < o.order,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
+        next?;
         let entry = if from_data {
             let entry = self.data.pop_front()?;
             self.data_used -= entry.size;
@@ -315,6 +360,51 @@ mod tests {
         b.push(msg("a", 6), unit).unwrap();
         b.push(msg("a", 7), unit).unwrap();
         assert_eq!(drain(&mut b), vec![lagged("a", 1), msg("a", 7)]);
+    }
+
+    #[test]
+    fn held_events_wait_for_the_event_that_comes_before_them() {
+        let mut b = EventBuffer::new(MIN_BYTES);
+        b.push(msg("a", 1), 10).unwrap();
+        b.hold();
+        b.push(msg("a", 2), 10).unwrap();
+        b.push(state("a"), 10).unwrap();
+        assert_eq!(b.pop(), Some(msg("a", 1)), "what came before is not held");
+        assert_eq!(b.pop(), None);
+        b.hold();
+        b.push(msg("a", 3), 10).unwrap();
+        b.release(lagged("first", 0), 10);
+        assert_eq!(b.used(), 40);
+        assert_eq!(
+            drain(&mut b),
+            vec![lagged("first", 0), msg("a", 2), state("a"), msg("a", 3)]
+        );
+        assert_eq!(b.used(), 0);
+        // Without a hold, the event is simply queued last.
+        b.push(msg("a", 4), 10).unwrap();
+        b.release(lagged("last", 0), 10);
+        assert_eq!(drain(&mut b), vec![msg("a", 4), lagged("last", 0)]);
+    }
+
+    #[test]
+    fn held_messages_count_against_the_bound() {
+        let unit = MIN_BYTES / 2;
+        let mut b = EventBuffer::new(MIN_BYTES);
+        b.hold();
+        for seq in 1..=3 {
+            b.push(msg("a", seq), unit).unwrap();
+        }
+        assert_eq!(b.used(), MIN_BYTES);
+        assert_eq!(
+            b.pop(),
+            None,
+            "nothing comes out while held, not even the notice"
+        );
+        b.release(state("b"), 0);
+        assert_eq!(
+            drain(&mut b),
+            vec![lagged("a", 1), state("b"), msg("a", 2), msg("a", 3)]
+        );
     }
 
     #[test]

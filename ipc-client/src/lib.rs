@@ -16,44 +16,80 @@
 //! (messages, state changes, unsolicited errors) goes to a buffer bounded in bytes that
 //! [`Client::next_event`] drains. An application that does not drain it loses its oldest
 //! `message` events, never silently: an [`Event::ClientLagged`] tells how many, as the
-//! daemon's own `lagged` does. Requests are cancel-safe: a second task owns the write half
+//! daemon's own `lagged` does. Requests are cancel-safe: a writer task owns the write half
 //! and writes each queued frame whole, so a caller that drops a request (a `timeout`, a
 //! `select!`) never leaves half a frame on the socket, and its reply slot goes with it.
 //! Before greeting, the client checks that the socket is served by
 //! a process of this user or root ([`ClientError::UntrustedDaemon`] otherwise).
 //! The client depends on `wsmux-proto` only, never on the daemon.
+//!
+//! # Staying connected
+//!
+//! The first [`Client::connect`] fails if the daemon is not there. After that, the client
+//! keeps itself connected (turn it off with [`ConnectOptions::reconnect`]). When the socket
+//! drops (the daemon restarted, the connection broke):
+//!
+//! 1. requests in flight fail with [`ClientError::Disconnected`]: their outcome is unknown (a
+//!    `send` may or may not have been written upstream), and they are not retried;
+//! 2. [`Event::Disconnected`] comes, in stream order;
+//! 3. the client reconnects with backoff (0.1 s doubling to 1 s by default, each delay times a
+//!    random factor in [0.5, 1.0], attempts until the client is closed), checks who serves the
+//!    socket, greets;
+//! 4. it subscribes again to everything it held, resuming from the last `seq` received with
+//!    the old `epoch` (PROTOCOL.md section 19), sends its sticky messages again, then the
+//!    sends made while disconnected;
+//! 5. once every subscribe is answered, [`Event::Reconnected`] says the new epoch, whether
+//!    the daemon restarted (`new_epoch`), and per endpoint whether nothing was lost
+//!    (`recovered`) and where the stream carries on (`first_seq`). Events of the new
+//!    connection come after it.
+//!
+//! While disconnected, a [`Client::send`] waits in a bounded buffer (1 MiB, 1000 messages by
+//! default) and completes once the daemon has answered, within the request timeout; a send
+//! that times out there is taken out of the buffer and never written. With
+//! [`WhenDisconnected::Fail`] it fails at once with [`ClientError::NotConnected`]. Other
+//! requests wait for the reconnect within their timeout. [`Client::subscribe`] and
+//! [`Client::unsubscribe`] change what the client holds at once, whatever their outcome: a
+//! subscribe that times out is still made after the reconnect, an unsubscribe while
+//! disconnected succeeds at once (the daemon holds nothing of a dropped connection).
+//!
+//! With reconnecting on, the client also answers a `lagged` from the daemon by itself: at once
+//! it asks to resume the endpoint from the last `seq` it received, discards the messages the
+//! daemon sends again (the seam rule), and once the daemon answers, [`Event::Resumed`] says
+//! whether nothing was lost. The [`Event::Lagged`] itself is still delivered before it.
 #![warn(missing_docs)]
 
+mod backoff;
+mod conn;
+mod desired;
 mod events;
 mod peer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use interprocess::local_socket::tokio::prelude::*;
-use interprocess::local_socket::tokio::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
-use wsmux_proto::frame::check;
+use tokio::sync::mpsc;
 use wsmux_proto::{
-    decode_server, encode, ClientMsg, DataMessage, Dropped, EndpointStatus, ErrorCode, ErrorMsg,
-    Hello, Lagged, Payload, Ping, Reconnect, Reload, Send, Sent, ServerMsg, StateEvent,
-    StatusRequest, Subscribe, Unsubscribe, Welcome, DEFAULT_MAX_FRAME, HEADER_LEN,
-    PROTOCOL_VERSION,
+    ClientMsg, DataMessage, Dropped, EndpointStatus, ErrorCode, ErrorMsg, Lagged, Payload, Ping,
+    Reconnect, Reload, Send, Sent, ServerMsg, StateEvent, StatusReply, StatusRequest, Subscribe,
+    Unsubscribe, Welcome, DEFAULT_MAX_FRAME,
 };
 
 pub use peer::DAEMON_UID_ENV;
 pub use wsmux_proto as proto;
 
-use events::EventBuffer;
+use conn::{encode_frame, Link, Policy, Shared, Slot, Track, WhileDown};
+use desired::Sticky;
 use peer::TrustedUids;
 
 /// Default bound of the unread-event buffer: two frames of the daemon's default size limit.
 pub const DEFAULT_EVENT_BUFFER_BYTES: usize = 2 * DEFAULT_MAX_FRAME;
+
+/// Default bound, in bytes of encoded frames, of the sends made while disconnected.
+pub const DEFAULT_DISCONNECTED_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Default bound, in messages, of the sends made while disconnected.
+pub const DEFAULT_DISCONNECTED_BUFFER_MESSAGES: usize = 1000;
 
 /// Bound, in bytes of encoded frames, of the requests waiting for the writer task (the one
 /// being written included): two frames of the default size limit. A request that does not
@@ -86,9 +122,46 @@ pub enum ClientError {
     /// The daemon sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The connection is closed.
+    /// The client is closed: by the application ([`Client::close`]), because the connection
+    /// ended with reconnecting turned off, or because the application stopped taking events.
     #[error("the connection to wsmuxd is closed")]
     Closed,
+    /// The connection to the daemon was lost while the request was in flight: its outcome is
+    /// unknown (a `send` may or may not have been written upstream). It is not retried; the
+    /// client is reconnecting.
+    #[error(
+        "the connection to wsmuxd was lost while the request was in flight ({reason}); its \
+         outcome is unknown"
+    )]
+    Disconnected {
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// A `send` while the client is not connected to the daemon, with
+    /// [`WhenDisconnected::Fail`]: nothing was sent.
+    #[error("not connected to wsmuxd (reconnecting); the message was not sent")]
+    NotConnected,
+    /// A `send` while disconnected found the buffer of waiting sends full: nothing was sent.
+    #[error(
+        "not connected to wsmuxd, and the buffer of sends waiting for the reconnect is full \
+         ({messages} messages or {bytes} bytes, ConnectOptions::disconnected_buffer); the \
+         message was not sent"
+    )]
+    BufferFull {
+        /// The bound in messages.
+        messages: usize,
+        /// The bound in bytes of encoded frames.
+        bytes: usize,
+    },
+    /// A sticky send beyond what the client remembers to send again after a reconnect:
+    /// nothing was sent.
+    #[error("too many sticky messages on `{endpoint}`: at most {bound}; the message was not sent")]
+    StickyFull {
+        /// The endpoint.
+        endpoint: String,
+        /// The bound, in words.
+        bound: String,
+    },
     /// No reply arrived in time.
     #[error("no reply from wsmuxd within {0:?}")]
     Timeout(Duration),
@@ -122,8 +195,10 @@ impl ClientError {
     }
 }
 
-/// Something the daemon sent that is not a reply to a request.
+/// Something the daemon sent that is not a reply to a request, or something that happened to
+/// the connection.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// An upstream data message.
     Message(DataMessage),
@@ -135,13 +210,68 @@ pub enum Event {
     Sent(Sent),
     /// A queued `send` will never be written.
     Dropped(Dropped),
-    /// This client fell behind and the daemon dropped messages for it.
+    /// This client fell behind and the daemon dropped messages for it. With reconnecting on,
+    /// the client asks to resume at once; [`Event::Resumed`] follows.
     Lagged(Lagged),
     /// The application did not take events fast enough and this client library dropped the
     /// oldest `dropped` messages of `endpoint` from its own buffer (see
     /// [`ConnectOptions::event_buffer_bytes`]). Comes before any later message of that
-    /// endpoint; the gap is also visible in `seq`.
+    /// endpoint; the gap is also visible in `seq`. These cannot be recovered.
     ClientLagged(Lagged),
+    /// The connection to the daemon dropped; the client is reconnecting.
+    Disconnected(Disconnected),
+    /// The client is connected again and holds again what it held (see [`Reconnected`]).
+    Reconnected(Reconnected),
+    /// The client resumed an endpoint after a `lagged` (see [`Resumed`]).
+    Resumed(Resumed),
+}
+
+/// [`Event::Disconnected`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disconnected {
+    /// Why the connection ended, in words.
+    pub reason: String,
+}
+
+/// [`Event::Reconnected`]: every subscribe of the reconnect was answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reconnected {
+    /// The new connection's `welcome.epoch`.
+    pub epoch: Option<String>,
+    /// The epoch differs from the previous connection's: the daemon restarted, `seq` started
+    /// again at 1, and what the upstream sent while no daemon ran is lost.
+    pub new_epoch: bool,
+    /// Every endpoint recovered: nothing held was missed.
+    pub recovered: bool,
+    /// One entry per endpoint held, in name order.
+    pub endpoints: Vec<EndpointResume>,
+}
+
+/// How one endpoint came back after a reconnect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointResume {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Nothing in scope after the last `seq` received was missed.
+    pub recovered: bool,
+    /// The first `seq` the new connection delivers (absent from daemons without history,
+    /// and when no answer came before the connection dropped again).
+    pub first_seq: Option<u64>,
+    /// The daemon refused the subscribe (the endpoint was removed by a reload, for example):
+    /// the client no longer holds it.
+    pub error: Option<ErrorMsg>,
+}
+
+/// [`Event::Resumed`]: the answer to the resume the client asked for after a `lagged`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resumed {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Every message the daemon had dropped for this client is delivered now, in order.
+    pub recovered: bool,
+    /// The first `seq` delivered from here on; messages from the last one received up to it
+    /// are lost when `recovered` is false.
+    pub first_seq: Option<u64>,
 }
 
 /// What happened to a `send`.
@@ -153,15 +283,85 @@ pub enum Delivery {
     Queued,
 }
 
+/// The answer to a subscribe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The first `seq` this subscription delivers (PROTOCOL.md section 19.3); absent from
+    /// daemons without history.
+    pub first_seq: Option<u64>,
+    /// With [`SubscribeOptions::since`]: `true` when nothing after `since` is missed,
+    /// `false` when messages from `since + 1` to `first_seq - 1` are lost.
+    pub recovered: Option<bool>,
+}
+
 /// Options of one `send`.
 #[derive(Clone, Debug, Default)]
 pub struct SendOptions {
     /// Fail with `not_connected` instead of queueing while the endpoint is down.
     pub no_queue: bool,
-    /// Replay after every reconnect while this client stays connected.
+    /// Replay after every reconnect while this client stays connected. Once the daemon
+    /// accepted it, the client remembers it and sends it again after it reconnects to the
+    /// daemon (at most 1024 per endpoint and 16 MiB of them, else
+    /// [`ClientError::StickyFull`]; an identical one keeps the earlier one's place). One whose
+    /// answer the connection lost ([`ClientError::Disconnected`]) is not remembered.
     pub sticky: bool,
     /// With `sticky`: sent when this client disconnects.
     pub undo: Option<Payload>,
+}
+
+/// Options of [`Client::subscribe_with`].
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    /// Only these topics (see [`Client::subscribe_topics`]); `None`: the whole endpoint.
+    topics: Option<Vec<String>>,
+    /// Resume after this `seq`.
+    since: Option<u64>,
+    /// The epoch `since` belongs to.
+    epoch: Option<String>,
+}
+
+impl SubscribeOptions {
+    /// The whole endpoint, from its next message on.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only these topics of the endpoint.
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics = Some(topics.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Resumes after `seq`, the last one the application processed (for applications that
+    /// keep their position themselves): the daemon first replays what it still holds after
+    /// it (PROTOCOL.md section 19.3), and [`Subscribed::recovered`] says whether that is
+    /// everything.
+    pub fn since(mut self, seq: u64) -> Self {
+        self.since = Some(seq);
+        self
+    }
+
+    /// With [`SubscribeOptions::since`]: the epoch ([`Client::epoch`] when the position was
+    /// taken) that `since` belongs to. Without it, the daemon's current epoch.
+    pub fn epoch(mut self, epoch: impl Into<String>) -> Self {
+        self.epoch = Some(epoch.into());
+        self
+    }
+}
+
+/// What a `send` does while the client is not connected to the daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenDisconnected {
+    /// Wait in a bounded buffer ([`ConnectOptions::disconnected_buffer`]) and be written after
+    /// the reconnect, within the request timeout (the default).
+    #[default]
+    Buffer,
+    /// Fail at once with [`ClientError::NotConnected`].
+    Fail,
 }
 
 /// How to connect: [`Client::connect_with`].
@@ -179,6 +379,14 @@ pub struct ConnectOptions {
     event_buffer_bytes: usize,
     /// One more uid, besides this user's and root's, the daemon may run as.
     daemon_uid: Option<u32>,
+    /// Reconnect when the connection drops, and resume after `lagged`.
+    reconnect: bool,
+    /// What a `send` does while disconnected.
+    when_disconnected: WhenDisconnected,
+    /// Bound of the disconnected-send buffer: bytes of encoded frames, messages.
+    disconnected_buffer: (usize, usize),
+    /// First and largest delay between reconnect attempts.
+    reconnect_delays: (Duration, Duration),
 }
 
 impl Default for ConnectOptions {
@@ -190,13 +398,21 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(30),
             event_buffer_bytes: DEFAULT_EVENT_BUFFER_BYTES,
             daemon_uid: None,
+            reconnect: true,
+            when_disconnected: WhenDisconnected::Buffer,
+            disconnected_buffer: (
+                DEFAULT_DISCONNECTED_BUFFER_BYTES,
+                DEFAULT_DISCONNECTED_BUFFER_MESSAGES,
+            ),
+            reconnect_delays: (backoff::DEFAULT_INITIAL, backoff::DEFAULT_MAX),
         }
     }
 }
 
 impl ConnectOptions {
     /// Defaults: the default socket, 10 s to connect, 30 s per reply, a 32 MiB event buffer,
-    /// a daemon of this user or root (or of `WSMUX_DAEMON_UID`).
+    /// a daemon of this user or root (or of `WSMUX_DAEMON_UID`), reconnecting (0.1 s to 1 s
+    /// apart) with sends buffered meanwhile (1 MiB, 1000 messages).
     pub fn new() -> Self {
         Self::default()
     }
@@ -213,13 +429,15 @@ impl ConnectOptions {
         self
     }
 
-    /// Deadline for connecting and the greeting (default 10 s).
+    /// Deadline for connecting and the greeting (default 10 s); also of each reconnect
+    /// attempt.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// How long each request waits for its reply (default 30 s).
+    /// How long each request waits for its reply (default 30 s), including the time it
+    /// waits for a reconnect.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -228,6 +446,7 @@ impl ConnectOptions {
     /// Bound, in bytes of frames, of the events kept for [`Client::next_event`] (default
     /// [`DEFAULT_EVENT_BUFFER_BYTES`], at least 64 KiB). When it is full the oldest `message`
     /// events are dropped and announced by [`Event::ClientLagged`]; other events are kept.
+    /// The events of a new connection held until [`Event::Reconnected`] count against it too.
     pub fn event_buffer_bytes(mut self, bytes: usize) -> Self {
         self.event_buffer_bytes = bytes;
         self
@@ -237,6 +456,38 @@ impl ConnectOptions {
     /// with this user in its `allowed_uids`). Without it, `WSMUX_DAEMON_UID` is read.
     pub fn daemon_uid(mut self, uid: u32) -> Self {
         self.daemon_uid = Some(uid);
+        self
+    }
+
+    /// Whether to reconnect when the connection to the daemon drops, and to resume by
+    /// itself after a `lagged` (default `true`; see the crate documentation). `false`: when
+    /// the connection ends the client is closed, requests fail with [`ClientError::Closed`]
+    /// and [`Client::next_event`] returns `None` once the events are taken.
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// What a `send` does while the client is disconnected (default
+    /// [`WhenDisconnected::Buffer`]).
+    pub fn when_disconnected(mut self, when: WhenDisconnected) -> Self {
+        self.when_disconnected = when;
+        self
+    }
+
+    /// Bound of the sends waiting for the reconnect: `bytes` of encoded frames and
+    /// `messages` (defaults [`DEFAULT_DISCONNECTED_BUFFER_BYTES`],
+    /// [`DEFAULT_DISCONNECTED_BUFFER_MESSAGES`]). A send beyond it fails at once with
+    /// [`ClientError::BufferFull`].
+    pub fn disconnected_buffer(mut self, bytes: usize, messages: usize) -> Self {
+        self.disconnected_buffer = (bytes, messages);
+        self
+    }
+
+    /// The delays between reconnect attempts: from `initial`, doubling up to `max`, each
+    /// times a random factor in [0.5, 1.0] (defaults 100 ms and 1 s).
+    pub fn reconnect_delays(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect_delays = (initial, max);
         self
     }
 }
@@ -277,108 +528,40 @@ fn socket_name(path: &Path) -> std::io::Result<interprocess::local_socket::Name<
         .to_ns_name::<GenericNamespaced>()
 }
 
-/// Requests waiting for their reply.
-#[derive(Default)]
-struct Pending {
-    /// Reply slots by request id.
-    waiters: HashMap<u64, oneshot::Sender<ServerMsg>>,
-    /// The reader has ended: no reply will come any more.
-    closed: bool,
-}
-
-/// Events waiting for the application.
-struct Inbox {
-    /// The bounded buffer.
-    buffer: EventBuffer,
-    /// The reader has ended: once `buffer` is empty, [`Client::next_event`] returns `None`.
-    finished: bool,
-}
-
-/// State shared between the client handle and its reader task.
-struct Shared {
-    /// Requests waiting for their reply, by id.
-    pending: Mutex<Pending>,
-    /// Events not taken yet.
-    inbox: Mutex<Inbox>,
-    /// Woken when `inbox` gets an event or finishes.
-    arrived: Notify,
-    /// Deadline of one frame's write, in milliseconds: the request timeout. A write that
-    /// misses it ends the connection (the frame cannot be taken back).
-    write_timeout_ms: AtomicU64,
-}
-
-impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_timeout(&self) -> Duration {
-        Duration::from_millis(self.write_timeout_ms.load(Ordering::Relaxed))
-    }
-
-    fn set_write_timeout(&self, timeout: Duration) {
-        let ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.write_timeout_ms.store(ms, Ordering::Relaxed);
-    }
-}
-
-/// A request's reply slot, removed from [`Pending`] when the request ends in any way,
-/// including its caller dropping it.
-struct Waiting<'a> {
-    /// Where the slot is.
-    shared: &'a Shared,
-    /// The request id.
-    id: u64,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.shared.pending().waiters.remove(&self.id);
-    }
-}
-
-/// One encoded frame for the writer task.
-struct Outgoing {
-    /// The whole frame, header included.
-    frame: Vec<u8>,
-    /// Its share of [`OUTGOING_BYTES`], given back once it is written.
-    _room: OwnedSemaphorePermit,
-}
-
-/// A connection to the daemon.
+/// A connection to the daemon, kept up by itself (see the crate documentation).
 ///
 /// Requests take `&self`, so one task can await a `send` while another takes events.
 pub struct Client {
-    /// Frames for the writer task, which owns the write half and writes each one whole.
-    outgoing: mpsc::UnboundedSender<Outgoing>,
-    /// Room left in the outgoing queue, in bytes ([`OUTGOING_BYTES`]).
-    room: Arc<Semaphore>,
-    /// The writer task; stopped when the client is dropped.
-    writer: tokio::task::JoinHandle<()>,
-    /// Pending requests and unread events, shared with the reader.
+    /// Connection, requests, desired state and unread events, shared with the tasks.
     shared: Arc<Shared>,
-    /// The reader task; stopped when the client is dropped.
-    reader: tokio::task::JoinHandle<()>,
-    /// Next request id.
-    next_id: AtomicU64,
-    /// What the daemon said in `welcome`.
-    welcome: Welcome,
-    /// How long to wait for a reply.
-    timeout: Duration,
+    /// The supervisor task (it runs the reader and starts the writers); stopped when the
+    /// client is closed or dropped, which closes the connection.
+    supervisor: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // The tasks hold the two halves of the socket: end both so the connection closes.
-        self.reader.abort();
-        self.writer.abort();
+        self.close();
     }
+}
+
+/// What a request needs done to the desired state when it is handed to a connection.
+enum Kind {
+    /// Nothing (status, ping, reconnect, reload).
+    Other,
+    /// A plain `send`.
+    Send,
+    /// A sticky `send`, remembered once accepted.
+    Sticky(Sticky),
+    /// A `subscribe`.
+    Subscribe {
+        /// Its endpoint.
+        endpoint: String,
+        /// Its `since`.
+        since: Option<u64>,
+        /// What it added to the desired state.
+        added: desired::Added,
+    },
 }
 
 impl Client {
@@ -394,155 +577,133 @@ impl Client {
 
     /// Connects as `options` say: checks that the socket is served by this user, root or the
     /// expected uid ([`ClientError::UntrustedDaemon`] otherwise, before anything is sent),
-    /// then says hello and waits for `welcome`.
+    /// then says hello and waits for `welcome`. Fails if the daemon is not there;
+    /// reconnecting is for a connection that was established once.
     pub async fn connect_with(options: ConnectOptions) -> Result<Client, ClientError> {
         let path = options.socket.clone().unwrap_or_else(default_socket_path);
-        let limit = options.connect_timeout;
-        match tokio::time::timeout(limit, Self::handshake(&path, &options)).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout(limit)),
-        }
-    }
-
-    async fn handshake(path: &Path, options: &ConnectOptions) -> Result<Client, ClientError> {
-        let connect_err = |reason| ClientError::Connect {
-            path: path.to_owned(),
-            reason,
-        };
         let trusted = TrustedUids {
             own: peer::own_uid(),
             expected: match options.daemon_uid {
                 Some(uid) => Some(uid),
                 None => match std::env::var(DAEMON_UID_ENV) {
-                    Ok(v) if !v.is_empty() => Some(peer::parse_uid(&v).map_err(|e| {
-                        connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-                    })?),
+                    Ok(v) if !v.is_empty() => {
+                        Some(peer::parse_uid(&v).map_err(|e| ClientError::Connect {
+                            path: path.clone(),
+                            reason: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                        })?)
+                    }
                     _ => None,
                 },
             },
         };
-        let stream = Stream::connect(socket_name(path).map_err(connect_err)?)
-            .await
-            .map_err(connect_err)?;
-        if let Some(uid) = peer::peer_uid(&stream).map_err(connect_err)? {
-            if !trusted.allows(uid) {
-                return Err(ClientError::UntrustedDaemon {
-                    path: path.to_owned(),
-                    uid,
-                    own: trusted.own,
-                    expected: trusted.expected,
-                });
-            }
-        }
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let hello = ClientMsg::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client: Some(options.name.clone()),
-        });
-        // If the daemon refused us at once, the write may fail while its reason is already
-        // waiting to be read: read it either way.
-        let written = write_msg(&mut writer, &hello).await;
-        let first = match read_msg(&mut reader, &mut buf).await {
-            Ok(first) => first.map(|(msg, _)| msg),
-            Err(e) => return Err(written.err().unwrap_or(e)),
+        let policy = Policy {
+            path,
+            name: options.name.clone(),
+            connect_timeout: options.connect_timeout,
+            trusted,
+            reconnect: options.reconnect,
+            when_disconnected: options.when_disconnected,
+            buffer_bytes: options.disconnected_buffer.0,
+            buffer_messages: options.disconnected_buffer.1,
+            delays: options.reconnect_delays,
         };
-        let welcome = match first {
-            Some(ServerMsg::Welcome(w)) => {
-                written?;
-                if w.version != PROTOCOL_VERSION {
-                    return Err(ClientError::Protocol(format!(
-                        "the daemon speaks protocol version {}",
-                        w.version
-                    )));
-                }
-                w
-            }
-            Some(ServerMsg::Error(e)) => {
-                return Err(ClientError::Server {
-                    code: e.code,
-                    message: e.message,
-                })
-            }
-            Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected welcome, got {other:?}"
-                )))
-            }
-            None => return Err(ClientError::Closed),
-        };
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending::default()),
-            inbox: Mutex::new(Inbox {
-                buffer: EventBuffer::new(options.event_buffer_bytes),
-                finished: false,
-            }),
-            arrived: Notify::new(),
-            write_timeout_ms: AtomicU64::new(0),
-        });
-        shared.set_write_timeout(options.request_timeout);
-        let (outgoing, queued) = mpsc::unbounded_channel();
-        let (failed_tx, failed_rx) = oneshot::channel();
-        let writer = tokio::spawn(write_loop(writer, queued, Arc::clone(&shared), failed_tx));
-        let reader = tokio::spawn(read_loop(reader, buf, Arc::clone(&shared), failed_rx));
-        Ok(Client {
-            outgoing,
-            room: Arc::new(Semaphore::new(OUTGOING_BYTES)),
-            writer,
-            shared,
-            reader,
-            next_id: AtomicU64::new(1),
-            welcome,
-            timeout: options.request_timeout,
-        })
+        let conn = conn::greet(&policy).await?;
+        let (frames, queued) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(
+            policy,
+            conn.welcome.clone(),
+            frames,
+            options.event_buffer_bytes,
+            options.request_timeout,
+            OUTGOING_BYTES,
+        ));
+        let supervisor = tokio::spawn(conn::supervise(Arc::clone(&shared), conn, queued));
+        Ok(Client { shared, supervisor })
     }
 
     /// Sets how long requests wait for their reply (default 30 s).
     pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
-        self.shared.set_write_timeout(timeout);
+        self.shared.set_timeout(timeout);
     }
 
-    /// The daemon's `welcome`: its version and endpoints.
-    pub fn welcome(&self) -> &Welcome {
-        &self.welcome
+    /// The `welcome` of the current (or latest) connection: the daemon's version and
+    /// endpoints.
+    pub fn welcome(&self) -> Welcome {
+        self.shared.state().welcome.clone()
+    }
+
+    /// The daemon's epoch (`welcome.epoch` of the current or latest connection): `seq`
+    /// values mean something only together with it (PROTOCOL.md section 19.1). `None` from
+    /// daemons without history.
+    pub fn epoch(&self) -> Option<String> {
+        self.shared.state().desired.epoch().map(str::to_owned)
+    }
+
+    /// Whether the client is connected now (not reconnecting, not closed).
+    pub fn is_connected(&self) -> bool {
+        matches!(self.shared.state().link, Link::Up { .. })
+    }
+
+    /// Stops reconnecting and closes the connection: waiting requests fail with
+    /// [`ClientError::Closed`], buffered sends are never written, and [`Client::next_event`]
+    /// returns `None` once the events already received are taken. Dropping the client does
+    /// the same.
+    pub fn close(&self) {
+        self.supervisor.abort();
+        self.shared.close(None);
     }
 
     /// Sends a request with a fresh id and waits for the reply carrying it, all within the
-    /// request timeout. Cancel-safe: dropped at any point, it removes its reply slot, and a
-    /// frame already handed to the writer task is still written whole.
-    async fn request(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<ServerMsg, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Vec::new();
-        encode(&make(id), &mut frame, DEFAULT_MAX_FRAME)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        let _waiting = {
-            let mut pending = self.shared.pending();
-            if pending.closed {
-                return Err(ClientError::Closed);
-            }
-            pending.waiters.insert(id, tx);
-            Waiting {
-                shared: &self.shared,
-                id,
-            }
+    /// request timeout (waiting for a reconnect included). Cancel-safe: dropped at any point,
+    /// it removes its reply slot and any buffered frame, and a frame already handed to the
+    /// writer task is still written whole.
+    async fn request(
+        &self,
+        make: impl FnOnce(u64) -> ClientMsg,
+        kind: Kind,
+    ) -> Result<ServerMsg, ClientError> {
+        let shared = &*self.shared;
+        let id = shared.next_id();
+        let frame = encode_frame(&make(id))?;
+        let timeout = shared.timeout();
+        let _slot = Slot { shared, id };
+        let while_down = match kind {
+            Kind::Send | Kind::Sticky(_) => WhileDown::Send,
+            _ => WhileDown::Wait,
         };
+        let mut kind = Some(kind);
         let exchange = async {
             // A frame never exceeds the bound: `encode` refused anything over one frame.
             let share = u32::try_from(frame.len().min(OUTGOING_BYTES)).unwrap_or(u32::MAX);
-            let room = Arc::clone(&self.room)
+            let room = Arc::clone(&shared.room)
                 .acquire_many_owned(share)
                 .await
                 .map_err(|_| ClientError::Closed)?;
-            self.outgoing
-                .send(Outgoing { frame, _room: room })
-                .map_err(|_| ClientError::Closed)?;
-            rx.await.map_err(|_| ClientError::Closed)
+            let reply = shared
+                .dispatch(id, frame, room, while_down, |st, gen| match kind.take() {
+                    Some(Kind::Subscribe {
+                        endpoint,
+                        since,
+                        added,
+                    }) => {
+                        if let (Some(since), Some(_)) = (since, gen) {
+                            st.desired.begin_resume(&endpoint, id, since);
+                        }
+                        Track::Subscribe {
+                            endpoint,
+                            since,
+                            added,
+                        }
+                    }
+                    Some(Kind::Sticky(sticky)) => Track::Sticky(sticky),
+                    _ => Track::Nothing,
+                })
+                .await?;
+            reply.await.map_err(|_| ClientError::Closed)?
         };
-        let reply = match tokio::time::timeout(self.timeout, exchange).await {
+        let reply = match tokio::time::timeout(timeout, exchange).await {
             Ok(reply) => reply?,
-            Err(_) => return Err(ClientError::Timeout(self.timeout)),
+            Err(_) => return Err(ClientError::Timeout(timeout)),
         };
         match reply {
             ServerMsg::Error(e) => Err(ClientError::Server {
@@ -556,10 +717,10 @@ impl Client {
     async fn expect_ack(
         &self,
         make: impl FnOnce(u64) -> ClientMsg,
-    ) -> Result<Delivery, ClientError> {
-        match self.request(make).await? {
-            ServerMsg::Ack(a) if a.queued == Some(true) => Ok(Delivery::Queued),
-            ServerMsg::Ack(_) => Ok(Delivery::Written),
+        kind: Kind,
+    ) -> Result<wsmux_proto::Ack, ClientError> {
+        match self.request(make, kind).await? {
+            ServerMsg::Ack(a) => Ok(a),
             other => Err(ClientError::Protocol(format!(
                 "expected ack, got {other:?}"
             ))),
@@ -567,27 +728,87 @@ impl Client {
     }
 
     /// Subscribes to an endpoint. Its current state arrives as the next [`Event::State`].
-    pub async fn subscribe(&self, endpoint: &str) -> Result<(), ClientError> {
-        self.expect_ack(|id| {
-            ClientMsg::Subscribe(Subscribe {
-                id: Some(id),
-                endpoint: endpoint.to_owned(),
-                ..Subscribe::default()
-            })
-        })
-        .await
-        .map(drop)
+    /// The client holds it from now on, and subscribes again after a reconnect, unless the
+    /// daemon refuses it.
+    pub async fn subscribe(&self, endpoint: &str) -> Result<Subscribed, ClientError> {
+        self.subscribe_with(endpoint, SubscribeOptions::new()).await
     }
 
-    /// Unsubscribes from an endpoint: its whole-endpoint subscription and every topic.
-    pub async fn unsubscribe(&self, endpoint: &str) -> Result<(), ClientError> {
-        self.expect_ack(|id| {
-            ClientMsg::Unsubscribe(Unsubscribe {
-                topics: None,
-                id: Some(id),
-                endpoint: endpoint.to_owned(),
-            })
+    /// Subscribes as `options` say: some topics, and/or resuming after a `seq` (PROTOCOL.md
+    /// section 19.3). Like any subscribe it adds to what the client holds; with `since` the
+    /// daemon then replays, from its history, what the client's whole set on the endpoint
+    /// missed after `since`, and [`Subscribed::recovered`] says whether that is everything.
+    /// Messages already on their way with a later `seq` are discarded until the answer (the
+    /// daemon sends them again after it).
+    pub async fn subscribe_with(
+        &self,
+        endpoint: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscribed, ClientError> {
+        let SubscribeOptions {
+            topics,
+            since,
+            epoch,
+        } = options;
+        let added = self
+            .shared
+            .state()
+            .desired
+            .hold(endpoint, topics.as_deref());
+        let kind = Kind::Subscribe {
+            endpoint: endpoint.to_owned(),
+            since,
+            added,
+        };
+        let ack = self
+            .expect_ack(
+                |id| {
+                    ClientMsg::Subscribe(Subscribe {
+                        id: Some(id),
+                        endpoint: endpoint.to_owned(),
+                        topics,
+                        since,
+                        epoch: since.and(epoch),
+                    })
+                },
+                kind,
+            )
+            .await?;
+        Ok(Subscribed {
+            first_seq: ack.first_seq,
+            recovered: ack.recovered,
         })
+    }
+
+    /// Unsubscribes from an endpoint: its whole-endpoint subscription and every topic. The
+    /// client no longer holds it, whatever the outcome; while disconnected this succeeds at
+    /// once (the daemon holds nothing of a dropped connection).
+    pub async fn unsubscribe(&self, endpoint: &str) -> Result<(), ClientError> {
+        self.unsubscribe_inner(endpoint, None).await
+    }
+
+    async fn unsubscribe_inner(
+        &self,
+        endpoint: &str,
+        topics: Option<Vec<String>>,
+    ) -> Result<(), ClientError> {
+        {
+            let mut st = self.shared.state();
+            st.desired.release(endpoint, topics.as_deref());
+            if matches!(st.link, Link::Down) {
+                return Ok(());
+            }
+        }
+        self.expect_ack(
+            |id| {
+                ClientMsg::Unsubscribe(Unsubscribe {
+                    id: Some(id),
+                    endpoint: endpoint.to_owned(),
+                    topics,
+                })
+            },
+            Kind::Other,
+        )
         .await
         .map(drop)
     }
@@ -602,26 +823,21 @@ impl Client {
     /// `Ok` means the daemon accepted the request (the endpoint's current state arrives as the
     /// next [`Event::State`]), not that the upstream did: a topic the upstream refuses later
     /// arrives as an [`Event::Error`] with code `topic_rejected` and the endpoint and topic
-    /// set. Refused at once: `topics_unsupported`, `invalid_topic` (no topics, an empty or too
-    /// long one, one the endpoint's key cannot produce), `too_many_topics`, and
-    /// `invalid_message` for more than [`proto::MAX_TOPICS_PER_REQUEST`] in one call; then
-    /// nothing changed.
-    pub async fn subscribe_topics<I, S>(&self, endpoint: &str, topics: I) -> Result<(), ClientError>
+    /// set (the client then no longer asks for it after a reconnect). Refused at once:
+    /// `topics_unsupported`, `invalid_topic` (no topics, an empty or too long one, one the
+    /// endpoint's key cannot produce), `too_many_topics`, and `invalid_message` for more than
+    /// [`proto::MAX_TOPICS_PER_REQUEST`] in one call; then nothing changed.
+    pub async fn subscribe_topics<I, S>(
+        &self,
+        endpoint: &str,
+        topics: I,
+    ) -> Result<Subscribed, ClientError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
-        self.expect_ack(|id| {
-            ClientMsg::Subscribe(Subscribe {
-                id: Some(id),
-                endpoint: endpoint.to_owned(),
-                topics: Some(topics),
-                ..Subscribe::default()
-            })
-        })
-        .await
-        .map(drop)
+        self.subscribe_with(endpoint, SubscribeOptions::new().topics(topics))
+            .await
     }
 
     /// Removes topics from this client's set for an endpoint; topics it does not hold are
@@ -639,38 +855,35 @@ impl Client {
         S: Into<String>,
     {
         let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
-        self.expect_ack(|id| {
-            ClientMsg::Unsubscribe(Unsubscribe {
-                id: Some(id),
-                endpoint: endpoint.to_owned(),
-                topics: Some(topics),
-            })
-        })
-        .await
-        .map(drop)
+        self.unsubscribe_inner(endpoint, Some(topics)).await
     }
 
     /// Forces a fresh upstream connection, or revives a `failed` endpoint.
     pub async fn reconnect(&self, endpoint: &str) -> Result<(), ClientError> {
-        self.expect_ack(|id| {
-            ClientMsg::Reconnect(Reconnect {
-                id: Some(id),
-                endpoint: endpoint.to_owned(),
-            })
-        })
+        self.expect_ack(
+            |id| {
+                ClientMsg::Reconnect(Reconnect {
+                    id: Some(id),
+                    endpoint: endpoint.to_owned(),
+                })
+            },
+            Kind::Other,
+        )
         .await
         .map(drop)
     }
 
     /// Asks the daemon to re-read its configuration.
     pub async fn reload(&self) -> Result<(), ClientError> {
-        self.expect_ack(|id| ClientMsg::Reload(Reload { id: Some(id) }))
+        self.expect_ack(|id| ClientMsg::Reload(Reload { id: Some(id) }), Kind::Other)
             .await
             .map(drop)
     }
 
     /// Sends a message upstream and waits until the daemon has written it to the WebSocket
-    /// (or queued it while the endpoint is down).
+    /// (or queued it while the endpoint is down). While the client is disconnected the
+    /// message waits for the reconnect, or fails, as [`ConnectOptions::when_disconnected`]
+    /// says.
     pub async fn send(
         &self,
         endpoint: &str,
@@ -687,23 +900,56 @@ impl Client {
         options: SendOptions,
     ) -> Result<Delivery, ClientError> {
         let data = data.into();
-        self.expect_ack(|id| {
-            let mut send = Send::new(Some(id), endpoint, data);
-            send.queue = options.no_queue.then_some(false);
-            send.sticky = options.sticky.then_some(true);
-            send.undo = options.undo;
-            ClientMsg::Send(send)
+        let kind = if options.sticky {
+            let sticky = Sticky {
+                endpoint: endpoint.to_owned(),
+                data: data.clone(),
+                undo: options.undo.clone(),
+            };
+            if let Err(full) = self.shared.state().desired.sticky_admits(&sticky) {
+                return Err(ClientError::StickyFull {
+                    endpoint: endpoint.to_owned(),
+                    bound: full.bound,
+                });
+            }
+            Kind::Sticky(sticky)
+        } else {
+            Kind::Send
+        };
+        let ack = self
+            .expect_ack(
+                |id| {
+                    let mut send = Send::new(Some(id), endpoint, data);
+                    send.queue = options.no_queue.then_some(false);
+                    send.sticky = options.sticky.then_some(true);
+                    send.undo = options.undo;
+                    ClientMsg::Send(send)
+                },
+                kind,
+            )
+            .await?;
+        Ok(if ack.queued == Some(true) {
+            Delivery::Queued
+        } else {
+            Delivery::Written
         })
-        .await
     }
 
     /// The status of every endpoint.
     pub async fn status(&self) -> Result<Vec<EndpointStatus>, ClientError> {
+        self.status_reply().await.map(|s| s.endpoints)
+    }
+
+    /// The whole `status` reply: every endpoint, and the daemon's epoch.
+    pub async fn status_reply(&self) -> Result<StatusReply, ClientError> {
         match self
-            .request(|id| ClientMsg::Status(StatusRequest { id: Some(id) }))
+            .request(
+                |id| ClientMsg::Status(StatusRequest { id: Some(id) }),
+                Kind::Other,
+            )
             .await?
         {
-            ServerMsg::Status(s) => Ok(s.endpoints),
+            ServerMsg::Status(s) => Ok(s),
             other => Err(ClientError::Protocol(format!(
                 "expected status, got {other:?}"
             ))),
@@ -714,7 +960,7 @@ impl Client {
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let start = Instant::now();
         match self
-            .request(|id| ClientMsg::Ping(Ping { id: Some(id) }))
+            .request(|id| ClientMsg::Ping(Ping { id: Some(id) }), Kind::Other)
             .await?
         {
             ServerMsg::Pong(_) => Ok(start.elapsed()),
@@ -724,15 +970,20 @@ impl Client {
         }
     }
 
-    /// How many requests are waiting for their reply right now (for monitoring: a request
-    /// its caller dropped is not counted).
+    /// How many requests are waiting for their reply right now, buffered sends included (for
+    /// monitoring: a request its caller dropped is not counted, nor the client's own).
     pub fn pending_requests(&self) -> usize {
-        self.shared.pending().waiters.len()
+        self.shared
+            .state()
+            .pending
+            .values()
+            .filter(|w| matches!(w, conn::Waiter::Caller { .. }))
+            .count()
     }
 
-    /// The next message, state change or unsolicited error; `None` once the connection is
-    /// closed and every event was taken. Cancel-safe: an event is only taken by a call that
-    /// returns it.
+    /// The next message, state change, unsolicited error or connection event; `None` once
+    /// the client is closed and every event was taken. Cancel-safe: an event is only taken
+    /// by a call that returns it.
     pub async fn next_event(&self) -> Option<Event> {
         loop {
             // Registered before looking, so an event pushed in between still wakes us.
@@ -751,159 +1002,4 @@ impl Client {
             arrived.await;
         }
     }
-}
-
-async fn write_msg(writer: &mut WriteHalf<Stream>, msg: &ClientMsg) -> Result<(), ClientError> {
-    let mut buf = Vec::new();
-    encode(msg, &mut buf, DEFAULT_MAX_FRAME).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    writer.write_all(&buf).await?;
-    Ok(())
-}
-
-/// Writes each queued frame whole, each within the write deadline, until the client is
-/// dropped. A failed or late write ends the connection: it tells the reader, which fails every
-/// waiter, since the rest of a cut frame cannot be sent any more.
-async fn write_loop(
-    mut writer: WriteHalf<Stream>,
-    mut queued: mpsc::UnboundedReceiver<Outgoing>,
-    shared: Arc<Shared>,
-    failed: oneshot::Sender<(ErrorCode, String)>,
-) {
-    while let Some(out) = queued.recv().await {
-        let limit = shared.write_timeout();
-        let reason = match tokio::time::timeout(limit, writer.write_all(&out.frame)).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => (
-                ErrorCode::BadFrame,
-                format!("writing to wsmuxd failed: {e}"),
-            ),
-            Err(_) => (
-                ErrorCode::Timeout,
-                format!("wsmuxd took no request for {limit:?}; the client closed the connection"),
-            ),
-        };
-        let _ = failed.send(reason);
-        return;
-    }
-}
-
-/// Reads one message and its frame length; `None` on a clean end of stream.
-async fn read_msg(
-    reader: &mut ReadHalf<Stream>,
-    buf: &mut BytesMut,
-) -> Result<Option<(ServerMsg, usize)>, ClientError> {
-    loop {
-        match check(buf, DEFAULT_MAX_FRAME) {
-            Ok(Some(total)) => {
-                let frame = buf.split_to(total);
-                return decode_server(&frame[HEADER_LEN..])
-                    .map(|msg| Some((msg, total)))
-                    .map_err(|e| ClientError::Protocol(e.to_string()));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
-        }
-        if reader.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(ClientError::Protocol(
-                    "connection closed in the middle of a frame".into(),
-                ))
-            };
-        }
-    }
-}
-
-fn reply_id(msg: &ServerMsg) -> Option<u64> {
-    match msg {
-        ServerMsg::Ack(a) => Some(a.id),
-        ServerMsg::Error(e) => e.id,
-        ServerMsg::Status(s) => s.id,
-        ServerMsg::Pong(p) => p.id,
-        _ => None,
-    }
-}
-
-/// Reads every frame as it arrives. Never waits for the application: replies complete their
-/// request, events go into the bounded inbox.
-async fn read_loop(
-    mut reader: ReadHalf<Stream>,
-    mut buf: BytesMut,
-    shared: Arc<Shared>,
-    mut write_failed: oneshot::Receiver<(ErrorCode, String)>,
-) {
-    let last_words = loop {
-        // `read_msg` is cancel-safe: bytes read so far stay in `buf`.
-        let read = tokio::select! {
-            read = read_msg(&mut reader, &mut buf) => read,
-            failed = &mut write_failed => match failed {
-                Ok((code, message)) => break Some(Event::Error(ErrorMsg { endpoint: None, topic: None,
-                    id: None,
-                    code,
-                    message,
-                })),
-                // The writer ended without a failure: the client is being dropped.
-                Err(_) => break None,
-            },
-        };
-        let (msg, size) = match read {
-            Ok(Some(read)) => read,
-            Ok(None) => break None,
-            Err(e) => {
-                break Some(Event::Error(ErrorMsg {
-                    endpoint: None,
-                    topic: None,
-                    id: None,
-                    code: ErrorCode::BadFrame,
-                    message: e.to_string(),
-                }))
-            }
-        };
-        if let Some(id) = reply_id(&msg) {
-            let waiter = shared.pending().waiters.remove(&id);
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(msg);
-                continue;
-            }
-        }
-        let event = match msg {
-            ServerMsg::Message(m) => Event::Message(m),
-            ServerMsg::State(s) => Event::State(s),
-            ServerMsg::Error(e) => Event::Error(e),
-            ServerMsg::Sent(m) => Event::Sent(m),
-            ServerMsg::Dropped(m) => Event::Dropped(m),
-            ServerMsg::Lagged(m) => Event::Lagged(m),
-            _ => continue,
-        };
-        let pushed = shared.inbox().buffer.push(event, size);
-        shared.arrived.notify_waiters();
-        if let Err(overflow) = pushed {
-            break Some(Event::Error(ErrorMsg {
-                endpoint: None,
-                topic: None,
-                id: None,
-                code: ErrorCode::Lagged,
-                message: format!(
-                    "the application took no events while {} bytes of state changes and \
-                     reports piled up; the client closed the connection",
-                    overflow.held
-                ),
-            }));
-        }
-    };
-    // Fail every waiter (their replies will never come) and refuse new requests.
-    {
-        let mut pending = shared.pending();
-        pending.closed = true;
-        pending.waiters.clear();
-    }
-    {
-        let mut inbox = shared.inbox();
-        if let Some(event) = last_words {
-            inbox.buffer.push_final(event);
-        }
-        inbox.finished = true;
-    }
-    shared.arrived.notify_waiters();
 }

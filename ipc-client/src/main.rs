@@ -2,7 +2,12 @@
 //!
 //! Exit codes: 0 success, 1 other failure, 2 usage error, 3 cannot reach the daemon (or the
 //! socket is served by another user: not the daemon), 4 the daemon refused the request
-//! (unknown endpoint, not connected, ...), 5 `wait` timed out.
+//! (unknown endpoint, not connected, ...), 5 `wait` timed out, 6 the connection to the daemon
+//! was lost (`subscribe` and `bridge` with `--no-reconnect`, or a one-shot command whose
+//! request was in flight).
+//!
+//! `subscribe`, `bridge` and `wait` reconnect by themselves when the daemon restarts or the
+//! connection drops, and say so on their output; the one-shot commands do not.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -15,7 +20,10 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use wsmux_client::proto::{EndpointStatus, ErrorCode, ErrorMsg, Payload, TopicStatus};
-use wsmux_client::{Client, ClientError, ConnectOptions, Delivery, Event, SendOptions};
+use wsmux_client::{
+    Client, ClientError, ConnectOptions, Delivery, EndpointResume, Event, SendOptions,
+    SubscribeOptions,
+};
 
 /// Talk to a running wsmuxd: status, subscribe, send, bridge.
 #[derive(Debug, Parser)]
@@ -45,6 +53,10 @@ enum Command {
         json: bool,
     },
     /// Print an endpoint's messages and state changes, one JSON object per line.
+    ///
+    /// When the connection to the daemon drops (the daemon restarted), prints
+    /// `{"type":"disconnected",...}`, reconnects by itself, subscribes again from the last
+    /// `seq` received, prints `{"type":"reconnected",...,"recovered":...}` and carries on.
     Subscribe {
         /// Endpoint names.
         #[arg(required = true)]
@@ -60,6 +72,18 @@ enum Command {
         /// Exit after this many messages.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Resume after `seq` N (one endpoint only): the daemon first replays from its
+        /// history what came after N. Prints `{"type":"subscribed",...}` with `recovered`
+        /// (nothing after N was missed) and `first_seq` first.
+        #[arg(long, value_name = "N")]
+        since: Option<u64>,
+        /// With `--since`: the daemon epoch N belongs to (from `status` or a `reconnected`
+        /// line). Default: the current one.
+        #[arg(long, value_name = "EPOCH", requires = "since")]
+        epoch: Option<String>,
+        /// Exit (code 6) when the connection to the daemon is lost, instead of reconnecting.
+        #[arg(long)]
+        no_reconnect: bool,
     },
     /// Send one message upstream (TEXT, or standard input) and wait until it is written.
     Send {
@@ -96,13 +120,24 @@ enum Command {
     /// Make the daemon re-read its configuration file.
     Reload,
     /// Standard input lines go upstream; upstream messages come out as JSON lines.
+    ///
+    /// Survives daemon restarts like `subscribe`. While the connection to the daemon is down,
+    /// each line waits in a bounded buffer (1 MiB, 1000 lines) and is written after the
+    /// reconnect; a line still not written after 30 s, or one that does not fit, is not
+    /// sent and is reported as a `{"type":"error",...}` line.
     Bridge {
         /// Endpoint name.
         endpoint: String,
+        /// Exit (code 6) when the connection to the daemon is lost, instead of reconnecting.
+        #[arg(long)]
+        no_reconnect: bool,
     },
     /// Check that the daemon answers, and how fast.
     Ping,
 }
+
+/// Exit code: the connection to the daemon was lost.
+const LOST: u8 = 6;
 
 /// A failure with its exit code.
 struct Failure {
@@ -115,6 +150,10 @@ impl From<ClientError> for Failure {
         let code = match &e {
             ClientError::Connect { .. } | ClientError::UntrustedDaemon { .. } => 3,
             ClientError::Server { .. } => 4,
+            ClientError::Closed
+            | ClientError::Disconnected { .. }
+            | ClientError::NotConnected
+            | ClientError::BufferFull { .. } => LOST,
             _ => 1,
         };
         Failure {
@@ -145,7 +184,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A read of standard input may still wait in its thread (`bridge` ending because the
+    // daemon went away): exit without waiting for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // A closed stdout (e.g. `wsmux subscribe x | head`) is not an error.
@@ -190,7 +233,15 @@ impl Out {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut options = ConnectOptions::new().name("wsmux-cli");
+    // The commands that run for a while keep themselves connected.
+    let reconnect = match &cli.command {
+        Command::Subscribe { no_reconnect, .. } | Command::Bridge { no_reconnect, .. } => {
+            !no_reconnect
+        }
+        Command::Wait { .. } => true,
+        _ => false,
+    };
+    let mut options = ConnectOptions::new().name("wsmux-cli").reconnect(reconnect);
     if let Some(socket) = cli.socket {
         options = options.socket(socket);
     }
@@ -201,12 +252,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let out = Out::new();
     match cli.command {
         Command::Status { json } => {
-            let endpoints = client.status().await?;
+            let reply = client.status_reply().await?;
+            let epoch = reply.epoch.as_deref();
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", status_json(&endpoints))?;
+                writeln!(out, "{}", status_json(&reply.endpoints, epoch))?;
             } else {
-                write!(out, "{}", status_table(&endpoints))?;
+                write!(out, "{}", status_table(&reply.endpoints, epoch))?;
             }
         }
         Command::Subscribe {
@@ -214,15 +266,45 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             topics,
             data_only,
             count,
+            since,
+            epoch,
+            no_reconnect,
         } => {
+            if since.is_some() && endpoints.len() != 1 {
+                return Err(Failure {
+                    code: 2,
+                    error: anyhow::anyhow!("--since resumes one endpoint: name exactly one"),
+                });
+            }
             // With topics: what the upstream has not refused yet, per endpoint.
             let mut wanted: HashSet<(String, String)> = HashSet::new();
             for ep in &endpoints {
-                if topics.is_empty() {
-                    client.subscribe(ep).await?;
-                } else {
-                    client.subscribe_topics(ep, topics.iter().cloned()).await?;
+                let mut options = SubscribeOptions::new();
+                if !topics.is_empty() {
+                    options = options.topics(topics.iter().cloned());
                     wanted.extend(topics.iter().map(|t| (ep.clone(), t.clone())));
+                }
+                if let Some(since) = since {
+                    options = options.since(since);
+                }
+                if let Some(epoch) = &epoch {
+                    options = options.epoch(epoch.clone());
+                }
+                let subscribed = client.subscribe_with(ep, options).await?;
+                if let Some(since) = since {
+                    let recovered = subscribed.recovered.unwrap_or(false);
+                    let first = subscribed
+                        .first_seq
+                        .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+                    eprintln!(
+                        "wsmux: {ep} resumed after {since}: {}, from seq {first}",
+                        missed(recovered)
+                    );
+                    if !data_only {
+                        let line = json!({"type": "subscribed", "endpoint": ep, "since": since,
+                            "recovered": recovered, "first_seq": subscribed.first_seq});
+                        out.line(line.to_string()).await?;
+                    }
                 }
             }
             let mut seen = 0u64;
@@ -251,10 +333,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     }
                 }
             }
-            return Err(Failure {
-                code: 1,
-                error: anyhow::anyhow!("the daemon closed the connection"),
-            });
+            return Err(ended(no_reconnect));
         }
         Command::Send {
             endpoint,
@@ -309,13 +388,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => wait(&client, &endpoint, &state, timeout).await?,
         Command::Reconnect { endpoint } => client.reconnect(&endpoint).await?,
         Command::Reload => client.reload().await?,
-        Command::Bridge { endpoint } => bridge(&client, &endpoint, &out).await?,
+        Command::Bridge {
+            endpoint,
+            no_reconnect,
+        } => bridge(&client, &endpoint, &out, no_reconnect).await?,
         Command::Ping => {
             let rtt = client.ping().await?;
             println!("pong from {} in {:?}", client.welcome().server, rtt);
         }
     }
     Ok(())
+}
+
+/// The event stream ended: the connection was lost (reconnecting off), or the client gave up
+/// because our output was too slow to take even state changes.
+fn ended(no_reconnect: bool) -> Failure {
+    if no_reconnect {
+        Failure {
+            code: LOST,
+            error: anyhow::anyhow!("the connection to wsmuxd was lost"),
+        }
+    } else {
+        Failure {
+            code: 1,
+            error: anyhow::anyhow!("the client closed its connection to wsmuxd"),
+        }
+    }
 }
 
 /// Subscribes and waits for `endpoint` to be in `state`.
@@ -356,21 +454,27 @@ async fn wait(
 }
 
 /// Runs both directions until standard input ends (after its last message is written) or
-/// the daemon goes away. Lines are sent one after the other while events are printed
-/// concurrently: a send waits for its ack, never for our output, and events that pile up
-/// while stdout is slow are dropped oldest first and reported (`"source": "client"`).
-async fn bridge(client: &Client, endpoint: &str, out: &Out) -> Result<(), Failure> {
+/// the daemon goes away for good. Lines are sent one after the other while events are
+/// printed concurrently: a send waits for its ack, never for our output, and events that pile
+/// up while stdout is slow are dropped oldest first and reported (`"source": "client"`).
+async fn bridge(
+    client: &Client,
+    endpoint: &str,
+    out: &Out,
+    no_reconnect: bool,
+) -> Result<(), Failure> {
     client.subscribe(endpoint).await?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let sender = async {
         let mut stdin = BufReader::new(tokio::io::stdin()).lines();
         while let Some(line) = stdin.next_line().await? {
             if let Err(e) = client.send(endpoint, line).await {
-                if !matches!(e, ClientError::Server { .. }) {
-                    return Err(Failure::from(e));
+                if matches!(e, ClientError::Closed) {
+                    return Err(ended(no_reconnect));
                 }
-                // Report and carry on: the upstream may come back.
-                let line = json!({"type": "error", "code": e.code().map(|c| c.as_str()), "message": e.to_string()});
+                // Report and carry on: the upstream, or the daemon, may come back.
+                let line =
+                    json!({"type": "error", "code": error_code(&e), "message": e.to_string()});
                 out.line(line.to_string()).await?;
             }
         }
@@ -387,16 +491,24 @@ async fn bridge(client: &Client, endpoint: &str, out: &Out) -> Result<(), Failur
             };
             match event {
                 Some(event) => out.event(&event, false).await?,
-                None => {
-                    return Err(Failure {
-                        code: 1,
-                        error: anyhow::anyhow!("the daemon closed the connection"),
-                    })
-                }
+                None => return Err(ended(no_reconnect)),
             }
         }
     };
     tokio::try_join!(sender, printer).map(drop)
+}
+
+/// The `code` of an error line: the daemon's code, or what went wrong on this side.
+fn error_code(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Server { code, .. } => code.as_str(),
+        ClientError::Disconnected { .. } => "disconnected",
+        ClientError::NotConnected => "not_connected_to_daemon",
+        ClientError::BufferFull { .. } => "buffer_full",
+        ClientError::StickyFull { .. } => "sticky_full",
+        ClientError::Timeout(_) => "timeout",
+        _ => "client_error",
+    }
 }
 
 fn payload_fields(data: &Payload, obj: &mut serde_json::Map<String, Value>) {
@@ -520,10 +632,74 @@ fn render_event(event: &Event, data_only: bool) -> Option<String> {
             })
         }
         Event::Sent(_) => None,
+        Event::Disconnected(d) => {
+            eprintln!(
+                "wsmux: lost the connection to wsmuxd ({}); reconnecting",
+                escape(&d.reason)
+            );
+            (!data_only).then(|| json!({"type": "disconnected", "reason": d.reason}).to_string())
+        }
+        Event::Reconnected(r) => {
+            eprintln!(
+                "wsmux: reconnected to wsmuxd{}; {}",
+                if r.new_epoch {
+                    " (the daemon restarted)"
+                } else {
+                    ""
+                },
+                missed(r.recovered)
+            );
+            (!data_only).then(|| {
+                json!({"type": "reconnected", "epoch": r.epoch, "new_epoch": r.new_epoch,
+                    "recovered": r.recovered,
+                    "endpoints": r.endpoints.iter().map(resume_json).collect::<Vec<_>>()})
+                .to_string()
+            })
+        }
+        Event::Resumed(r) => {
+            eprintln!(
+                "wsmux: resumed {} from its history: {}",
+                r.endpoint,
+                missed(r.recovered)
+            );
+            (!data_only).then(|| {
+                json!({"type": "resumed", "endpoint": r.endpoint, "recovered": r.recovered,
+                    "first_seq": r.first_seq})
+                .to_string()
+            })
+        }
+        // Kinds of events a newer library may add: nothing to print.
+        _ => None,
     }
 }
 
-fn status_json(endpoints: &[EndpointStatus]) -> Value {
+/// For people: whether a resume recovered everything.
+fn missed(recovered: bool) -> &'static str {
+    if recovered {
+        "nothing was missed"
+    } else {
+        "messages were missed"
+    }
+}
+
+/// One endpoint of a `reconnected` line.
+fn resume_json(e: &EndpointResume) -> Value {
+    let mut obj = serde_json::Map::new();
+    obj.insert("endpoint".into(), json!(e.endpoint));
+    obj.insert("recovered".into(), json!(e.recovered));
+    obj.insert("first_seq".into(), json!(e.first_seq));
+    if let Some(error) = &e.error {
+        obj.insert(
+            "error".into(),
+            json!({"code": error.code.as_str(), "message": error.message}),
+        );
+    }
+    Value::Object(obj)
+}
+
+/// `status --json`: the array of endpoints, each with the daemon's `epoch` (kept an array so
+/// that existing scripts go on working).
+fn status_json(endpoints: &[EndpointStatus], epoch: Option<&str>) -> Value {
     Value::Array(
         endpoints
             .iter()
@@ -547,6 +723,10 @@ fn status_json(endpoints: &[EndpointStatus]) -> Value {
                     "lagged_drops": e.lagged_drops,
                     "connections": e.connections,
                     "topics": e.topics.iter().map(topic_json).collect::<Vec<_>>(),
+                    "history_messages": e.history_messages,
+                    "history_bytes": e.history_bytes,
+                    "history_first_seq": e.history_first_seq,
+                    "epoch": epoch,
                 })
             })
             .collect(),
@@ -614,7 +794,8 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn status_table(endpoints: &[EndpointStatus]) -> String {
+/// The `status` table: one line per endpoint, the daemon's epoch, then one line per topic.
+fn status_table(endpoints: &[EndpointStatus], epoch: Option<&str>) -> String {
     let headers = [
         "ENDPOINT",
         "STATE",
@@ -627,6 +808,9 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
         "MSGS OUT",
         "QUEUED",
         "LAGGED",
+        "HISTORY",
+        "HIST BYTES",
+        "FIRST SEQ",
         "RTT",
         "URL",
         "LAST ERROR",
@@ -646,6 +830,10 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
                 e.messages_out.to_string(),
                 e.queued.to_string(),
                 e.lagged_drops.to_string(),
+                e.history_messages.to_string(),
+                human_bytes(e.history_bytes),
+                e.history_first_seq
+                    .map_or_else(|| "-".into(), |s| s.to_string()),
                 e.heartbeat_rtt_us
                     .map(|us| format!("{:.1}ms", us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
@@ -655,6 +843,9 @@ fn status_table(endpoints: &[EndpointStatus]) -> String {
         })
         .collect();
     let mut out = table(&headers, rows);
+    if let Some(epoch) = epoch {
+        out.push_str(&format!("daemon epoch {}\n", escape(epoch)));
+    }
     // Then one line per topic, for the endpoints that have topics.
     let topics: Vec<Vec<String>> = endpoints
         .iter()

@@ -1,8 +1,10 @@
 //! Test harness for the end-to-end suite: a scriptable WebSocket upstream, a TCP proxy that
-//! can blackhole or reset traffic, a real `wsmuxd` process, and a raw protocol client.
+//! can blackhole or reset traffic, a Unix-socket proxy that can kill local connections or stop
+//! reading, a real `wsmuxd` process, and a raw protocol client.
 //!
 //! Everything listens on 127.0.0.1 port 0 or in a temporary directory.
 
+pub mod cli;
 pub mod daemon;
 pub mod example;
 pub mod exchanges;
@@ -12,6 +14,7 @@ pub mod proxy;
 pub mod raw;
 pub mod servers;
 pub mod tls;
+pub mod unix_proxy;
 pub mod upstream;
 
 use std::future::Future;

@@ -120,11 +120,13 @@ async fn a_write_the_daemon_never_takes_ends_the_connection_within_the_request_t
     let socket = dir.path().join("stalls.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let server = tokio::spawn(greet_then_stop_reading(listener));
+    // Without reconnecting, as before the client kept itself connected: the end is final.
     let client = Client::connect_with(
         ConnectOptions::new()
             .socket(&socket)
             .name("stalled")
-            .request_timeout(Duration::from_millis(300)),
+            .request_timeout(Duration::from_millis(300))
+            .reconnect(false),
     )
     .await
     .unwrap();

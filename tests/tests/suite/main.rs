@@ -7,8 +7,12 @@ mod bad_input;
 mod chaos;
 /// The `wsmux` command-line client.
 mod cli;
+/// The `wsmux` CLI across daemon restarts and lost connections; `subscribe --since`.
+mod cli_reconnect;
 /// The Rust client library: cancelled requests leak nothing and never cut a frame.
 mod client_cancel;
+/// The Rust client library: reconnects, resubscribes and resumes by itself.
+mod client_reconnect;
 /// The Rust client library: replies never wait behind unread events.
 mod client_replies;
 /// Client-chosen text in the daemon's log is escaped.
@@ -47,6 +51,8 @@ mod probes;
 mod proxy;
 /// The Python example client from `examples/python`.
 mod python;
+/// History and resume: `subscribe {since}` after lagging, a lost connection or a restart.
+mod recovery;
 /// Secrets stay out of `--check`, logs and `status`.
 mod secrets;
 /// Sessions: bounded buffers, deadlines, one owner of teardown.

@@ -5,11 +5,8 @@
 //! tested on its own), and the real daemon with a topics endpoint and a test upstream (so the
 //! whole path is).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use bytes::BytesMut;
 use serde_json::{json, Value};
@@ -23,6 +20,7 @@ use wsmux_client::proto::{
     TopicStatus, Unsubscribe, Welcome, HEADER_LEN, PROTOCOL_VERSION,
 };
 use wsmux_client::{Client, ConnectOptions, Event};
+use wsmux_tests::cli::Cli;
 use wsmux_tests::daemon::{bin, Daemon};
 use wsmux_tests::upstream::{Seen, Upstream};
 use wsmux_tests::within;
@@ -139,73 +137,6 @@ fn topics(list: &[&str]) -> Option<Vec<String>> {
 
 // ---------------------------------------------------------------------------------------------
 // The CLI as a child process
-
-/// A running `wsmux` whose standard output is read line by line; killed on drop.
-struct Cli {
-    /// The process.
-    child: Child,
-    /// Lines of its standard output, from a reader thread.
-    lines: mpsc::Receiver<String>,
-}
-
-impl Cli {
-    fn spawn(socket: &Path, args: &[&str]) -> Cli {
-        let mut child = Command::new(bin("wsmux"))
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .env_remove("WSMUX_SOCKET")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Cli { child, lines }
-    }
-
-    /// The next line of output as JSON, within 10 s.
-    async fn next(&self) -> Value {
-        let line = tokio::task::block_in_place(|| self.lines.recv_timeout(Duration::from_secs(10)))
-            .expect("a line from wsmux within 10s");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
-    }
-
-    /// Every line still to come, once the process has ended.
-    fn rest(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}")));
-        }
-        out
-    }
-
-    /// Waits at most 10 s for the process to end.
-    async fn exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "wsmux did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Cli {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn run_cli(socket: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin("wsmux"))
@@ -593,7 +524,9 @@ async fn the_rust_client_holds_topics_and_status_lists_them() {
     let client = Client::connect(Some(&d.socket), "topics").await.unwrap();
 
     // Refused as a whole, nothing changes.
-    let refused = |r: Result<(), wsmux_client::ClientError>| r.err().and_then(|e| e.code());
+    fn refused<T>(r: Result<T, wsmux_client::ClientError>) -> Option<ErrorCode> {
+        r.err().and_then(|e| e.code())
+    }
     assert_eq!(
         refused(client.subscribe_topics("plain", ["a"]).await),
         Some(ErrorCode::TopicsUnsupported)
