@@ -26,7 +26,6 @@ from .errors import (
 from .events import Event, State, Subscription
 from .peer import check_peer, expected_daemon_uid
 from .protocol import (
-    DEFAULT_MAX_FRAME,
     FATAL_CODES,
     HEADER,
     PROTOCOL_VERSION,
@@ -38,7 +37,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import CONNECTED, Backoff, Options, Session
+from .session import CONNECTED, Backoff, Options, Session, Target
 
 __all__ = ["AsyncCallback", "AsyncClient"]
 
@@ -65,49 +64,32 @@ async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return reader, writer
 
 
-class _Dialer:
-    """How to open and greet a connection: the first one and every reconnect."""
-
-    def __init__(
-        self,
-        path: str,
-        expected_uid: int | None,
-        client_name: str | None,
-        timeout: float | None,
-        max_frame: int,
-    ) -> None:
-        self.path = path
-        self.expected_uid = expected_uid
-        self.client_name = client_name
-        self.timeout = timeout
-        self.max_frame = max_frame
-
-    async def dial(self) -> _Connection:
-        """Connects, checks who serves the socket, says ``hello`` and waits for ``welcome``."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            reader, writer = await asyncio.wait_for(_open(self.path), self.timeout)
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-            raise DaemonUnavailable(self.path, exc) from exc
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"timed out connecting to {self.path}") from None
-        timeout = self.timeout
-        left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
-        try:
-            sock = writer.get_extra_info("socket")
-            if sys.platform != "win32" and sock is not None:
-                check_peer(sock, self.path, self.expected_uid)
-            welcome = await asyncio.wait_for(
-                _handshake(reader, writer, self.client_name, self.max_frame), left
-            )
-        except asyncio.TimeoutError:
-            writer.close()
-            raise TimeoutError("timed out waiting for the daemon's welcome") from None
-        except BaseException:
-            writer.close()
-            raise
-        return reader, writer, welcome
+async def _dial(target: Target, max_frame: int) -> _Connection:
+    """Connects, checks who serves the socket, says ``hello`` and waits for ``welcome``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        reader, writer = await asyncio.wait_for(_open(target.path), target.timeout)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        raise DaemonUnavailable(target.path, exc) from exc
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"timed out connecting to {target.path}") from None
+    timeout = target.timeout
+    left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
+    try:
+        sock = writer.get_extra_info("socket")
+        if sys.platform != "win32" and sock is not None:
+            check_peer(sock, target.path, target.expected_uid)
+        welcome = await asyncio.wait_for(
+            _handshake(reader, writer, target.client_name, max_frame), left
+        )
+    except asyncio.TimeoutError:
+        writer.close()
+        raise TimeoutError("timed out waiting for the daemon's welcome") from None
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, welcome
 
 
 class _Waiter:
@@ -134,15 +116,15 @@ class AsyncClient:
 
     def __init__(
         self,
-        dialer: _Dialer,
+        target: Target,
         connection: _Connection,
         *,
         request_timeout: float | None = 30.0,
         options: Options | None = None,
     ) -> None:
         reader, writer, welcome = connection
-        self._dialer = dialer
-        self._options = options or Options(max_frame=dialer.max_frame)
+        self._target = target
+        self._options = options or Options()
         self.max_frame = self._options.max_frame
         self.request_timeout = request_timeout
         #: The daemon's latest ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...],
@@ -173,14 +155,8 @@ class AsyncClient:
         client_name: str | None = None,
         timeout: float | None = 10.0,
         request_timeout: float | None = 30.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
         daemon_uid: int | None = None,
-        reconnect: bool = True,
-        when_disconnected: str = "buffer",
-        max_buffered_bytes: int = 1 << 20,
-        max_buffered_sends: int = 1000,
-        max_sticky: int = 1024,
-        max_event_bytes: int = 2 * DEFAULT_MAX_FRAME,
+        **options: Any,
     ) -> AsyncClient:
         """Connects to the daemon, sends ``hello`` and waits for ``welcome``.
 
@@ -189,18 +165,15 @@ class AsyncClient:
         default ``$WSMUX_DAEMON_UID``; :class:`UntrustedDaemon` before anything is sent),
         and the reconnect options.
         """
-        options = Options(
-            reconnect=reconnect,
-            when_disconnected=when_disconnected,
-            max_buffered_bytes=max_buffered_bytes,
-            max_buffered_sends=max_buffered_sends,
-            max_sticky=max_sticky,
-            max_event_bytes=max_event_bytes,
-            max_frame=max_frame,
+        opts = Options(**options)
+        target = Target(
+            socket_path or default_socket_path(),
+            expected_daemon_uid(daemon_uid),
+            client_name,
+            timeout,
         )
-        path = socket_path or default_socket_path()
-        dialer = _Dialer(path, expected_daemon_uid(daemon_uid), client_name, timeout, max_frame)
-        return cls(dialer, await dialer.dial(), request_timeout=request_timeout, options=options)
+        connection = await _dial(target, opts.max_frame)
+        return cls(target, connection, request_timeout=request_timeout, options=opts)
 
     @property
     def endpoints(self) -> list[str]:
@@ -365,9 +338,7 @@ class AsyncClient:
     async def request(self, type_: str, *, timeout: float | None = None, **fields: Any) -> Frame:
         """Sends any request with a fresh id and returns its reply (see
         :meth:`wsmux.Client.request`)."""
-        result: Frame = await self._call(
-            lambda w: self._session.request(w, type_, fields), timeout
-        )
+        result: Frame = await self._call(lambda w: self._session.request(w, type_, fields), timeout)
         return result
 
     async def _call(self, start: Callable[[_Waiter], int | None], timeout: float | None) -> Any:
@@ -558,9 +529,9 @@ class AsyncClient:
         while not self._closing:
             await asyncio.sleep(backoff.next_delay())
             try:
-                reader, writer, welcome = await self._dialer.dial()
+                reader, writer, welcome = await _dial(self._target, self.max_frame)
             except (WsmuxError, OSError, asyncio.TimeoutError) as exc:
-                log.debug("wsmux: reconnecting to %s failed: %r", self._dialer.path, exc)
+                log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
             if self._closing:
                 writer.close()

@@ -30,7 +30,6 @@ from .errors import (
 from .events import Event, State, Subscription
 from .peer import check_peer, expected_daemon_uid
 from .protocol import (
-    DEFAULT_MAX_FRAME,
     FATAL_CODES,
     PROTOCOL_VERSION,
     Data,
@@ -41,7 +40,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import CONNECTED, Backoff, Options, Session
+from .session import CONNECTED, Backoff, Options, Session, Target
 
 __all__ = ["Callback", "Client"]
 
@@ -178,49 +177,32 @@ class _Waiter:
         self.on_done: Callable[[], None] | None = None
 
 
-class _Dialer:
-    """How to open and greet a connection: the first one and every reconnect."""
-
-    def __init__(
-        self,
-        path: str,
-        expected_uid: int | None,
-        client_name: str | None,
-        timeout: float | None,
-        max_frame: int,
-    ) -> None:
-        self.path = path
-        self.expected_uid = expected_uid
-        self.client_name = client_name
-        self.timeout = timeout
-        self.max_frame = max_frame
-
-    def dial(
-        self, register: Callable[[_Transport], None] | None = None
-    ) -> tuple[_Transport, FrameDecoder, Frame]:
-        """Connects, checks who serves the socket, says ``hello`` and waits for ``welcome``.
-        ``register`` gets the transport before the handshake (so that ``close()`` can end a
-        handshake that hangs)."""
-        deadline = _deadline(self.timeout)
-        try:
-            transport: _Transport
-            if sys.platform == "win32":
-                transport = _PipeTransport(self.path, deadline)
-            else:
-                transport = _SocketTransport(self.path, deadline)
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-            raise DaemonUnavailable(self.path, exc) from exc
-        if register is not None:
-            register(transport)
-        decoder = FrameDecoder(self.max_frame)
-        try:
-            transport.verify_peer(self.path, self.expected_uid)
-            welcome = _handshake(transport, decoder, self.client_name, deadline)
-            transport.set_deadline(None)
-        except BaseException:
-            transport.close()
-            raise
-        return transport, decoder, welcome
+def _dial(
+    target: Target, max_frame: int, register: Callable[[_Transport], None] | None = None
+) -> tuple[_Transport, FrameDecoder, Frame]:
+    """Connects, checks who serves the socket, says ``hello`` and waits for ``welcome``.
+    ``register`` gets the transport before the handshake (so that ``close()`` can end a
+    handshake that hangs)."""
+    deadline = _deadline(target.timeout)
+    try:
+        transport: _Transport
+        if sys.platform == "win32":
+            transport = _PipeTransport(target.path, deadline)
+        else:
+            transport = _SocketTransport(target.path, deadline)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        raise DaemonUnavailable(target.path, exc) from exc
+    if register is not None:
+        register(transport)
+    decoder = FrameDecoder(max_frame)
+    try:
+        transport.verify_peer(target.path, target.expected_uid)
+        welcome = _handshake(transport, decoder, target.client_name, deadline)
+        transport.set_deadline(None)
+    except BaseException:
+        transport.close()
+        raise
+    return transport, decoder, welcome
 
 
 class Client:
@@ -235,15 +217,15 @@ class Client:
 
     def __init__(
         self,
-        dialer: _Dialer,
+        target: Target,
         connection: tuple[_Transport, FrameDecoder, Frame],
         *,
         request_timeout: float | None = 30.0,
         options: Options | None = None,
     ) -> None:
         transport, decoder, welcome = connection
-        self._dialer = dialer
-        self._options = options or Options(max_frame=dialer.max_frame)
+        self._target = target
+        self._options = options or Options()
         self.max_frame = self._options.max_frame
         self.request_timeout = request_timeout
         #: The daemon's latest ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...],
@@ -286,14 +268,8 @@ class Client:
         client_name: str | None = None,
         timeout: float | None = 10.0,
         request_timeout: float | None = 30.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
         daemon_uid: int | None = None,
-        reconnect: bool = True,
-        when_disconnected: str = "buffer",
-        max_buffered_bytes: int = 1 << 20,
-        max_buffered_sends: int = 1000,
-        max_sticky: int = 1024,
-        max_event_bytes: int = 2 * DEFAULT_MAX_FRAME,
+        **options: Any,
     ) -> Client:
         """Connects to the daemon, sends ``hello`` and waits for ``welcome``.
 
@@ -303,29 +279,32 @@ class Client:
         ``daemon_uid`` (default ``$WSMUX_DAEMON_UID``), and raises :class:`UntrustedDaemon`
         otherwise; this first connect raises :class:`DaemonUnavailable` if nothing listens.
 
-        Once connected, the client reconnects by itself when the connection drops
-        (``reconnect=False``: it closes instead, and does not resume after ``lagged``):
-        attempts every 0.1 s doubling to 1 s, with jitter, until :meth:`close`; each checks
-        the daemon's user again and takes at most ``timeout``. Then it subscribes again to
+        Once connected, the client reconnects by itself when the connection drops: attempts
+        0.1 s apart doubling to 1 s, with jitter, until :meth:`close`; each one checks the
+        daemon's user again and takes at most ``timeout``. Then it subscribes again to
         everything it held, from where it was (``since``), re-sends its sticky messages and
-        the sends it buffered, and emits :class:`Reconnected`. ``when_disconnected`` says
-        what ``send`` does meanwhile: ``"buffer"`` (wait, within ``max_buffered_bytes`` of
-        frames and ``max_buffered_sends`` messages) or ``"fail"`` (raise
-        :class:`NotConnected`). ``max_sticky`` bounds the sticky messages remembered per
-        endpoint, ``max_event_bytes`` the events the application has not taken yet.
+        the sends it buffered, and emits :class:`Reconnected`.
+
+        ``options`` (keyword arguments, see :class:`wsmux.session.Options`):
+
+        - ``reconnect=True``: ``False`` closes the client when the connection ends (and turns
+          off the resume after ``lagged``), as earlier versions did;
+        - ``when_disconnected="buffer"``: what ``send`` does while reconnecting: wait in a
+          buffer bounded by ``max_buffered_bytes=1 MiB`` of frames and
+          ``max_buffered_sends=1000`` messages, or (``"fail"``) raise :class:`NotConnected`;
+        - ``max_sticky=1024``: sticky messages remembered per endpoint;
+        - ``max_event_bytes=32 MiB``: events the application has not taken yet;
+        - ``max_frame=16 MiB``: the largest frame written or accepted.
         """
-        options = Options(
-            reconnect=reconnect,
-            when_disconnected=when_disconnected,
-            max_buffered_bytes=max_buffered_bytes,
-            max_buffered_sends=max_buffered_sends,
-            max_sticky=max_sticky,
-            max_event_bytes=max_event_bytes,
-            max_frame=max_frame,
+        opts = Options(**options)
+        target = Target(
+            socket_path or default_socket_path(),
+            expected_daemon_uid(daemon_uid),
+            client_name,
+            timeout,
         )
-        path = socket_path or default_socket_path()
-        dialer = _Dialer(path, expected_daemon_uid(daemon_uid), client_name, timeout, max_frame)
-        return cls(dialer, dialer.dial(), request_timeout=request_timeout, options=options)
+        connection = _dial(target, opts.max_frame)
+        return cls(target, connection, request_timeout=request_timeout, options=opts)
 
     @property
     def endpoints(self) -> list[str]:
@@ -541,7 +520,9 @@ class Client:
                     break
                 left = deadline - time.monotonic() if deadline is not None else None
                 if left is not None and left <= 0:
-                    raise TimeoutError("not connected to the daemon: timed out waiting to reconnect")
+                    raise TimeoutError(
+                        "not connected to the daemon: timed out waiting to reconnect"
+                    )
                 self._changed.wait(left)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not waiter.done.wait(left):
@@ -699,9 +680,9 @@ class Client:
                     transport.close()
 
             try:
-                transport, decoder, welcome = self._dialer.dial(register)
+                transport, decoder, welcome = _dial(self._target, self.max_frame, register)
             except (WsmuxError, OSError, TimeoutError) as exc:
-                log.debug("wsmux: reconnecting to %s failed: %r", self._dialer.path, exc)
+                log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
             finally:
                 with self._lock:

@@ -44,7 +44,7 @@ from .events import (
 )
 from .protocol import DEFAULT_MAX_FRAME, REPLY_TYPES, Frame, encode_frame, request
 
-__all__ = ["CLOSED", "CONNECTED", "DISCONNECTED", "Backoff", "Options", "Session"]
+__all__ = ["CLOSED", "CONNECTED", "DISCONNECTED", "Backoff", "Options", "Session", "Target"]
 
 #: Session states.
 CONNECTED = "connected"
@@ -72,7 +72,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt, in seconds."""
-        base = min(self.cap, self.initial * 2 ** min(self.attempt, 32))
+        base = min(self.cap, self.initial * float(1 << min(self.attempt, 32)))
         self.attempt += 1
         return base * (0.5 + 0.5 * self._rng())
 
@@ -82,7 +82,8 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Options:
-    """The reconnect and buffering options of a client (see ``Client.connect``)."""
+    """The reconnect and buffering options of a client: the keyword arguments of
+    ``Client.connect`` and ``AsyncClient.connect`` after the connection's own."""
 
     #: Reconnect when the connection drops, and resume after ``lagged``. False: the client
     #: closes when the connection ends (the behaviour of earlier versions).
@@ -111,6 +112,20 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a client connects: the first time and at every reconnect."""
+
+    #: The daemon's socket path (or pipe name).
+    path: str
+    #: One more uid the daemon may run as (``daemon_uid``), besides this user and root.
+    expected_uid: int | None
+    #: ``hello.client``; None: ``wsmux-python/<version>``.
+    client_name: str | None
+    #: Seconds allowed for connecting and the handshake.
+    timeout: float | None
 
 
 # -- what waits for a reply -----------------------------------------------------------------
@@ -328,18 +343,20 @@ class Session:
             restore.entries[endpoint] = [since is not None, None, None]
             by_endpoint[endpoint] = ids
         for request_id, waiting in list(self._waiting.items()):
-            ids = by_endpoint.get(waiting.endpoint)
-            if ids is None:
+            answering = by_endpoint.get(waiting.endpoint)
+            if answering is None:
                 # Unsubscribed again before the reconnect: nothing to wait for.
                 del self._waiting[request_id]
                 self._finish(waiting.waiter, Subscription(waiting.endpoint, None, None))
             else:  # the topics-only resubscribe answers a subscribe of topics, if there is one
-                waiting.answered_by = ids[-1] if waiting.topics else ids[0]
+                waiting.answered_by = answering[-1] if waiting.topics else answering[0]
         for endpoint, stickies in self._sticky.items():
             for sticky in stickies:
                 request_id = self._new_id()
                 self._pending[request_id] = _StickyResend(endpoint, sticky)
-                self._write(_send_fields(request_id, endpoint, sticky.data, None, True, sticky.undo))
+                self._write(
+                    _send_fields(request_id, endpoint, sticky.data, None, True, sticky.undo)
+                )
         while self._buffer:
             request_id, buffered = self._buffer.popleft()
             self._pending[request_id] = buffered.request
@@ -464,7 +481,9 @@ class Session:
             self._seams[endpoint] = (request_id, since)
         return request_id
 
-    def unsubscribe(self, waiter: Any, endpoint: str, topics: list[str] | None = None) -> int | None:
+    def unsubscribe(
+        self, waiter: Any, endpoint: str, topics: list[str] | None = None
+    ) -> int | None:
         """Unsubscribes. While disconnected, what is held is dropped from the desired state
         at once and the request is answered once connected; if nothing is held, None (wait
         until connected and call again: the daemon gives the answer)."""
@@ -547,7 +566,13 @@ class Session:
         if self.state == CONNECTED:
             return self._submit(
                 "send",
-                {"endpoint": endpoint, "data": data, "queue": queue, "sticky": sticky, "undo": undo},
+                {
+                    "endpoint": endpoint,
+                    "data": data,
+                    "queue": queue,
+                    "sticky": sticky,
+                    "undo": undo,
+                },
                 req,
             )
         if self.options.when_disconnected == "fail":
@@ -812,4 +837,3 @@ def _send_fields(
     return request(
         "send", request_id, endpoint=endpoint, data=data, queue=queue, sticky=sticky, undo=undo
     )
-
