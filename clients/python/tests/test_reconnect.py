@@ -363,3 +363,41 @@ def test_a_lagged_subscriber_resumes_and_sees_every_seq_once(
     assert_every_seq_once_in_order(events)
     assert seqs(events)[-1] == seqs(events)[0] + total
     assert not of(wsmux.Disconnected, events)
+
+
+def test_close_while_reconnecting_ends_the_client_and_what_waits(
+    env: Rig, connect: Connect
+) -> None:
+    client = connect(env.socket)
+    client.subscribe("feed")
+    assert env.daemon.terminate() == 0
+    read_until(client, lambda ev: bool(of(wsmux.Disconnected, ev)))
+    outcomes: dict[str, BaseException | None] = {}
+
+    def run(name: str, request: Callable[[], Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                request()
+                outcomes[name] = None
+            except BaseException as exc:
+                outcomes[name] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    # One waits for the reconnect, one waits in the send buffer.
+    threads = [
+        run("ping", lambda: client.ping(timeout=TIMEOUT)),
+        run("send", lambda: client.send("feed", "x", timeout=TIMEOUT)),
+    ]
+    wait_until(lambda: len(outcomes) == 0 and all(t.is_alive() for t in threads), "both wait")
+    started = time.monotonic()
+    client.close()
+    print(f"close() took {(time.monotonic() - started) * 1000:.0f} ms while reconnecting")
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert sorted(outcomes) == ["ping", "send"]
+    assert all(isinstance(e, wsmux.ConnectionClosed) for e in outcomes.values()), outcomes
+    assert client.wait_closed(TIMEOUT) and client.closed
+    assert not of(wsmux.Reconnected, list(client.events(timeout=TIMEOUT)))  # the stream ends
