@@ -30,6 +30,11 @@ asyncio::
         await client.subscribe("prices")
         async for event in client.events():
             ...
+
+Both clients reconnect by themselves when the connection to the daemon drops, and resume
+every subscription from where it was (``Disconnected``, then ``Reconnected`` with
+``recovered``); after ``lagged`` they resume from the daemon's history (``Resumed``).
+``reconnect=False`` turns this off.
 """
 
 from .aio import AsyncClient

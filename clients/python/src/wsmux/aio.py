@@ -21,6 +21,7 @@ from .errors import (
     DaemonError,
     DaemonUnavailable,
     ProtocolError,
+    UntrustedDaemon,
     WsmuxError,
 )
 from .events import Event, State, Subscription
@@ -530,6 +531,9 @@ class AsyncClient:
             await asyncio.sleep(backoff.next_delay())
             try:
                 reader, writer, welcome = await _dial(self._target, self.max_frame)
+            except UntrustedDaemon as exc:
+                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+                continue
             except (WsmuxError, OSError, asyncio.TimeoutError) as exc:
                 log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue

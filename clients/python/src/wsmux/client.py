@@ -25,6 +25,7 @@ from .errors import (
     DaemonError,
     DaemonUnavailable,
     ProtocolError,
+    UntrustedDaemon,
     WsmuxError,
 )
 from .events import Event, State, Subscription
@@ -681,6 +682,9 @@ class Client:
 
             try:
                 transport, decoder, welcome = _dial(self._target, self.max_frame, register)
+            except UntrustedDaemon as exc:
+                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+                continue
             except (WsmuxError, OSError, TimeoutError) as exc:
                 log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
