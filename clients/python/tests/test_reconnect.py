@@ -305,8 +305,9 @@ def test_sends_while_the_daemon_is_down_wait_in_a_bounded_buffer_or_fail(
     buffering = connect(env.socket)
     failing = connect(env.socket, when_disconnected="fail")
     small = connect(env.socket, max_buffered_bytes=512)
+    one = connect(env.socket, max_buffered_sends=1)
     assert env.daemon.terminate() == 0
-    for client in (buffering, failing, small):
+    for client in (buffering, failing, small, one):
         wait_until(lambda c=client: not c.connected, "the clients see the daemon go")
 
     with pytest.raises(wsmux.NotConnected, match="not connected to the daemon"):
@@ -318,17 +319,25 @@ def test_sends_while_the_daemon_is_down_wait_in_a_bounded_buffer_or_fail(
         buffering.send("feed", "never-timed-out", timeout=0.2)  # removed from the buffer
 
     acked: list[Any] = []
-    sender = threading.Thread(
-        target=lambda: acked.append(buffering.send("feed", "buffered", timeout=TIMEOUT))
-    )
-    sender.start()
+    senders = [
+        threading.Thread(target=lambda c=c, d=d: acked.append(c.send("feed", d, timeout=TIMEOUT)))
+        for c, d in ((buffering, "buffered"), (one, "the-one"))
+    ]
+    for sender in senders:
+        sender.start()
+    wait_until(lambda: one.buffered_sends == 1, "the send waits in the buffer")
+    with pytest.raises(wsmux.LimitExceeded, match="max_buffered_sends = 1"):
+        one.send("feed", "one-too-many")  # the buffer is full
     env.daemon.stop()
     env.daemon = Daemon(env.config, socket=env.socket)
-    sender.join(TIMEOUT)
-    assert acked and acked[0]["type"] == "ack"
-    received = env.up.wait_for(lambda r: "buffered" in r, TIMEOUT)
+    for sender in senders:
+        sender.join(TIMEOUT)
+    assert [a["type"] for a in acked] == ["ack", "ack"]
+    received = env.up.wait_for(lambda r: "buffered" in r and "the-one" in r, TIMEOUT)
+    assert one.buffered_sends == 0
     # Written in order after the reconnect: anything of the others would be here by now.
-    assert "never-timed-out" not in received and "never-failing" not in received
+    for never in ("never-timed-out", "never-failing", "one-too-many"):
+        assert never not in received
     wait_until(lambda: failing.connected, "the failing client is back")
     assert failing.send("feed", "now-failing", timeout=TIMEOUT)["type"] == "ack"
 

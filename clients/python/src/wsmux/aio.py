@@ -193,6 +193,11 @@ class AsyncClient:
         return None if position is None else position[1]
 
     @property
+    def buffered_sends(self) -> int:
+        """How many sends made while reconnecting wait to be written."""
+        return self._session.buffered_sends
+
+    @property
     def connected(self) -> bool:
         """Whether the client is connected to the daemon now (not reconnecting or closed)."""
         return self._session.state == CONNECTED

@@ -310,6 +310,11 @@ class Session:
         """``(epoch, seq)`` of the last message of ``endpoint`` received, if known."""
         return self._position.get(endpoint)
 
+    @property
+    def buffered_sends(self) -> int:
+        """Sends waiting for the reconnect."""
+        return len(self._buffer)
+
     def sticky_count(self, endpoint: str) -> int:
         return len(self._sticky.get(endpoint, ()))
 
