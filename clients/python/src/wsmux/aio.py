@@ -38,7 +38,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import CONNECTED, Backoff, Options, Session, Target
+from .session import Backoff, Options, Session, SessionView, Target
 
 __all__ = ["AsyncCallback", "AsyncClient"]
 
@@ -105,7 +105,7 @@ class _Waiter:
         self.on_done: Callable[[], None] | None = None
 
 
-class AsyncClient:
+class AsyncClient(SessionView):
     """An asyncio connection to wsmuxd that reconnects by itself, with the operations of
     :class:`wsmux.Client`.
 
@@ -128,9 +128,7 @@ class AsyncClient:
         self._options = options or Options()
         self.max_frame = self._options.max_frame
         self.request_timeout = request_timeout
-        #: The daemon's latest ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...],
-        #: "epoch": ...}``.
-        self.welcome: Frame = welcome
+        self.welcome = welcome
         self._loop = asyncio.get_running_loop()
         self._session = Session(self._options)
         self._session.connected(welcome)
@@ -175,32 +173,6 @@ class AsyncClient:
         )
         connection = await _dial(target, opts.max_frame)
         return cls(target, connection, request_timeout=request_timeout, options=opts)
-
-    @property
-    def endpoints(self) -> list[str]:
-        """The names of the endpoints configured in the daemon (from ``welcome``)."""
-        return [str(e.get("name")) for e in self.welcome.get("endpoints", [])]
-
-    @property
-    def epoch(self) -> str | None:
-        """The daemon's ``welcome.epoch``: new each time the daemon starts."""
-        return self._session.epoch
-
-    def last_seq(self, endpoint: str) -> int | None:
-        """The ``seq`` of the last message of ``endpoint`` received (see
-        :meth:`wsmux.Client.last_seq`)."""
-        position = self._session.position(endpoint)
-        return None if position is None else position[1]
-
-    @property
-    def buffered_sends(self) -> int:
-        """How many sends made while reconnecting wait to be written."""
-        return self._session.buffered_sends
-
-    @property
-    def connected(self) -> bool:
-        """Whether the client is connected to the daemon now (not reconnecting or closed)."""
-        return self._session.state == CONNECTED
 
     @property
     def closed(self) -> bool:

@@ -41,7 +41,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import CONNECTED, Backoff, Options, Session, Target
+from .session import Backoff, Options, Session, SessionView, Target
 
 __all__ = ["Callback", "Client"]
 
@@ -206,7 +206,7 @@ def _dial(
     return transport, decoder, welcome
 
 
-class Client:
+class Client(SessionView):
     """A blocking connection to wsmuxd that reconnects by itself.
 
     Create it with :meth:`Client.connect`. Every method that waits takes ``timeout`` in seconds
@@ -229,9 +229,7 @@ class Client:
         self._options = options or Options()
         self.max_frame = self._options.max_frame
         self.request_timeout = request_timeout
-        #: The daemon's latest ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...],
-        #: "epoch": ...}``.
-        self.welcome: Frame = welcome
+        self.welcome = welcome
         self._lock = threading.Lock()
         #: Notified when the session's state changes (connected, disconnected, closed).
         self._changed = threading.Condition(self._lock)
@@ -306,34 +304,6 @@ class Client:
         )
         connection = _dial(target, opts.max_frame)
         return cls(target, connection, request_timeout=request_timeout, options=opts)
-
-    @property
-    def endpoints(self) -> list[str]:
-        """The names of the endpoints configured in the daemon (from ``welcome``)."""
-        return [str(e.get("name")) for e in self.welcome.get("endpoints", [])]
-
-    @property
-    def epoch(self) -> str | None:
-        """The daemon's ``welcome.epoch``: new each time the daemon starts."""
-        return self._session.epoch
-
-    def last_seq(self, endpoint: str) -> int | None:
-        """The ``seq`` of the last message of ``endpoint`` received (before the first one,
-        ``first_seq - 1`` of the subscription); with :attr:`epoch`, what to pass as
-        ``since`` to resume there later."""
-        with self._lock:
-            position = self._session.position(endpoint)
-        return None if position is None else position[1]
-
-    @property
-    def buffered_sends(self) -> int:
-        """How many sends made while reconnecting wait to be written."""
-        return self._session.buffered_sends
-
-    @property
-    def connected(self) -> bool:
-        """Whether the client is connected to the daemon now (not reconnecting or closed)."""
-        return self._session.state == CONNECTED
 
     @property
     def closed(self) -> bool:

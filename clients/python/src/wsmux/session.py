@@ -44,7 +44,16 @@ from .events import (
 )
 from .protocol import DEFAULT_MAX_FRAME, REPLY_TYPES, Frame, encode_frame, request
 
-__all__ = ["CLOSED", "CONNECTED", "DISCONNECTED", "Backoff", "Options", "Session", "Target"]
+__all__ = [
+    "CLOSED",
+    "CONNECTED",
+    "DISCONNECTED",
+    "Backoff",
+    "Options",
+    "Session",
+    "SessionView",
+    "Target",
+]
 
 #: Session states.
 CONNECTED = "connected"
@@ -829,6 +838,42 @@ class Session:
     def _fail(self, waiter: Any, error: BaseException) -> None:
         if waiter is not None:
             self._done.append((waiter, None, error))
+
+
+class SessionView:
+    """What both clients tell about their session: read-only, from any thread."""
+
+    _session: Session
+    #: The daemon's latest ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...],
+    #: "epoch": ...}``, replaced at each reconnect.
+    welcome: Frame
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The names of the endpoints configured in the daemon (from ``welcome``)."""
+        return [str(e.get("name")) for e in self.welcome.get("endpoints", [])]
+
+    @property
+    def epoch(self) -> str | None:
+        """The daemon's ``welcome.epoch``: new each time the daemon starts."""
+        return self._session.epoch
+
+    def last_seq(self, endpoint: str) -> int | None:
+        """The ``seq`` of the last message of ``endpoint`` received (before the first one,
+        ``first_seq - 1`` of the subscription); with :attr:`epoch`, what to pass as
+        ``since`` to resume there later."""
+        position = self._session.position(endpoint)
+        return None if position is None else position[1]
+
+    @property
+    def buffered_sends(self) -> int:
+        """How many sends made while reconnecting wait to be written."""
+        return self._session.buffered_sends
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected to the daemon now (not reconnecting or closed)."""
+        return self._session.state == CONNECTED
 
 
 def _send_fields(
