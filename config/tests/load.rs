@@ -1007,6 +1007,7 @@ fn the_example_file_loads() {
     assert_eq!(feed.fatal_statuses, defaults.fatal_statuses);
     assert_eq!(feed.fatal_close_codes, defaults.fatal_close_codes);
     assert_eq!(feed.tls, defaults.tls);
+    assert_eq!(feed.history, defaults.history);
 
     let lines = &settings.endpoints[1];
     assert_eq!(

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Clone, Debug)]
 enum Control {
     Send(Message),
+    SendMany(Arc<Vec<Message>>),
     Close(u16, String),
     Abort,
 }
@@ -138,6 +139,11 @@ impl Upstream {
         self.control(Control::Send(msg));
     }
 
+    /// Sends `msgs` on every live connection, in order, with one flush at the end (a burst).
+    pub fn broadcast_many(&self, msgs: Vec<Message>) {
+        self.control(Control::SendMany(Arc::new(msgs)));
+    }
+
     /// Closes every live connection with a close frame.
     pub fn close_all(&self, code: u16, reason: &str) {
         self.control(Control::Close(code, reason.into()));
@@ -184,6 +190,18 @@ async fn serve(
             c = ctl.recv() => match c {
                 Some(Control::Send(m)) => {
                     if ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Control::SendMany(msgs)) => {
+                    let mut fed = true;
+                    for m in msgs.iter() {
+                        if ws.feed(m.clone()).await.is_err() {
+                            fed = false;
+                            break;
+                        }
+                    }
+                    if !fed || ws.flush().await.is_err() {
                         break;
                     }
                 }

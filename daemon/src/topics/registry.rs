@@ -41,6 +41,8 @@ struct Retired {
     /// upstream still carries it, and `connection` has not reconnected since (its `opened`
     /// count then).
     slot: Option<u64>,
+    /// The `held_from` it had while held (it still counts while the upstream carries it).
+    held_from: u64,
 }
 
 /// One topic that at least one client holds.
@@ -56,6 +58,10 @@ pub struct Entry {
     seq: u64,
     /// The upstream's answer when it was rejected.
     reason: Option<String>,
+    /// The endpoint's `seq` from which the topic has been held without a break (so
+    /// subscribed upstream, and its messages in the history): a resume from before it has
+    /// missed messages the upstream did not send to the daemon.
+    held_from: u64,
 }
 
 /// What the registry knows of one upstream connection.
@@ -225,12 +231,14 @@ impl Registry {
     }
 
     /// Adds checked topics ([`Registry::check`]) to a client's set. A topic that was
-    /// rejected is tried again.
+    /// rejected is tried again. `next_seq` is the endpoint's next `seq`: a topic that gets
+    /// its first holder is held from there.
     pub fn add(
         &mut self,
         client: ClientId,
         outbox: &Arc<Outbox>,
         topics: Vec<Arc<str>>,
+        next_seq: u64,
     ) -> Touched {
         let mut touched = Touched::default();
         for topic in topics {
@@ -258,7 +266,12 @@ impl Registry {
                     }
                     _ => self.assign(&mut touched),
                 };
-                let seq = retired.map_or(0, |r| r.seq);
+                let seq = retired.as_ref().map_or(0, |r| r.seq);
+                // Still carried upstream: its messages kept coming.
+                let held_from = match &retired {
+                    Some(r) if slot_kept => r.held_from,
+                    _ => next_seq,
+                };
                 if !slot_kept {
                     self.connections[connection].taken += 1;
                 }
@@ -270,6 +283,7 @@ impl Registry {
                         connection,
                         seq,
                         reason: None,
+                        held_from,
                     },
                 );
                 self.connections[connection]
@@ -329,6 +343,7 @@ impl Registry {
             }
             let connection = entry.connection;
             let seq = entry.seq;
+            let held_from = entry.held_from;
             self.topics.remove(&topic);
             // Without an `unsubscribe` template the upstream keeps carrying the topic, so
             // its place on the connection is taken until that connection reconnects.
@@ -339,12 +354,12 @@ impl Registry {
                 .changed
                 .insert(Arc::clone(&topic));
             touched.touch(connection);
-            self.retire(topic, seq, connection);
+            self.retire(topic, seq, connection, held_from);
         }
         touched
     }
 
-    fn retire(&mut self, topic: Arc<str>, seq: u64, connection: usize) {
+    fn retire(&mut self, topic: Arc<str>, seq: u64, connection: usize, held_from: u64) {
         let slot = self
             .settings
             .unsubscribe
@@ -378,6 +393,7 @@ impl Registry {
                 connection,
                 generation: self.generation,
                 slot,
+                held_from,
             },
         );
     }
@@ -385,6 +401,16 @@ impl Registry {
     /// Whether the client holds any topic.
     pub fn holds_any(&self, client: ClientId) -> bool {
         self.clients.contains_key(&client)
+    }
+
+    /// Whether every topic the client holds has been held without a break since `seq` (its
+    /// messages from `seq` on reached the daemon, unless the endpoint was down).
+    pub fn held_since(&self, client: ClientId, seq: u64) -> bool {
+        self.clients.get(&client).is_none_or(|topics| {
+            topics
+                .iter()
+                .all(|t| self.topics.get(t).is_some_and(|e| e.held_from <= seq))
+        })
     }
 
     /// Whether the client holds `topic`.
@@ -576,7 +602,7 @@ mod tests {
 
     fn add(r: &mut Registry, client: ClientId, list: &[&str]) -> Touched {
         let topics = r.check(client, &strings(list)).expect("valid");
-        r.add(client, &outbox(), topics)
+        r.add(client, &outbox(), topics, 1)
     }
 
     #[test]
@@ -689,7 +715,7 @@ mod tests {
         let mut r = Registry::new(Arc::new(s));
         let many: Vec<String> = (0..MAX_CONNECTIONS).map(|i| format!("t{i}")).collect();
         let checked = r.check(1, &many).expect("fits");
-        r.add(1, &outbox(), checked);
+        r.add(1, &outbox(), checked, 1);
         assert_eq!(r.connections(), MAX_CONNECTIONS);
         let err = r.check(2, &strings(&["one-more"])).unwrap_err();
         assert_eq!(err.0, ErrorCode::TooManyTopics, "{}", err.1);

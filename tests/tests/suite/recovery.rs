@@ -3,16 +3,19 @@
 //! and get it, in `seq` order, with no gap and no duplicate at the seam; the history stays
 //! within its bounds, and a replay obeys the slow-client policy without disturbing anyone else.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use wsmux_proto::{
     Ack, ClientMsg, ConnState, DataMessage, EndpointStatus, ErrorCode, ServerMsg, Subscribe,
 };
 use wsmux_tests::daemon::Daemon;
+use wsmux_tests::exchanges::{Exchange, Format};
 use wsmux_tests::observe::status;
 use wsmux_tests::raw::Raw;
 use wsmux_tests::upstream::Upstream;
@@ -174,6 +177,32 @@ fn payload(i: u64, len: usize) -> Message {
     Message::text(format!("{i:0>len$}"))
 }
 
+/// Reads `n` messages on `healthy` in a task of its own, counting them in `read`; their seqs.
+fn read_healthy(mut healthy: Raw, n: u64, read: Arc<AtomicU64>) -> JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < n as usize {
+            match healthy.recv().await {
+                Some(ServerMsg::Message(m)) => seqs.push(m.seq),
+                other => panic!("the healthy client got {other:?}"),
+            }
+            read.store(seqs.len() as u64, Ordering::Relaxed);
+        }
+        seqs
+    })
+}
+
+/// Publishes messages `seqs` (`len` bytes each), at most 40 ahead of what the healthy
+/// client has `read` (within its queue of 64): only a client that reads less falls behind.
+async fn publish_paced(up: &Upstream, seqs: RangeInclusive<u64>, len: usize, read: &AtomicU64) {
+    for i in seqs {
+        while i.saturating_sub(read.load(Ordering::Relaxed)) > 40 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        up.broadcast(payload(i, len));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagged_subscriber_resumes_with_since_and_sees_every_seq_once() {
     const N: u64 = 6000;
@@ -183,37 +212,18 @@ async fn a_lagged_subscriber_resumes_with_since_and_sees_every_seq_once() {
         "client_queue_messages = 64\n{}",
         endpoint_toml("feed", &up.url(), "")
     ));
-    let mut healthy = Raw::greeted(&d.socket).await.0;
+    let (mut healthy, _) = Raw::greeted(&d.socket).await;
     assert_eq!(subscribe_open(&mut healthy, "feed").await, 1);
     let mut lagging = Resumer::connect(&d).await;
     assert_eq!(subscribe_open(&mut lagging.raw, "feed").await, 1);
 
     let read = Arc::new(AtomicU64::new(0));
-    let healthy_reader = tokio::spawn({
-        let read = Arc::clone(&read);
-        async move {
-            let mut seqs = Vec::new();
-            while seqs.len() < N as usize {
-                match healthy.recv().await {
-                    Some(ServerMsg::Message(m)) => seqs.push(m.seq),
-                    other => panic!("the healthy client got {other:?}"),
-                }
-                read.store(seqs.len() as u64, Ordering::Relaxed);
-            }
-            seqs
-        }
-    });
-    // Paced by the healthy reader (at most 40 ahead, within its queue of 64): only a client
-    // that stops reading falls behind.
+    let healthy_reader = read_healthy(healthy, N, Arc::clone(&read));
+    // Paced by the healthy reader: only a client that stops reading falls behind.
     let publisher = tokio::spawn({
         let read = Arc::clone(&read);
         async move {
-            for i in 1..=N {
-                while i.saturating_sub(read.load(Ordering::Relaxed)) > 40 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                up.broadcast(payload(i, 1000));
-            }
+            publish_paced(&up, 1..=N, 1000, &read).await;
             up
         }
     });
@@ -377,4 +387,396 @@ async fn every_subscribe_ack_says_where_it_starts() {
     up.broadcast(payload(4, 10));
     a.read_until("feed", None, 4).await;
     assert_eq!(a.seqs(), vec![1, 2, 3, 4], "nothing twice");
+}
+
+/// The topic and text of each message.
+fn topics_and_texts(got: &[DataMessage]) -> Vec<(Option<String>, String)> {
+    got.iter()
+        .map(|m| match &m.data {
+            wsmux_proto::Payload::Text(t) => (m.topic.clone(), t.clone()),
+            other => panic!("binary from a text fake: {other:?}"),
+        })
+        .collect()
+}
+
+/// Reads `n` messages into `c.got`.
+async fn read_messages(c: &mut Resumer, n: usize) {
+    within(10, "messages", async {
+        while c.got.len() < n {
+            match c.raw.recv().await {
+                Some(ServerMsg::Message(m)) => c.got.push(m),
+                Some(ServerMsg::Ack(_) | ServerMsg::State(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// Publishes one message of each of `topics`, `rounds` times; those of `kept` (with their
+/// topic) in order.
+fn publish_rounds(
+    ex: &Exchange,
+    topics: &[&String],
+    rounds: usize,
+    kept: &[&String],
+) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        for t in topics {
+            let text = ex.publish(t, 1).remove(0);
+            if kept.contains(t) {
+                out.push((Some((*t).clone()), text));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_subscriber_resumes_with_only_its_topics_and_topicless_messages() {
+    let ex = Exchange::start(Format::Binance).await;
+    let name = ex.format.name();
+    let d = Daemon::start(
+        &(endpoint_toml(
+            name,
+            &ex.url(),
+            &format!("[endpoints.{name}.heartbeat]\ninterval = \"60s\"\ntimeout = \"30s\"\n"),
+        ) + &ex.format.topics_table(name, &[("rate", "\"none\"")])),
+    );
+    ex.wait_connected(10, 1).await;
+    let symbols = ex.format.symbols();
+    let [a, b, c] = [0, 1, 2].map(|i| ex.format.topic(0, &symbols[i]));
+    let mine = vec![a.clone(), b.clone()];
+    let subscribe = |id, topics: Vec<String>| {
+        ClientMsg::Subscribe(Subscribe {
+            id: Some(id),
+            endpoint: name.into(),
+            topics: Some(topics),
+            ..Subscribe::default()
+        })
+    };
+    // Another client holds all three, so they stay subscribed upstream while ours is away.
+    let (mut other, _) = Raw::greeted(&d.socket).await;
+    other
+        .send(&subscribe(1, vec![a.clone(), b.clone(), c.clone()]))
+        .await;
+    let mut first = Resumer::connect(&d).await;
+    first.raw.send(&subscribe(2, mine.clone())).await;
+    ex.wait_subscribed(10, &[&a, &b, &c]).await;
+    let before = publish_rounds(&ex, &[&a, &c, &b], 3, &[&a, &b]);
+    read_messages(&mut first, before.len()).await;
+    let since = first.last();
+    let epoch = first.epoch.clone();
+    drop(first);
+
+    // While it is away: more of every topic, and a message without a topic.
+    let mut missed = publish_rounds(&ex, &[&a, &c, &b], 2, &[&a, &b]);
+    let notice = r#"{"notice":"maintenance at noon"}"#.to_owned();
+    ex.send_raw(1, &notice);
+    missed.push((None, notice));
+    missed.extend(publish_rounds(&ex, &[&a, &c, &b], 2, &[&a, &b]));
+    wait_messages_in(&d.socket, name, 9 + 12 + 1).await;
+    let mut second = Resumer::connect(&d).await;
+    let ack = second
+        .resume_with(resume(name, Some(mine.clone()), since, Some(&epoch)), since)
+        .await;
+    assert_eq!(
+        (ack.recovered, ack.first_seq),
+        (Some(true), Some(since + 1))
+    );
+    read_messages(&mut second, missed.len()).await;
+    assert_eq!(
+        topics_and_texts(&second.got),
+        missed,
+        "its topics and the topic-less notice, in order, nothing of the other topic"
+    );
+    assert!(second.got.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(second.got[0].seq > since);
+    // Then live, its topics only.
+    let live = publish_rounds(&ex, &[&c, &b], 1, &[&b]);
+    read_messages(&mut second, missed.len() + 1).await;
+    assert_eq!(topics_and_texts(&second.got[missed.len()..]), live);
+
+    // Now nobody else holds `b`: when ours leaves, the daemon unsubscribes it upstream, and
+    // the messages the upstream would have sent meanwhile never reach the history.
+    other
+        .send(&ClientMsg::Unsubscribe(wsmux_proto::Unsubscribe {
+            id: Some(3),
+            endpoint: name.into(),
+            topics: Some(vec![b.clone()]),
+        }))
+        .await;
+    let since = second.last();
+    drop(second);
+    ex.wait_unsubscribed(10, &[&b]).await;
+    let held = publish_rounds(&ex, &[&a, &b, &c], 3, &[&a]);
+    wait_messages_in(&d.socket, name, 9 + 12 + 1 + 2 + 6).await;
+    let mut third = Resumer::connect(&d).await;
+    let ack = third
+        .resume_with(resume(name, Some(mine), since, Some(&epoch)), since)
+        .await;
+    assert_eq!(
+        (ack.recovered, ack.first_seq),
+        (Some(false), Some(since + 1)),
+        "`b` was not held for a while"
+    );
+    read_messages(&mut third, held.len()).await;
+    assert_eq!(
+        topics_and_texts(&third.got),
+        held,
+        "what the history holds of its set"
+    );
+    ex.wait_subscribed(10, &[&b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_memory_stays_within_max_bytes_under_a_300k_burst() {
+    const BURST: u64 = 300_000;
+    const MAX_BYTES: u64 = 1 << 20;
+    let up = Upstream::start().await;
+    let config = |max_messages: u64| {
+        endpoint_toml(
+            "feed",
+            &up.url(),
+            &format!(
+                "[endpoints.feed.history]\nmax_messages = {max_messages}\nmax_bytes = {MAX_BYTES}\n"
+            ),
+        )
+    };
+    let d = Daemon::start(&config(1_000_000));
+    let (mut watcher, _) = Raw::greeted(&d.socket).await;
+    subscribe_open(&mut watcher, "feed").await;
+    // Unsubscribe again: only the history holds messages during the burst.
+    watcher
+        .send(&ClientMsg::Unsubscribe(wsmux_proto::Unsubscribe {
+            id: Some(2),
+            endpoint: "feed".into(),
+            topics: None,
+        }))
+        .await;
+    loop {
+        match watcher.recv().await {
+            Some(ServerMsg::Ack(a)) if a.id == 2 => break,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    let rss_before = d.rss_kib();
+    up.broadcast_many((1..=BURST).map(|i| payload(i, 100)).collect());
+    let mut max_bytes = 0;
+    let mut max_messages = 0;
+    let mut max_rss = 0;
+    let last = within(30, "the burst", async {
+        loop {
+            let s = status(&d.socket, "feed").await;
+            max_bytes = max_bytes.max(s.history_bytes);
+            max_messages = max_messages.max(s.history_messages);
+            max_rss = max_rss.max(d.rss_kib());
+            if s.messages_in == BURST {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // The last messages all have a 5-byte `seq`: the same charge each.
+    let held = last.history_messages;
+    let charged = last.history_bytes / held;
+    assert_eq!(last.history_bytes % held, 0);
+    assert!(
+        max_bytes <= MAX_BYTES,
+        "history_bytes {max_bytes} > max_bytes"
+    );
+    assert_eq!(held, MAX_BYTES / charged, "as many as fit");
+    assert_eq!(last.history_first_seq, Some(BURST - held + 1));
+    assert!(max_messages <= MAX_BYTES / 64, "{max_messages}");
+    // 300 000 such messages are 60 MiB as charged; the history holds 1 MiB of them, and the
+    // daemon grows by less than 8 MiB (about 2 MiB in practice: the frames, their entries and
+    // the WebSocket's buffers), far below what holding the burst would take.
+    let grown_mib = max_rss.saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 8,
+        "the daemon grew by {grown_mib} MiB (from {rss_before} KiB) during the burst"
+    );
+
+    // A reload applies a smaller `max_messages` at once, without reconnecting.
+    std::fs::write(
+        &d.config,
+        format!(
+            "socket = {:?}\n{}",
+            d.socket.display().to_string(),
+            config(1000)
+        ),
+    )
+    .unwrap();
+    watcher
+        .send(&ClientMsg::Reload(wsmux_proto::Reload { id: Some(3) }))
+        .await;
+    loop {
+        match watcher.recv().await {
+            Some(ServerMsg::Ack(a)) if a.id == 3 => break,
+            Some(ServerMsg::Error(e)) => panic!("reload failed: {e:?}"),
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    let s = within(10, "new limits", async {
+        loop {
+            let s = status(&d.socket, "feed").await;
+            if s.history_messages <= 1000 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(s.history_messages, 1000);
+    assert_eq!(s.history_first_seq, Some(BURST - 999));
+    up.broadcast_many((1..=5000).map(|i| payload(i, 100)).collect());
+    let s = wait_messages_in(&d.socket, "feed", BURST + 5000).await;
+    assert_eq!(
+        (s.history_messages, s.history_first_seq),
+        (1000, Some(BURST + 4001))
+    );
+    assert_eq!(
+        up.connections(),
+        1,
+        "the history's limits need no reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_evicts() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&endpoint_toml(
+        "feed",
+        &up.url(),
+        "[endpoints.feed.history]\nmax_age = \"300ms\"\n",
+    ));
+    let mut c = Resumer::connect(&d).await;
+    subscribe_open(&mut c.raw, "feed").await;
+    for i in 1..=5 {
+        up.broadcast(payload(i, 10));
+    }
+    c.read_until("feed", None, 5).await;
+    let s = status(&d.socket, "feed").await;
+    assert_eq!(
+        s.history_first_seq,
+        Some(1),
+        "held while younger than max_age"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let s = status(&d.socket, "feed").await;
+    assert_eq!(
+        (s.history_messages, s.history_bytes, s.history_first_seq),
+        (0, 0, None),
+        "evicted once older than max_age"
+    );
+    let epoch = c.epoch.clone();
+    let ack = c
+        .resume_with(resume("feed", None, 2, Some(&epoch)), 2)
+        .await;
+    assert_eq!((ack.recovered, ack.first_seq), (Some(false), Some(6)));
+    up.broadcast(payload(6, 10));
+    c.read_until("feed", None, 6).await;
+    assert_eq!(
+        c.seqs(),
+        (1..=6).collect::<Vec<_>>(),
+        "nothing replayed, then live"
+    );
+}
+
+/// Runs the slow-reader case under `policy`: a healthy subscriber paces a 3000-message run;
+/// another client resumes from the start of a 200-message history and reads one message
+/// every 2 ms. Returns what the slow client saw after its ack (each message's seq as `Ok`,
+/// each `lagged` count as `Err`), whether it was closed with `error lagged`, and the healthy
+/// client's seqs.
+async fn slow_replay(policy: &str) -> (Vec<Result<u64, u64>>, bool, Vec<u64>) {
+    const N: u64 = 3000;
+    let up = Upstream::start().await;
+    let d = Daemon::start(&format!(
+        "client_queue_messages = 64\n{}",
+        endpoint_toml(
+            "feed",
+            &up.url(),
+            &format!("slow_client = \"{policy}\"\n[endpoints.feed.history]\nmax_messages = 200\n")
+        )
+    ));
+    let (mut healthy, _) = Raw::greeted(&d.socket).await;
+    subscribe_open(&mut healthy, "feed").await;
+    let read = Arc::new(AtomicU64::new(0));
+    let healthy_reader = read_healthy(healthy, N, Arc::clone(&read));
+    publish_paced(&up, 1..=200, 100, &read).await;
+    let mut slow = Resumer::connect(&d).await;
+    let ack = slow.resume_with(resume("feed", None, 0, None), 0).await;
+    assert_eq!((ack.recovered, ack.first_seq), (Some(true), Some(1)));
+    let slow_reader = tokio::spawn(async move {
+        let (mut seen, mut closed) = (Vec::new(), false);
+        while seen.last() != Some(&Ok(N)) {
+            match slow.raw.recv().await {
+                Some(ServerMsg::Message(m)) => seen.push(Ok(m.seq)),
+                Some(ServerMsg::Lagged(l)) => seen.push(Err(l.dropped)),
+                Some(ServerMsg::Error(e)) => {
+                    assert_eq!(e.code, ErrorCode::Lagged, "{e:?}");
+                    assert!(slow.raw.recv().await.is_none(), "closed after the error");
+                    closed = true;
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (seen, closed)
+    });
+    publish_paced(&up, 201..=N, 100, &read).await;
+    let healthy_seqs = within(30, "the healthy client", healthy_reader)
+        .await
+        .unwrap();
+    let (seen, closed) = within(30, "the slow client", slow_reader).await.unwrap();
+    (seen, closed, healthy_seqs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replay_is_told_in_stream_what_eviction_took_under_drop() {
+    let (seen, closed, healthy) = slow_replay("drop").await;
+    assert!(!closed);
+    assert!(
+        seen.iter().any(Result::is_err),
+        "eviction overtook the replay"
+    );
+    // Each `lagged` stands exactly at its gap: the seqs it reports lost are those between
+    // the message before it and the message after it.
+    let (mut previous, mut reported) = (0, 0);
+    for item in &seen {
+        match *item {
+            Err(dropped) => reported += dropped,
+            Ok(seq) => {
+                assert_eq!(seq - previous - 1, reported, "at seq {seq}: {seen:?}");
+                (previous, reported) = (seq, 0);
+            }
+        }
+    }
+    assert_eq!(
+        previous, 3000,
+        "every seq delivered once in order, or reported lost"
+    );
+    assert_eq!(healthy, (1..=3000).collect::<Vec<_>>(), "unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replay_is_disconnected_under_disconnect() {
+    let (seen, closed, healthy) = slow_replay("disconnect").await;
+    assert!(closed, "closed with error lagged");
+    let seqs: Vec<u64> = seen
+        .iter()
+        .map(|s| s.expect("no lagged under disconnect"))
+        .collect();
+    assert!(seqs.len() < 3000);
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap before the end"
+    );
+    assert_eq!(healthy, (1..=3000).collect::<Vec<_>>(), "unaffected");
 }
