@@ -373,6 +373,53 @@ def test_events_are_kept_while_waiting_for_the_ack() -> None:
     _finish(thread, errors)
 
 
+def test_subscribe_with_since_returns_first_seq_and_recovered_and_keeps_the_seam() -> None:
+    epoch = "193a1f2b4c0-5e2d9a71"
+
+    def script(d: FakeDaemon) -> None:
+        hello = d.expect("hello")
+        assert hello["version"] == 1
+        d.write({"type": "welcome", "version": 1, "server": "s", "endpoints": [], "epoch": epoch})
+        sub = d.expect("subscribe")
+        assert sub == {"type": "subscribe", "id": 1, "endpoint": "feed"}
+        d.write({"type": "ack", "id": 1, "first_seq": 1001})
+        d.write({"type": "message", "endpoint": "feed", "seq": 1001, "data": "a"})
+        resume = d.expect("subscribe")
+        assert resume == {
+            "type": "subscribe",
+            "id": 2,
+            "endpoint": "feed",
+            "since": 1001,
+            "epoch": epoch,
+        }
+        # Queued before the resume: sent again after the ack (PROTOCOL.md 19.3).
+        d.write({"type": "message", "endpoint": "feed", "seq": 1252, "data": "seam"})
+        d.write({"type": "message", "endpoint": "other", "seq": 9, "data": "kept"})
+        d.write({"type": "ack", "id": 2, "recovered": True, "first_seq": 1002})
+        d.write({"type": "message", "endpoint": "feed", "seq": 1002, "data": "b"})
+        d.expect("subscribe")
+        d.write({"type": "ack", "id": 3, "recovered": False, "first_seq": 1})
+
+    client, thread, errors = _client_with(script)
+    client.hello(timeout=5)
+    assert client.epoch == epoch
+    first = client.subscribe("feed", timeout=5)
+    assert first["first_seq"] == 1001 and "recovered" not in first
+    events = client.events(timeout=5)
+    assert next(events)["seq"] == 1001
+    again = client.subscribe("feed", timeout=5, since=1001, epoch=client.epoch)
+    assert (again["recovered"], again["first_seq"]) == (True, 1002)
+    assert [(e["endpoint"], e["seq"]) for e in (next(events), next(events))] == [
+        ("other", 9),
+        ("feed", 1002),
+    ]
+    lost = client.subscribe("feed", timeout=5, since=5, epoch="an older epoch")
+    assert (lost["recovered"], lost["first_seq"]) == (False, 1)
+    _assert_raises(ValueError, lambda: client.subscribe("feed", timeout=5, epoch=epoch))
+    client.close()
+    _finish(thread, errors)
+
+
 def test_error_reply_raises_and_the_connection_goes_on() -> None:
     def script(d: FakeDaemon) -> None:
         d.greet()

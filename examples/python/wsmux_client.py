@@ -39,7 +39,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union, cast
 
 import msgpack  # type: ignore[import-untyped]
@@ -483,18 +483,50 @@ class WsmuxClient:
         endpoint: str,
         timeout: float | None = None,
         topics: Sequence[str] | None = None,
-    ) -> None:
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> Message:
         """Subscribes to ``endpoint`` (or, with ``topics``, to those topics of it: only their
-        messages arrive, each with ``topic`` and ``topic_seq``) and waits for the ack.
+        messages arrive, each with ``topic`` and ``topic_seq``) and waits for the ack, which
+        it returns.
 
         The daemon then sends a ``state`` event with the endpoint's current state, followed by
         its messages and state changes; read them with ``events()``. A topic the upstream
         refuses arrives later as an ``error`` event with code ``topic_rejected``.
+
+        ``since`` resumes after that ``seq`` (PROTOCOL.md section 19): the daemon first
+        replays from its history what it still has after it. ``epoch`` is the
+        ``welcome.epoch`` that ``since`` belongs to (absent: the daemon's current one). The
+        ack's ``first_seq`` is the first ``seq`` the subscription delivers; with ``since``,
+        ``recovered`` says whether nothing was missed. While such a resume is answered, the
+        messages of the endpoint with ``seq > since`` that arrive before the ack are sent
+        again after it: this method drops them (the seam rule).
         """
-        if topics is None:
-            self.request("subscribe", timeout, endpoint=endpoint)
-        else:
-            self.request("subscribe", timeout, endpoint=endpoint, topics=_topic_list(topics))
+        if epoch is not None and since is None:
+            raise ValueError("epoch is only meaningful with since")
+        fields: dict[str, Any] = {"endpoint": endpoint, "since": since, "epoch": epoch}
+        if topics is not None:
+            fields["topics"] = _topic_list(topics)
+        if since is None:
+            return self.request("subscribe", timeout, **fields)
+
+        def seam(frame: Message) -> bool:
+            return not (
+                frame["type"] == "message"
+                and frame.get("endpoint") == endpoint
+                and isinstance(frame.get("seq"), int)
+                and frame["seq"] > since
+            )
+
+        return self.request("subscribe", timeout, _keep=seam, **fields)
+
+    @property
+    def epoch(self) -> str | None:
+        """The daemon's ``welcome.epoch``: new each time it starts (None from daemons that
+        do not send one). A ``seq`` only means something together with it."""
+        epoch = self.welcome.get("epoch")
+        return epoch if isinstance(epoch, str) else None
 
     def unsubscribe(
         self,
@@ -586,10 +618,17 @@ class WsmuxClient:
         self.request("ping", timeout)
         return time.monotonic() - started
 
-    def request(self, type_: str, timeout: float | None = None, **fields: Any) -> Message:
+    def request(
+        self,
+        type_: str,
+        timeout: float | None = None,
+        _keep: Callable[[Message], bool] | None = None,
+        **fields: Any,
+    ) -> Message:
         """Sends a request with a fresh id and returns its reply (ack, status or pong).
 
-        Frames that arrive meanwhile are kept for ``events()``.
+        Frames that arrive meanwhile are kept for ``events()`` (those ``_keep`` accepts, if
+        given).
         """
         deadline = _deadline(timeout)
         request_id = self._next_id
@@ -602,7 +641,8 @@ class WsmuxClient:
                 if frame["type"] == "error":
                     raise WsmuxError.from_frame(frame)
                 return frame
-            self._pending.append(frame)
+            if _keep is None or _keep(frame):
+                self._pending.append(frame)
 
     # -- events ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import signal
-import socket
+import socket as _socket
 import subprocess
 import sys
 import tempfile
@@ -57,13 +57,14 @@ def from_json(value: Any) -> Any:
 
 
 class Daemon:
-    """A `wsmuxd` process listening on a socket in a private temp directory: `--demo`, or
-    `--config` with ``config`` (TOML text) written to a file in that directory."""
+    """A `wsmuxd` process listening on a socket in a private temp directory (or at
+    ``socket``, e.g. where an earlier daemon listened): `--demo`, or `--config` with
+    ``config`` (TOML text) written to a file in that directory."""
 
-    def __init__(self, config: str | None = None) -> None:
+    def __init__(self, config: str | None = None, socket: str | None = None) -> None:
         # A short directory: Unix socket paths are limited to about 100 bytes.
         self.dir = tempfile.mkdtemp(prefix="wsmux-py-")
-        self.socket = os.path.join(self.dir, "s.sock")
+        self.socket = socket or os.path.join(self.dir, "s.sock")
         self.log_path = os.path.join(self.dir, "wsmuxd.log")
         if config is None:
             mode = ["--demo"]
@@ -90,7 +91,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"wsmuxd exited with {self.proc.returncode}:\n{self.log()}")
             if os.path.exists(self.socket):
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 try:
                     probe.connect(self.socket)
                     return

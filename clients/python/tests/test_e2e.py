@@ -24,7 +24,10 @@ def _is_tick(event: wsmux.Event) -> bool:
 
 
 def test_blocking_client(daemon: Daemon) -> None:
-    client = wsmux.Client.connect(daemon.socket, client_name="pytest", timeout=TIMEOUT)
+    # reconnect=False: the client ends with the connection (checked at the end).
+    client = wsmux.Client.connect(
+        daemon.socket, client_name="pytest", timeout=TIMEOUT, reconnect=False
+    )
     assert client.welcome["version"] == wsmux.PROTOCOL_VERSION
     assert client.endpoints == ["demo"]
 
@@ -112,7 +115,7 @@ def test_connect_to_a_missing_socket_fails_clearly(tmp_path) -> None:
 
 def test_async_client(daemon: Daemon) -> None:
     async def main() -> None:
-        client = await wsmux.AsyncClient.connect(daemon.socket, timeout=TIMEOUT)
+        client = await wsmux.AsyncClient.connect(daemon.socket, timeout=TIMEOUT, reconnect=False)
         assert client.endpoints == ["demo"]
         await client.subscribe("demo", timeout=TIMEOUT)
         await client.wait_for_state("demo", "open", timeout=TIMEOUT)

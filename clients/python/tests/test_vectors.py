@@ -10,6 +10,7 @@ from conftest import VECTORS_DIR, from_json, load_vectors
 
 import wsmux
 from wsmux.protocol import FrameDecoder
+from wsmux.session import Session
 
 CASES = load_vectors()
 
@@ -96,3 +97,41 @@ def test_default_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     monkeypatch.delenv("TMPDIR")
     assert wsmux.default_socket_path() == f"/tmp/wsmux-{os.geteuid()}/wsmuxd.sock"
+
+
+def test_the_session_writes_and_reads_the_resume_vectors() -> None:
+    """What the clients write when they resume is the golden frames, byte for byte, and
+    they read the epoch and the subscribe answers from the golden frames."""
+    by_name = {c["name"]: c for c in CASES}
+
+    def golden(name: str) -> bytes:
+        return (VECTORS_DIR / by_name[name]["file"]).read_bytes()
+
+    def message(name: str) -> dict[str, Any]:
+        return from_json(by_name[name]["message"])  # type: ignore[no-any-return]
+
+    session = Session()
+    session.connected(message("welcome_epoch"))
+    assert session.epoch == "193a1f2b4c0-5e2d9a71"
+    session._next_id = 20  # the ids the vectors use
+    waiter = object()
+    session.subscribe(waiter, "feed", since=1042, epoch=session.epoch)
+    assert session.take_writes() == [golden("subscribe_since")]
+    session.receive(message("ack_recovered"), len(golden("ack_recovered")))
+    ((done, result, error),) = session.take_done()
+    assert done is waiter and error is None
+    assert (result.first_seq, result.recovered) == (1043, True)
+    assert session.position("feed") == ("193a1f2b4c0-5e2d9a71", 1042)
+
+    session.subscribe(object(), "feed", since=0)
+    assert session.take_writes() == [golden("subscribe_since_no_epoch")]
+    session.subscribe(
+        object(), "binance", topics=["btcusdt@trade"], since=70000, epoch=session.epoch
+    )
+    assert session.take_writes() == [golden("subscribe_topics_since")]
+    session.receive(message("ack_not_recovered"), 0)
+    ((_, result, _),) = session.take_done()
+    assert (result.endpoint, result.first_seq, result.recovered) == ("binance", 70313, False)
+
+    status = message("status_reply_history")["endpoints"][0]
+    assert (status["history_messages"], status["history_first_seq"]) == (1010, 33)

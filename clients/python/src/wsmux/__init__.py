@@ -30,19 +30,40 @@ asyncio::
         await client.subscribe("prices")
         async for event in client.events():
             ...
+
+Both clients reconnect by themselves when the connection to the daemon drops, and resume
+every subscription from where it was (``Disconnected``, then ``Reconnected`` with
+``recovered``); after ``lagged`` they resume from the daemon's history (``Resumed``).
+``reconnect=False`` turns this off.
 """
 
 from .aio import AsyncClient
 from .client import Client
 from .errors import (
     ConnectionClosed,
+    ConnectionLost,
     DaemonError,
     DaemonUnavailable,
+    LimitExceeded,
+    NotConnected,
     ProtocolError,
     UntrustedDaemon,
     WsmuxError,
 )
-from .events import ErrorEvent, Event, Lagged, Message, OtherEvent, State
+from .events import (
+    ClientLagged,
+    Disconnected,
+    EndpointRecovery,
+    ErrorEvent,
+    Event,
+    Lagged,
+    Message,
+    OtherEvent,
+    Reconnected,
+    Resumed,
+    State,
+    Subscription,
+)
 from .protocol import (
     DEFAULT_MAX_FRAME,
     ERROR_CODES,
@@ -64,17 +85,26 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AsyncClient",
     "Client",
+    "ClientLagged",
     "ConnectionClosed",
+    "ConnectionLost",
     "DaemonError",
     "DaemonUnavailable",
+    "Disconnected",
+    "EndpointRecovery",
     "ErrorEvent",
     "Event",
     "FrameDecoder",
     "Lagged",
+    "LimitExceeded",
     "Message",
+    "NotConnected",
     "OtherEvent",
     "ProtocolError",
+    "Reconnected",
+    "Resumed",
     "State",
+    "Subscription",
     "UntrustedDaemon",
     "WsmuxError",
     "decode_body",

@@ -1,8 +1,10 @@
 """The asyncio client: ``wsmux.AsyncClient``.
 
-A reader task reads every frame as soon as it arrives, resolves the future of the request
-waiting for a reply, and hands events to a dispatcher task that awaits subscription callbacks
-in order or queues the events for ``events()``. Callbacks may therefore await client methods.
+A reader task reads every frame as soon as it arrives and hands it to the client's
+:class:`Session`, which resolves the request waiting for a reply and passes events to a
+dispatcher task that awaits subscription callbacks in order or queues the events for
+``events()``. Callbacks may therefore await client methods. When the connection drops, the
+reader task reconnects with backoff and the session restores what the client held.
 """
 
 from __future__ import annotations
@@ -11,29 +13,23 @@ import asyncio
 import inspect
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import (
-    Any,
-    Callable,
-    Union,
-)
+from typing import Any, Callable, Union
 
 from .errors import (
     ConnectionClosed,
     DaemonError,
     DaemonUnavailable,
     ProtocolError,
+    UntrustedDaemon,
     WsmuxError,
 )
-from .events import Event, EventFactory, State
+from .events import Event, State, Subscription
 from .peer import check_peer, expected_daemon_uid
 from .protocol import (
-    DEFAULT_MAX_FRAME,
     FATAL_CODES,
     HEADER,
     PROTOCOL_VERSION,
-    REPLY_TYPES,
     Data,
     Frame,
     decode_body,
@@ -42,6 +38,7 @@ from .protocol import (
     request,
     topic_list,
 )
+from .session import Backoff, Options, Session, SessionView, Target
 
 __all__ = ["AsyncCallback", "AsyncClient"]
 
@@ -52,6 +49,8 @@ AsyncCallback = Callable[[Event], Union[Any, Awaitable[Any]]]
 
 _EOF = object()
 _BARRIER = object()
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter, Frame]
 
 
 async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -66,44 +65,83 @@ async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return reader, writer
 
 
-class AsyncClient:
-    """An asyncio connection to wsmuxd, with the operations of :class:`wsmux.Client`.
+async def _dial(target: Target, max_frame: int) -> _Connection:
+    """Connects, checks who serves the socket, says ``hello`` and waits for ``welcome``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        reader, writer = await asyncio.wait_for(_open(target.path), target.timeout)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        raise DaemonUnavailable(target.path, exc) from exc
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"timed out connecting to {target.path}") from None
+    timeout = target.timeout
+    left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
+    try:
+        sock = writer.get_extra_info("socket")
+        if sys.platform != "win32" and sock is not None:
+            check_peer(sock, target.path, target.expected_uid)
+        welcome = await asyncio.wait_for(
+            _handshake(reader, writer, target.client_name, max_frame), left
+        )
+    except asyncio.TimeoutError:
+        writer.close()
+        raise TimeoutError("timed out waiting for the daemon's welcome") from None
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, welcome
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "on_done", "result")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        #: Resolved (with None) when the request ends; the outcome is in result/error.
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: Run in the reader task, in frame order, when the request ends.
+        self.on_done: Callable[[], None] | None = None
+
+
+class AsyncClient(SessionView):
+    """An asyncio connection to wsmuxd that reconnects by itself, with the operations of
+    :class:`wsmux.Client`.
 
     Create it with ``await AsyncClient.connect()`` (or ``async with await
     AsyncClient.connect() as client``). Methods raise ``TimeoutError`` (``asyncio.TimeoutError``
-    before Python 3.11), :class:`DaemonError` with the stable ``.code``, and
-    :class:`ConnectionClosed`.
+    before Python 3.11), :class:`DaemonError` with the stable ``.code``,
+    :class:`ConnectionLost` and :class:`ConnectionClosed`.
     """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        welcome: Frame,
+        target: Target,
+        connection: _Connection,
         *,
-        max_frame: int = DEFAULT_MAX_FRAME,
         request_timeout: float | None = 30.0,
+        options: Options | None = None,
     ) -> None:
+        reader, writer, welcome = connection
+        self._target = target
+        self._options = options or Options()
+        self.max_frame = self._options.max_frame
+        self.request_timeout = request_timeout
+        self.welcome = welcome
+        self._loop = asyncio.get_running_loop()
+        self._session = Session(self._options)
+        self._session.connected(welcome)
         self._reader = reader
         self._writer = writer
-        self.max_frame = max_frame
-        self.request_timeout = request_timeout
-        #: The daemon's ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...]}``.
-        self.welcome: Frame = welcome
-        self._next_id = 1
-        self._pending: dict[int, asyncio.Future[Frame]] = {}
-        #: What to do in the reader task when a subscribe/unsubscribe is acked, before the
-        #: frames after the ack are routed; by id, kept after a timeout so that a late ack
-        #: still updates what the connection holds.
-        self._on_ack: dict[int, Callable[[], None]] = {}
         self._callbacks: dict[str, AsyncCallback] = {}
         self._dispatch: asyncio.Queue[Any] = asyncio.Queue()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
-        self._factory = EventFactory()
-        self._write_lock = asyncio.Lock()
+        #: Set (and replaced) at every change of the session's state.
+        self._changed = asyncio.Event()
+        self._closing = False
         self._closed = asyncio.Event()
-        self._close_reason: BaseException | None = None
-        self._read_task = asyncio.ensure_future(self._read_loop())
+        self._run_task = asyncio.ensure_future(self._run())
         self._dispatch_task = asyncio.ensure_future(self._dispatch_loop())
 
     # -- connecting ------------------------------------------------------------------------
@@ -116,68 +154,48 @@ class AsyncClient:
         client_name: str | None = None,
         timeout: float | None = 10.0,
         request_timeout: float | None = 30.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
         daemon_uid: int | None = None,
+        **options: Any,
     ) -> AsyncClient:
         """Connects to the daemon, sends ``hello`` and waits for ``welcome``.
 
-        ``socket_path`` defaults to :func:`wsmux.default_socket_path`. As with
-        :meth:`wsmux.Client.connect`, the process serving the socket must run as this user,
-        root or ``daemon_uid`` (default ``$WSMUX_DAEMON_UID``); otherwise
-        :class:`UntrustedDaemon` is raised before anything is sent.
+        The arguments are those of :meth:`wsmux.Client.connect`: the socket path (default
+        :func:`wsmux.default_socket_path`), the check of the daemon's user (``daemon_uid``,
+        default ``$WSMUX_DAEMON_UID``; :class:`UntrustedDaemon` before anything is sent),
+        and the reconnect options.
         """
-        path = socket_path or default_socket_path()
-        expected_uid = expected_daemon_uid(daemon_uid)
-        started = time.monotonic()
-        try:
-            reader, writer = await asyncio.wait_for(_open(path), timeout)
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-            raise DaemonUnavailable(path, exc) from exc
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"timed out connecting to {path}") from None
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        try:
-            sock = writer.get_extra_info("socket")
-            if sys.platform != "win32" and sock is not None:
-                check_peer(sock, path, expected_uid)
-            welcome = await asyncio.wait_for(
-                _handshake(reader, writer, client_name, max_frame), left
-            )
-        except asyncio.TimeoutError:
-            writer.close()
-            raise TimeoutError("timed out waiting for the daemon's welcome") from None
-        except BaseException:
-            writer.close()
-            raise
-        return cls(reader, writer, welcome, max_frame=max_frame, request_timeout=request_timeout)
-
-    @property
-    def endpoints(self) -> list[str]:
-        """The names of the endpoints configured in the daemon (from ``welcome``)."""
-        return [str(e.get("name")) for e in self.welcome.get("endpoints", [])]
+        opts = Options(**options)
+        target = Target(
+            socket_path or default_socket_path(),
+            expected_daemon_uid(daemon_uid),
+            client_name,
+            timeout,
+        )
+        connection = await _dial(target, opts.max_frame)
+        return cls(target, connection, request_timeout=request_timeout, options=opts)
 
     @property
     def closed(self) -> bool:
+        """Whether the client is closed (it does not reconnect any more)."""
         return self._closed.is_set()
 
     async def wait_closed(self) -> None:
-        """Waits until the connection has ended."""
+        """Waits until the client is closed."""
         await self._closed.wait()
 
     async def close(self) -> None:
-        """Closes the connection. Waiting requests fail with ConnectionClosed."""
-        if self._close_reason is None:
-            self._close_reason = ConnectionClosed("closed by the client")
+        """Closes the client: it stops reconnecting, waiting requests fail with
+        ConnectionClosed, and the event stream ends."""
+        self._closing = True
         self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except OSError:
-            pass
-        self._read_task.cancel()
-        try:
-            await self._read_task
-        except asyncio.CancelledError:
-            pass
+        if asyncio.current_task() is not self._run_task:
+            self._run_task.cancel()
+            try:
+                await self._run_task
+            except asyncio.CancelledError:
+                pass
+            # A task cancelled before it started never ran its own clean-up.
+            self._finish("closed by the client")
         await self._closed.wait()
 
     async def __aenter__(self) -> AsyncClient:  # noqa: PYI034
@@ -194,26 +212,28 @@ class AsyncClient:
         callback: AsyncCallback | None = None,
         *,
         topics: Iterable[str] | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
         timeout: float | None = None,
-    ) -> None:
+    ) -> Subscription:
         """Subscribes to ``endpoint``, or to some of its ``topics``, and waits for the ack.
 
         A ``State`` event with the current state follows, then messages and state changes.
         With ``callback`` (a function or coroutine function), the events of ``endpoint`` go to
-        it, in order, instead of ``events()``. ``topics`` works as in
-        :meth:`wsmux.Client.subscribe`.
+        it, in order, instead of ``events()``. ``topics``, ``since`` and ``epoch`` work as in
+        :meth:`wsmux.Client.subscribe`; returns a :class:`Subscription`.
         """
         wanted = topic_list(topics)
         previous = self._callbacks.get(endpoint)
         if callback is not None:
             self._callbacks[endpoint] = callback
         try:
-            await self._request(
-                "subscribe",
-                {"endpoint": endpoint, "topics": wanted},
-                timeout,
-                lambda: self._factory.subscribed(endpoint, wanted),
+            result: Subscription = await self._call(
+                lambda w: self._session.subscribe(w, endpoint, wanted, since, epoch), timeout
             )
+            return result
+        except TimeoutError:
+            raise  # a late answer still subscribes: the callback stays
         except BaseException:
             if callback is not None:
                 if previous is None:
@@ -239,31 +259,48 @@ class AsyncClient:
         """
         dropped = topic_list(topics)
 
-        def on_ack() -> None:
-            self._factory.unsubscribed(endpoint, dropped)
-            if not self._factory.holds(endpoint):
-                self._callbacks.pop(endpoint, None)
+        def start(waiter: _Waiter) -> int | None:
+            def on_done() -> None:
+                if not self._session.factory.holds(endpoint):
+                    self._callbacks.pop(endpoint, None)
 
-        await self._request(
-            "unsubscribe", {"endpoint": endpoint, "topics": dropped}, timeout, on_ack
-        )
+            waiter.on_done = on_done
+            return self._session.unsubscribe(waiter, endpoint, dropped)
+
+        await self._call(start, timeout)
         if asyncio.current_task() is not self._dispatch_task and not self._closed.is_set():
             barrier = asyncio.Event()
-            self._dispatch.put_nowait((_BARRIER, barrier))
+            self._dispatch.put_nowait((_BARRIER, barrier, 0))
             wait = self.request_timeout if timeout is None else timeout
             try:
                 await asyncio.wait_for(barrier.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 
-    async def send(self, endpoint: str, data: Data, *, timeout: float | None = None) -> Frame:
+    async def send(
+        self,
+        endpoint: str,
+        data: Data,
+        *,
+        queue: bool | None = None,
+        sticky: bool | None = None,
+        undo: Data | None = None,
+        timeout: float | None = None,
+    ) -> Frame:
         """Sends one message upstream (``str``: text, bytes-like: binary); returns the ack.
 
-        Raises :class:`DaemonError` (``.code`` ``not_connected``, ``unknown_endpoint``, ...).
+        ``queue``, ``sticky`` and ``undo``, and what happens while the client is
+        reconnecting, are as in :meth:`wsmux.Client.send`. Raises :class:`DaemonError`
+        (``.code`` ``not_connected``, ``unknown_endpoint``, ...), :class:`NotConnected` or
+        :class:`LimitExceeded`.
         """
-        if not isinstance(data, str):
-            data = bytes(data)
-        return await self.request("send", endpoint=endpoint, data=data, timeout=timeout)
+        payload = _payload(data)
+        undo_payload = None if undo is None else _payload(undo)
+        result: Frame = await self._call(
+            lambda w: self._session.send(w, endpoint, payload, queue, sticky, undo_payload),
+            timeout,
+        )
+        return result
 
     async def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """The status of every endpoint: a list of EndpointStatus dicts."""
@@ -272,58 +309,58 @@ class AsyncClient:
 
     async def ping(self, *, timeout: float | None = None) -> float:
         """Pings the daemon; returns the round trip in seconds."""
-        started = time.monotonic()
+        started = self._loop.time()
         await self.request("ping", timeout=timeout)
-        return time.monotonic() - started
+        return self._loop.time() - started
 
     async def request(self, type_: str, *, timeout: float | None = None, **fields: Any) -> Frame:
-        """Sends any request with a fresh id and returns its reply."""
-        return await self._request(type_, fields, timeout, None)
+        """Sends any request with a fresh id and returns its reply (see
+        :meth:`wsmux.Client.request`)."""
+        result: Frame = await self._call(lambda w: self._session.request(w, type_, fields), timeout)
+        return result
 
-    async def _request(
-        self,
-        type_: str,
-        fields: dict[str, Any],
-        timeout: float | None,
-        on_ack: Callable[[], None] | None,
-    ) -> Frame:
-        if self._closed.is_set():
-            raise self._closed_error()
-        request_id = self._next_id
-        self._next_id += 1
-        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        if on_ack is not None:
-            self._on_ack[request_id] = on_ack
-        try:
+    async def _call(self, start: Callable[[_Waiter], int | None], timeout: float | None) -> Any:
+        """Starts a request with ``start`` (a session method) and waits for its end. While
+        ``start`` says "not now" (disconnected), waits for the reconnect."""
+        wait = self.request_timeout if timeout is None else timeout
+        deadline = None if wait is None else self._loop.time() + wait
+        waiter = _Waiter(self._loop)
+        while True:
+            request_id = start(waiter)
+            self._perform()
+            if request_id is not None:
+                break
             try:
-                frame = encode_frame(request(type_, request_id, **fields), self.max_frame)
-                async with self._write_lock:
-                    try:
-                        self._writer.write(frame)
-                        await self._writer.drain()
-                    except OSError as exc:
-                        raise ConnectionClosed(f"cannot write to the daemon: {exc}") from exc
-            except BaseException:
-                self._on_ack.pop(request_id, None)
-                raise
-            wait = self.request_timeout if timeout is None else timeout
-            try:
-                reply = await asyncio.wait_for(asyncio.shield(future), wait)
+                await asyncio.wait_for(self._changed.wait(), self._left(deadline))
             except asyncio.TimeoutError:
                 raise TimeoutError(
-                    f"no reply to {type_} (id {request_id}) from the daemon"
+                    "not connected to the daemon: timed out waiting to reconnect"
                 ) from None
+        try:
+            try:
+                await self._writer.drain()  # flow control only: failures end the connection
+            except (OSError, RuntimeError):
+                pass
+            await asyncio.wait_for(asyncio.shield(waiter.done), self._left(deadline))
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"no reply (request id {request_id}) from the daemon in time"
+            ) from None
         finally:
-            self._pending.pop(request_id, None)
-        if reply["type"] == "error":
-            raise DaemonError.from_frame(reply)
-        return reply
+            if not waiter.done.done():
+                self._session.cancel(request_id)
+                self._perform()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _left(self, deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - self._loop.time())
 
     # -- events ----------------------------------------------------------------------------
 
     async def next_event(self, timeout: float | None = None) -> Event | None:
-        """The next queued event, or None once the connection has ended."""
+        """The next queued event, or None once the client is closed."""
         try:
             item = await asyncio.wait_for(self._events.get(), timeout)
         except asyncio.TimeoutError:
@@ -331,12 +368,15 @@ class AsyncClient:
         if item is _EOF:
             self._events.put_nowait(_EOF)
             return None
-        return item  # type: ignore[no-any-return]
+        event, size = item
+        self._taken(size)
+        return event  # type: ignore[no-any-return]
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
-        """``async for event in client.events()``: events not taken by a callback.
+        """``async for event in client.events()``: events not taken by a callback (the kinds
+        of :meth:`wsmux.Client.events`).
 
-        Ends when the connection ends; ``timeout`` bounds each wait.
+        Ends when the client is closed; ``timeout`` bounds each wait.
         """
         while True:
             event = await self.next_event(timeout)
@@ -362,67 +402,128 @@ class AsyncClient:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _closed_error(self) -> ConnectionClosed:
-        return ConnectionClosed(f"the connection to the daemon ended: {self._close_reason}")
+    def _perform(self) -> None:
+        """Carries out what the session asks for."""
+        for frame in self._session.take_writes():
+            self._writer.write(frame)
+        for waiter, result, error in self._session.take_done():
+            waiter.result, waiter.error = result, error
+            if waiter.on_done is not None:
+                waiter.on_done()
+            if not waiter.done.done():
+                waiter.done.set_result(None)
+        for event, size in self._session.take_events():
+            endpoint = getattr(event, "endpoint", None)
+            callback = self._callbacks.get(endpoint) if isinstance(endpoint, str) else None
+            self._dispatch.put_nowait((callback, event, size))
 
-    async def _read_loop(self) -> None:
-        reason: BaseException = ConnectionClosed("the daemon closed the connection")
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _taken(self, size: int) -> None:
+        self._session.taken(size)
+        self._perform()
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(str(self._session.close_error or "the client is closed"))
+
+    async def _run(self) -> None:
+        """The reader task: reads the connection, and reconnects when it drops."""
+        reason = "closed by the client"
         try:
             while True:
+                reason = await self._read_connection()
+                if self._closing:
+                    reason = "closed by the client"
+                    break
+                if not self._options.reconnect:
+                    reason = f"the connection to the daemon ended: {reason}"
+                    break
+                self._session.disconnected(reason)
+                self._perform()
+                self._notify()
+                if not await self._reconnect():
+                    reason = "closed by the client"
+                    break
+        except asyncio.CancelledError:
+            reason = "closed by the client"
+        finally:
+            self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        """Ends the client: fails what waits, ends the event stream. Runs once."""
+        if self._closed.is_set():
+            return
+        self._session.close(ConnectionClosed(reason))
+        self._perform()
+        self._closed.set()
+        self._notify()
+        self._dispatch.put_nowait(_EOF)
+        self._writer.close()
+
+    async def _read_connection(self) -> str:
+        """Reads frames until the current connection ends; returns why it ended."""
+        reader = self._reader
+        fatal: DaemonError | None = None
+        wait = self.request_timeout
+        restore_deadline = None if wait is None else self._loop.time() + wait
+        try:
+            while True:
+                # A reconnect whose resubscribes go unanswered is broken: give up on it.
+                limit = self._left(restore_deadline) if self._session.restoring else None
                 try:
-                    header = await self._reader.readexactly(HEADER.size)
+                    header = await asyncio.wait_for(reader.readexactly(HEADER.size), limit)
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial:
-                        reason = ProtocolError("the connection ended inside a frame")
-                    break
+                        return "the connection ended inside a frame"
+                    return str(fatal) if fatal else "the daemon closed the connection"
+                except asyncio.TimeoutError:
+                    return f"the daemon did not answer the resubscribes within {wait} s"
                 (length,) = HEADER.unpack(header)
                 if length > self.max_frame:
                     raise ProtocolError(
                         f"frame length {length} exceeds the maximum of {self.max_frame} bytes"
                     )
                 try:
-                    body = await self._reader.readexactly(length)
+                    body = await reader.readexactly(length)
                 except asyncio.IncompleteReadError:
-                    reason = ProtocolError("the connection ended inside a frame")
-                    break
-                self._route(decode_body(body))
-        except (OSError, asyncio.CancelledError) as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                reason = ConnectionClosed(f"connection lost: {exc}")
+                    return "the connection ended inside a frame"
+                msg = decode_body(body)
+                self._session.receive(msg, HEADER.size + length)
+                self._perform()
+                if msg["type"] == "error" and msg.get("code") in FATAL_CODES:
+                    fatal = DaemonError.from_frame(msg)
+        except OSError as exc:
+            return f"connection lost: {exc}"
         except WsmuxError as exc:
-            reason = exc
+            return str(exc)
         finally:
-            self._finish(reason)
+            self._writer.close()
 
-    def _route(self, msg: Frame) -> None:
-        kind = msg["type"]
-        if kind in REPLY_TYPES and isinstance(msg.get("id"), int):
-            on_ack = self._on_ack.pop(msg["id"], None)
-            if on_ack is not None and kind == "ack":
-                on_ack()  # before the frames that follow the ack are made into events
-            future = self._pending.get(msg["id"])
-            if future is not None and not future.done():
-                future.set_result(msg)
-            return
-        if kind in REPLY_TYPES - {"error"}:
-            return
-        event = self._factory.make(msg)
-        endpoint = msg.get("endpoint")
-        callback = self._callbacks.get(endpoint) if isinstance(endpoint, str) else None
-        self._dispatch.put_nowait((callback, event))
-        if kind == "error" and msg.get("code") in FATAL_CODES:
-            self._close_reason = DaemonError.from_frame(msg)
-
-    def _finish(self, reason: BaseException) -> None:
-        if self._close_reason is None:
-            self._close_reason = reason
-        self._closed.set()
-        self._on_ack.clear()
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(self._closed_error())
-        self._dispatch.put_nowait(_EOF)
-        self._writer.close()
+    async def _reconnect(self) -> bool:
+        """Dials with backoff until connected (True) or closed (False)."""
+        backoff = Backoff()
+        while not self._closing:
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                reader, writer, welcome = await _dial(self._target, self.max_frame)
+            except UntrustedDaemon as exc:
+                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+                continue
+            except (WsmuxError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
+                continue
+            if self._closing:
+                writer.close()
+                return False
+            self._reader, self._writer = reader, writer
+            self.welcome = welcome
+            self._session.connected(welcome)
+            self._perform()
+            self._notify()
+            return True
+        return False
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -430,12 +531,12 @@ class AsyncClient:
             if item is _EOF:
                 self._events.put_nowait(_EOF)
                 return
-            callback, event = item
+            callback, event, size = item
             if callback is _BARRIER:
                 event.set()
                 continue
             if callback is None:
-                self._events.put_nowait(event)
+                self._events.put_nowait((event, size))
                 continue
             try:
                 result = callback(event)
@@ -443,6 +544,12 @@ class AsyncClient:
                     await result
             except Exception:
                 log.exception("wsmux: subscription callback raised")
+            self._taken(size)
+
+
+def _payload(data: Data) -> str | bytes:
+    """``str`` stays text; bytes-like data becomes ``bytes`` (binary)."""
+    return data if isinstance(data, str) else bytes(data)
 
 
 async def _handshake(

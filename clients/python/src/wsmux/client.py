@@ -1,9 +1,12 @@
 """The blocking client: ``wsmux.Client``.
 
 A background thread reads every frame from the daemon as soon as it arrives (PROTOCOL.md
-section 16.4), completes the request waiting for a reply, and passes events on to a second
-thread that runs subscription callbacks, or queues them for ``events()``. Callbacks may
-therefore call the client (``send`` from a callback works).
+section 16.4) and hands it to the client's :class:`Session`, which completes the request
+waiting for a reply and passes events on to a second thread that runs subscription
+callbacks, or queues them for ``events()``. Callbacks may therefore call the client (``send``
+from a callback works). When the connection drops, the same reading thread reconnects with
+backoff and the session restores what the client held; a third thread writes every frame,
+in the order the session produced them.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ from .errors import (
     DaemonError,
     DaemonUnavailable,
     ProtocolError,
+    UntrustedDaemon,
     WsmuxError,
 )
-from .events import Event, EventFactory, State
+from .events import Event, State, Subscription
 from .peer import check_peer, expected_daemon_uid
 from .protocol import (
-    DEFAULT_MAX_FRAME,
     FATAL_CODES,
     PROTOCOL_VERSION,
-    REPLY_TYPES,
     Data,
     Frame,
     FrameDecoder,
@@ -39,6 +41,7 @@ from .protocol import (
     request,
     topic_list,
 )
+from .session import Backoff, Options, Session, SessionView, Target
 
 __all__ = ["Callback", "Client"]
 
@@ -165,56 +168,93 @@ _Transport = Union[_SocketTransport, _PipeTransport]
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "reply")
+    __slots__ = ("done", "error", "on_done", "result")
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.reply: Frame | None = None
+        self.result: Any = None
         self.error: BaseException | None = None
+        #: Run on the reading thread, in frame order, when the request ends.
+        self.on_done: Callable[[], None] | None = None
 
 
-class Client:
-    """A blocking connection to wsmuxd.
+def _dial(
+    target: Target, max_frame: int, register: Callable[[_Transport], None] | None = None
+) -> tuple[_Transport, FrameDecoder, Frame]:
+    """Connects, checks who serves the socket, says ``hello`` and waits for ``welcome``.
+    ``register`` gets the transport before the handshake (so that ``close()`` can end a
+    handshake that hangs)."""
+    deadline = _deadline(target.timeout)
+    try:
+        transport: _Transport
+        if sys.platform == "win32":
+            transport = _PipeTransport(target.path, deadline)
+        else:
+            transport = _SocketTransport(target.path, deadline)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        raise DaemonUnavailable(target.path, exc) from exc
+    if register is not None:
+        register(transport)
+    decoder = FrameDecoder(max_frame)
+    try:
+        transport.verify_peer(target.path, target.expected_uid)
+        welcome = _handshake(transport, decoder, target.client_name, deadline)
+        transport.set_deadline(None)
+    except BaseException:
+        transport.close()
+        raise
+    return transport, decoder, welcome
+
+
+class Client(SessionView):
+    """A blocking connection to wsmuxd that reconnects by itself.
 
     Create it with :meth:`Client.connect`. Every method that waits takes ``timeout`` in seconds
     (None: the client's ``request_timeout``) and raises ``TimeoutError`` when it expires,
-    :class:`DaemonError` (with the stable ``.code``) when the daemon answers ``error``, and
-    :class:`ConnectionClosed` when the connection ends. The client is thread-safe.
+    :class:`DaemonError` (with the stable ``.code``) when the daemon answers ``error``,
+    :class:`ConnectionLost` when the connection dropped before the reply, and
+    :class:`ConnectionClosed` once the client is closed. The client is thread-safe.
     """
 
     def __init__(
         self,
-        transport: _Transport,
-        welcome: Frame,
-        decoder: FrameDecoder,
+        target: Target,
+        connection: tuple[_Transport, FrameDecoder, Frame],
         *,
         request_timeout: float | None = 30.0,
+        options: Options | None = None,
     ) -> None:
-        self._transport = transport
-        self._decoder = decoder
-        self.max_frame = decoder.max_frame
+        transport, decoder, welcome = connection
+        self._target = target
+        self._options = options or Options()
+        self.max_frame = self._options.max_frame
         self.request_timeout = request_timeout
-        #: The daemon's ``welcome``: ``{"version": 1, "server": ..., "endpoints": [...]}``.
-        self.welcome: Frame = welcome
-        self._write_lock = threading.Lock()
+        self.welcome = welcome
         self._lock = threading.Lock()
-        self._next_id = 1
-        self._pending: dict[int, _Waiter] = {}
-        #: What to do on the reader thread when a subscribe/unsubscribe is acked, before the
-        #: frames after the ack are routed; by id, kept after a timeout so that a late ack
-        #: still updates what the connection holds.
-        self._on_ack: dict[int, Callable[[], None]] = {}
+        #: Notified when the session's state changes (connected, disconnected, closed).
+        self._changed = threading.Condition(self._lock)
+        self._session = Session(self._options)
+        self._transport: _Transport = transport
+        self._decoder = decoder
+        #: Counts connections; a frame queued for an earlier one is not written.
+        self._generation = 0
+        #: A connection being greeted by a reconnect, so that close() can end it.
+        self._dialing: _Transport | None = None
+        self._outgoing: queue.Queue[Any] = queue.Queue()
         self._callbacks: dict[str, Callback] = {}
         self._dispatch: queue.Queue[Any] = queue.Queue()
         self._events: queue.Queue[Any] = queue.Queue()
-        self._factory = EventFactory()
+        self._closing = threading.Event()
         self._closed = threading.Event()
-        self._close_reason: BaseException | None = None
-        self._reader = threading.Thread(target=self._read_loop, name="wsmux-reader", daemon=True)
+        with self._lock:
+            self._session.connected(welcome)
+        self._reader = threading.Thread(target=self._run, name="wsmux-reader", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="wsmux-writer", daemon=True)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="wsmux-dispatch", daemon=True
         )
         self._reader.start()
+        self._writer.start()
         self._dispatcher.start()
 
     # -- connecting ------------------------------------------------------------------------
@@ -227,8 +267,8 @@ class Client:
         client_name: str | None = None,
         timeout: float | None = 10.0,
         request_timeout: float | None = 30.0,
-        max_frame: int = DEFAULT_MAX_FRAME,
         daemon_uid: int | None = None,
+        **options: Any,
     ) -> Client:
         """Connects to the daemon, sends ``hello`` and waits for ``welcome``.
 
@@ -236,49 +276,53 @@ class Client:
         the per-user default of PROTOCOL.md section 2.1). Before sending anything the client
         checks that the process serving the socket runs as this user or root, or as
         ``daemon_uid`` (default ``$WSMUX_DAEMON_UID``), and raises :class:`UntrustedDaemon`
-        otherwise.
-        """
-        path = socket_path or default_socket_path()
-        expected_uid = expected_daemon_uid(daemon_uid)
-        deadline = _deadline(timeout)
-        try:
-            transport: _Transport
-            if sys.platform == "win32":
-                transport = _PipeTransport(path, deadline)
-            else:
-                transport = _SocketTransport(path, deadline)
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-            raise DaemonUnavailable(path, exc) from exc
-        decoder = FrameDecoder(max_frame)
-        try:
-            transport.verify_peer(path, expected_uid)
-            welcome = _handshake(transport, decoder, client_name, deadline)
-            transport.set_deadline(None)
-        except BaseException:
-            transport.close()
-            raise
-        return cls(transport, welcome, decoder, request_timeout=request_timeout)
+        otherwise; this first connect raises :class:`DaemonUnavailable` if nothing listens.
 
-    @property
-    def endpoints(self) -> list[str]:
-        """The names of the endpoints configured in the daemon (from ``welcome``)."""
-        return [str(e.get("name")) for e in self.welcome.get("endpoints", [])]
+        Once connected, the client reconnects by itself when the connection drops: attempts
+        0.1 s apart doubling to 1 s, with jitter, until :meth:`close`; each one checks the
+        daemon's user again and takes at most ``timeout``. Then it subscribes again to
+        everything it held, from where it was (``since``), re-sends its sticky messages and
+        the sends it buffered, and emits :class:`Reconnected`.
+
+        ``options`` (keyword arguments, see :class:`wsmux.session.Options`):
+
+        - ``reconnect=True``: ``False`` closes the client when the connection ends (and turns
+          off the resume after ``lagged``), as earlier versions did;
+        - ``when_disconnected="buffer"``: what ``send`` does while reconnecting: wait in a
+          buffer bounded by ``max_buffered_bytes=1 MiB`` of frames and
+          ``max_buffered_sends=1000`` messages, or (``"fail"``) raise :class:`NotConnected`;
+        - ``max_sticky=1024``: sticky messages remembered per endpoint;
+        - ``max_event_bytes=32 MiB``: events the application has not taken yet;
+        - ``max_frame=16 MiB``: the largest frame written or accepted.
+        """
+        opts = Options(**options)
+        target = Target(
+            socket_path or default_socket_path(),
+            expected_daemon_uid(daemon_uid),
+            client_name,
+            timeout,
+        )
+        connection = _dial(target, opts.max_frame)
+        return cls(target, connection, request_timeout=request_timeout, options=opts)
 
     @property
     def closed(self) -> bool:
-        """Whether the connection has ended."""
+        """Whether the client is closed (it does not reconnect any more)."""
         return self._closed.is_set()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
-        """Waits until the connection ends; returns whether it did within ``timeout``."""
+        """Waits until the client is closed; returns whether it was within ``timeout``."""
         return self._closed.wait(timeout)
 
     def close(self) -> None:
-        """Closes the connection. Waiting requests fail with ConnectionClosed."""
+        """Closes the client: it stops reconnecting, waiting requests fail with
+        ConnectionClosed, and the event stream ends."""
         with self._lock:
-            if self._close_reason is None:
-                self._close_reason = ConnectionClosed("closed by the client")
-        self._transport.close()
+            self._closing.set()
+            transports = [self._transport, self._dialing]
+        for transport in transports:
+            if transport is not None:
+                transport.close()
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=5)
 
@@ -296,8 +340,10 @@ class Client:
         callback: Callback | None = None,
         *,
         topics: Iterable[str] | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
         timeout: float | None = None,
-    ) -> None:
+    ) -> Subscription:
         """Subscribes to ``endpoint``, or to some of its ``topics``, and waits for the ack.
 
         A ``State`` event with the endpoint's current state follows, then its messages and
@@ -312,19 +358,26 @@ class Client:
         with ``code`` ``topics_unsupported``, ``invalid_topic`` or ``too_many_topics``; the
         upstream's refusal of a topic comes later as an :class:`ErrorEvent` with ``code``
         ``topic_rejected`` and ``.topic``.
+
+        ``since`` (with the ``epoch`` it belongs to; absent: the daemon's current one) resumes
+        from a position the application kept: the daemon first replays from its history what
+        came after ``since``. Returns a :class:`Subscription` with ``first_seq`` (the first
+        ``seq`` it delivers) and, with ``since``, ``recovered`` (nothing was missed). While
+        the client is reconnecting, the subscription is remembered at once and the answer
+        is that of the reconnect's resubscribe.
         """
         wanted = topic_list(topics)
-        if callback is not None:
-            with self._lock:
-                previous = self._callbacks.get(endpoint)
+        with self._lock:
+            previous = self._callbacks.get(endpoint)
+            if callback is not None:
                 self._callbacks[endpoint] = callback
         try:
-            self._request(
-                "subscribe",
-                {"endpoint": endpoint, "topics": wanted},
-                timeout,
-                lambda: self._factory.subscribed(endpoint, wanted),
+            result: Subscription = self._call(
+                lambda w: self._session.subscribe(w, endpoint, wanted, since, epoch), timeout
             )
+            return result
+        except TimeoutError:
+            raise  # a late answer still subscribes: the callback stays
         except BaseException:
             if callback is not None:
                 with self._lock:
@@ -348,17 +401,21 @@ class Client:
         this returns, the callback given to ``subscribe`` has been called for every event
         before it and, if nothing is held, will not be called again (unless ``unsubscribe``
         is called from that callback, which cannot wait for itself). Topics not held are
-        ignored; ``not_subscribed`` means nothing at all was held on the endpoint.
+        ignored; ``not_subscribed`` means nothing at all was held on the endpoint. While the
+        client is reconnecting, what is held is forgotten at once and this returns once
+        connected again.
         """
         dropped = topic_list(topics)
 
-        def on_ack() -> None:
-            self._factory.unsubscribed(endpoint, dropped)
-            if not self._factory.holds(endpoint):
-                with self._lock:
+        def start(waiter: _Waiter) -> int | None:
+            def on_done() -> None:
+                if not self._session.factory.holds(endpoint):
                     self._callbacks.pop(endpoint, None)
 
-        self._request("unsubscribe", {"endpoint": endpoint, "topics": dropped}, timeout, on_ack)
+            waiter.on_done = on_done
+            return self._session.unsubscribe(waiter, endpoint, dropped)
+
+        self._call(start, timeout)
         self._flush_dispatch(self.request_timeout if timeout is None else timeout)
 
     def _flush_dispatch(self, timeout: float | None) -> None:
@@ -366,20 +423,44 @@ class Client:
         if threading.current_thread() is self._dispatcher or self._closed.is_set():
             return
         barrier = threading.Event()
-        self._dispatch.put((_BARRIER, barrier))
+        self._dispatch.put((_BARRIER, barrier, 0))
         barrier.wait(timeout)
 
-    def send(self, endpoint: str, data: Data, *, timeout: float | None = None) -> Frame:
+    def send(
+        self,
+        endpoint: str,
+        data: Data,
+        *,
+        queue: bool | None = None,
+        sticky: bool | None = None,
+        undo: Data | None = None,
+        timeout: float | None = None,
+    ) -> Frame:
         """Sends one message upstream and waits for the daemon's ack.
 
         ``str`` is sent as a text message, ``bytes``/``bytearray``/``memoryview`` as binary.
-        The ack comes once the message has been written to the upstream WebSocket; it is
-        returned as a dict. Raises :class:`DaemonError` with ``code`` ``not_connected``,
-        ``unknown_endpoint``, ``too_large``, ... on failure.
+        The ack comes once the message has been written to the upstream WebSocket, or with
+        ``queued: True`` once the daemon holds it for a down endpoint (``queue=False``: fail
+        with ``not_connected`` instead); it is returned as a dict. ``sticky=True`` has the
+        daemon write it again after every upstream reconnect, and this client re-sends it
+        after every reconnect to the daemon, until closed; ``undo`` (only with ``sticky``)
+        is written when this client goes. Raises :class:`DaemonError` with ``code``
+        ``not_connected``, ``unknown_endpoint``, ``too_large``, ... on failure.
+
+        While the client is reconnecting the send waits in a bounded buffer
+        (``when_disconnected="buffer"``) and is written after the reconnect, still within
+        ``timeout``: one that times out in the buffer is removed and never written, but one
+        already written when it times out may still reach the upstream. A full buffer raises
+        :class:`LimitExceeded` at once; ``when_disconnected="fail"`` raises
+        :class:`NotConnected` at once.
         """
-        if not isinstance(data, str):
-            data = bytes(data)
-        return self.request("send", endpoint=endpoint, data=data, timeout=timeout)
+        payload = _payload(data)
+        undo_payload = None if undo is None else _payload(undo)
+        result: Frame = self._call(
+            lambda w: self._session.send(w, endpoint, payload, queue, sticky, undo_payload),
+            timeout,
+        )
+        return result
 
     def status(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """The status of every endpoint: a list of EndpointStatus dicts (PROTOCOL.md 7.2)."""
@@ -395,49 +476,45 @@ class Client:
         """Sends any request with a fresh id and returns its reply (ack, status, pong, ...).
 
         This is how requests added to the protocol later can be made before this package
-        knows them. Fields whose value is None are left out.
+        knows them. Fields whose value is None are left out. While reconnecting, it waits for
+        the connection (within ``timeout``). Use :meth:`subscribe`, :meth:`unsubscribe` and
+        :meth:`send` for those: only they keep what the client restores after a reconnect.
         """
-        return self._request(type_, fields, timeout, None)
+        result: Frame = self._call(lambda w: self._session.request(w, type_, fields), timeout)
+        return result
 
-    def _request(
-        self,
-        type_: str,
-        fields: dict[str, Any],
-        timeout: float | None,
-        on_ack: Callable[[], None] | None,
-    ) -> Frame:
+    def _call(self, start: Callable[[_Waiter], int | None], timeout: float | None) -> Any:
+        """Starts a request with ``start`` (a session method) and waits for its end. While
+        ``start`` says "not now" (disconnected), waits for the reconnect."""
+        deadline = _deadline(self.request_timeout if timeout is None else timeout)
         waiter = _Waiter()
         with self._lock:
-            if self._closed.is_set():
-                raise self._closed_error()
-            request_id = self._next_id
-            self._next_id += 1
-            self._pending[request_id] = waiter
-            if on_ack is not None:
-                self._on_ack[request_id] = on_ack
-        try:
-            try:
-                self._write(request(type_, request_id, **fields))
-            except BaseException:
-                with self._lock:
-                    self._on_ack.pop(request_id, None)
-                raise
-            if not waiter.done.wait(self.request_timeout if timeout is None else timeout):
-                raise TimeoutError(f"no reply to {type_} (id {request_id}) from the daemon")
-        finally:
+            while True:
+                request_id = start(waiter)
+                self._perform()
+                if request_id is not None:
+                    break
+                left = deadline - time.monotonic() if deadline is not None else None
+                if left is not None and left <= 0:
+                    raise TimeoutError(
+                        "not connected to the daemon: timed out waiting to reconnect"
+                    )
+                self._changed.wait(left)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not waiter.done.wait(left):
             with self._lock:
-                self._pending.pop(request_id, None)
+                self._session.cancel(request_id)
+                self._perform()
+            if not waiter.done.is_set():
+                raise TimeoutError(f"no reply (request id {request_id}) from the daemon in time")
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.reply is not None
-        if waiter.reply["type"] == "error":
-            raise DaemonError.from_frame(waiter.reply)
-        return waiter.reply
+        return waiter.result
 
     # -- events ----------------------------------------------------------------------------
 
     def next_event(self, timeout: float | None = None) -> Event | None:
-        """The next queued event; None once the connection has ended and all were taken.
+        """The next queued event; None once the client is closed and all were taken.
 
         Raises ``TimeoutError`` if nothing arrives within ``timeout`` seconds (None: wait).
         """
@@ -448,15 +525,18 @@ class Client:
         if item is _EOF:
             self._events.put(_EOF)  # every later call sees the end too
             return None
-        return item  # type: ignore[no-any-return]
+        event, size = item
+        self._taken(size)
+        return event  # type: ignore[no-any-return]
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Iterates over events not taken by a callback, in arrival order.
 
-        These are :class:`Message`, :class:`State`, :class:`ErrorEvent` (``lagged`` and other
-        errors without id) and :class:`OtherEvent` (types added to the protocol later). The
-        iteration ends when the connection ends; ``timeout`` bounds each wait and raises
-        ``TimeoutError``.
+        These are :class:`Message`, :class:`State`, :class:`ErrorEvent` (errors without id),
+        :class:`Lagged`, :class:`OtherEvent` (types added to the protocol later), and this
+        client's :class:`Disconnected`, :class:`Reconnected`, :class:`Resumed` and
+        :class:`ClientLagged`. The iteration ends when the client is closed; ``timeout``
+        bounds each wait and raises ``TimeoutError``.
         """
         while True:
             event = self.next_event(timeout)
@@ -478,77 +558,142 @@ class Client:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _write(self, msg: Frame) -> None:
-        frame = encode_frame(msg, self.max_frame)
-        with self._write_lock:
-            try:
-                self._transport.send_all(frame)
-            except OSError as exc:
-                raise ConnectionClosed(f"cannot write to the daemon: {exc}") from exc
+    def _perform(self) -> None:
+        """Carries out what the session asks for. Called with the lock held."""
+        generation = self._generation
+        for frame in self._session.take_writes():
+            self._outgoing.put((generation, frame))
+        for waiter, result, error in self._session.take_done():
+            waiter.result, waiter.error = result, error
+            if waiter.on_done is not None:
+                waiter.on_done()
+            waiter.done.set()
+        for event, size in self._session.take_events():
+            endpoint = getattr(event, "endpoint", None)
+            callback = self._callbacks.get(endpoint) if isinstance(endpoint, str) else None
+            self._dispatch.put((callback, event, size))
+
+    def _taken(self, size: int) -> None:
+        with self._lock:
+            self._session.taken(size)
+            self._perform()
 
     def _closed_error(self) -> ConnectionClosed:
-        reason = self._close_reason
-        return ConnectionClosed(f"the connection to the daemon ended: {reason}")
+        return ConnectionClosed(str(self._session.close_error or "the client is closed"))
 
-    def _read_loop(self) -> None:
-        reason: BaseException = ConnectionClosed("the daemon closed the connection")
+    def _run(self) -> None:
+        """The reading thread: reads the connection, and reconnects when it drops."""
+        reason = "closed by the client"
         try:
-            for msg in self._decoder:  # frames that arrived with the welcome
-                self._route(msg)
             while True:
-                chunk = self._transport.recv()
-                if not chunk:
-                    if self._decoder.buffered:
-                        reason = ProtocolError("the connection ended inside a frame")
+                reason = self._read_connection()
+                with self._lock:
+                    if self._closing.is_set():
+                        reason = "closed by the client"
+                        break
+                    if not self._options.reconnect:
+                        reason = f"the connection to the daemon ended: {reason}"
+                        break
+                    self._session.disconnected(reason)
+                    self._perform()
+                    self._changed.notify_all()
+                if not self._reconnect():
+                    reason = "closed by the client"
                     break
-                self._decoder.feed(chunk)
-                for msg in self._decoder:
-                    self._route(msg)
-        except (OSError, ValueError) as exc:  # ValueError: recv on a closed socket
-            reason = ConnectionClosed(f"connection lost: {exc}")
-        except WsmuxError as exc:
-            reason = exc
         finally:
-            self._finish(reason)
-
-    def _route(self, msg: Frame) -> None:
-        kind = msg["type"]
-        if kind in REPLY_TYPES and isinstance(msg.get("id"), int):
             with self._lock:
-                waiter = self._pending.get(msg["id"])
-                on_ack = self._on_ack.pop(msg["id"], None)
-            if on_ack is not None and kind == "ack":
-                on_ack()  # before the frames that follow the ack are made into events
-            if waiter is not None:
-                waiter.reply = msg
-                waiter.done.set()
-            # Replies nobody waits for (e.g. after a timeout) are ignored.
-            return
-        if kind in REPLY_TYPES - {"error"}:
-            return  # status/pong without id: only requests made elsewhere produce them
-        event = self._factory.make(msg)
-        endpoint = msg.get("endpoint")
-        with self._lock:
-            callback = self._callbacks.get(endpoint) if isinstance(endpoint, str) else None
-        self._dispatch.put((callback, event))
-        if kind == "error" and msg.get("code") in FATAL_CODES:
-            self._close_reason = DaemonError.from_frame(msg)
+                self._session.close(ConnectionClosed(reason))
+                self._perform()
+                self._closed.set()
+                self._changed.notify_all()
+            self._dispatch.put(_EOF)
+            self._outgoing.put(_EOF)
 
-    def _finish(self, reason: BaseException) -> None:
+    def _read_connection(self) -> str:
+        """Reads frames until the current connection ends; returns why it ended."""
+        transport, decoder = self._transport, self._decoder
+        fatal: DaemonError | None = None
+        restore_deadline = _deadline(self.request_timeout)
         with self._lock:
-            if self._close_reason is None:
-                self._close_reason = reason
-            self._closed.set()
-            waiters = list(self._pending.values())
-            self._on_ack.clear()
-        for waiter in waiters:
-            waiter.error = self._closed_error()
-            waiter.done.set()
-        self._dispatch.put(_EOF)
+            restoring = self._session.restoring
         try:
-            self._transport.close()
-        except OSError:
-            pass
+            while True:
+                for msg in decoder:
+                    with self._lock:
+                        self._session.receive(msg, decoder.last_size)
+                        self._perform()
+                        restoring = self._session.restoring
+                    if msg["type"] == "error" and msg.get("code") in FATAL_CODES:
+                        fatal = DaemonError.from_frame(msg)
+                # A reconnect whose resubscribes go unanswered is broken: give up on it.
+                transport.set_deadline(restore_deadline if restoring else None)
+                chunk = transport.recv()
+                if not chunk:
+                    if decoder.buffered:
+                        return "the connection ended inside a frame"
+                    return str(fatal) if fatal else "the daemon closed the connection"
+                decoder.feed(chunk)
+        except TimeoutError:
+            return f"the daemon did not answer the resubscribes within {self.request_timeout} s"
+        except (OSError, ValueError) as exc:  # ValueError: recv on a closed socket
+            return f"connection lost: {exc}"
+        except WsmuxError as exc:
+            return str(exc)
+        finally:
+            transport.close()
+
+    def _reconnect(self) -> bool:
+        """Dials with backoff until connected (True) or closed (False)."""
+        backoff = Backoff()
+        while True:
+            if self._closing.wait(backoff.next_delay()):
+                return False
+
+            def register(transport: _Transport) -> None:
+                with self._lock:
+                    self._dialing = transport
+                if self._closing.is_set():
+                    transport.close()
+
+            try:
+                transport, decoder, welcome = _dial(self._target, self.max_frame, register)
+            except UntrustedDaemon as exc:
+                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+                continue
+            except (WsmuxError, OSError, TimeoutError) as exc:
+                log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
+                continue
+            finally:
+                with self._lock:
+                    self._dialing = None
+            with self._lock:
+                if self._closing.is_set():
+                    transport.close()
+                    return False
+                self._transport, self._decoder = transport, decoder
+                self._generation += 1
+                self.welcome = welcome
+                self._session.connected(welcome)
+                self._perform()
+                self._changed.notify_all()
+            return True
+
+    def _write_loop(self) -> None:
+        """The writing thread: writes each frame whole, in order, to the connection it was
+        made for."""
+        while True:
+            item = self._outgoing.get()
+            if item is _EOF:
+                return
+            generation, frame = item
+            with self._lock:
+                transport = self._transport if generation == self._generation else None
+            if transport is None:
+                continue  # made for a connection that has ended
+            try:
+                transport.send_all(frame)
+            except OSError:
+                transport.close()  # the reading thread sees the end and reconnects
 
     def _dispatch_loop(self) -> None:
         while True:
@@ -556,17 +701,23 @@ class Client:
             if item is _EOF:
                 self._events.put(_EOF)
                 return
-            callback, event = item
+            callback, event, size = item
             if callback is _BARRIER:
                 event.set()
                 continue
             if callback is None:
-                self._events.put(event)
+                self._events.put((event, size))
                 continue
             try:
                 callback(event)
             except Exception:  # a failing callback must not stop the client
                 log.exception("wsmux: subscription callback raised")
+            self._taken(size)
+
+
+def _payload(data: Data) -> str | bytes:
+    """``str`` stays text; bytes-like data becomes ``bytes`` (binary)."""
+    return data if isinstance(data, str) else bytes(data)
 
 
 def _handshake(

@@ -92,7 +92,28 @@ class DaemonError(WsmuxError):
 
 
 class ConnectionClosed(WsmuxError):
-    """The connection to the daemon ended (daemon shutdown or restart, or ``close()``)."""
+    """The client is closed: by ``close()``, or, with ``reconnect=False``, because the
+    connection to the daemon ended (daemon shutdown or restart)."""
+
+
+class ConnectionLost(WsmuxError):
+    """The connection to the daemon dropped while this request was in flight, so its outcome
+    is unknown: a ``send`` may or may not have been written upstream. The request is not
+    retried (no silent duplicates); the client reconnects by itself."""
+
+
+class NotConnected(WsmuxError):
+    """``send`` with ``when_disconnected="fail"`` while the client is not connected to the
+    daemon (it is reconnecting)."""
+
+
+class LimitExceeded(WsmuxError):
+    """A bound of this library was reached; ``limit`` names the option (for example
+    ``max_buffered_bytes``, ``max_buffered_sends`` or ``max_sticky``). Nothing was sent."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(f"{limit}: {message}")
+        self.limit = limit
 
 
 class ProtocolError(WsmuxError):

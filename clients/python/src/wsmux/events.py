@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
+from .errors import DaemonError
 from .protocol import Frame
 
 
@@ -121,7 +122,101 @@ class OtherEvent:
         return value if isinstance(value, str) else None
 
 
-Event = Union[Message, State, ErrorEvent, Lagged, OtherEvent]
+@dataclass(frozen=True)
+class Disconnected:
+    """The connection to the daemon dropped (EOF, error, daemon restart); the client is
+    reconnecting. Requests that were in flight failed with :class:`wsmux.ConnectionLost`."""
+
+    type: ClassVar[str] = "disconnected"
+
+    #: Why the connection ended, for humans.
+    reason: str
+
+
+@dataclass(frozen=True)
+class EndpointRecovery:
+    """How one endpoint came back after a reconnect (an entry of :class:`Reconnected`)."""
+
+    endpoint: str
+    #: True when nothing of the endpoint was missed (the daemon replayed the gap).
+    recovered: bool
+    #: The first ``seq`` the new subscription delivers; None if the daemon did not say.
+    first_seq: int | None = None
+    #: Set when the daemon refused the resubscribe (e.g. ``unknown_endpoint`` after a reload
+    #: removed the endpoint); the client then forgets what it asked for.
+    error: DaemonError | None = None
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """The client is connected again and every resubscribe of the reconnect was answered.
+
+    Events that arrived before the last answer follow this one."""
+
+    type: ClassVar[str] = "reconnected"
+
+    #: The new daemon's ``welcome.epoch`` (None from daemons without one).
+    epoch: str | None
+    #: Whether the epoch changed: the daemon restarted, and ``seq`` counts from 1 again.
+    new_epoch: bool
+    #: True when every endpoint recovered: nothing was missed.
+    recovered: bool
+    #: One entry per endpoint the client held, sorted by name.
+    endpoints: tuple[EndpointRecovery, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """After a ``lagged`` (or messages this client dropped, :class:`ClientLagged`) the client
+    asked the daemon to replay what it missed of ``endpoint``: this is the answer. With
+    ``recovered`` nothing was lost; otherwise messages before ``first_seq`` were."""
+
+    type: ClassVar[str] = "resumed"
+
+    endpoint: str
+    recovered: bool
+    first_seq: int | None = None
+    #: Set when the daemon refused the resume.
+    error: DaemonError | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ClientLagged:
+    """This library dropped ``dropped`` messages of ``endpoint`` because the application did
+    not take its events (the ``max_event_bytes`` bound). With ``reconnect`` on, a resume
+    follows at once (:class:`Resumed` says whether the daemon still had them)."""
+
+    type: ClassVar[str] = "client_lagged"
+
+    endpoint: str
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What ``subscribe`` returns: where the subscription starts."""
+
+    endpoint: str
+    #: The first ``seq`` it delivers (``ack.first_seq``); None from daemons that do not say.
+    first_seq: int | None
+    #: Only for a ``subscribe`` with ``since``: whether nothing after ``since`` was missed.
+    #: None without ``since``.
+    recovered: bool | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+Event = Union[
+    Message,
+    State,
+    ErrorEvent,
+    Lagged,
+    OtherEvent,
+    Disconnected,
+    Reconnected,
+    Resumed,
+    ClientLagged,
+]
 
 
 class _Held:
@@ -174,6 +269,31 @@ class EventFactory:
     def holds(self, endpoint: str) -> bool:
         """Whether this connection is subscribed to ``endpoint`` or to any of its topics."""
         return endpoint in self._held
+
+    def held(self) -> dict[str, tuple[bool, list[str]]]:
+        """Every endpoint held: whether whole, and its topics (in the order taken)."""
+        return {name: (h.whole, list(h.topics)) for name, h in self._held.items()}
+
+    def forget(self, endpoint: str, whole: bool, topics: list[str] | None) -> None:
+        """The daemon refused to take back what a resubscribe named (the whole endpoint
+        and/or ``topics``): it is no longer held."""
+        held = self._held.get(endpoint)
+        if held is None:
+            return
+        if whole:
+            held.whole = False
+        for topic in topics or ():
+            held.topics.pop(topic, None)
+        if not held.whole and not held.topics:
+            self.unsubscribed(endpoint, None)
+
+    def new_epoch(self) -> None:
+        """The daemon restarted: ``seq`` and ``topic_seq`` count afresh, so gaps are not
+        measured across the restart."""
+        self._last_seq.clear()
+        for held in self._held.values():
+            for topic in held.topics:
+                held.topics[topic] = None
 
     def make(self, frame: Frame) -> Event:
         kind = frame["type"]

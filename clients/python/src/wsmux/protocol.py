@@ -183,6 +183,8 @@ class FrameDecoder:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
+        #: Bytes of the frame ``next_frame`` returned last, header included.
+        self.last_size = 0
 
     def feed(self, data: bytes) -> None:
         if self._pos:
@@ -211,6 +213,7 @@ class FrameDecoder:
             return None
         body = bytes(self._buf[start:end])
         self._pos = end
+        self.last_size = end - start + HEADER.size
         return decode_body(body)
 
     def __iter__(self) -> Iterator[Frame]:
