@@ -368,6 +368,7 @@ fn misspelt_root_key(first: &str, root_keys: &[&str]) -> Option<String> {
         raw::known_keys(&["endpoints", "_", "tls"]),
         raw::known_keys(&["endpoints", "_", "sticky"]),
         raw::known_keys(&["endpoints", "_", "topics"]),
+        raw::known_keys(&["endpoints", "_", "history"]),
     ];
     let mut endpoint_keys = endpoint_keys.into_iter().flatten().flatten();
     let joined = match first.split_once('_') {

@@ -153,6 +153,24 @@ pub(crate) struct RawEndpoint {
     /// `[endpoints.NAME.topics]`; its presence turns topics on.
     #[serde(default)]
     pub topics: Option<RawTopics>,
+    /// `[endpoints.NAME.history]`.
+    #[serde(default)]
+    pub history: Option<RawHistory>,
+}
+
+/// `[endpoints.NAME.history]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of history limits")]
+pub(crate) struct RawHistory {
+    /// Most messages held (0 turns the history off).
+    #[serde(default, deserialize_with = "strict")]
+    pub max_messages: Option<usize>,
+    /// Most bytes held, as charged.
+    #[serde(default, deserialize_with = "strict")]
+    pub max_bytes: Option<usize>,
+    /// Oldest message held.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
 }
 
 /// `[endpoints.NAME.topics]`. Templates and pointers are kept as written: `${VAR}` is not
@@ -372,6 +390,7 @@ pub(crate) fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
         ["endpoints", _, "tls"] => Some(field_names::<RawTls>()),
         ["endpoints", _, "sticky"] => Some(field_names::<RawSticky>()),
         ["endpoints", _, "topics"] => Some(field_names::<RawTopics>()),
+        ["endpoints", _, "history"] => Some(field_names::<RawHistory>()),
         // Array items: the path leaves the index out.
         ["endpoints", _, "on_connect"] => Some(field_names::<RawMessageTable>()),
         ["endpoints", _, "auto_reply"] => Some(field_names::<RawAutoReply>()),

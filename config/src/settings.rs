@@ -133,6 +133,8 @@ pub struct EndpointSettings {
     /// `[endpoints.NAME.topics]`: reference-counted topic subscriptions and routing; `None`
     /// when the table is absent (every subscriber gets every message).
     pub topics: Option<crate::TopicSettings>,
+    /// `[endpoints.NAME.history]`: the recent messages kept for clients that resume.
+    pub history: HistorySettings,
 }
 
 impl std::fmt::Debug for EndpointSettings {
@@ -162,6 +164,7 @@ impl std::fmt::Debug for EndpointSettings {
             .field("send_buffer_bytes", &self.send_buffer_bytes)
             .field("send_timeout", &self.send_timeout)
             .field("topics", &self.topics.is_some())
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +189,30 @@ impl Default for StickySettings {
             max_bytes_per_client: 1024 * 1024,
             max_messages: 4096,
             max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Limits on an endpoint's history: its most recent upstream messages, kept (as the frames
+/// delivered) for clients that resume with `subscribe {since}`. A message is evicted, oldest
+/// first, as soon as any limit would be exceeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// Most messages held; 0 turns the history off. Default 10 000.
+    pub max_messages: usize,
+    /// Most bytes held, each message charged its frame's length plus 64 bytes (and its
+    /// topic's length). Default 16 MiB.
+    pub max_bytes: usize,
+    /// Messages older than this are evicted. Default 10 minutes.
+    pub max_age: Duration,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            max_messages: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            max_age: Duration::from_secs(600),
         }
     }
 }
@@ -426,6 +453,7 @@ impl EndpointSettings {
             send_buffer_bytes: 64 * 1024 * 1024,
             send_timeout: Duration::from_secs(10),
             topics: None,
+            history: HistorySettings::default(),
         }
     }
 }

@@ -17,13 +17,13 @@ use crate::error::{ConfigError, Origin};
 use crate::key::KeyPath;
 use crate::layers::Layers;
 use crate::raw::{
-    Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawLog, RawMessage, RawMessageTable,
-    RawQueue, RawReconnect, RawSticky, RawTls, RawTopics,
+    Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawHistory, RawLog, RawMessage,
+    RawMessageTable, RawQueue, RawReconnect, RawSticky, RawTls, RawTopics,
 };
 use crate::settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
-    LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
-    Settings, SlowClientPolicy, StickySettings, TlsSettings,
+    HistorySettings, LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings,
+    ServerSettings, Settings, SlowClientPolicy, StickySettings, TlsSettings,
 };
 use crate::topics::{Pointer, Rate, Template, TemplatePart, TopicKey, TopicSettings, Unmatched};
 
@@ -274,6 +274,7 @@ impl Validator<'_> {
             send_buffer_bytes,
             send_timeout,
             topics,
+            history,
         } = raw;
         let url_key = key.key("url");
         let Some(url_text) = url else {
@@ -354,6 +355,7 @@ impl Validator<'_> {
             topics: topics
                 .map(|raw| self.topics(&key.key("topics"), raw))
                 .transpose()?,
+            history: self.history(&key.key("history"), history.unwrap_or_default())?,
         })
     }
 
@@ -711,6 +713,23 @@ impl Validator<'_> {
                 raw.max_bytes,
                 defaults.max_bytes,
             )?,
+        })
+    }
+
+    /// `[endpoints.NAME.history]`: `max_messages` may be 0 (off), `max_bytes` at least 1,
+    /// `max_age` above zero.
+    fn history(&self, key: &KeyPath, raw: RawHistory) -> Result<HistorySettings> {
+        let defaults = HistorySettings::default();
+        Ok(HistorySettings {
+            max_messages: self
+                .limit(&key.key("max_messages"), raw.max_messages)?
+                .unwrap_or(defaults.max_messages),
+            max_bytes: self.at_least_one(
+                &key.key("max_bytes"),
+                raw.max_bytes,
+                defaults.max_bytes,
+            )?,
+            max_age: self.positive(&key.key("max_age"), raw.max_age, defaults.max_age)?,
         })
     }
 

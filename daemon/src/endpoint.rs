@@ -5,11 +5,17 @@
 //! status and to hand messages to the driver over its command channel. State changes and
 //! subscription happen under one lock, so a new subscriber's first `state` event is exactly
 //! the state every later event follows from.
+//!
+//! The endpoint's [`History`] lives under that lock too: [`Endpoint::deliver`] pushes every
+//! message into it where the message is numbered. A client that resumes (`subscribe {since}`)
+//! is *paused* there: live delivery skips it while a replay task of its own
+//! ([`Endpoint::subscribe`]) pushes what it missed, a bounded chunk per turn and only while
+//! its outbox has room, and goes live in the critical section where it catches up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -20,6 +26,7 @@ use wsmux_proto::{
 };
 
 use crate::frames;
+use crate::history::{Entry, History, Limits, Replay, Selection, Step};
 use crate::outbox::{Outbox, Pushed};
 use crate::topics::registry::{Registry, Touched};
 
@@ -169,6 +176,12 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Messages waiting in the outbound queue now.
     pub queue_depth: AtomicU64,
+    /// `subscribe`s with `since` answered `recovered: true`.
+    pub resumes_recovered: AtomicU64,
+    /// `subscribe`s with `since` answered `recovered: false`.
+    pub resumes_unrecovered: AtomicU64,
+    /// Messages replayed from the history.
+    pub replayed: AtomicU64,
 }
 
 /// State guarded by the endpoint lock.
@@ -195,6 +208,131 @@ struct Shared {
     url_redacted: String,
     /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
     stopped: bool,
+    /// The most recent messages, for clients that resume (PROTOCOL.md section 19).
+    history: History,
+    /// Clients whose replay runs: live delivery skips them, their messages wait in the
+    /// history until the replay catches up.
+    replaying: HashMap<ClientId, Replaying>,
+}
+
+impl Shared {
+    /// Changes the history with `change`, which hands it the callback for what it evicts: the
+    /// evicted messages overtake every replay that had not reached them.
+    fn change_history(&mut self, change: impl FnOnce(&mut History, &mut dyn FnMut(&Entry))) {
+        let Shared {
+            history,
+            replaying,
+            whole,
+            registry,
+            ..
+        } = self;
+        change(history, &mut |e| {
+            for (client, r) in replaying.iter_mut() {
+                r.replay
+                    .evicted(e, &SetOf::new(*client, whole, registry.as_ref()));
+            }
+        });
+    }
+}
+
+/// A running replay and what its task needs.
+#[derive(Debug)]
+struct Replaying {
+    /// Its cursor and selection.
+    replay: Replay,
+    /// The client's outbox.
+    outbox: Arc<Outbox>,
+    /// Wakes its task when the replay restarts or ends.
+    wake: Arc<Notify>,
+}
+
+/// A client's set on the endpoint, as selection sees it under the lock.
+struct SetOf<'a> {
+    /// The client.
+    client: ClientId,
+    /// It holds the whole endpoint.
+    whole: bool,
+    /// Topic-less messages reach it.
+    unmatched: bool,
+    /// The endpoint's topics, if it has any.
+    registry: Option<&'a Registry>,
+}
+
+impl<'a> SetOf<'a> {
+    fn new(
+        client: ClientId,
+        whole: &HashMap<ClientId, Arc<Outbox>>,
+        registry: Option<&'a Registry>,
+    ) -> Self {
+        SetOf {
+            client,
+            whole: whole.contains_key(&client),
+            unmatched: registry
+                .is_some_and(|r| r.settings().unmatched == Unmatched::All && r.holds_any(client)),
+            registry,
+        }
+    }
+}
+
+impl Selection for SetOf<'_> {
+    fn whole(&self) -> bool {
+        self.whole
+    }
+
+    fn holds(&self, topic: &str) -> bool {
+        self.registry.is_some_and(|r| r.holds(self.client, topic))
+    }
+
+    fn unmatched(&self) -> bool {
+        self.unmatched
+    }
+}
+
+/// Forgets clients on this endpoint entirely: their subscriptions, topics and replays.
+fn forget(shared: &mut Shared, clients: &[ClientId], touched: &mut Touched) {
+    for client in clients {
+        shared.subscribers.remove(client);
+        shared.whole.remove(client);
+        if let Some(r) = shared.registry.as_mut() {
+            touched
+                .connections
+                .extend(r.drop_client(*client).connections);
+        }
+        if let Some(ended) = shared.replaying.remove(client) {
+            ended.wake.notify_one();
+        }
+    }
+}
+
+/// What a change under the lock leaves to do once the lock is released.
+#[derive(Debug, Default)]
+struct Fallout {
+    /// Topic connections to wake.
+    touched: Touched,
+    /// Clients disconnected for lagging.
+    gone: Vec<ClientId>,
+    /// Messages lost to lagging clients.
+    dropped: u64,
+}
+
+/// Where a `subscribe` with `since` resumes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeAt {
+    /// The last `seq` the client processed.
+    pub since: u64,
+    /// `since` belongs to this daemon run (its `epoch` is the current one, or absent).
+    pub same_epoch: bool,
+}
+
+/// What a replay task does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// The replay caught up (the client is live) or ended.
+    Done,
+    /// A chunk went out; more follows after a yield.
+    Again,
+    /// The outbox has no room for the next frame, of this length.
+    Wait(usize),
 }
 
 /// Where the `{id}`s of the daemon's own subscribe and unsubscribe messages start (plus a
@@ -269,6 +407,8 @@ pub struct Endpoint {
     topic_ids: AtomicU64,
     /// Command channels of the additional connections' drivers (index 1 is connection 1).
     extra_commands: Mutex<Vec<mpsc::Sender<Envelope>>>,
+    /// Numbers replay tasks, so that a task whose replay was replaced knows to end.
+    replay_tasks: AtomicU64,
 }
 
 impl Endpoint {
@@ -276,6 +416,17 @@ impl Endpoint {
     pub fn new(
         settings: &wsmux_config::EndpointSettings,
         commands: mpsc::Sender<Envelope>,
+    ) -> Self {
+        Self::continuing(settings, commands, 0)
+    }
+
+    /// Like [`Endpoint::new`], numbering messages from `latest + 1` (an endpoint added again
+    /// after a reload removed it continues where it stopped, so that a `seq` never means two
+    /// messages within one epoch).
+    pub fn continuing(
+        settings: &wsmux_config::EndpointSettings,
+        commands: mpsc::Sender<Envelope>,
+        latest: u64,
     ) -> Self {
         let mut first = StateEvent::new(settings.name.clone(), ConnState::Connecting);
         first.attempt = Some(1);
@@ -296,9 +447,11 @@ impl Endpoint {
                     .topics
                     .as_ref()
                     .map(|t| Registry::new(Arc::new(t.clone()))),
-                seq: 0,
+                seq: latest,
                 url_redacted: settings.url_redacted.clone(),
                 stopped: false,
+                history: History::new(Limits::from(&settings.history), latest),
+                replaying: HashMap::new(),
             }),
             counters: Counters::default(),
             commands,
@@ -311,6 +464,7 @@ impl Endpoint {
             spawner: std::sync::OnceLock::new(),
             topic_ids: AtomicU64::new(TOPIC_ID_BASE + fastrand::u64(..TOPIC_ID_BASE)),
             extra_commands: Mutex::new(Vec::new()),
+            replay_tasks: AtomicU64::new(0),
         }
     }
 
@@ -346,8 +500,13 @@ impl Endpoint {
 
     /// Applies the parts of reloaded settings that sessions read.
     pub fn reconfigure(&self, settings: &wsmux_config::EndpointSettings) {
-        {
-            let mut shared = self.lock();
+        self.disconnect_slow.store(
+            settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
+            Ordering::Relaxed,
+        );
+        let fallout = {
+            let mut guard = self.lock();
+            let shared = &mut *guard;
             shared.url_redacted.clone_from(&settings.url_redacted);
             if let Some(t) = &settings.topics {
                 match shared.registry.as_mut() {
@@ -374,15 +533,24 @@ impl Endpoint {
                     }
                     let whole: Vec<ClientId> = shared.whole.keys().copied().collect();
                     shared.subscribers.retain(|c, _| whole.contains(c));
+                    // Replays of clients that held only topics end with them.
+                    shared.replaying.retain(|c, r| {
+                        let keep = whole.contains(c);
+                        if !keep {
+                            r.wake.notify_one();
+                        }
+                        keep
+                    });
                 }
             }
-        }
+            // New history limits apply at once.
+            let limits = Limits::from(&settings.history);
+            shared.change_history(|h, evicted| h.set_limits(limits, Instant::now(), evicted));
+            self.settle_lost(shared)
+        };
+        self.settle(fallout);
         self.max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
-        self.disconnect_slow.store(
-            settings.slow_client == wsmux_config::SlowClientPolicy::Disconnect,
-            Ordering::Relaxed,
-        );
         self.send_timeout_ms
             .store(settings.send_timeout.as_millis() as u64, Ordering::Relaxed);
         let old = self
@@ -414,51 +582,271 @@ impl Endpoint {
     /// when it is refused. Once the endpoint has stopped ([`Endpoint::clear_subscribers`])
     /// nothing is queued: a session that looked the endpoint up just before a reload removed
     /// it must not leave its outbox with a dead endpoint.
+    ///
+    /// With `resume` (`subscribe {since}`), the client's whole set then resumes from the
+    /// history (PROTOCOL.md section 19.3): if anything is to be replayed, the client is paused
+    /// and a replay task starts (or a running one starts again from the new `since`). Without
+    /// it, what the request adds to a running replay counts from the next message on.
     pub fn subscribe(
-        &self,
+        self: &Arc<Self>,
         client: ClientId,
         outbox: &Arc<Outbox>,
         id: Option<u64>,
         topics: Option<&[String]>,
+        resume: Option<ResumeAt>,
     ) -> Result<(), SubscribeError> {
         let mut guard = self.lock();
         let shared = &mut *guard;
         if shared.stopped {
             return Err(SubscribeError::Stopped);
         }
-        let mut touched = Touched::default();
-        match topics {
-            None => {
+        let checked = match (topics, shared.registry.as_ref()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(SubscribeError::Refused(
+                    ErrorCode::TopicsUnsupported,
+                    format!(
+                        "endpoint `{}` has no topics (no [endpoints.{}.topics] table)",
+                        self.name, self.name
+                    ),
+                ))
+            }
+            (Some(list), Some(registry)) => Some(
+                registry
+                    .check(client, list)
+                    .map_err(|(code, message)| SubscribeError::Refused(code, message))?,
+            ),
+        };
+        let mut fallout = Fallout::default();
+        if resume.is_some() {
+            // A lookup sees the history as `max_age` leaves it now.
+            fallout = self.expire(shared, Instant::now());
+            if outbox.is_closed() {
+                // Disconnected just now for lagging in an earlier replay.
+                drop(guard);
+                self.settle(fallout);
+                return Ok(());
+            }
+        }
+        let was_whole = shared.whole.contains_key(&client);
+        let had_topics = shared
+            .registry
+            .as_ref()
+            .is_some_and(|r| r.holds_any(client));
+        let mut added = Vec::new();
+        match (checked, shared.registry.as_mut()) {
+            (Some(checked), Some(registry)) => {
+                if shared.replaying.contains_key(&client) {
+                    added = checked
+                        .iter()
+                        .filter(|t| !registry.holds(client, t))
+                        .cloned()
+                        .collect();
+                }
+                let touched = registry.add(client, outbox, checked);
+                fallout.touched.connections.extend(touched.connections);
+                fallout
+                    .touched
+                    .new_connections
+                    .extend(touched.new_connections);
+            }
+            _ => {
                 shared.whole.insert(client, Arc::clone(outbox));
             }
-            Some(list) => {
-                let Some(registry) = shared.registry.as_mut() else {
-                    return Err(SubscribeError::Refused(
-                        ErrorCode::TopicsUnsupported,
-                        format!(
-                            "endpoint `{}` has no topics (no [endpoints.{}.topics] table)",
-                            self.name, self.name
-                        ),
-                    ));
-                };
-                let checked = registry
-                    .check(client, list)
-                    .map_err(|(code, message)| SubscribeError::Refused(code, message))?;
-                touched = registry.add(client, outbox, checked);
-            }
         }
+        shared.subscribers.insert(client, Arc::clone(outbox));
+        let next = shared.seq + 1;
+        let mut spawn = None;
+        let (first_seq, recovered) = match resume {
+            None => {
+                let unmatched_all = shared
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.settings().unmatched == Unmatched::All);
+                if let Some(running) = shared.replaying.get_mut(&client) {
+                    running.replay.added(
+                        topics.is_none() && !was_whole,
+                        added,
+                        topics.is_some() && !had_topics && unmatched_all,
+                        next,
+                    );
+                }
+                (next, None)
+            }
+            Some(at) => {
+                let r = shared.history.resume(at.since, at.same_epoch);
+                let counter = if r.recovered {
+                    &self.counters.resumes_recovered
+                } else {
+                    &self.counters.resumes_unrecovered
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if r.cursor < shared.history.latest() {
+                    match shared.replaying.get_mut(&client) {
+                        Some(running) => {
+                            running.replay.restart(r.cursor);
+                            running.wake.notify_one();
+                        }
+                        None => {
+                            let task = self.replay_tasks.fetch_add(1, Ordering::Relaxed);
+                            let wake = Arc::new(Notify::new());
+                            shared.replaying.insert(
+                                client,
+                                Replaying {
+                                    replay: Replay::new(r.cursor, task),
+                                    outbox: Arc::clone(outbox),
+                                    wake: Arc::clone(&wake),
+                                },
+                            );
+                            spawn = Some((task, wake));
+                        }
+                    }
+                } else if let Some(ended) = shared.replaying.remove(&client) {
+                    // Nothing after the new `since`: what the earlier replay had left is
+                    // not wanted.
+                    ended.wake.notify_one();
+                }
+                (r.first_seq, Some(r.recovered))
+            }
+        };
         if let Some(id) = id {
-            outbox.push_control(frames::ack(id));
+            outbox.push_control(frames::ack_subscribe(id, first_seq, recovered));
         }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
-        shared.subscribers.insert(client, Arc::clone(outbox));
         drop(guard);
-        self.wake(touched);
+        self.settle(fallout);
+        if let Some((task, wake)) = spawn {
+            tokio::spawn(Arc::clone(self).replay(client, Arc::clone(outbox), task, wake));
+        }
         Ok(())
     }
 
+    /// Drives one client's replay: a bounded step under the lock, then (if the outbox is
+    /// full) a wait for room, until the replay catches up or ends (the client left or
+    /// unsubscribed, its outbox closed, the endpoint stopped, or a newer replay replaced it).
+    async fn replay(
+        self: Arc<Self>,
+        client: ClientId,
+        outbox: Arc<Outbox>,
+        task: u64,
+        wake: Arc<Notify>,
+    ) {
+        loop {
+            match self.replay_step(client, task, &outbox) {
+                Turn::Done => return,
+                Turn::Again => tokio::task::yield_now().await,
+                Turn::Wait(len) => tokio::select! {
+                    () = outbox.room(len) => {}
+                    () = wake.notified() => {}
+                },
+            }
+        }
+    }
+
+    /// One turn of a replay, under the lock: pushes what follows the cursor while the outbox
+    /// has room (at most [`crate::history::REPLAY_CHUNK`] entries), and takes the client off
+    /// the paused list in the same critical section when it has caught up.
+    fn replay_step(&self, client: ClientId, task: u64, outbox: &Outbox) -> Turn {
+        let mut guard = self.lock();
+        let shared = &mut *guard;
+        let fallout = self.expire(shared, Instant::now());
+        let Shared {
+            replaying,
+            whole,
+            registry,
+            history,
+            ..
+        } = shared;
+        let mut pushed = 0;
+        let turn = match replaying.get_mut(&client) {
+            Some(running) if running.replay.task == task && !outbox.is_closed() => {
+                let set = SetOf::new(client, whole, registry.as_ref());
+                let step = running.replay.step(history, &set, |frame| {
+                    let queued = outbox.push_if_room(&self.name, frame.clone());
+                    pushed += u64::from(queued);
+                    queued
+                });
+                match step {
+                    Step::CaughtUp => {
+                        replaying.remove(&client);
+                        Turn::Done
+                    }
+                    Step::More => Turn::Again,
+                    Step::Full(len) => Turn::Wait(len),
+                }
+            }
+            Some(running) if running.replay.task == task => {
+                replaying.remove(&client);
+                Turn::Done
+            }
+            _ => Turn::Done,
+        };
+        drop(guard);
+        self.counters.replayed.fetch_add(pushed, Ordering::Relaxed);
+        self.settle(fallout);
+        turn
+    }
+
+    /// Evicts what `max_age` excludes at `now`, with what that does to running replays.
+    fn expire(&self, shared: &mut Shared, now: Instant) -> Fallout {
+        shared.change_history(|h, evicted| h.expire(now, evicted));
+        self.settle_lost(shared)
+    }
+
+    /// Reports what eviction took from running replays, at that point of each client's
+    /// stream: `lagged` (policy `drop`, the replay carries on), or the client is
+    /// disconnected (policy `disconnect`).
+    fn settle_lost(&self, shared: &mut Shared) -> Fallout {
+        let mut fallout = Fallout::default();
+        if shared.replaying.is_empty() {
+            return fallout;
+        }
+        let disconnect = self.disconnect_slow.load(Ordering::Relaxed);
+        for (client, running) in shared.replaying.iter_mut() {
+            let lost = running.replay.take_lost();
+            if lost == 0 {
+                continue;
+            }
+            fallout.dropped += lost;
+            if disconnect {
+                running.outbox.disconnect(lagged_farewell(&self.name));
+                fallout.gone.push(*client);
+            } else {
+                running
+                    .outbox
+                    .push_control(frames::lagged(&self.name, lost));
+            }
+        }
+        let gone = std::mem::take(&mut fallout.gone);
+        forget(shared, &gone, &mut fallout.touched);
+        fallout.gone = gone;
+        fallout
+    }
+
+    /// Does, without the lock, what a change under it left: wakes topic connections, counts
+    /// and logs lagging clients.
+    fn settle(&self, fallout: Fallout) {
+        let Fallout {
+            touched,
+            gone,
+            dropped,
+        } = fallout;
+        self.wake(touched);
+        if dropped > 0 {
+            self.counters
+                .lagged_drops
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        if !gone.is_empty() {
+            tracing::warn!(endpoint = %self.name, clients = ?gone, "disconnected slow clients");
+            self.counters
+                .lagged_disconnects
+                .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Removes a subscriber's topics (`topics` given) or everything (`None`); `false` if it
-    /// held nothing on this endpoint.
+    /// held nothing on this endpoint. What it removes stops at once, replayed or live.
     pub fn unsubscribe(&self, client: ClientId, topics: Option<&[String]>) -> bool {
         let mut guard = self.lock();
         let shared = &mut *guard;
@@ -467,13 +855,9 @@ impl Endpoint {
         }
         let touched = match topics {
             None => {
-                shared.whole.remove(&client);
-                shared.subscribers.remove(&client);
-                shared
-                    .registry
-                    .as_mut()
-                    .map(|r| r.remove(client, None))
-                    .unwrap_or_default()
+                let mut touched = Touched::default();
+                forget(shared, &[client], &mut touched);
+                touched
             }
             Some(list) => {
                 let touched = shared
@@ -487,6 +871,9 @@ impl Endpoint {
                     .is_some_and(|r| r.holds_any(client));
                 if !holds && !shared.whole.contains_key(&client) {
                     shared.subscribers.remove(&client);
+                    if let Some(ended) = shared.replaying.remove(&client) {
+                        ended.wake.notify_one();
+                    }
                 }
                 touched
             }
@@ -641,9 +1028,10 @@ impl Endpoint {
     /// Delivers one upstream data message: numbers it (`seq`, and `topic_seq` when it has a
     /// topic), encodes it once and hands the frame to every client that should get it: the
     /// whole-endpoint subscribers, the holders of its topic, and (`unmatched = "all"`) every
-    /// subscriber when it has no topic. Never waits. Numbering and delivery happen under the
-    /// endpoint's lock, so messages from several upstream connections reach every client in
-    /// `seq` order.
+    /// subscriber when it has no topic; clients whose replay runs are skipped, the message
+    /// waits for them in the history, where it goes too. Never waits. Numbering, delivery and
+    /// the history happen under the endpoint's lock, so messages from several upstream
+    /// connections reach every client in `seq` order.
     pub fn deliver(&self, data: PayloadRef<'_>, topic: Option<&str>, max_frame: usize) {
         let len = match data {
             PayloadRef::Text(t) => t.len(),
@@ -668,66 +1056,65 @@ impl Endpoint {
         };
         let frame =
             match encode_data_message_fields(&self.name, seq, topic, topic_seq, data, max_frame) {
-                Ok(frame) => frame,
+                Ok(frame) => Some(frame),
                 Err(e) => {
                     tracing::warn!(
                         endpoint = %self.name, seq, error = %e,
                         "upstream message too large for a client frame; not delivered"
                     );
-                    return;
+                    None
                 }
             };
         let mut dropped = 0;
         let mut gone = Vec::new();
-        let mut push = |client: ClientId, outbox: &Arc<Outbox>| match outbox.push_data(
-            &self.name,
-            frame.clone(),
-            disconnect,
-            || lagged_farewell(&self.name),
-        ) {
-            Pushed::Queued(n) => dropped += n,
-            Pushed::Disconnected => gone.push(client),
-        };
-        for (client, outbox) in &shared.whole {
-            push(*client, outbox);
-        }
-        if let Some(holders) = holders {
-            for (client, outbox) in holders {
-                if !shared.whole.contains_key(client) {
-                    push(*client, outbox);
+        if let Some(frame) = &frame {
+            let replaying = &shared.replaying;
+            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| {
+                if !replaying.is_empty() && replaying.contains_key(client) {
+                    return;
                 }
-            }
-        } else if topic.is_none() && unmatched_to_all {
-            for (client, outbox) in &shared.subscribers {
-                if !shared.whole.contains_key(client) {
-                    push(*client, outbox);
+                match outbox.push_data(&self.name, frame.clone(), disconnect, || {
+                    lagged_farewell(&self.name)
+                }) {
+                    Pushed::Queued(n) => dropped += n,
+                    Pushed::Disconnected => gone.push(*client),
                 }
+            };
+            for (client, outbox) in &shared.whole {
+                push(client, outbox);
             }
-        }
-        let mut touched = Touched::default();
-        for client in &gone {
-            shared.subscribers.remove(client);
-            shared.whole.remove(client);
-            if let Some(r) = shared.registry.as_mut() {
-                let t = r.drop_client(*client);
-                for k in t.connections {
-                    touched.connections.push(k);
+            if let Some(holders) = holders {
+                for (client, outbox) in holders {
+                    if !shared.whole.contains_key(client) {
+                        push(client, outbox);
+                    }
+                }
+            } else if topic.is_none() && unmatched_to_all {
+                for (client, outbox) in &shared.subscribers {
+                    if !shared.whole.contains_key(client) {
+                        push(client, outbox);
+                    }
                 }
             }
         }
+        let mut fallout = Fallout::default();
+        if shared.history.enabled() || !shared.replaying.is_empty() {
+            let entry = Entry {
+                seq,
+                at: Instant::now(),
+                topic: topic.map(Arc::from),
+                frame,
+            };
+            shared.change_history(|h, evicted| h.push(entry, evicted));
+            fallout = self.settle_lost(shared);
+        } else {
+            shared.history.numbered(seq);
+        }
+        forget(shared, &gone, &mut fallout.touched);
+        fallout.gone.extend(gone);
+        fallout.dropped += dropped;
         drop(guard);
-        self.wake(touched);
-        if dropped > 0 {
-            self.counters
-                .lagged_drops
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
-        if !gone.is_empty() {
-            tracing::warn!(endpoint = %self.name, clients = ?gone, "disconnected slow clients");
-            self.counters
-                .lagged_disconnects
-                .fetch_add(gone.len() as u64, Ordering::Relaxed);
-        }
+        self.settle(fallout);
     }
 
     /// Hands a command to the driver. A send first reserves its bytes in the endpoint's send
@@ -872,9 +1259,11 @@ impl Endpoint {
 
     /// The full status, for `status`.
     pub fn status(&self) -> EndpointStatus {
-        let shared = self.lock();
+        let mut guard = self.lock();
+        let fallout = self.expire(&mut guard, Instant::now());
+        let shared = &*guard;
         let c = &self.counters;
-        EndpointStatus {
+        let status = EndpointStatus {
             connections: match &shared.registry {
                 Some(r) => r.connections_open(),
                 None => u32::from(shared.last_event.state == ConnState::Open),
@@ -904,10 +1293,18 @@ impl Endpoint {
             reconnects: c.reconnects.load(Ordering::Relaxed),
             queued: c.queue_depth.load(Ordering::Relaxed),
             lagged_drops: c.lagged_drops.load(Ordering::Relaxed),
-            history_messages: 0,
-            history_bytes: 0,
-            history_first_seq: None,
-        }
+            history_messages: shared.history.len() as u64,
+            history_bytes: shared.history.bytes() as u64,
+            history_first_seq: shared.history.first_seq(),
+        };
+        drop(guard);
+        self.settle(fallout);
+        status
+    }
+
+    /// The `seq` of the latest message numbered (0 before the first).
+    pub fn latest_seq(&self) -> u64 {
+        self.lock().seq
     }
 
     /// Drops every subscriber (after the final `closed` state went out) and refuses new ones
@@ -917,6 +1314,10 @@ impl Endpoint {
         shared.stopped = true;
         shared.subscribers.clear();
         shared.whole.clear();
+        for (_, ended) in shared.replaying.drain() {
+            ended.wake.notify_one();
+        }
+        shared.history.clear(|_| {});
         if let Some(settings) = shared.registry.as_ref().map(|r| Arc::clone(r.settings())) {
             shared.registry = Some(Registry::new(settings));
         }
@@ -938,14 +1339,15 @@ mod tests {
     #[test]
     fn a_stopped_endpoint_refuses_new_subscribers() {
         let (ep, _rx) = endpoint(1 << 20);
+        let ep = Arc::new(ep);
         let early = Arc::new(Outbox::new(16, 1 << 20));
-        assert!(ep.subscribe(1, &early, None, None).is_ok());
+        assert!(ep.subscribe(1, &early, None, None, None).is_ok());
         assert_eq!(ep.status().subscribers, 1);
         ep.clear_subscribers();
         // A session that looked the endpoint up just before it was removed.
         let late = Arc::new(Outbox::new(16, 1 << 20));
         assert_eq!(
-            ep.subscribe(2, &late, Some(7), None),
+            ep.subscribe(2, &late, Some(7), None, None),
             Err(SubscribeError::Stopped)
         );
         assert!(

@@ -1,7 +1,7 @@
 //! Encoding of the frames the daemon sends, with no failure path for callers to handle.
 
 use bytes::Bytes;
-use wsmux_proto::{encode_to_vec, Ack, ErrorCode, ErrorMsg, ServerMsg};
+use wsmux_proto::{encode_to_vec, Ack, ErrorCode, ErrorMsg, Lagged, ServerMsg};
 
 /// A hand-encoded `{"type":"error","code":"internal","message":"encoding failed"}` frame, sent
 /// in the (never observed) case that one of the daemon's own messages fails to encode.
@@ -33,6 +33,24 @@ pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> By
 /// An `ack` frame.
 pub fn ack(id: u64) -> Bytes {
     encode(&ServerMsg::Ack(Ack::new(id)))
+}
+
+/// The `ack` of a `subscribe`: the first `seq` it delivers, and with `since` whether
+/// nothing was missed.
+pub fn ack_subscribe(id: u64, first_seq: u64, recovered: Option<bool>) -> Bytes {
+    encode(&ServerMsg::Ack(Ack {
+        first_seq: Some(first_seq),
+        recovered,
+        ..Ack::new(id)
+    }))
+}
+
+/// A `lagged` event: `dropped` messages of `endpoint` were lost to this client.
+pub fn lagged(endpoint: &str, dropped: u64) -> Bytes {
+    encode(&ServerMsg::Lagged(Lagged {
+        endpoint: endpoint.to_owned(),
+        dropped,
+    }))
 }
 
 /// An `ack` frame for a `send` that was queued rather than written.

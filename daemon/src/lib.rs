@@ -9,6 +9,7 @@ pub mod deadline;
 pub mod demo;
 pub mod endpoint;
 mod frames;
+pub mod history;
 pub mod local;
 pub mod logging;
 pub mod metrics;
@@ -108,6 +109,8 @@ struct Endpoints {
     ctx: Arc<ServerContext>,
     /// Per endpoint: its stop token and the settings it runs with.
     running: HashMap<String, (CancellationToken, EndpointSettings)>,
+    /// Endpoints a reload removed, by name: one added again continues their `seq`.
+    removed: HashMap<String, Arc<Endpoint>>,
     /// Parent of every endpoint's stop token.
     cancel: CancellationToken,
     /// Where drivers run.
@@ -123,7 +126,11 @@ struct Endpoints {
 impl Endpoints {
     fn start(&mut self, ep: &EndpointSettings) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let endpoint = Arc::new(Endpoint::new(ep, tx));
+        let latest = self
+            .removed
+            .remove(&ep.name)
+            .map_or(0, |old| old.latest_seq());
+        let endpoint = Arc::new(Endpoint::continuing(ep, tx, latest));
         tracing::info!(endpoint = %ep.name, url = %ep.url_redacted, "starting endpoint");
         let token = self.cancel.child_token();
         let settings = Arc::new(std::sync::Mutex::new(ep.clone()));
@@ -206,6 +213,7 @@ impl Endpoints {
                 .remove(&name);
             if let Some(endpoint) = endpoint {
                 endpoint.set_stop_reason("endpoint removed from the configuration");
+                self.removed.insert(name.clone(), endpoint);
             }
             if let Some((token, _)) = self.running.remove(&name) {
                 token.cancel();
@@ -275,6 +283,7 @@ pub async fn run_with(
     let mut endpoints = Endpoints {
         ctx: Arc::clone(&ctx),
         running: HashMap::new(),
+        removed: HashMap::new(),
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
         tls,

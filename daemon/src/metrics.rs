@@ -74,7 +74,7 @@ impl Collector for DaemonCollector {
         }
 
         type Get = fn(&Counters) -> &AtomicU64;
-        let counters: [(&str, &str, Get); 8] = [
+        let counters: [(&str, &str, Get); 9] = [
             (
                 "wsmux_endpoint_connects",
                 "Successful upstream connects",
@@ -115,6 +115,11 @@ impl Collector for DaemonCollector {
                 "Subscribers disconnected for not reading fast enough",
                 |c| &c.lagged_disconnects,
             ),
+            (
+                "wsmux_endpoint_replayed_messages",
+                "Messages replayed from the history to clients that resumed",
+                |c| &c.replayed,
+            ),
         ];
         for (name, help, get) in counters {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -124,8 +129,26 @@ impl Collector for DaemonCollector {
             }
         }
 
+        let mut resumes = encoder.encode_descriptor(
+            "wsmux_resumes",
+            "Subscribes with `since`, by whether nothing was missed",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in &endpoints {
+            let c = &e.counters;
+            for (recovered, n) in [
+                ("true", &c.resumes_recovered),
+                ("false", &c.resumes_unrecovered),
+            ] {
+                ConstCounter::new(n.load(Ordering::Relaxed)).encode(
+                    resumes.encode_family(&[("endpoint", e.name()), ("recovered", recovered)])?,
+                )?;
+            }
+        }
+
         type GetGauge = fn(&wsmux_proto::EndpointStatus) -> Option<f64>;
-        let gauges: [(&str, &str, GetGauge); 4] = [
+        let gauges: [(&str, &str, GetGauge); 6] = [
             (
                 "wsmux_endpoint_connections",
                 "Upstream connections open now (more than one when topics are spread over several)",
@@ -145,6 +168,16 @@ impl Collector for DaemonCollector {
                 "wsmux_endpoint_heartbeat_rtt_seconds",
                 "Round trip of the last answered heartbeat",
                 |s| s.heartbeat_rtt_us.map(|us| us as f64 / 1e6),
+            ),
+            (
+                "wsmux_endpoint_history_messages",
+                "Messages held in the endpoint's history now",
+                |s| Some(s.history_messages as f64),
+            ),
+            (
+                "wsmux_endpoint_history_bytes",
+                "Bytes held in the endpoint's history now (frames plus 64 bytes each)",
+                |s| Some(s.history_bytes as f64),
             ),
         ];
         for (name, help, get) in gauges {

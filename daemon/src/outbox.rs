@@ -7,6 +7,10 @@
 //! with a `lagged` event before the next frame it delivers; replies and state events are never
 //! dropped.
 //!
+//! A replay ([`crate::history`]) never makes room: it adds a frame only while there is room for
+//! it ([`Outbox::push_if_room`]) and otherwise waits ([`Outbox::room`]) until the writer has
+//! taken or written enough.
+//!
 //! **The bound counts everything**: replies and state events as well as data, the batch the
 //! writer holds as well as what waits, and a fixed overhead per frame for the queue slot and
 //! the allocation, so that a flood of tiny replies cannot hide behind a small byte count. The
@@ -74,12 +78,22 @@ struct Inner {
     dropped: Vec<(Arc<str>, u64)>,
     /// No more frames are accepted; the writer drains what is queued and stops.
     closed: bool,
+    /// A replay waits for room ([`Outbox::room`]): wake it when frames are taken or written.
+    wants_room: bool,
 }
 
 impl Inner {
     /// Everything counted against the byte limit.
     fn total(&self) -> usize {
         self.queued_bytes + self.in_flight
+    }
+
+    /// Queues a data frame of `endpoint`, charged `cost`.
+    fn push_data(&mut self, endpoint: &Arc<str>, frame: Bytes, cost: usize) {
+        self.queued_bytes += cost;
+        self.data_count += 1;
+        self.queue
+            .push_back(Item::Data(Arc::clone(endpoint), frame));
     }
 }
 
@@ -111,6 +125,8 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a session waiting for the queue to shrink.
     drained: Notify,
+    /// Wakes a replay waiting for room for a data frame.
+    room: Notify,
     /// Cancelled when the outbox closes: the session's reader stops with it.
     closed: CancellationToken,
     /// Most data frames queued.
@@ -126,6 +142,7 @@ impl Outbox {
             inner: Mutex::new(Inner::default()),
             ready: Notify::new(),
             drained: Notify::new(),
+            room: Notify::new(),
             closed: CancellationToken::new(),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
@@ -134,6 +151,13 @@ impl Outbox {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a data frame charged `cost` fits without dropping anything: one always does
+    /// when no data frame is queued.
+    fn fits(&self, inner: &Inner, cost: usize) -> bool {
+        inner.data_count == 0
+            || (inner.data_count < self.max_messages && inner.total() + cost <= self.max_bytes)
     }
 
     /// Queues one data frame of `endpoint`. If it does not fit, the slow-client policy applies:
@@ -157,26 +181,11 @@ impl Outbox {
             // The writer is woken when the queue becomes non-empty; later pushes find it
             // either awake or about to take everything.
             wake = inner.queue.is_empty() && inner.dropped.is_empty();
-            let over = |inner: &Inner| {
-                inner.data_count > 0
-                    && (inner.data_count + 1 > self.max_messages
-                        || inner.total() + cost > self.max_bytes)
-            };
-            if disconnect && over(&inner) {
-                inner.queue.retain(|i| matches!(i, Item::Control(_)));
-                inner.queued_bytes = inner.queue.iter().map(|i| charge(i.bytes().len())).sum();
-                inner.data_count = 0;
-                let last = farewell();
-                inner.queued_bytes += charge(last.len());
-                inner.queue.push_back(Item::Control(last));
-                inner.closed = true;
-                drop(inner);
-                self.closed.cancel();
-                self.ready.notify_one();
-                self.drained.notify_waiters();
+            if disconnect && !self.fits(&inner, cost) {
+                self.close_with(inner, farewell());
                 return Pushed::Disconnected;
             }
-            while over(&inner) {
+            while !self.fits(&inner, cost) {
                 let Some(pos) = inner.queue.iter().position(|i| matches!(i, Item::Data(..))) else {
                     break;
                 };
@@ -190,16 +199,72 @@ impl Outbox {
                     }
                 }
             }
-            inner.queued_bytes += cost;
-            inner.data_count += 1;
-            inner
-                .queue
-                .push_back(Item::Data(Arc::clone(endpoint), frame));
+            inner.push_data(endpoint, frame, cost);
         }
         if wake {
             self.ready.notify_one();
         }
         Pushed::Queued(dropped)
+    }
+
+    /// Queues one replayed data frame of `endpoint` only if it fits without dropping
+    /// anything; `false` (nothing changed) otherwise, or when the outbox is closed.
+    pub fn push_if_room(&self, endpoint: &Arc<str>, frame: Bytes) -> bool {
+        let cost = charge(frame.len());
+        let wake;
+        {
+            let mut inner = self.lock();
+            if inner.closed || !self.fits(&inner, cost) {
+                return false;
+            }
+            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            inner.push_data(endpoint, frame, cost);
+        }
+        if wake {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Waits until a data frame of `len` bytes fits without dropping anything
+    /// ([`Outbox::push_if_room`] would take it), or the outbox is closed.
+    pub async fn room(&self, len: usize) {
+        let cost = charge(len);
+        loop {
+            let notified = self.room.notified();
+            {
+                let mut inner = self.lock();
+                if inner.closed || self.fits(&inner, cost) {
+                    return;
+                }
+                inner.wants_room = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Disconnects the client for lagging: discards every queued data frame, queues
+    /// `farewell` after the replies and events still queued, and closes.
+    pub fn disconnect(&self, farewell: Bytes) {
+        let inner = self.lock();
+        if inner.closed {
+            return;
+        }
+        self.close_with(inner, farewell);
+    }
+
+    fn close_with(&self, mut inner: std::sync::MutexGuard<'_, Inner>, farewell: Bytes) {
+        inner.queue.retain(|i| matches!(i, Item::Control(_)));
+        inner.queued_bytes = inner.queue.iter().map(|i| charge(i.bytes().len())).sum();
+        inner.data_count = 0;
+        inner.queued_bytes += charge(farewell.len());
+        inner.queue.push_back(Item::Control(farewell));
+        inner.closed = true;
+        drop(inner);
+        self.closed.cancel();
+        self.ready.notify_one();
+        self.drained.notify_waiters();
+        self.room.notify_waiters();
     }
 
     /// Queues a reply or state event. These are never dropped, but they count: a client
@@ -227,6 +292,7 @@ impl Outbox {
         self.closed.cancel();
         self.ready.notify_one();
         self.drained.notify_waiters();
+        self.room.notify_waiters();
     }
 
     /// Whether [`Outbox::close`] was called.
@@ -269,13 +335,19 @@ impl Outbox {
     /// Gives back `bytes` (the sum of [`charge`] of frames taken with [`Outbox::take`]) once
     /// they are written.
     pub fn release(&self, bytes: usize) {
-        let below = {
+        let (below, room) = {
             let mut inner = self.lock();
             inner.in_flight = inner.in_flight.saturating_sub(bytes);
-            inner.total() <= self.max_bytes
+            (
+                inner.total() <= self.max_bytes,
+                std::mem::take(&mut inner.wants_room),
+            )
         };
         if below {
             self.drained.notify_waiters();
+        }
+        if room {
+            self.room.notify_waiters();
         }
     }
 
@@ -313,6 +385,12 @@ impl Outbox {
                         lagged: std::mem::take(&mut inner.dropped),
                         last: inner.closed && inner.queue.is_empty(),
                     };
+                    // Fewer data frames wait: a replay may have room for one more.
+                    let room = std::mem::take(&mut inner.wants_room);
+                    drop(inner);
+                    if room {
+                        self.room.notify_waiters();
+                    }
                     return batch;
                 }
             }

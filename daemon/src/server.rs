@@ -33,12 +33,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsmux_proto::frame::check;
 use wsmux_proto::{
-    decode_client, ClientMsg, ErrorCode, Lagged, Pong, ServerMsg, StatusReply, Welcome, HEADER_LEN,
+    decode_client, ClientMsg, ErrorCode, Pong, ServerMsg, StatusReply, Welcome, HEADER_LEN,
     PROTOCOL_VERSION,
 };
 
 use crate::deadline::{Limits, LogLimit, ReadTimers};
-use crate::endpoint::{ClientId, Command, Endpoint, SendRequest, SubscribeError};
+use crate::endpoint::{ClientId, Command, Endpoint, ResumeAt, SendRequest, SubscribeError};
 use crate::frames;
 use crate::local;
 use crate::outbox::{charge, Outbox};
@@ -638,7 +638,16 @@ impl Session {
                         ),
                     )
                 }
-                Some(ep) => match ep.subscribe(self.id, &self.outbox, m.id, m.topics.as_deref()) {
+                Some(ep) => match ep.subscribe(
+                    self.id,
+                    &self.outbox,
+                    m.id,
+                    m.topics.as_deref(),
+                    m.since.map(|since| ResumeAt {
+                        since,
+                        same_epoch: m.epoch.as_deref().is_none_or(|e| e == crate::epoch()),
+                    }),
+                ) {
                     Ok(()) => {
                         self.subscriptions.insert(m.endpoint);
                     }
@@ -824,10 +833,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let mut pending = 0;
         let mut written = 0;
         for (endpoint, dropped) in &batch.lagged {
-            buf.extend_from_slice(&frames::encode(&ServerMsg::Lagged(Lagged {
-                endpoint: endpoint.to_string(),
-                dropped: *dropped,
-            })));
+            buf.extend_from_slice(&frames::lagged(endpoint, *dropped));
         }
         for frame in batch.frames() {
             written += frame.len();

@@ -387,6 +387,11 @@ impl Registry {
         self.clients.contains_key(&client)
     }
 
+    /// Whether the client holds `topic`.
+    pub fn holds(&self, client: ClientId, topic: &str) -> bool {
+        self.clients.get(&client).is_some_and(|t| t.contains(topic))
+    }
+
     /// A message of `topic` arrived: counts it if the topic is known (held now, or held
     /// before and remembered); its `topic_seq` then, and its holders.
     pub fn route(&mut self, topic: &str) -> (Option<u64>, Option<&HashMap<ClientId, Arc<Outbox>>>) {

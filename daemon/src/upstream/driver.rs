@@ -963,6 +963,25 @@ impl Driver {
                 if settings == *self.settings {
                     return;
                 }
+                let mut unchanged_link = settings.clone();
+                unchanged_link.history.clone_from(&self.settings.history);
+                if unchanged_link == *self.settings {
+                    // Only the history's limits changed: they apply at once, the upstream
+                    // connection stays.
+                    tracing::info!(endpoint = %self.name(), "history limits changed");
+                    if self.is_main() {
+                        self.endpoint.reconfigure(&settings);
+                        for tx in self.endpoint.connection_commands() {
+                            let _ = tx.try_send(Envelope::from(Command::Reconfigure(Box::new(
+                                settings.clone(),
+                            ))));
+                        }
+                    }
+                    *self.settings_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                        settings.clone();
+                    self.settings = Arc::new(settings);
+                    return;
+                }
                 tracing::info!(endpoint = %self.name(), "configuration changed: reconnecting");
                 self.endpoint.reconfigure(&settings);
                 self.policy.reconfigure(

@@ -43,6 +43,8 @@ mod open_files;
 mod operations;
 /// The Python example client from `examples/python`.
 mod python;
+/// History and resume: `subscribe {since}` after lagging, a lost connection or a restart.
+mod recovery;
 /// Secrets stay out of `--check`, logs and `status`.
 mod secrets;
 /// Sessions: bounded buffers, deadlines, one owner of teardown.
