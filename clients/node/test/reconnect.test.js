@@ -254,3 +254,69 @@ test("close() during the backoff returns at once and fails what waits", async ()
     await daemon.close();
   }
 });
+
+test("events held back past maxHeldBytes are fetched again by a resume, not lost", () =>
+  withClient("held", { maxHeldBytes: 120 }, async (daemon, client) => {
+    const one = await daemon.accepted();
+    for (const endpoint of ["feed", "other"]) {
+      const subscribed = client.subscribe(endpoint);
+      one.send({ type: "ack", id: (await one.next()).id, first_seq: 1 });
+      await subscribed;
+    }
+    one.send(message(1));
+    one.kill();
+    const two = await daemon.accepted();
+    const [feed, other] = [await two.next(), await two.next()];
+    assert.deepEqual([feed, other].map(strip), [
+      { type: "subscribe", endpoint: "feed", since: 1, epoch: "A" },
+      { type: "subscribe", endpoint: "other", since: 0, epoch: "A" },
+    ]);
+    // feed is answered and replays while other's answer is still to come.
+    two.send({ type: "ack", id: feed.id, recovered: true, first_seq: 2 }, ...range(2, 12).map((seq) => message(seq)));
+    const resume = await two.next();
+    const { since } = resume;
+    assert.deepEqual(strip(resume), { type: "subscribe", endpoint: "feed", since, epoch: "A" });
+    assert.ok(since >= 2 && since < 12, `${since}`);
+    two.send({ type: "ack", id: other.id, recovered: true, first_seq: 1 });
+    two.send({ type: "ack", id: resume.id, recovered: true, first_seq: since + 1 }, ...range(since + 1, 12).map((seq) => message(seq)));
+    const events = await take(client, 3 + (since - 1) + 1 + (12 - since));
+    assert.deepEqual(events.map(brief), [
+      "feed:1",
+      "disconnected",
+      "reconnected",
+      ...range(2, since).map((seq) => `feed:${seq}`),
+      "resumed",
+      ...range(since + 1, 12).map((seq) => `feed:${seq}`),
+    ]);
+  }));
+
+test("every reconnect checks the socket again: an untrusted one closes the client", async () => {
+  const daemon = await scriptedDaemon("trust", "A");
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 50, reconnectMaxDelay: 50 });
+  try {
+    const conn = await daemon.accepted();
+    const stopped = daemon.close(); // done once its last connection ends
+    // Someone else's socket now answers at the path: here, a symbolic link to another one.
+    const other = await scriptedDaemon("trust-other", "B");
+    fs.rmSync(daemon.socket, { force: true });
+    fs.symlinkSync(other.socket, daemon.socket);
+    conn.kill();
+    await stopped;
+    const reason = await withDeadline(client.waitClosed());
+    assert.equal(reason.code, "ERR_WSMUX_UNTRUSTED");
+    assert.match(reason.message, /symbolic link/);
+    await other.close();
+  } finally {
+    await client.close();
+  }
+});
+
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+function withDeadline(promise) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error("timed out")), TIMEOUT);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
