@@ -201,8 +201,12 @@ export class Holdings {
     if (this.discards(msg)) return false;
     const pos = this.#pos.get(endpoint);
     const epoch = this.epoch ?? null;
-    let missed = gap(pos?.epoch === epoch ? pos.seq : undefined, seq);
-    if (Number.isSafeInteger(seq)) this.#pos.set(endpoint, { seq, epoch });
+    const same = pos !== undefined && pos.epoch === epoch;
+    let missed = gap(same ? pos.seq : undefined, seq);
+    if (Number.isSafeInteger(seq)) {
+      if (same) pos.seq = seq; // the hot path: no allocation per message
+      else this.#pos.set(endpoint, { seq, epoch });
+    }
     const held = this.#held.get(endpoint);
     if (held && !held.whole) {
       missed = 0;
