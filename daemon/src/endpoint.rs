@@ -26,7 +26,7 @@ use wsmux_proto::{
 };
 
 use crate::frames;
-use crate::history::{Entry, History, Limits, Replay, Selection, Step};
+use crate::history::{Entry, History, Limits, Out, Replay, Selection, Step};
 use crate::outbox::{Outbox, Pushed};
 use crate::topics::registry::{Registry, Touched};
 
@@ -217,8 +217,13 @@ struct Shared {
 
 impl Shared {
     /// Changes the history with `change`, which hands it the callback for what it evicts: the
-    /// evicted messages overtake every replay that had not reached them.
-    fn change_history(&mut self, change: impl FnOnce(&mut History, &mut dyn FnMut(&Entry))) {
+    /// evicted messages overtake every replay that had not reached them (a replay that is at
+    /// the evicted message takes it now if it fits).
+    fn change_history(
+        &mut self,
+        name: &Arc<str>,
+        change: impl FnOnce(&mut History, &mut dyn FnMut(&Entry)),
+    ) -> Fallout {
         let Shared {
             history,
             replaying,
@@ -226,12 +231,37 @@ impl Shared {
             registry,
             ..
         } = self;
+        let mut fallout = Fallout::default();
         change(history, &mut |e| {
             for (client, r) in replaying.iter_mut() {
-                r.replay
-                    .evicted(e, &SetOf::new(*client, whole, registry.as_ref()));
+                let Replaying {
+                    replay,
+                    outbox,
+                    start,
+                    ..
+                } = r;
+                let set = SetOf::new(*client, whole, registry.as_ref());
+                replay.evicted(e, &set, |out| hand(name, outbox, *start, out, &mut fallout));
             }
         });
+        fallout
+    }
+}
+
+/// Hands what a replay produced to the client's outbox: a `lagged` always, a frame only if it
+/// fits and the writer has taken the resume's `ack` (outbox position `start`).
+fn hand(name: &Arc<str>, outbox: &Outbox, start: u64, out: Out, fallout: &mut Fallout) -> bool {
+    match out {
+        Out::Lagged(n) => {
+            outbox.push_control(frames::lagged(name, n));
+            fallout.dropped += n;
+            true
+        }
+        Out::Frame(frame) => {
+            let queued = outbox.push_replayed(name, frame.clone(), start);
+            fallout.replayed += u64::from(queued);
+            queued
+        }
     }
 }
 
@@ -242,6 +272,10 @@ struct Replaying {
     replay: Replay,
     /// The client's outbox.
     outbox: Arc<Outbox>,
+    /// The outbox's position just after the `ack` of the resume: nothing is replayed before
+    /// the writer has taken it, so that every `lagged` of the endpoint the client reads
+    /// before the `ack` reports drops from before the resume.
+    start: u64,
     /// Wakes its task when the replay restarts or ends.
     wake: Arc<Notify>,
 }
@@ -313,6 +347,8 @@ struct Fallout {
     gone: Vec<ClientId>,
     /// Messages lost to lagging clients.
     dropped: u64,
+    /// Messages replayed.
+    replayed: u64,
 }
 
 /// Where a `subscribe` with `since` resumes from.
@@ -333,6 +369,8 @@ enum Turn {
     Again,
     /// The outbox has no room for the next frame, of this length.
     Wait(usize),
+    /// The writer has not yet taken the resume's `ack` (this outbox position).
+    Behind(u64),
 }
 
 /// Where the `{id}`s of the daemon's own subscribe and unsubscribe messages start (plus a
@@ -545,8 +583,9 @@ impl Endpoint {
             }
             // New history limits apply at once.
             let limits = Limits::from(&settings.history);
-            shared.change_history(|h, evicted| h.set_limits(limits, Instant::now(), evicted));
-            self.settle_lost(shared)
+            self.change_history(shared, |h, evicted| {
+                h.set_limits(limits, Instant::now(), evicted)
+            })
         };
         self.settle(fallout);
         self.max_message_size
@@ -682,6 +721,10 @@ impl Endpoint {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 if r.cursor < shared.history.latest() {
+                    // What is still queued of the endpoint has `seq > since`: it comes again
+                    // from the history, or the ack says it is lost (the seam rule would
+                    // discard it anyway). Its drops not yet announced are covered too.
+                    outbox.purge(&self.name);
                     match shared.replaying.get_mut(&client) {
                         Some(running) => {
                             running.replay.restart(r.cursor);
@@ -695,6 +738,7 @@ impl Endpoint {
                                 Replaying {
                                     replay: Replay::new(r.cursor, task),
                                     outbox: Arc::clone(outbox),
+                                    start: u64::MAX,
                                     wake: Arc::clone(&wake),
                                 },
                             );
@@ -713,6 +757,11 @@ impl Endpoint {
             outbox.push_control(frames::ack_subscribe(id, first_seq, recovered));
         }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
+        if resume.is_some() {
+            if let Some(running) = shared.replaying.get_mut(&client) {
+                running.start = outbox.mark();
+            }
+        }
         drop(guard);
         self.settle(fallout);
         if let Some((task, wake)) = spawn {
@@ -739,6 +788,10 @@ impl Endpoint {
                     () = outbox.room(len) => {}
                     () = wake.notified() => {}
                 },
+                Turn::Behind(mark) => tokio::select! {
+                    () = outbox.passed(mark) => {}
+                    () = wake.notified() => {}
+                },
             }
         }
     }
@@ -749,7 +802,7 @@ impl Endpoint {
     fn replay_step(&self, client: ClientId, task: u64, outbox: &Outbox) -> Turn {
         let mut guard = self.lock();
         let shared = &mut *guard;
-        let fallout = self.expire(shared, Instant::now());
+        let mut fallout = self.expire(shared, Instant::now());
         let Shared {
             replaying,
             whole,
@@ -757,14 +810,15 @@ impl Endpoint {
             history,
             ..
         } = shared;
-        let mut pushed = 0;
         let turn = match replaying.get_mut(&client) {
+            Some(running) if running.replay.task == task && !outbox.is_past(running.start) => {
+                Turn::Behind(running.start)
+            }
             Some(running) if running.replay.task == task && !outbox.is_closed() => {
                 let set = SetOf::new(client, whole, registry.as_ref());
-                let step = running.replay.step(history, &set, |frame| {
-                    let queued = outbox.push_if_room(&self.name, frame.clone());
-                    pushed += u64::from(queued);
-                    queued
+                let start = running.start;
+                let step = running.replay.step(history, &set, |out| {
+                    hand(&self.name, outbox, start, out, &mut fallout)
                 });
                 match step {
                     Step::CaughtUp => {
@@ -782,44 +836,39 @@ impl Endpoint {
             _ => Turn::Done,
         };
         drop(guard);
-        self.counters.replayed.fetch_add(pushed, Ordering::Relaxed);
         self.settle(fallout);
         turn
     }
 
     /// Evicts what `max_age` excludes at `now`, with what that does to running replays.
     fn expire(&self, shared: &mut Shared, now: Instant) -> Fallout {
-        shared.change_history(|h, evicted| h.expire(now, evicted));
-        self.settle_lost(shared)
+        self.change_history(shared, |h, evicted| h.expire(now, evicted))
     }
 
-    /// Reports what eviction took from running replays, at that point of each client's
-    /// stream: `lagged` (policy `drop`, the replay carries on), or the client is
-    /// disconnected (policy `disconnect`).
-    fn settle_lost(&self, shared: &mut Shared) -> Fallout {
-        let mut fallout = Fallout::default();
-        if shared.replaying.is_empty() {
+    /// Changes the history (see [`Shared::change_history`]); under `slow_client =
+    /// "disconnect"`, a replay that lost messages to eviction disconnects its client, as live
+    /// lagging does (under `"drop"` the replay reports them with `lagged` before its next
+    /// frame).
+    fn change_history(
+        &self,
+        shared: &mut Shared,
+        change: impl FnOnce(&mut History, &mut dyn FnMut(&Entry)),
+    ) -> Fallout {
+        let mut fallout = shared.change_history(&self.name, change);
+        if shared.replaying.is_empty() || !self.disconnect_slow.load(Ordering::Relaxed) {
             return fallout;
         }
-        let disconnect = self.disconnect_slow.load(Ordering::Relaxed);
-        for (client, running) in shared.replaying.iter_mut() {
-            let lost = running.replay.take_lost();
-            if lost == 0 {
-                continue;
-            }
-            fallout.dropped += lost;
-            if disconnect {
+        let mut gone = Vec::new();
+        for (client, running) in &mut shared.replaying {
+            let lost = running.replay.lost();
+            if lost > 0 {
+                fallout.dropped += lost;
                 running.outbox.disconnect(lagged_farewell(&self.name));
-                fallout.gone.push(*client);
-            } else {
-                running
-                    .outbox
-                    .push_control(frames::lagged(&self.name, lost));
+                gone.push(*client);
             }
         }
-        let gone = std::mem::take(&mut fallout.gone);
         forget(shared, &gone, &mut fallout.touched);
-        fallout.gone = gone;
+        fallout.gone.extend(gone);
         fallout
     }
 
@@ -830,8 +879,14 @@ impl Endpoint {
             touched,
             gone,
             dropped,
+            replayed,
         } = fallout;
         self.wake(touched);
+        if replayed > 0 {
+            self.counters
+                .replayed
+                .fetch_add(replayed, Ordering::Relaxed);
+        }
         if dropped > 0 {
             self.counters
                 .lagged_drops
@@ -1105,8 +1160,7 @@ impl Endpoint {
                 topic: topic.map(Arc::from),
                 frame,
             };
-            shared.change_history(|h, evicted| h.push(entry, evicted));
-            fallout = self.settle_lost(shared);
+            fallout = self.change_history(shared, |h, evicted| h.push(entry, evicted));
         } else {
             shared.history.numbered(seq);
         }
@@ -1451,5 +1505,305 @@ mod tests {
             .await
             .expect_err("the driver took nothing");
         assert!(matches!(error, CommandError::Busy { .. }), "{error}");
+    }
+
+    /// Endpoint `feed` with these history limits and slow-client policy.
+    fn with_history(
+        max_messages: usize,
+        slow_client: wsmux_config::SlowClientPolicy,
+    ) -> (Arc<Endpoint>, mpsc::Receiver<Envelope>) {
+        let mut settings =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        settings.history.max_messages = max_messages;
+        settings.slow_client = slow_client;
+        let (tx, rx) = mpsc::channel(4);
+        (Arc::new(Endpoint::new(&settings, tx)), rx)
+    }
+
+    fn deliver(ep: &Endpoint, seqs: std::ops::RangeInclusive<u64>) {
+        for n in seqs {
+            ep.deliver(PayloadRef::Text(&format!("m{n}")), None, 1 << 20);
+        }
+    }
+
+    /// Reads what the outbox holds as the writer would (drop announcements first, then the
+    /// batch), until nothing more comes, in short form: `ack 1 first 3 rec`, `state`,
+    /// `m7`, `lagged 4`, `error lagged`.
+    async fn read(outbox: &Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(batch) = tokio::time::timeout(Duration::from_millis(50), outbox.take()).await {
+            for (_, n) in &batch.lagged {
+                out.push(format!("lagged {n}"));
+            }
+            let mut charged = 0;
+            for frame in batch.frames() {
+                charged += crate::outbox::charge(frame.len());
+                let msg = wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..]);
+                out.push(match msg.expect("a frame the daemon encoded") {
+                    ServerMsg::Ack(a) => format!(
+                        "ack {} first {}{}",
+                        a.id,
+                        a.first_seq.unwrap_or(0),
+                        match a.recovered {
+                            Some(true) => " rec",
+                            Some(false) => " lost",
+                            None => "",
+                        }
+                    ),
+                    ServerMsg::State(_) => "state".into(),
+                    ServerMsg::Message(m) => format!("m{}", m.seq),
+                    ServerMsg::Lagged(l) => format!("lagged {}", l.dropped),
+                    ServerMsg::Error(e) => format!("error {}", e.code),
+                    other => format!("{other:?}"),
+                });
+            }
+            outbox.release(charged);
+            if batch.last {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Takes and writes one batch, as the writer does; how many frames it held.
+    async fn write_one_batch(outbox: &Outbox) -> usize {
+        let batch = outbox.take().await;
+        outbox.release(batch.frames().map(|f| crate::outbox::charge(f.len())).sum());
+        batch.frames().count()
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn ms(seqs: std::ops::RangeInclusive<u64>) -> Vec<String> {
+        seqs.map(|n| format!("m{n}")).collect()
+    }
+
+    fn at(since: u64) -> Option<ResumeAt> {
+        Some(ResumeAt {
+            since,
+            same_epoch: true,
+        })
+    }
+
+    /// Lets spawned replay tasks run until they wait.
+    async fn settle_tasks() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagged_client_resumes_replayed_then_live_with_no_gap_and_no_duplicate() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        let a = Arc::new(Outbox::new(4, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, None).unwrap();
+        deliver(&ep, 1..=2);
+        assert_eq!(
+            read(&a).await,
+            strs(&["ack 1 first 1", "state", "m1", "m2"])
+        );
+        // The client stops reading: its queue of four keeps 7 to 10.
+        deliver(&ep, 3..=10);
+        ep.subscribe(1, &a, Some(2), None, at(2)).unwrap();
+        // Messages that arrive during the replay wait in the history.
+        deliver(&ep, 11..=12);
+        let mut expected = strs(&["ack 2 first 3 rec", "state"]);
+        expected.extend(ms(3..=12));
+        assert_eq!(
+            read(&a).await,
+            expected,
+            "the queued 7 to 10 were purged and their drops covered: only the replay, in order"
+        );
+        deliver(&ep, 13..=13);
+        assert_eq!(read(&a).await, ms(13..=13), "live again");
+        assert_eq!(ep.counters.replayed.load(Ordering::Relaxed), 10);
+        assert_eq!(ep.counters.resumes_recovered.load(Ordering::Relaxed), 1);
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "the replay task ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_never_makes_room_and_waits_for_the_writer() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=50);
+        let a = Arc::new(Outbox::new(3, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, at(0)).unwrap();
+        let mut got = Vec::new();
+        // A client that takes one batch at a time.
+        for _ in 0..100 {
+            settle_tasks().await;
+            let batch = a.take().await;
+            assert!(batch.lagged.is_empty(), "nothing is dropped for a replay");
+            let mut charged = 0;
+            for frame in batch.frames() {
+                charged += crate::outbox::charge(frame.len());
+                if let Ok(ServerMsg::Message(m)) =
+                    wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..])
+                {
+                    got.push(m.seq);
+                }
+            }
+            assert!(a.queued_bytes() > 0);
+            a.release(charged);
+            if got.len() == 50 {
+                break;
+            }
+        }
+        assert_eq!(got, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_purges_what_is_still_queued_of_the_endpoint() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        let a = Arc::new(Outbox::new(100, 1 << 20));
+        ep.subscribe(1, &a, None, None, None).unwrap();
+        deliver(&ep, 1..=1);
+        assert_eq!(read(&a).await, strs(&["state", "m1"]));
+        deliver(&ep, 2..=3);
+        ep.subscribe(1, &a, Some(9), None, at(1)).unwrap();
+        let mut expected = strs(&["ack 9 first 2 rec", "state"]);
+        expected.extend(ms(2..=3));
+        assert_eq!(read(&a).await, expected, "2 and 3 once, after the ack");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_overtaking_a_replay_is_reported_where_the_gap_is() {
+        let (ep, _rx) = with_history(8, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=8);
+        // A client that keeps up gets the whole history, then live.
+        let a = Arc::new(Outbox::new(100, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, at(0)).unwrap();
+        let mut expected = strs(&["ack 1 first 1 rec", "state"]);
+        expected.extend(ms(1..=8));
+        assert_eq!(read(&a).await, expected);
+        // One that reads more slowly than the upstream produces: a queue of two.
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, Some(2), None, at(4)).unwrap();
+        assert_eq!(write_one_batch(&b).await, 2, "ack and state");
+        settle_tasks().await;
+        // 5 and 6 are queued; the history then evicts 7 to 16 before the client read them.
+        deliver(&ep, 9..=24);
+        let mut expected = ms(5..=6);
+        expected.push("lagged 10".into());
+        expected.extend(ms(17..=24));
+        assert_eq!(read(&b).await, expected);
+        deliver(&ep, 25..=25);
+        assert_eq!(read(&b).await, ms(25..=25), "then live");
+        assert_eq!(read(&a).await, ms(9..=25), "the other client lost nothing");
+        assert_eq!(ep.counters.lagged_drops.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_overtaking_a_replay_disconnects_under_the_disconnect_policy() {
+        let (ep, _rx) = with_history(8, wsmux_config::SlowClientPolicy::Disconnect);
+        deliver(&ep, 1..=8);
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, Some(2), None, at(4)).unwrap();
+        write_one_batch(&b).await;
+        settle_tasks().await;
+        deliver(&ep, 9..=24);
+        assert!(b.is_closed());
+        assert_eq!(
+            read(&b).await,
+            strs(&["error lagged"]),
+            "queued data discarded"
+        );
+        assert!(!ep.is_subscribed(2));
+        assert_eq!(ep.counters.lagged_disconnects.load(Ordering::Relaxed), 1);
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "the replay task ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsubscribing_or_stopping_ends_a_replay_at_once() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=20);
+        let a = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(1, &a, None, None, at(0)).unwrap();
+        write_one_batch(&a).await;
+        settle_tasks().await;
+        // The replay queued 1 and 2 and waits for room.
+        assert!(ep.unsubscribe(1, None));
+        deliver(&ep, 21..=22);
+        let got = read(&a).await;
+        assert_eq!(got, strs(&["m1", "m2"]), "nothing after the unsubscribe");
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "the replay task ended");
+
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, None, None, at(0)).unwrap();
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 2, "a replay task runs");
+        ep.clear_subscribers();
+        settle_tasks().await;
+        assert_eq!(Arc::strong_count(&ep), 1, "stopping the endpoint ended it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_during_a_replay_restarts_it_and_history_off_ends_it() {
+        let (ep, _rx) = with_history(10_000, wsmux_config::SlowClientPolicy::Drop);
+        deliver(&ep, 1..=20);
+        let a = Arc::new(Outbox::new(3, 1 << 20));
+        ep.subscribe(1, &a, Some(1), None, at(0)).unwrap();
+        write_one_batch(&a).await;
+        settle_tasks().await;
+        // 1, 2, 3 are queued; the client asks again from 15.
+        ep.subscribe(1, &a, Some(2), None, at(15)).unwrap();
+        let mut expected = strs(&["ack 2 first 16 rec", "state"]);
+        expected.extend(ms(16..=20));
+        assert_eq!(read(&a).await, expected, "the queued 1 to 3 purged");
+
+        // A reload that turns the history off while a replay runs: what it had left is lost.
+        deliver(&ep, 21..=30);
+        let b = Arc::new(Outbox::new(2, 1 << 20));
+        ep.subscribe(2, &b, Some(3), None, at(20)).unwrap();
+        write_one_batch(&b).await;
+        settle_tasks().await;
+        let mut off =
+            wsmux_config::EndpointSettings::new("feed", "ws://127.0.0.1:1/".parse().unwrap());
+        off.history.max_messages = 0;
+        ep.reconfigure(&off);
+        assert_eq!(ep.status().history_messages, 0);
+        assert_eq!(
+            read(&b).await,
+            strs(&["m21", "m22", "lagged 8"]),
+            "23 to 30 lost, reported where the gap is"
+        );
+        deliver(&ep, 31..=31);
+        assert_eq!(read(&b).await, ms(31..=31), "then live");
+        // With the history off, only a since at the latest recovers.
+        ep.subscribe(2, &b, Some(4), None, at(31)).unwrap();
+        ep.subscribe(2, &b, Some(5), None, at(30)).unwrap();
+        assert_eq!(
+            read(&b).await,
+            strs(&[
+                "ack 4 first 32 rec",
+                "state",
+                "ack 5 first 32 lost",
+                "state"
+            ])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_shows_the_history() {
+        let (ep, _rx) = with_history(5, wsmux_config::SlowClientPolicy::Drop);
+        let s = ep.status();
+        assert_eq!(
+            (s.history_messages, s.history_bytes, s.history_first_seq),
+            (0, 0, None)
+        );
+        deliver(&ep, 1..=7);
+        let s = ep.status();
+        assert_eq!((s.history_messages, s.history_first_seq), (5, Some(3)));
+        let frame =
+            encode_data_message_fields("feed", 7, None, None, PayloadRef::Text("m7"), 1 << 20)
+                .unwrap();
+        assert_eq!(
+            s.history_bytes,
+            5 * (frame.len() + crate::outbox::FRAME_OVERHEAD) as u64
+        );
     }
 }

@@ -275,6 +275,16 @@ pub trait Selection {
     fn unmatched(&self) -> bool;
 }
 
+/// What a replay hands the client's outbox.
+#[derive(Clone, Copy, Debug)]
+pub enum Out<'a> {
+    /// `lagged {dropped}`: this many messages the set selected were evicted before the replay
+    /// reached them. Always taken.
+    Lagged(u64),
+    /// The next replayed frame; taken only if the outbox has room (the answer says).
+    Frame(&'a Bytes),
+}
+
 /// What one replay step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -301,7 +311,8 @@ pub struct Replay {
     /// Topics added by a plain `subscribe` during the replay, from the `seq` they count.
     topic_from: HashMap<Arc<str>, u64>,
     /// Messages it selected that the history evicted before it reached them, not yet
-    /// reported.
+    /// reported: a `lagged` goes out before the next frame (or when the replay catches up),
+    /// exactly where the gap is.
     lost: u64,
 }
 
@@ -363,44 +374,62 @@ impl Replay {
         }
     }
 
-    /// The history evicted `entry`: if the replay had not reached it, it moves past it, and
-    /// counts it as lost when the set selected it (and it had a frame).
-    pub fn evicted(&mut self, entry: &Entry, set: &impl Selection) {
+    /// The history evicted `entry`: if the replay had not reached it, it moves past it. A
+    /// frame the set selects is lost, unless it is the very next one and `out` takes it now.
+    pub fn evicted(
+        &mut self,
+        entry: &Entry,
+        set: &impl Selection,
+        mut out: impl FnMut(Out) -> bool,
+    ) {
         if entry.seq <= self.cursor {
             return;
         }
-        if entry.frame.is_some() && self.selects(entry, set) {
-            self.lost += 1;
+        if let Some(frame) = entry.frame.as_ref().filter(|_| self.selects(entry, set)) {
+            let next = entry.seq == self.cursor + 1 && self.lost == 0;
+            if !(next && out(Out::Frame(frame))) {
+                self.lost += 1;
+            }
         }
         self.cursor = entry.seq;
     }
 
-    /// The lost messages not yet reported, and forgets them.
-    pub fn take_lost(&mut self) -> u64 {
-        std::mem::take(&mut self.lost)
+    /// Selected messages lost to eviction and not yet reported.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Handles up to [`REPLAY_CHUNK`] entries after the cursor: each selected frame goes to
-    /// `push`, which says whether it was queued. Stops at the first frame that does not fit.
+    /// `out`, which says whether it was queued, preceded by the report of what was lost
+    /// before it. Stops at the first frame that does not fit.
     pub fn step(
         &mut self,
         history: &History,
         set: &impl Selection,
-        mut push: impl FnMut(&Bytes) -> bool,
+        mut out: impl FnMut(Out) -> bool,
     ) -> Step {
         for (i, entry) in history.after(self.cursor).enumerate() {
             if i == REPLAY_CHUNK {
                 return Step::More;
             }
             if let Some(frame) = entry.frame.as_ref().filter(|_| self.selects(entry, set)) {
-                if !push(frame) {
+                self.report(&mut out);
+                if !out(Out::Frame(frame)) {
                     return Step::Full(frame.len());
                 }
             }
             self.cursor = entry.seq;
         }
         self.cursor = self.cursor.max(history.latest());
+        self.report(&mut out);
         Step::CaughtUp
+    }
+
+    fn report(&mut self, out: &mut impl FnMut(Out) -> bool) {
+        if self.lost > 0 {
+            out(Out::Lagged(self.lost));
+            self.lost = 0;
+        }
     }
 }
 
@@ -623,20 +652,46 @@ mod tests {
         h
     }
 
-    /// Runs a replay to its end with an outbox that takes everything; the seqs pushed.
-    fn replay_all(r: &mut Replay, h: &History, set: &Set) -> Vec<u64> {
-        let mut out = Vec::new();
-        loop {
-            let step = r.step(h, set, |f| {
-                out.push(u64::from(f[0]));
-                true
-            });
-            match step {
-                Step::CaughtUp => return out,
-                Step::More => {}
-                Step::Full(_) => unreachable!(),
+    /// A client's outbox, for the replay tests: takes frames while it has room, records
+    /// `m<seq>` and `lagged <n>`.
+    struct Sink {
+        got: Vec<String>,
+        room: usize,
+    }
+
+    impl Sink {
+        fn new(room: usize) -> Self {
+            Sink {
+                got: Vec::new(),
+                room,
             }
         }
+
+        fn out(&mut self, out: Out) -> bool {
+            match out {
+                Out::Lagged(n) => self.got.push(format!("lagged {n}")),
+                Out::Frame(_) if self.room == 0 => return false,
+                Out::Frame(f) => {
+                    self.room -= 1;
+                    self.got.push(format!("m{}", f[0]));
+                }
+            }
+            true
+        }
+    }
+
+    fn ms(seqs: &[u64]) -> Vec<String> {
+        seqs.iter().map(|n| format!("m{n}")).collect()
+    }
+
+    /// Runs a replay to its end with an outbox that takes everything; the seqs pushed.
+    fn replay_all(r: &mut Replay, h: &History, set: &Set) -> Vec<u64> {
+        let mut sink = Sink::new(usize::MAX);
+        while r.step(h, set, |o| sink.out(o)) != Step::CaughtUp {}
+        sink.got
+            .iter()
+            .map(|m| m.trim_start_matches('m').parse().expect("no lagged"))
+            .collect()
     }
 
     #[test]
@@ -681,22 +736,21 @@ mod tests {
             ..Set::default()
         };
         let mut r = Replay::new(0, 1);
-        let room = std::cell::Cell::new(4);
-        let mut got = Vec::new();
-        let mut push = |f: &Bytes| {
-            if room.get() == 0 {
-                return false;
-            }
-            room.set(room.get() - 1);
-            got.push(u64::from(f[0]));
-            true
-        };
-        assert_eq!(r.step(&h, &set, &mut push), Step::Full(8));
+        let mut sink = Sink::new(4);
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::Full(8));
         assert_eq!(r.cursor, 4);
-        assert_eq!(r.step(&h, &set, &mut push), Step::Full(8), "still full");
-        room.set(100);
-        assert_eq!(r.step(&h, &set, &mut push), Step::CaughtUp);
-        assert_eq!(got, (1..=10).collect::<Vec<_>>(), "each once, in order");
+        assert_eq!(
+            r.step(&h, &set, |o| sink.out(o)),
+            Step::Full(8),
+            "still full"
+        );
+        sink.room = 100;
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(
+            sink.got,
+            ms(&(1..=10).collect::<Vec<_>>()),
+            "each once, in order"
+        );
     }
 
     #[test]
@@ -707,15 +761,12 @@ mod tests {
             ..Set::default()
         };
         let mut r = Replay::new(0, 1);
-        let mut n = 0;
+        let mut sink = Sink::new(usize::MAX);
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::More);
         assert_eq!(
-            r.step(&h, &set, |_| {
-                n += 1;
-                true
-            }),
-            Step::More
+            (sink.got.len(), r.cursor),
+            (REPLAY_CHUNK, REPLAY_CHUNK as u64)
         );
-        assert_eq!((n, r.cursor), (REPLAY_CHUNK, REPLAY_CHUNK as u64));
         assert_eq!(replay_all(&mut r, &h, &set).len(), REPLAY_CHUNK + 5);
     }
 
@@ -765,25 +816,17 @@ mod tests {
             ..Set::default()
         };
         let mut r = Replay::new(0, 1);
-        let mut got = Vec::new();
-        let mut room = 3;
-        let step = r.step(&h, &set, |f| {
-            if room == 0 {
-                return false;
-            }
-            room -= 1;
-            got.push(u64::from(f[0]));
-            true
-        });
-        assert_eq!(step, Step::Full(8));
-        assert_eq!(got, vec![1, 3, 4]);
+        let mut sink = Sink::new(3);
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::Full(8));
+        assert_eq!(sink.got, ms(&[1, 3, 4]));
         set.topics.retain(|t| *t != "b");
-        got.extend(replay_all(&mut r, &h, &set));
-        assert_eq!(got, vec![1, 3, 4, 6, 9, 12]);
+        sink.room = 100;
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(sink.got, ms(&[1, 3, 4, 6, 9, 12]));
     }
 
     #[test]
-    fn eviction_overtaking_a_replay_counts_what_it_selected() {
+    fn eviction_overtaking_a_replay_is_reported_once_where_the_gap_is() {
         let t = Instant::now();
         let mut h = History::new(limits(6, usize::MAX, SEC), 0);
         let set = Set {
@@ -791,24 +834,27 @@ mod tests {
             ..Set::default()
         };
         let mut r = Replay::new(0, 1);
-        let mut pushed = Vec::new();
+        // A full outbox: nothing evicted can be handed over.
+        let mut full = Sink::new(0);
         for seq in 1..=12 {
             let topic = [Some("a"), Some("b"), None][(seq % 3) as usize];
-            h.push(entry(seq, t, topic, 8), |e| r.evicted(e, &set));
+            h.push(entry(seq, t, topic, 8), |e| {
+                r.evicted(e, &set, |o| full.out(o))
+            });
         }
         // 1..=6 evicted before the replay reached them: `a` is 3 and 6.
-        assert_eq!(r.take_lost(), 2);
-        assert_eq!(r.take_lost(), 0, "reported once");
-        assert_eq!(r.cursor, 6);
-        r.step(&h, &set, |f| {
-            pushed.push(u64::from(f[0]));
-            true
-        });
-        assert_eq!(pushed, vec![9, 12]);
+        assert_eq!((r.lost(), r.cursor), (2, 6));
+        let mut sink = Sink::new(100);
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(sink.got, ["lagged 2", "m9", "m12"]);
+        assert_eq!(r.lost(), 0, "reported once");
         // Entries it already handled are not counted again.
         let mut r2 = Replay::new(10, 1);
-        h.clear(|e| r2.evicted(e, &set));
-        assert_eq!((r2.take_lost(), r2.cursor), (1, 12));
+        h.clear(|e| r2.evicted(e, &set, |o| full.out(o)));
+        assert_eq!((r2.lost(), r2.cursor), (1, 12));
+        let mut sink = Sink::new(100);
+        assert_eq!(r2.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(sink.got, ["lagged 1"], "reported when it catches up");
         // An undelivered message is never counted.
         let mut r3 = Replay::new(0, 1);
         r3.evicted(
@@ -819,8 +865,38 @@ mod tests {
                 frame: None,
             },
             &set,
+            |o| full.out(o),
         );
-        assert_eq!((r3.take_lost(), r3.cursor), (0, 3));
+        assert_eq!((r3.lost(), r3.cursor), (0, 3));
+    }
+
+    #[test]
+    fn an_evicted_message_the_replay_is_at_goes_out_when_it_fits() {
+        let t = Instant::now();
+        // The history is off: every message is evicted as it is pushed.
+        let mut h = History::new(limits(0, usize::MAX, SEC), 0);
+        let set = Set {
+            whole: true,
+            ..Set::default()
+        };
+        let mut r = Replay::new(0, 1);
+        let mut sink = Sink::new(2);
+        for seq in 1..=4 {
+            h.push(entry(seq, t, None, 8), |e| {
+                r.evicted(e, &set, |o| sink.out(o))
+            });
+        }
+        assert_eq!(sink.got, ms(&[1, 2]), "1 and 2 fit; 3 and 4 do not");
+        assert_eq!((r.lost(), r.cursor), (2, 4));
+        sink.room = 10;
+        // Once something is lost, the next frame waits for its `lagged`, which only the
+        // replay step sends: it is lost too rather than sent ahead of the report.
+        h.push(entry(5, t, None, 8), |e| {
+            r.evicted(e, &set, |o| sink.out(o))
+        });
+        assert_eq!(r.lost(), 3);
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(sink.got, ["m1", "m2", "lagged 3"]);
     }
 
     #[test]
@@ -833,9 +909,16 @@ mod tests {
             ..Set::default()
         };
         let mut r = Replay::new(1, 1);
-        h.push(entry(4, t, None, 1000), |e| r.evicted(e, &set));
-        assert_eq!(r.take_lost(), 3, "2, 3 and the oversized 4");
-        assert_eq!(r.step(&h, &set, |_| true), Step::CaughtUp);
-        assert_eq!(r.cursor, 4);
+        let mut full = Sink::new(0);
+        h.push(entry(4, t, None, 1000), |e| {
+            r.evicted(e, &set, |o| full.out(o))
+        });
+        assert_eq!(r.lost(), 3, "2, 3 and the oversized 4");
+        let mut sink = Sink::new(10);
+        assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(
+            (r.cursor, sink.got.as_slice()),
+            (4, &["lagged 3".to_owned()][..])
+        );
     }
 }

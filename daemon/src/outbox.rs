@@ -8,7 +8,7 @@
 //! dropped.
 //!
 //! A replay ([`crate::history`]) never makes room: it adds a frame only while there is room for
-//! it ([`Outbox::push_if_room`]) and otherwise waits ([`Outbox::room`]) until the writer has
+//! it ([`Outbox::push_replayed`]) and otherwise waits ([`Outbox::room`]) until the writer has
 //! taken or written enough.
 //!
 //! **The bound counts everything**: replies and state events as well as data, the batch the
@@ -78,8 +78,13 @@ struct Inner {
     dropped: Vec<(Arc<str>, u64)>,
     /// No more frames are accepted; the writer drains what is queued and stops.
     closed: bool,
-    /// A replay waits for room ([`Outbox::room`]): wake it when frames are taken or written.
-    wants_room: bool,
+    /// A replay waits for the writer ([`Outbox::room`], [`Outbox::passed`]): wake it when
+    /// frames are taken or written.
+    waiting: bool,
+    /// Frames queued so far.
+    pushed: u64,
+    /// Frames that left the queue so far: taken by the writer, dropped or purged.
+    left: u64,
 }
 
 impl Inner {
@@ -92,8 +97,30 @@ impl Inner {
     fn push_data(&mut self, endpoint: &Arc<str>, frame: Bytes, cost: usize) {
         self.queued_bytes += cost;
         self.data_count += 1;
+        self.pushed += 1;
         self.queue
             .push_back(Item::Data(Arc::clone(endpoint), frame));
+    }
+
+    /// Queues a control frame.
+    fn push_control(&mut self, frame: Bytes) {
+        self.queued_bytes += charge(frame.len());
+        self.pushed += 1;
+        self.queue.push_back(Item::Control(frame));
+    }
+
+    /// Removes the queued data frames `drop` picks.
+    fn remove_data(&mut self, mut drop: impl FnMut(&Arc<str>) -> bool) {
+        let before = self.queue.len();
+        self.queue
+            .retain(|i| !matches!(i, Item::Data(ep, _) if drop(ep)));
+        self.left += (before - self.queue.len()) as u64;
+        self.queued_bytes = self.queue.iter().map(|i| charge(i.bytes().len())).sum();
+        self.data_count = self
+            .queue
+            .iter()
+            .filter(|i| matches!(i, Item::Data(..)))
+            .count();
     }
 }
 
@@ -125,7 +152,7 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a session waiting for the queue to shrink.
     drained: Notify,
-    /// Wakes a replay waiting for room for a data frame.
+    /// Wakes a replay waiting for the writer.
     room: Notify,
     /// Cancelled when the outbox closes: the session's reader stops with it.
     closed: CancellationToken,
@@ -192,6 +219,7 @@ impl Outbox {
                 if let Some(Item::Data(ep, old)) = inner.queue.remove(pos) {
                     inner.queued_bytes -= charge(old.len());
                     inner.data_count -= 1;
+                    inner.left += 1;
                     dropped += 1;
                     match inner.dropped.iter_mut().find(|(e, _)| *e == ep) {
                         Some((_, n)) => *n += 1,
@@ -208,13 +236,14 @@ impl Outbox {
     }
 
     /// Queues one replayed data frame of `endpoint` only if it fits without dropping
-    /// anything; `false` (nothing changed) otherwise, or when the outbox is closed.
-    pub fn push_if_room(&self, endpoint: &Arc<str>, frame: Bytes) -> bool {
+    /// anything and every frame queued before `after` (a [`Outbox::mark`]) has left the
+    /// queue; `false` (nothing changed) otherwise, or when the outbox is closed.
+    pub fn push_replayed(&self, endpoint: &Arc<str>, frame: Bytes, after: u64) -> bool {
         let cost = charge(frame.len());
         let wake;
         {
             let mut inner = self.lock();
-            if inner.closed || !self.fits(&inner, cost) {
+            if inner.closed || inner.left < after || !self.fits(&inner, cost) {
                 return false;
             }
             wake = inner.queue.is_empty() && inner.dropped.is_empty();
@@ -227,7 +256,7 @@ impl Outbox {
     }
 
     /// Waits until a data frame of `len` bytes fits without dropping anything
-    /// ([`Outbox::push_if_room`] would take it), or the outbox is closed.
+    /// ([`Outbox::push_replayed`] would take it), or the outbox is closed.
     pub async fn room(&self, len: usize) {
         let cost = charge(len);
         loop {
@@ -237,10 +266,46 @@ impl Outbox {
                 if inner.closed || self.fits(&inner, cost) {
                     return;
                 }
-                inner.wants_room = true;
+                inner.waiting = true;
             }
             notified.await;
         }
+    }
+
+    /// How many frames were queued so far: a position in the stream for [`Outbox::passed`].
+    pub fn mark(&self) -> u64 {
+        self.lock().pushed
+    }
+
+    /// Whether every frame queued before `mark` has left the queue (the writer took it, or it
+    /// was dropped), or the outbox is closed.
+    pub fn is_past(&self, mark: u64) -> bool {
+        let inner = self.lock();
+        inner.closed || inner.left >= mark
+    }
+
+    /// Waits until [`Outbox::is_past`] holds for `mark`.
+    pub async fn passed(&self, mark: u64) {
+        loop {
+            let notified = self.room.notified();
+            {
+                let mut inner = self.lock();
+                if inner.closed || inner.left >= mark {
+                    return;
+                }
+                inner.waiting = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Removes the queued data frames of `endpoint` and forgets its drops not yet announced:
+    /// a client that resumes gets them again from the history, or is told they are lost by
+    /// its `ack`. Frames the writer has taken are not touched.
+    pub fn purge(&self, endpoint: &str) {
+        let mut inner = self.lock();
+        inner.remove_data(|ep| &**ep == endpoint);
+        inner.dropped.retain(|(ep, _)| &**ep != endpoint);
     }
 
     /// Disconnects the client for lagging: discards every queued data frame, queues
@@ -254,11 +319,8 @@ impl Outbox {
     }
 
     fn close_with(&self, mut inner: std::sync::MutexGuard<'_, Inner>, farewell: Bytes) {
-        inner.queue.retain(|i| matches!(i, Item::Control(_)));
-        inner.queued_bytes = inner.queue.iter().map(|i| charge(i.bytes().len())).sum();
-        inner.data_count = 0;
-        inner.queued_bytes += charge(farewell.len());
-        inner.queue.push_back(Item::Control(farewell));
+        inner.remove_data(|_| true);
+        inner.push_control(farewell);
         inner.closed = true;
         drop(inner);
         self.closed.cancel();
@@ -277,8 +339,7 @@ impl Outbox {
                 return;
             }
             wake = inner.queue.is_empty() && inner.dropped.is_empty();
-            inner.queued_bytes += charge(frame.len());
-            inner.queue.push_back(Item::Control(frame));
+            inner.push_control(frame);
         }
         if wake {
             self.ready.notify_one();
@@ -340,7 +401,7 @@ impl Outbox {
             inner.in_flight = inner.in_flight.saturating_sub(bytes);
             (
                 inner.total() <= self.max_bytes,
-                std::mem::take(&mut inner.wants_room),
+                std::mem::take(&mut inner.waiting),
             )
         };
         if below {
@@ -377,6 +438,7 @@ impl Outbox {
                     }
                     inner.queued_bytes -= taken;
                     inner.in_flight += taken;
+                    inner.left += items.len() as u64;
                     if inner.queue.is_empty() && inner.queue.capacity() > KEEP_SLOTS {
                         inner.queue = VecDeque::new();
                     }
@@ -386,7 +448,7 @@ impl Outbox {
                         last: inner.closed && inner.queue.is_empty(),
                     };
                     // Fewer data frames wait: a replay may have room for one more.
-                    let room = std::mem::take(&mut inner.wants_room);
+                    let room = std::mem::take(&mut inner.waiting);
                     drop(inner);
                     if room {
                         self.room.notify_waiters();
@@ -552,5 +614,130 @@ mod tests {
         assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(1)]);
         assert!(b.last);
         assert!(o.take().await.last);
+    }
+
+    /// Whether `fut` is ready on its first poll.
+    fn ready_now(fut: impl std::future::Future<Output = ()>) -> bool {
+        let fut = std::pin::pin!(fut);
+        let waker = std::task::Waker::noop();
+        fut.poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    #[tokio::test]
+    async fn a_replayed_frame_is_only_queued_when_it_fits_and_never_drops_one() {
+        let o = Outbox::new(2, 1000);
+        assert!(o.push_replayed(&ep(), f(1), 0));
+        assert!(o.push_replayed(&ep(), f(2), 0));
+        assert!(!o.push_replayed(&ep(), f(3), 0), "no room for a third");
+        assert!(!ready_now(o.room(10)));
+        let b = o.take().await;
+        assert_eq!(b.frames().count(), 2);
+        assert!(b.lagged.is_empty(), "nothing was dropped");
+        // Taken: the count has room again (the bytes still count until released).
+        assert!(ready_now(o.room(10)));
+        let tight = Outbox::new(100, 3 * charge(10));
+        assert!(tight.push_replayed(&ep(), f(1), 0));
+        assert!(tight.push_replayed(&ep(), f(2), 0));
+        let b = tight.take().await;
+        assert!(tight.push_replayed(&ep(), f(3), 0), "one always fits");
+        assert!(!tight.push_replayed(&ep(), f(4), 0), "in flight counts");
+        tight.release(b.frames().map(|x| charge(x.len())).sum());
+        assert!(tight.push_replayed(&ep(), f(4), 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_replay_is_woken_when_the_writer_takes_or_writes() {
+        let o = Arc::new(Outbox::new(1, 1000));
+        push(&o, 1);
+        let waiter = tokio::spawn({
+            let o = Arc::clone(&o);
+            async move { o.room(10).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let b = o.take().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by take")
+            .unwrap();
+        o.release(b.frames().map(|x| charge(x.len())).sum());
+        // And a close wakes it too.
+        push(&o, 2);
+        let waiter = tokio::spawn({
+            let o = Arc::clone(&o);
+            async move { o.room(10).await }
+        });
+        tokio::task::yield_now().await;
+        o.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by close")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_mark_is_passed_once_the_writer_took_everything_before_it() {
+        let o = Outbox::new(10, 1000);
+        push(&o, 1);
+        o.push_control(f(2));
+        let mark = o.mark();
+        push(&o, 3);
+        assert!(!o.is_past(mark));
+        assert!(
+            !o.push_replayed(&ep(), f(4), mark),
+            "not before the mark is taken"
+        );
+        assert!(!ready_now(o.passed(mark)));
+        let b = o.take().await;
+        assert_eq!(b.frames().count(), 3);
+        assert!(o.is_past(mark));
+        assert!(ready_now(o.passed(mark)));
+        assert!(o.push_replayed(&ep(), f(4), mark));
+        // Dropped frames count as gone past too.
+        let d = Outbox::new(1, 1000);
+        push(&d, 1);
+        let mark = d.mark();
+        push(&d, 2);
+        assert!(d.is_past(mark), "1 was dropped for 2");
+    }
+
+    #[tokio::test]
+    async fn purge_removes_one_endpoints_queued_data_and_its_pending_drops() {
+        let o = Outbox::new(2, 1000);
+        let other: Arc<str> = Arc::from("other");
+        push(&o, 1);
+        push(&o, 2);
+        push(&o, 3); // drops 1
+        o.push_control(f(4));
+        assert_eq!(
+            o.push_data(&other, f(5), false, || f(99)),
+            Pushed::Queued(1)
+        );
+        let mark = o.mark();
+        o.purge("feed");
+        let b = o.take().await;
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(4), f(5)]);
+        assert!(b.lagged.is_empty(), "the drops of `feed` are forgotten");
+        assert!(o.is_past(mark), "purged frames left the queue");
+        o.release(b.frames().map(|x| charge(x.len())).sum());
+        assert_eq!(o.queued_bytes(), 0);
+        // The counts are right afterwards: two fit again.
+        push(&o, 6);
+        assert_eq!(push(&o, 7), Pushed::Queued(0));
+    }
+
+    #[tokio::test]
+    async fn disconnect_keeps_replies_and_ends_with_the_farewell() {
+        let o = Outbox::new(10, 1000);
+        push(&o, 1);
+        o.push_control(f(2));
+        push(&o, 3);
+        o.disconnect(f(99));
+        assert!(o.is_closed());
+        o.disconnect(f(98));
+        let b = o.take().await;
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(2), f(99)]);
+        assert!(b.last);
     }
 }
