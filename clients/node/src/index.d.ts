@@ -51,12 +51,67 @@ export interface ErrorEvent {
   [key: string]: unknown;
 }
 
+/** The daemon dropped messages of `endpoint` for this client (it read too slowly). */
+export interface LaggedEvent {
+  type: "lagged";
+  endpoint: string;
+  dropped: number;
+  /** Set when the client itself dropped them (events held back over `maxHeldBytes`, no history). */
+  client?: boolean;
+  [key: string]: unknown;
+}
+
+/** The connection to the daemon dropped; the client is reconnecting. */
+export interface DisconnectedEvent {
+  type: "disconnected";
+  reason: string;
+}
+
+/** How one endpoint came back after a reconnect, or after a resume. */
+export interface ResumeResult {
+  endpoint: string;
+  /** True when nothing after the last seq received was lost. */
+  recovered: boolean;
+  /** The first seq delivered now (absent from daemons without history). */
+  first_seq?: number;
+  /** The daemon refused the subscribe (the endpoint is forgotten then). */
+  error?: { code: string; message: string };
+}
+
+/**
+ * Reconnected, and every subscribe of the reconnect was answered; the events that arrived
+ * meanwhile follow.
+ */
+export interface ReconnectedEvent {
+  type: "reconnected";
+  /** The new connection's `welcome.epoch`. */
+  epoch?: string;
+  /** The daemon restarted (another epoch): seq numbers started again. */
+  new_epoch: boolean;
+  /** Every endpoint recovered. */
+  recovered: boolean;
+  endpoints: ResumeResult[];
+}
+
+/** An endpoint was resumed from the daemon's history after `lagged`. */
+export interface ResumedEvent extends ResumeResult {
+  type: "resumed";
+}
+
 export interface OtherEvent {
   type: string;
   [key: string]: unknown;
 }
 
-export type Event = MessageEvent | StateEvent | ErrorEvent | OtherEvent;
+export type Event =
+  | MessageEvent
+  | StateEvent
+  | ErrorEvent
+  | LaggedEvent
+  | DisconnectedEvent
+  | ReconnectedEvent
+  | ResumedEvent
+  | OtherEvent;
 
 export interface EndpointStatus {
   name: string;
@@ -79,6 +134,12 @@ export interface EndpointStatus {
   connections?: number;
   /** Topics of the endpoint (endpoints with topics configured), sorted by topic. */
   topics?: TopicStatus[];
+  /** Messages held in the endpoint's history now. */
+  history_messages?: number;
+  /** Bytes held in the endpoint's history now. */
+  history_bytes?: number;
+  /** The oldest seq the history holds; absent when it is empty. */
+  history_first_seq?: number;
   [key: string]: unknown;
 }
 
@@ -102,6 +163,8 @@ export interface Welcome {
   version: number;
   server: string;
   endpoints: { name: string; state: string }[];
+  /** New each time the daemon starts; absent from daemons without history. */
+  epoch?: string;
   [key: string]: unknown;
 }
 
@@ -125,6 +188,26 @@ export interface ConnectOptions {
    * file and its directory must belong to this user or root (see `checkSocketFile`).
    */
   daemonUid?: number;
+  /** Reconnect when the connection drops (default true); false: the client closes instead. */
+  reconnect?: boolean;
+  /** Resume from the daemon's history after `lagged` (default: the value of `reconnect`). */
+  resumeOnLagged?: boolean;
+  /** What `send` does while reconnecting: wait for the daemon (default) or fail at once. */
+  whenDisconnected?: "buffer" | "fail";
+  /** Encoded bytes of requests waiting for a reconnect (default 1 MiB). */
+  bufferBytes?: number;
+  /** Requests waiting for a reconnect (default 1000). */
+  bufferMessages?: number;
+  /** Sticky sends remembered per endpoint, to send again after a reconnect (default 1024). */
+  maxSticky?: number;
+  /** Their bytes per endpoint, data and undo plus 64 each (default 16 MiB). */
+  maxStickyBytes?: number;
+  /** Bytes of events held back while a reconnect's subscribes are answered (default 16 MiB). */
+  maxHeldBytes?: number;
+  /** First delay before reconnecting, in ms (default 100); doubles up to `reconnectMaxDelay`. */
+  reconnectDelay?: number;
+  /** Largest delay before reconnecting, in ms (default 1000); each is jittered to 50-100 %. */
+  reconnectMaxDelay?: number;
 }
 
 export interface TimeoutOption {
@@ -136,21 +219,50 @@ export interface TopicsOption extends TimeoutOption {
   topics?: Iterable<string>;
 }
 
+export interface SubscribeOptions extends TopicsOption {
+  /** Resume: the last seq of the endpoint the application processed (PROTOCOL.md 19). */
+  since?: number;
+  /** With `since`: the `welcome.epoch` it belongs to; absent: the daemon's current one. */
+  epoch?: string;
+}
+
+export interface SubscribeResult {
+  /** The first seq this subscription delivers (absent from daemons without history). */
+  firstSeq?: number;
+  /** With `since`: whether nothing after `since` was lost. */
+  recovered?: boolean;
+}
+
+export interface SendOptions extends TimeoutOption {
+  /** false: fail with `not_connected` if the endpoint is not open, instead of queueing. */
+  queue?: boolean;
+  /** Written again after every upstream reconnect while this client is connected. */
+  sticky?: boolean;
+  /** With `sticky`: written upstream when this client disconnects. */
+  undo?: string | Uint8Array | ArrayBuffer | ArrayBufferView;
+}
+
 export type Callback = (event: Event) => unknown;
 
 export function connect(options?: ConnectOptions): Promise<Client>;
 
 export class Client extends EventEmitter {
+  /** The latest welcome (a reconnect replaces it). */
   readonly welcome: Welcome;
   readonly endpoints: string[];
+  /** The daemon's epoch, from the latest welcome. */
+  readonly epoch: string | undefined;
+  /** Closed by `close()` or for good (not while reconnecting). */
   readonly closed: boolean;
+  /** A connection to the daemon is up now. */
+  readonly connected: boolean;
   readonly maxFrame: number;
   requestTimeout: number;
   waitClosed(): Promise<Error>;
-  subscribe(endpoint: string, callback?: Callback, options?: TopicsOption): Promise<void>;
-  subscribe(endpoint: string, options: TopicsOption): Promise<void>;
+  subscribe(endpoint: string, callback?: Callback, options?: SubscribeOptions): Promise<SubscribeResult>;
+  subscribe(endpoint: string, options: SubscribeOptions): Promise<SubscribeResult>;
   unsubscribe(endpoint: string, options?: TopicsOption): Promise<void>;
-  send(endpoint: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: TimeoutOption): Promise<Reply>;
+  send(endpoint: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: SendOptions): Promise<Reply>;
   status(options?: TimeoutOption): Promise<EndpointStatus[]>;
   /** Round trip in milliseconds. */
   ping(options?: TimeoutOption): Promise<number>;
@@ -163,6 +275,9 @@ export class Client extends EventEmitter {
   on(event: "state", listener: (event: StateEvent) => void): this;
   on(event: "message", listener: (event: MessageEvent) => void): this;
   on(event: "event", listener: (event: Event) => void): this;
+  on(event: "disconnected", listener: (event: DisconnectedEvent) => void): this;
+  on(event: "reconnected", listener: (event: ReconnectedEvent) => void): this;
+  on(event: "resumed", listener: (event: ResumedEvent) => void): this;
   on(event: "close", listener: (reason: Error) => void): this;
   on(event: "callbackError", listener: (error: unknown) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
@@ -184,6 +299,23 @@ export class WsmuxError extends Error {
 
 export class ConnectionClosedError extends Error {
   readonly code: "ERR_WSMUX_CLOSED";
+}
+
+/** The connection was lost before this request's reply: its outcome is unknown. */
+export class ConnectionLostError extends Error {
+  readonly code: "ERR_WSMUX_LOST";
+}
+
+/** A send while reconnecting, with `whenDisconnected: "fail"`. */
+export class NotConnectedError extends Error {
+  readonly code: "ERR_WSMUX_NOT_CONNECTED";
+}
+
+/** A bound of the client was reached; nothing was sent. */
+export class LimitError extends Error {
+  readonly code: "ERR_WSMUX_LIMIT";
+  /** The option naming the bound: `bufferBytes`, `bufferMessages`, `maxSticky`, `maxStickyBytes`. */
+  readonly limit: string;
 }
 
 export class TimeoutError extends Error {
@@ -216,7 +348,8 @@ export class FrameDecoder {
   constructor(maxFrame?: number);
   readonly maxFrame: number;
   readonly buffered: number;
-  push(chunk: Uint8Array): Record<string, unknown>[];
+  /** With `sizes`, each message's frame length is appended to it. */
+  push(chunk: Uint8Array, sizes?: number[]): Record<string, unknown>[];
 }
 
 export function encodeFrame(msg: Record<string, unknown>, maxFrame?: number): Buffer;

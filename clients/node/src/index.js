@@ -9,6 +9,9 @@
 //
 // Every frame is read as soon as it arrives; replies resolve the promise of their request
 // (matched by id) and events go to the subscription's callback or to the `events()` queue.
+// When the connection to the daemon drops, the client reconnects by itself, subscribes again
+// from where each endpoint's stream was (PROTOCOL.md section 19) and repeats its sticky
+// sends; the application sees `disconnected` and `reconnected` events.
 
 import { EventEmitter } from "node:events";
 import fs from "node:fs";
@@ -28,8 +31,10 @@ import {
   defaultSocketPath,
   encodeFrame,
   request,
+  subscribeFields,
   topicList,
 } from "./protocol.js";
+import { Backlog, Backoff, Holdings, StickyList } from "./state.js";
 
 export {
   DEFAULT_MAX_FRAME,
@@ -91,6 +96,41 @@ export class TimeoutError extends Error {
     super(message);
     this.name = "TimeoutError";
     this.code = "ERR_WSMUX_TIMEOUT";
+  }
+}
+
+/**
+ * The connection to the daemon was lost while this request was waiting for its reply: its
+ * outcome is unknown (a send may or may not have been written upstream). It is not retried.
+ * The client itself reconnects.
+ */
+export class ConnectionLostError extends Error {
+  constructor(message, { cause } = {}) {
+    super(message, { cause });
+    this.name = "ConnectionLostError";
+    this.code = "ERR_WSMUX_LOST";
+  }
+}
+
+/** A send while the client is reconnecting, with `whenDisconnected: "fail"`. */
+export class NotConnectedError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "NotConnectedError";
+    this.code = "ERR_WSMUX_NOT_CONNECTED";
+  }
+}
+
+/**
+ * A bound of the client was reached (nothing was sent): `limit` names the option, e.g.
+ * `bufferBytes`, `bufferMessages`, `maxSticky` or `maxStickyBytes`.
+ */
+export class LimitError extends Error {
+  constructor(limit, message) {
+    super(message);
+    this.name = "LimitError";
+    this.code = "ERR_WSMUX_LIMIT";
+    this.limit = limit;
   }
 }
 
@@ -185,40 +225,104 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+const MIB = 1024 * 1024;
+
+/** Errors of a connection attempt that another attempt would meet again: not retried. */
+const permanent = new WeakSet();
+
+/** The options of `connect`, defaulted and checked. */
+function clientOptions(options) {
+  const reconnect = options.reconnect ?? true;
+  const o = {
+    socket: options.socket || defaultSocketPath(),
+    clientName: options.clientName ?? `wsmux-node/${VERSION}`,
+    timeout: options.timeout ?? 10000,
+    requestTimeout: options.requestTimeout ?? 30000,
+    maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
+    expectedUid: expectedDaemonUid(options.daemonUid),
+    reconnect: Boolean(reconnect),
+    resumeOnLagged: Boolean(options.resumeOnLagged ?? reconnect),
+    whenDisconnected: options.whenDisconnected ?? "buffer",
+    bufferBytes: options.bufferBytes ?? MIB,
+    bufferMessages: options.bufferMessages ?? 1000,
+    maxSticky: options.maxSticky ?? 1024,
+    maxStickyBytes: options.maxStickyBytes ?? 16 * MIB,
+    maxHeldBytes: options.maxHeldBytes ?? 16 * MIB,
+    reconnectDelay: options.reconnectDelay ?? 100,
+    reconnectMaxDelay: options.reconnectMaxDelay ?? 1000,
+  };
+  if (o.whenDisconnected !== "buffer" && o.whenDisconnected !== "fail") {
+    throw new TypeError(`whenDisconnected must be "buffer" or "fail", not ${JSON.stringify(o.whenDisconnected)}`);
+  }
+  for (const key of ["bufferBytes", "bufferMessages", "maxSticky", "maxStickyBytes", "maxHeldBytes"]) {
+    if (!Number.isSafeInteger(o[key]) || o[key] < 0) throw new TypeError(`${key} must be a non-negative integer`);
+  }
+  if (!(o.reconnectDelay > 0) || !(o.reconnectMaxDelay >= o.reconnectDelay)) {
+    throw new TypeError("reconnectDelay and reconnectMaxDelay must be milliseconds with 0 < reconnectDelay <= reconnectMaxDelay");
+  }
+  return o;
+}
+
 /**
  * Connects to the daemon, sends `hello` and waits for `welcome`.
  *
  * @param {object} [options]
  * @param {string} [options.socket] socket path (default: `defaultSocketPath()`)
  * @param {string} [options.clientName] name shown in the daemon's logs
- * @param {number} [options.timeout=10000] ms allowed for connecting and the handshake
+ * @param {number} [options.timeout=10000] ms allowed for connecting and the handshake (each
+ *   reconnect attempt too)
  * @param {number} [options.requestTimeout=30000] default ms allowed for each reply
  * @param {number} [options.maxFrame] largest frame body accepted (default 16 MiB)
  * @param {number} [options.daemonUid] one more uid the daemon may run as (default
  *   `$WSMUX_DAEMON_UID`); otherwise the socket must belong to this user or root
+ * @param {boolean} [options.reconnect=true] reconnect when the connection drops; `false`:
+ *   the client closes instead
+ * @param {boolean} [options.resumeOnLagged] resume from the daemon's history after `lagged`
+ *   (default: the value of `reconnect`)
+ * @param {"buffer"|"fail"} [options.whenDisconnected="buffer"] what `send` does while the
+ *   client is reconnecting
+ * @param {number} [options.bufferBytes=1048576] encoded bytes of requests waiting for a
+ *   reconnect
+ * @param {number} [options.bufferMessages=1000] number of requests waiting for a reconnect
+ * @param {number} [options.maxSticky=1024] sticky sends remembered per endpoint
+ * @param {number} [options.maxStickyBytes=16777216] their bytes per endpoint
+ * @param {number} [options.maxHeldBytes=16777216] bytes of events held back while a
+ *   reconnect's subscribes are answered
+ * @param {number} [options.reconnectDelay=100] first delay before reconnecting, in ms
+ * @param {number} [options.reconnectMaxDelay=1000] largest delay, in ms
  * @returns {Promise<Client>}
  */
 export async function connect(options = {}) {
-  const socketPath = options.socket || defaultSocketPath();
-  const maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
+  const opts = clientOptions(options);
+  return new Client(await openLink(opts), opts);
+}
+
+/**
+ * Opens one connection: checks the socket file, connects, sends `hello` and waits for
+ * `welcome`. Resolves with `{sock, decoder, welcome, rest}` (`rest`: the frames that came with
+ * the welcome, as `[msg, size]`), the socket paused. `track(sock)` is told the socket while
+ * the attempt is under way (and `null` after), so that `close()` can end it.
+ */
+async function openLink(o, track = () => {}) {
   // Before connecting, and again once connected (the file must still be the same one).
-  const expectedUid = expectedDaemonUid(options.daemonUid);
-  const identity = checkSocketFile(socketPath, expectedUid);
-  const sock = net.createConnection({ path: socketPath });
-  const decoder = new FrameDecoder(maxFrame);
+  const identity = checkSocketFile(o.socket, o.expectedUid);
+  const sock = net.createConnection({ path: o.socket });
+  track(sock);
+  const decoder = new FrameDecoder(o.maxFrame);
   const handshake = new Promise((resolve, reject) => {
     const onError = (err) => {
       cleanup();
       if (["ENOENT", "ECONNREFUSED", "EACCES", "ENOTDIR"].includes(err.code)) {
-        reject(new DaemonUnavailableError(socketPath, err));
+        reject(new DaemonUnavailableError(o.socket, err));
       } else {
         reject(err);
       }
     };
     const onData = (chunk) => {
       let msgs;
+      const sizes = [];
       try {
-        msgs = decoder.push(chunk);
+        msgs = decoder.push(chunk, sizes);
       } catch (err) {
         cleanup();
         reject(err);
@@ -227,7 +331,7 @@ export async function connect(options = {}) {
       if (msgs.length === 0) return;
       cleanup();
       sock.pause(); // keep further data until the Client attaches its reader
-      resolve(msgs);
+      resolve(msgs.map((msg, i) => [msg, sizes[i]]));
     };
     const onEnd = () => {
       cleanup();
@@ -245,12 +349,12 @@ export async function connect(options = {}) {
     sock.on("close", onEnd);
     sock.once("connect", () => {
       try {
-        const now = checkSocketFile(socketPath, expectedUid);
+        const now = checkSocketFile(o.socket, o.expectedUid);
         if (identity && (!now || now.dev !== identity.dev || now.ino !== identity.ino)) {
-          throw new UntrustedDaemonError(socketPath, {
+          throw new UntrustedDaemonError(o.socket, {
             reason: "the socket file was replaced while connecting",
             ownUid: process.geteuid(),
-            expectedUid,
+            expectedUid: o.expectedUid,
           });
         }
       } catch (err) {
@@ -258,117 +362,145 @@ export async function connect(options = {}) {
         reject(err);
         return;
       }
-      const hello = request("hello", undefined, {
-        version: PROTOCOL_VERSION,
-        client: options.clientName ?? `wsmux-node/${VERSION}`,
-      });
+      const hello = request("hello", undefined, { version: PROTOCOL_VERSION, client: o.clientName });
       // If the daemon refused us right away (permission_denied, too_many_clients), the write
       // may fail but its error frame is still read above.
-      sock.write(encodeFrame(hello, maxFrame), () => {});
+      sock.write(encodeFrame(hello, o.maxFrame), () => {});
     });
   });
   let frames;
   try {
-    frames = await withTimeout(handshake, options.timeout ?? 10000, "connecting to wsmuxd");
+    frames = await withTimeout(handshake, o.timeout, "connecting to wsmuxd");
   } catch (err) {
     sock.destroy();
     throw err;
+  } finally {
+    track(null);
   }
-  const [welcome, ...rest] = frames;
+  const [[welcome], ...rest] = frames;
+  let refusal;
   if (welcome.type === "error") {
-    sock.destroy();
-    throw WsmuxError.fromFrame(welcome);
+    refusal = WsmuxError.fromFrame(welcome);
+    if (refusal.code === "permission_denied" || refusal.code === "unsupported_version") permanent.add(refusal);
+  } else if (welcome.type !== "welcome") {
+    refusal = new ProtocolError(`expected welcome, got ${welcome.type}`);
+  } else if (welcome.version !== PROTOCOL_VERSION) {
+    refusal = new ProtocolError(`the daemon speaks protocol version ${welcome.version}`);
+    permanent.add(refusal);
   }
-  if (welcome.type !== "welcome") {
+  if (refusal) {
     sock.destroy();
-    throw new ProtocolError(`expected welcome, got ${welcome.type}`);
+    throw refusal;
   }
-  if (welcome.version !== PROTOCOL_VERSION) {
-    sock.destroy();
-    throw new ProtocolError(`the daemon speaks protocol version ${welcome.version}`);
-  }
-  return new Client(sock, decoder, welcome, rest, options);
+  return { sock, decoder, welcome, rest };
+}
+
+/** Events that are also emitted under their own name (besides `"event"`). */
+const NAMED_EVENTS = new Set(["state", "message", "disconnected", "reconnected", "resumed"]);
+
+/** An application's `data`: a string (text) or bytes (binary), as sent on the wire. */
+function asData(data, what) {
+  if (typeof data === "string") return data;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError(`${what} must be a string (text) or a Uint8Array/Buffer (binary)`);
 }
 
 /**
- * A connection to wsmuxd. Create it with `connect()`.
+ * A connection to wsmuxd that reconnects by itself. Create it with `connect()`.
  *
- * Emits `"state"` (every state event), `"message"` (every message event), `"event"` (every
- * event) as notifications, and `"close"` (with the reason) when the connection ends. These
- * listeners do not consume events: events of an endpoint subscribed with a callback go to that
- * callback, all others are queued for `events()`.
+ * Emits `"state"`, `"message"`, `"disconnected"`, `"reconnected"` and `"resumed"` (each event
+ * of that type), `"event"` (every event) as notifications, and `"close"` (with the reason)
+ * when the client closes. These listeners do not consume events: events of an endpoint
+ * subscribed with a callback go to that callback, all others are queued for `events()`.
  */
 export class Client extends EventEmitter {
-  #sock;
-  #decoder;
+  /** The options of `connect`, checked. */
+  #opts;
+  /** The current connection `{sock, decoder, welcome}`; null while reconnecting or closed. */
+  #link = null;
+  /** The socket of a reconnect attempt under way, to end on close(). */
+  #connecting = null;
   #nextId = 1;
+  /** id -> request the application waits for (written or in the backlog). */
   #pending = new Map();
-  // What to do when a subscribe/unsubscribe is acked, before the frames after the ack are
-  // routed; by id, kept after a timeout so that a late ack still updates #held.
-  #onAck = new Map();
-  // Per endpoint, what this connection holds: {whole, topics: Map(topic -> last topic_seq)}.
-  #held = new Map();
+  /** id -> request written on the current connection and not answered yet. */
+  #inflight = new Map();
+  /** Requests waiting for a connection. */
+  #backlog;
+  /** What is held per endpoint and where each stream is: the state a reconnect restores. */
+  #holdings = new Holdings();
+  /** The sticky sends to make again on a new connection. */
+  #sticky;
+  #backoff;
   #callbacks = new Map();
   #queue = [];
   #waiters = [];
-  #lastSeq = new Map();
+  /** While a reconnect's subscribes are unanswered: `{waiting, endpoints, errors, ...}`. */
+  #resync = null;
+  /** Events held back until the reconnect's subscribes are answered: `[event, size]`. */
+  #held = [];
+  #heldBytes = 0;
+  /** endpoint -> waiters of subscribes made while disconnected (answered by the resubscribe). */
+  #folded = new Map();
+  /** Waiters of unsubscribes made while disconnected (done once reconnected). */
+  #reconnectWaiters = [];
+  /** The application was told `disconnected` and not yet `reconnected`. */
+  #disconnected = false;
+  /** The fatal error frame of the current connection, the reason it is about to end. */
+  #fatal = null;
+  /** Ends the backoff delay under way. */
+  #wake = null;
   #closed = false;
   #closeReason = null;
   #closedPromise;
   #resolveClosed;
 
-  constructor(sock, decoder, welcome, earlyFrames = [], options = {}) {
+  constructor(link, opts) {
     super();
-    this.#sock = sock;
-    this.#decoder = decoder;
-    /** The daemon's welcome: `{type, version, server, endpoints: [{name, state}]}`. */
-    this.welcome = welcome;
-    this.maxFrame = decoder.maxFrame;
-    this.requestTimeout = options.requestTimeout ?? 30000;
+    this.#opts = opts;
+    this.maxFrame = opts.maxFrame;
+    this.requestTimeout = opts.requestTimeout;
+    this.#backoff = new Backoff({ initial: opts.reconnectDelay, max: opts.reconnectMaxDelay });
+    this.#backlog = new Backlog({ maxBytes: opts.bufferBytes, maxMessages: opts.bufferMessages });
+    this.#sticky = new StickyList({ maxMessages: opts.maxSticky, maxBytes: opts.maxStickyBytes });
     this.#closedPromise = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
-    sock.on("data", (chunk) => {
-      let msgs;
-      try {
-        msgs = this.#decoder.push(chunk);
-      } catch (err) {
-        this.#finish(err);
-        sock.destroy();
-        return;
-      }
-      for (const msg of msgs) this.#route(msg);
-    });
-    sock.on("error", (err) => this.#finish(new ConnectionClosedError(`connection lost: ${err.message}`)));
-    sock.on("end", () => {
-      if (this.#decoder.buffered) this.#finish(new ProtocolError("the connection ended inside a frame"));
-      this.#finish(new ConnectionClosedError("the daemon closed the connection"));
-    });
-    sock.on("close", () => this.#finish(new ConnectionClosedError("the connection was closed")));
-    for (const msg of earlyFrames) this.#route(msg);
-    sock.resume();
+    this.#attach(link, false);
   }
 
-  /** Names of the endpoints configured in the daemon (from `welcome`). */
+  /** Names of the endpoints configured in the daemon (from the latest `welcome`). */
   get endpoints() {
     return (this.welcome.endpoints ?? []).map((e) => e.name);
   }
 
-  /** Whether the connection has ended. */
+  /** The daemon's epoch (from the latest `welcome`; new each time the daemon starts). */
+  get epoch() {
+    return this.welcome.epoch;
+  }
+
+  /** Whether the client has closed (by `close()`, or for good); not while reconnecting. */
   get closed() {
     return this.#closed;
   }
 
-  /** Resolves with the reason once the connection has ended. */
+  /** Whether a connection to the daemon is up now (false while reconnecting). */
+  get connected() {
+    return this.#link !== null;
+  }
+
+  /** Resolves with the reason once the client has closed. */
   waitClosed() {
     return this.#closedPromise;
   }
 
   /**
-   * Subscribes to `endpoint`, or to some of its `topics`, and resolves on the ack. A `state`
-   * event with the current state follows, then messages and state changes. With `callback`,
-   * the events of `endpoint` are passed to it (synchronously, in order) instead of being
-   * queued for `events()`; one callback serves the endpoint (a later one replaces it).
+   * Subscribes to `endpoint`, or to some of its `topics`, and resolves on the ack with
+   * `{firstSeq, recovered}`. A `state` event with the current state follows, then messages and
+   * state changes. With `callback`, the events of `endpoint` are passed to it (synchronously,
+   * in order) instead of being queued for `events()`; one callback serves the endpoint (a
+   * later one replaces it).
    *
    * `topics` (an array of strings; endpoints with `[endpoints.NAME.topics]`) adds those topics
    * to what this connection holds on the endpoint: only their messages come (and, unless the
@@ -376,6 +508,12 @@ export class Client extends EventEmitter {
    * message of the endpoint comes. Refusals reject with a WsmuxError whose `code` is
    * `topics_unsupported`, `invalid_topic` or `too_many_topics`; the upstream's refusal of a
    * topic comes later as an `error` event with `code: "topic_rejected"` and `topic`.
+   *
+   * `since` (the last seq the application processed) resumes from the daemon's history, and
+   * `epoch` names the daemon run it belongs to (PROTOCOL.md section 19): `recovered` then
+   * says whether nothing after `since` was lost, and `firstSeq` is the first seq that comes.
+   * While the client is reconnecting, the subscription is added to what it holds at once and
+   * made by the reconnect; the promise resolves with that answer.
    *
    * Called as `subscribe(endpoint, callback?, options?)` or `subscribe(endpoint, options)`.
    */
@@ -387,10 +525,25 @@ export class Client extends EventEmitter {
     }
     const { timeout } = options;
     const topics = topicList(options.topics);
+    const fields = subscribeFields(endpoint, topics, options.since, options.epoch);
+    if (this.#closed) throw this.#closedError();
+    if (!this.#link) return this.#subscribeLater(fields, callback, timeout);
     const previous = this.#callbacks.get(endpoint);
     if (callback) this.#callbacks.set(endpoint, callback);
     try {
-      await this.#request("subscribe", { endpoint, topics }, { timeout }, () => this.#subscribed(endpoint, topics));
+      const ack = await this.#request("subscribe", fields, { timeout }, {
+        onWrite: (entry) => {
+          if (fields.since !== undefined) this.#holdings.openSeam(endpoint, entry.id, fields.since);
+        },
+        // Before the frames that follow the ack are routed.
+        onReply: (reply, entry) => {
+          this.#holdings.closeSeam(endpoint, entry.id);
+          if (reply.type !== "ack") return;
+          this.#holdings.add(endpoint, topics);
+          this.#holdings.acked(endpoint, reply, fields.since, fields.epoch);
+        },
+      });
+      return { firstSeq: ack.first_seq, recovered: ack.recovered };
     } catch (err) {
       if (callback) {
         if (previous) this.#callbacks.set(endpoint, previous);
@@ -400,32 +553,76 @@ export class Client extends EventEmitter {
     }
   }
 
+  // A subscribe while reconnecting: added to the holdings now, made by the reconnect.
+  #subscribeLater({ endpoint, topics, since, epoch }, callback, timeout) {
+    if (callback) this.#callbacks.set(endpoint, callback);
+    this.#holdings.add(endpoint, topics);
+    if (since !== undefined) this.#holdings.setPosition(endpoint, since, epoch);
+    let list = this.#folded.get(endpoint);
+    if (!list) this.#folded.set(endpoint, (list = []));
+    return this.#wait(list, timeout, `subscribe to ${endpoint}`, "it stays subscribed and is made once the daemon is back");
+  }
+
   /**
    * Unsubscribes from `endpoint` (everything), or from some of its `topics`, and resolves on
    * the ack. Once nothing is held on the endpoint, no event of it follows the ack and its
    * callback is not called again. Topics not held are ignored; `not_subscribed` means nothing
-   * at all was held on the endpoint.
+   * at all was held on the endpoint. While the client is reconnecting, what it holds changes
+   * at once (no event of it is delivered any more) and the promise resolves once reconnected.
    */
   async unsubscribe(endpoint, { timeout, topics } = {}) {
     const dropped = topicList(topics);
-    await this.#request("unsubscribe", { endpoint, topics: dropped }, { timeout }, () => {
+    if (this.#closed) throw this.#closedError();
+    if (!this.#link && this.#holdings.holds(endpoint)) {
       this.#unsubscribed(endpoint, dropped);
-      if (!this.#held.has(endpoint)) this.#callbacks.delete(endpoint);
+      await this.#wait(this.#reconnectWaiters, timeout, `unsubscribe from ${endpoint}`, "it is unsubscribed all the same");
+      return;
+    }
+    await this.#request("unsubscribe", { endpoint, topics: dropped }, { timeout }, {
+      onReply: (reply) => {
+        if (reply.type === "ack") this.#unsubscribed(endpoint, dropped);
+      },
     });
   }
 
   /**
    * Sends one message upstream: a string as a text message, a Uint8Array (or Buffer) as a
    * binary message. Resolves with the ack once the daemon has written it to the upstream
-   * WebSocket; rejects with a WsmuxError whose `.code` is e.g. `not_connected`.
+   * WebSocket (or `{queued: true}` when the endpoint is down and the daemon holds it); rejects
+   * with a WsmuxError whose `.code` is e.g. `not_connected`.
+   *
+   * `sticky: true` (with an optional `undo`) makes the daemon write it again after every
+   * upstream reconnect while this client is connected; the client sends it again itself after
+   * reconnecting to the daemon. `queue: false` fails at once if the endpoint is not open.
+   * While the client is reconnecting, the send waits for the daemon (`whenDisconnected:
+   * "buffer"`, bounded by `bufferBytes`/`bufferMessages`) or fails with NotConnectedError
+   * (`"fail"`).
    */
-  async send(endpoint, data, { timeout } = {}) {
-    if (typeof data !== "string") {
-      if (data instanceof ArrayBuffer) data = new Uint8Array(data);
-      else if (ArrayBuffer.isView(data)) data = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      else throw new TypeError("data must be a string (text) or a Uint8Array/Buffer (binary)");
+  async send(endpoint, data, { timeout, queue, sticky = false, undo } = {}) {
+    data = asData(data, "data");
+    if (undo !== undefined && undo !== null) {
+      if (!sticky) throw new TypeError("undo is only meaningful with sticky: true");
+      undo = asData(undo, "undo");
+    } else {
+      undo = undefined;
     }
-    return this.request("send", { endpoint, data }, { timeout });
+    if (!sticky) {
+      return this.#request("send", { endpoint, data, queue: queue === undefined ? undefined : Boolean(queue) }, { timeout });
+    }
+    // Kept to be sent again after a reconnect: copies, in case the caller reuses its buffers.
+    if (typeof data !== "string") data = Uint8Array.from(data);
+    if (undo !== undefined && typeof undo !== "string") undo = Uint8Array.from(undo);
+    const token = this.#sticky.reserve(endpoint, data, undo);
+    if (token.limit) throw new LimitError(token.limit, `the sticky send was not made: ${token.message}`);
+    const fields = { endpoint, data, queue: queue === undefined ? undefined : Boolean(queue), sticky: true, undo };
+    return this.#request("send", fields, { timeout }, {
+      onReply: (reply) => {
+        // A send_failed sticky message stays sticky in the daemon (PROTOCOL.md 7.1).
+        if (reply.type === "ack" || reply.code === "send_failed") this.#sticky.add(token, data, undo);
+        else this.#sticky.release(token);
+      },
+      onDrop: () => this.#sticky.release(token),
+    });
   }
 
   /** Resolves with the status of every endpoint (EndpointStatus objects, PROTOCOL.md 7.2). */
@@ -444,37 +641,114 @@ export class Client extends EventEmitter {
   /**
    * Sends any request with a fresh id and resolves with its reply (`ack`, `status`, `pong`,
    * ...); rejects with WsmuxError on an `error` reply. Requests added to the protocol later can
-   * be made with it before this package knows them.
+   * be made with it before this package knows them. While the client is reconnecting, the
+   * request waits for the daemon (within its timeout).
    */
   request(type, fields = {}, { timeout } = {}) {
-    return this.#request(type, fields, { timeout }, undefined);
+    return this.#request(type, fields, { timeout });
   }
 
-  #request(type, fields, { timeout }, onAck) {
-    if (this.#closed) return Promise.reject(this.#closedError());
+  // A request of the application. `hooks`: `onWrite(entry)` when it is written,
+  // `onReply(reply, entry)` when its reply arrives (before the frames after it are routed,
+  // also after a timeout), `onDrop(entry)` when no reply will ever come.
+  #request(type, fields, { timeout }, hooks = {}) {
+    if (this.#closed) {
+      hooks.onDrop?.();
+      return Promise.reject(this.#closedError());
+    }
     const id = this.#nextId++;
     let frame;
     try {
       frame = encodeFrame(request(type, id, fields), this.maxFrame);
     } catch (err) {
+      hooks.onDrop?.();
       return Promise.reject(err);
     }
+    const entry = { id, type, frame, hooks };
     const reply = new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
+      entry.resolve = resolve;
+      entry.reject = reject;
     });
-    if (onAck) this.#onAck.set(id, onAck);
-    this.#sock.write(frame);
+    if (this.#link) {
+      this.#write(entry);
+    } else if (type === "send" && this.#opts.whenDisconnected === "fail") {
+      hooks.onDrop?.();
+      return Promise.reject(
+        new NotConnectedError(
+          `not connected to the daemon (reconnecting to ${this.#opts.socket}): the send was not made (whenDisconnected = "fail")`,
+        ),
+      );
+    } else {
+      const full = this.#backlog.push(entry, frame.length);
+      if (full) {
+        hooks.onDrop?.();
+        return Promise.reject(new LimitError(full.limit, `the ${type} was not made while reconnecting: ${full.message}`));
+      }
+    }
+    this.#pending.set(id, entry);
     const ms = timeout ?? this.requestTimeout;
-    return withTimeout(reply, ms, `no reply to ${type} (id ${id}) from the daemon`)
-      .finally(() => this.#pending.delete(id))
-      .then((msg) => {
-        if (msg.type === "error") throw WsmuxError.fromFrame(msg);
-        return msg;
-      });
+    if (Number.isFinite(ms)) entry.timer = setTimeout(() => this.#timedOut(entry, ms), ms);
+    return reply.then((msg) => {
+      if (msg.type === "error") throw WsmuxError.fromFrame(msg);
+      return msg;
+    });
+  }
+
+  // A request of the client itself (resubscribe, resume, sticky re-send): written now.
+  #internal(type, fields, hooks) {
+    const id = this.#nextId++;
+    const entry = { id, type, hooks };
+    try {
+      entry.frame = encodeFrame(request(type, id, fields), this.maxFrame);
+    } catch (err) {
+      hooks.onReply?.({ type: "error", id, code: "too_large", message: err.message }, entry);
+      return;
+    }
+    this.#write(entry);
+  }
+
+  #write(entry) {
+    this.#inflight.set(entry.id, entry);
+    entry.hooks.onWrite?.(entry);
+    this.#link.sock.write(entry.frame);
+    entry.frame = undefined;
+  }
+
+  #timedOut(entry, ms) {
+    if (this.#pending.get(entry.id) !== entry) return;
+    this.#pending.delete(entry.id);
+    const unsent = this.#backlog.remove(entry);
+    if (unsent) entry.hooks.onDrop?.(entry);
+    const note = unsent ? " (the client was reconnecting: it was not sent, and never will be)" : "";
+    entry.reject(new TimeoutError(`timed out: no reply to ${entry.type} (id ${entry.id}) from the daemon within ${ms} ms${note}`));
+  }
+
+  // Resolves (with what the reconnect answers) or rejects on timeout; `list` holds the waiter.
+  #wait(list, timeout, what, note) {
+    return new Promise((resolve, reject) => {
+      const waiter = { settled: false };
+      const settle = (fn) => (value) => {
+        if (waiter.settled) return;
+        waiter.settled = true;
+        clearTimeout(waiter.timer);
+        fn(value);
+      };
+      waiter.resolve = settle(resolve);
+      waiter.reject = settle(reject);
+      const ms = timeout ?? this.requestTimeout;
+      if (Number.isFinite(ms)) {
+        waiter.timer = setTimeout(() => {
+          const i = list.indexOf(waiter);
+          if (i >= 0) list.splice(i, 1);
+          waiter.reject(new TimeoutError(`timed out: ${what}: the daemon was not back within ${ms} ms (${note})`));
+        }, ms);
+      }
+      list.push(waiter);
+    });
   }
 
   /**
-   * The next queued event, or `null` once the connection has ended and every event was taken.
+   * The next queued event, or `null` once the client has closed and every event was taken.
    * Rejects with TimeoutError after `timeout` ms if given.
    */
   nextEvent({ timeout } = {}) {
@@ -498,10 +772,12 @@ export class Client extends EventEmitter {
    * arrival order: `{type: "message", endpoint, seq, data, missed, topic?, topic_seq?}`,
    * `{type: "state", endpoint, state, attempt?, retry_in_ms?, reason?}`, `{type: "error",
    * code, message, endpoint?, topic?}` (e.g. `lagged`, or `topic_rejected`: the upstream
-   * refused `topic`) and frames of types added later. `data` is a string for a text message
-   * and a Uint8Array for a binary one; `missed` counts messages this connection missed just
-   * before this one (of the endpoint, or of the topic for a subscription to topics only).
-   * Ends when the connection ends. `timeout` bounds each wait.
+   * refused `topic`), `{type: "disconnected", reason}`, `{type: "reconnected", epoch,
+   * new_epoch, recovered, endpoints}`, `{type: "resumed", endpoint, recovered, first_seq}` and
+   * frames of types added later. `data` is a string for a text message and a Uint8Array for a
+   * binary one; `missed` counts messages missed just before this one (of the endpoint, or of
+   * the topic for a subscription to topics only). Ends when the client closes. `timeout`
+   * bounds each wait.
    */
   async *events({ timeout } = {}) {
     for (;;) {
@@ -522,13 +798,12 @@ export class Client extends EventEmitter {
     return withTimeout(wait, timeout, `${endpoint} did not reach ${state}`);
   }
 
-  /** Closes the connection; pending requests reject with ConnectionClosedError. */
+  /**
+   * Closes the client: stops reconnecting, rejects waiting requests with
+   * ConnectionClosedError, ends the event stream.
+   */
   async close() {
-    if (!this.#closed) {
-      this.#closeReason = new ConnectionClosedError("closed by the client");
-      this.#sock.end();
-      this.#sock.destroy();
-    }
+    this.#finish(new ConnectionClosedError("closed by the client"));
     await this.#closedPromise;
   }
 
@@ -536,26 +811,318 @@ export class Client extends EventEmitter {
     return new ConnectionClosedError(`the connection to the daemon ended: ${this.#closeReason?.message}`);
   }
 
-  #route(msg) {
+  // Takes `link` as the current connection: reads it, and after a reconnect restores what
+  // the client holds.
+  #attach(link, reconnected) {
+    const { sock, decoder } = link;
+    this.#link = link;
+    this.#fatal = null;
+    sock.on("data", (chunk) => {
+      const sizes = [];
+      let msgs;
+      try {
+        msgs = decoder.push(chunk, sizes);
+      } catch (err) {
+        this.#lost(link, err);
+        return;
+      }
+      for (let i = 0; i < msgs.length && this.#link === link; i++) this.#route(msgs[i], sizes[i]);
+    });
+    sock.on("error", (err) => this.#lost(link, new ConnectionClosedError(`connection lost: ${err.message}`)));
+    sock.on("end", () => {
+      const why = decoder.buffered
+        ? new ProtocolError("the connection ended inside a frame")
+        : new ConnectionClosedError("the daemon closed the connection");
+      this.#lost(link, why);
+    });
+    sock.on("close", () => this.#lost(link, new ConnectionClosedError("the connection was closed")));
+    /** The daemon's latest welcome: `{type, version, server, endpoints: [{name, state}], epoch}`. */
+    this.welcome = link.welcome;
+    const newEpoch = this.#holdings.connected(link.welcome.epoch);
+    if (reconnected) this.#resubscribe(link, newEpoch);
+    for (const [msg, size] of link.rest) if (this.#link === link) this.#route(msg, size);
+    sock.resume();
+  }
+
+  // The connection `link` ended (`reason`): reconnect, or close without `reconnect`.
+  #lost(link, reason) {
+    if (link !== this.#link || this.#closed) return;
+    this.#link = null;
+    link.sock.destroy();
+    const why = this.#fatal ?? reason;
+    this.#fatal = null;
+    if (!this.#opts.reconnect) {
+      this.#finish(why);
+      return;
+    }
+    this.#holdings.clearSeams();
+    const inflight = [...this.#inflight.values()];
+    this.#inflight.clear();
+    for (const entry of inflight) {
+      entry.hooks.onDrop?.(entry);
+      if (this.#pending.get(entry.id) !== entry) continue;
+      this.#pending.delete(entry.id);
+      clearTimeout(entry.timer);
+      const upstream = entry.type === "send" ? " (the message may or may not have been written upstream)" : "";
+      const message =
+        `the connection to the daemon was lost (${why.message}) before the reply to ${entry.type} ` +
+        `(id ${entry.id}): its outcome is unknown${upstream}; it is not retried`;
+      entry.reject(new ConnectionLostError(message, { cause: why }));
+    }
+    if (this.#resync) {
+      clearTimeout(this.#resync.timer);
+      this.#resync = null; // the events it held stay held, for the next reconnect
+    }
+    if (!this.#disconnected) {
+      this.#disconnected = true;
+      this.#deliver({ type: "disconnected", reason: why.message });
+    }
+    if (!this.#closed) {
+      this.#reconnectLoop().catch((err) => this.#finish(err));
+    }
+  }
+
+  async #reconnectLoop() {
+    while (!this.#closed) {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, this.#backoff.next());
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#wake = null;
+      if (this.#closed) return;
+      let link;
+      try {
+        link = await openLink(this.#opts, (sock) => {
+          this.#connecting = sock;
+        });
+      } catch (err) {
+        if (this.#closed) return;
+        // An untrusted socket, a refused uid or another protocol version: not retried.
+        if (err instanceof UntrustedDaemonError || permanent.has(err)) {
+          this.#finish(err);
+          return;
+        }
+        continue;
+      }
+      if (this.#closed) {
+        link.sock.destroy();
+        return;
+      }
+      this.#attach(link, true);
+      return;
+    }
+  }
+
+  // On a new connection: every holding's subscribe (with since/epoch), then the sticky sends,
+  // then the requests that waited. `reconnected` follows once every subscribe is answered.
+  #resubscribe(link, newEpoch) {
+    const resync = { waiting: 0, endpoints: new Map(), errors: new Map(), epoch: link.welcome.epoch, newEpoch };
+    this.#resync = resync;
+    for (const { endpoint, fields, last } of this.#holdings.resubscribes()) {
+      const waiters = last ? (this.#folded.get(endpoint) ?? []) : [];
+      if (last) this.#folded.delete(endpoint);
+      resync.waiting += 1;
+      this.#internal("subscribe", fields, {
+        onWrite: (entry) => {
+          if (fields.since !== undefined) this.#holdings.openSeam(endpoint, entry.id, fields.since);
+        },
+        onReply: (reply, entry) => this.#resubscribed(resync, fields, last ? waiters : undefined, reply, entry),
+        onDrop: () => this.#refold(endpoint, waiters),
+      });
+    }
+    for (const sticky of this.#sticky.entries()) {
+      const fields = { endpoint: sticky.endpoint, data: sticky.data, sticky: true, undo: sticky.undo };
+      this.#internal("send", fields, {
+        onReply: (reply) => {
+          if (reply.type !== "error") return;
+          if (reply.code !== "send_failed") this.#sticky.remove(sticky);
+          const message = `a sticky message could not be sent again after reconnecting: ${reply.message}`;
+          this.#emitEvent({ type: "error", code: String(reply.code), message, endpoint: sticky.endpoint });
+        },
+      });
+    }
+    for (const entry of this.#backlog.drain()) this.#write(entry);
+    const ms = this.requestTimeout;
+    if (Number.isFinite(ms)) {
+      resync.timer = setTimeout(() => {
+        this.#lost(link, new TimeoutError(`timed out: the daemon did not answer the subscribes of a reconnect within ${ms} ms`));
+      }, ms);
+    }
+    if (resync.waiting === 0) this.#resynced(resync);
+  }
+
+  #resubscribed(resync, fields, waiters, reply, entry) {
+    const { endpoint } = fields;
+    this.#holdings.closeSeam(endpoint, entry.id);
+    if (reply.type === "ack") {
+      this.#holdings.acked(endpoint, reply, fields.since, fields.epoch);
+      if (!resync.endpoints.has(endpoint)) {
+        const result = { endpoint, recovered: reply.recovered === true, first_seq: reply.first_seq };
+        resync.endpoints.set(endpoint, Object.assign(result, { ack: reply }));
+      }
+    } else {
+      // Refused (e.g. the endpoint was removed by a reload): reported, and forgotten.
+      const error = { code: String(reply.code), message: String(reply.message ?? "") };
+      const result = resync.endpoints.get(endpoint) ?? { endpoint, first_seq: undefined };
+      resync.endpoints.set(endpoint, Object.assign(result, { recovered: false, error }));
+      resync.errors.set(endpoint, WsmuxError.fromFrame(reply));
+      this.#unsubscribed(endpoint, fields.topics);
+    }
+    if (waiters) {
+      const result = resync.endpoints.get(endpoint);
+      const error = resync.errors.get(endpoint);
+      for (const waiter of waiters) {
+        if (error) waiter.reject(error);
+        else waiter.resolve({ firstSeq: result.ack.first_seq, recovered: result.ack.recovered });
+      }
+    }
+    resync.waiting -= 1;
+    if (resync.waiting === 0 && this.#resync === resync) this.#resynced(resync);
+  }
+
+  // A reconnect's subscribe will not be answered (the connection dropped again): its folded
+  // subscribes wait for the next one.
+  #refold(endpoint, waiters) {
+    const open = waiters.filter((w) => !w.settled);
+    if (open.length === 0 || !this.#holdings.holds(endpoint)) return;
+    const list = this.#folded.get(endpoint) ?? [];
+    this.#folded.set(endpoint, [...open, ...list]);
+  }
+
+  // Every subscribe of the reconnect is answered: `reconnected`, then the events held back.
+  #resynced(resync) {
+    clearTimeout(resync.timer);
+    this.#resync = null;
+    this.#backoff.reset();
+    this.#disconnected = false;
+    const endpoints = [...resync.endpoints.values()].map(({ ack, ...entry }) => entry);
+    const recovered = endpoints.every((e) => e.recovered);
+    const held = this.#held;
+    this.#held = [];
+    this.#heldBytes = 0;
+    this.#deliver({ type: "reconnected", epoch: resync.epoch, new_epoch: resync.newEpoch, recovered, endpoints });
+    for (const [event] of held) {
+      if (this.#closed) return;
+      this.#deliver(event);
+    }
+    for (const waiter of this.#reconnectWaiters.splice(0)) waiter.resolve();
+  }
+
+  #route(msg, size = 0) {
     if (REPLY_TYPES.has(msg.type) && typeof msg.id === "number") {
-      const onAck = this.#onAck.get(msg.id);
-      this.#onAck.delete(msg.id);
-      if (onAck && msg.type === "ack") onAck(); // before the frames that follow the ack
+      const entry = this.#inflight.get(msg.id);
+      if (entry) {
+        this.#inflight.delete(msg.id);
+        entry.hooks.onReply?.(msg, entry); // before the frames that follow the reply
+      }
       // Replies nobody waits for any more (e.g. after a timeout) are ignored.
-      this.#pending.get(msg.id)?.resolve(msg);
+      if (entry && this.#pending.get(msg.id) === entry) {
+        this.#pending.delete(msg.id);
+        clearTimeout(entry.timer);
+        entry.resolve(msg);
+      }
       return;
     }
     if (REPLY_TYPES.has(msg.type) && msg.type !== "error") return;
-    if (msg.type === "message") msg.missed = this.#missed(msg);
-    if (msg.type === "error" && FATAL_CODES.has(msg.code)) {
-      this.#closeReason = WsmuxError.fromFrame(msg);
+    if (msg.type === "error" && FATAL_CODES.has(msg.code)) this.#fatal = WsmuxError.fromFrame(msg);
+    if (msg.type === "message" && typeof msg.endpoint === "string") {
+      if (!this.#admit(msg, size)) return;
+    } else if (msg.type === "lagged" && typeof msg.endpoint === "string" && this.#opts.resumeOnLagged) {
+      this.#resume(msg.endpoint); // at once, before further messages of the endpoint
     }
-    this.emit("event", msg);
-    if (msg.type === "state" || msg.type === "message") this.emit(msg.type, msg);
-    const callback = typeof msg.endpoint === "string" ? this.#callbacks.get(msg.endpoint) : undefined;
+    this.#emitEvent(msg, size);
+  }
+
+  // Whether to take a message: not if the seam rule discards it, nor if it would overflow
+  // the events held back during a reconnect (then it is fetched again by a resume).
+  #admit(msg, size) {
+    if (this.#resync && this.#heldBytes + size > this.#opts.maxHeldBytes && !this.#holdings.discards(msg)) {
+      if (!this.#resume(msg.endpoint)) this.#heldDrop(msg.endpoint);
+      return false;
+    }
+    return this.#holdings.message(msg);
+  }
+
+  // A message dropped from the held-back events that cannot be fetched again (the daemon
+  // keeps no history): announced like the daemon's own `lagged`.
+  #heldDrop(endpoint) {
+    const last = this.#held.at(-1)?.[0];
+    if (last?.type === "lagged" && last.endpoint === endpoint && last.client) last.dropped += 1;
+    else this.#held.push([{ type: "lagged", endpoint, dropped: 1, client: true }, 0]);
+  }
+
+  // Resumes `endpoint` from the last seq received (after `lagged`); false if it cannot.
+  #resume(endpoint) {
+    const fields = this.#holdings.resume(endpoint);
+    const link = this.#link;
+    if (!fields || !link) return false;
+    let timer;
+    this.#internal("subscribe", fields, {
+      onWrite: (entry) => {
+        this.#holdings.openSeam(endpoint, entry.id, fields.since);
+        const ms = this.requestTimeout;
+        if (!Number.isFinite(ms)) return;
+        // Without the answer the seam never ends: start again on a new connection.
+        timer = setTimeout(() => {
+          this.#lost(link, new TimeoutError(`timed out: the daemon did not answer the resume of ${endpoint} within ${ms} ms`));
+        }, ms);
+      },
+      onReply: (reply, entry) => {
+        clearTimeout(timer);
+        this.#resumed(fields, reply, entry);
+      },
+      onDrop: () => clearTimeout(timer),
+    });
+    return true;
+  }
+
+  #resumed(fields, reply, entry) {
+    const { endpoint } = fields;
+    this.#holdings.closeSeam(endpoint, entry.id);
+    let event;
+    if (reply.type === "ack") {
+      this.#holdings.acked(endpoint, reply, fields.since, fields.epoch);
+      event = { type: "resumed", endpoint, recovered: reply.recovered === true, first_seq: reply.first_seq };
+    } else {
+      const error = { code: String(reply.code), message: String(reply.message ?? "") };
+      event = { type: "resumed", endpoint, recovered: false, first_seq: undefined, error };
+      if (reply.code === "unknown_endpoint") this.#unsubscribed(endpoint, undefined);
+    }
+    this.#emitEvent(event);
+  }
+
+  // What an unsubscribe removed is gone: once nothing is held on the endpoint, none of its
+  // events is delivered any more (not even those held back) and its callback goes.
+  #unsubscribed(endpoint, topics) {
+    if (this.#holdings.remove(endpoint, topics)) return;
+    this.#callbacks.delete(endpoint);
+    this.#held = this.#held.filter(([event]) => event.endpoint !== endpoint);
+    this.#heldBytes = this.#held.reduce((sum, [, size]) => sum + size, 0);
+    const folded = this.#folded.get(endpoint) ?? [];
+    this.#folded.delete(endpoint);
+    for (const waiter of folded) waiter.resolve({ firstSeq: undefined, recovered: undefined });
+  }
+
+  // Delivers an event, or holds it back while a reconnect's subscribes are unanswered.
+  #emitEvent(event, size = 0) {
+    if (this.#resync) {
+      this.#held.push([event, size]);
+      this.#heldBytes += size;
+      return;
+    }
+    this.#deliver(event);
+  }
+
+  #deliver(event) {
+    this.emit("event", event);
+    if (NAMED_EVENTS.has(event.type)) this.emit(event.type, event);
+    const callback = typeof event.endpoint === "string" ? this.#callbacks.get(event.endpoint) : undefined;
     if (callback) {
       try {
-        const result = callback(msg);
+        const result = callback(event);
         if (result && typeof result.then === "function") {
           result.then(undefined, (err) => this.#callbackFailed(err));
         }
@@ -565,47 +1132,8 @@ export class Client extends EventEmitter {
       return;
     }
     const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(msg);
-    else this.#queue.push(msg);
-  }
-
-  // How many messages this connection missed just before `msg`: the seq gap for a
-  // subscription to the whole endpoint; for one to topics only, the gap in the topic_seq of
-  // msg's topic (other topics' messages are not missed, they are not wanted).
-  #missed(msg) {
-    let missed = gap(this.#lastSeq.get(msg.endpoint), msg.seq);
-    this.#lastSeq.set(msg.endpoint, msg.seq);
-    const held = this.#held.get(msg.endpoint);
-    if (held && !held.whole) {
-      missed = 0;
-      const { topic, topic_seq: topicSeq } = msg;
-      if (typeof topic === "string" && Number.isSafeInteger(topicSeq) && held.topics.has(topic)) {
-        missed = gap(held.topics.get(topic), topicSeq);
-        held.topics.set(topic, topicSeq);
-      }
-    }
-    return missed;
-  }
-
-  #subscribed(endpoint, topics) {
-    let held = this.#held.get(endpoint);
-    if (!held) {
-      held = { whole: false, topics: new Map() };
-      this.#held.set(endpoint, held);
-    }
-    if (topics === undefined) held.whole = true;
-    else for (const topic of topics) if (!held.topics.has(topic)) held.topics.set(topic, undefined);
-  }
-
-  #unsubscribed(endpoint, topics) {
-    const held = this.#held.get(endpoint);
-    if (held && topics !== undefined) {
-      for (const topic of topics) held.topics.delete(topic);
-      if (held.whole || held.topics.size > 0) return;
-    }
-    // Nothing held any more: a later subscription starts afresh, without a seq gap.
-    this.#held.delete(endpoint);
-    this.#lastSeq.delete(endpoint);
+    if (waiter) waiter.resolve(event);
+    else this.#queue.push(event);
   }
 
   #callbackFailed(err) {
@@ -616,17 +1144,30 @@ export class Client extends EventEmitter {
   #finish(reason) {
     if (this.#closed) return;
     this.#closed = true;
-    if (!this.#closeReason) this.#closeReason = reason;
-    for (const { reject } of this.#pending.values()) reject(this.#closedError());
+    this.#closeReason = reason;
+    this.#wake?.();
+    this.#connecting?.destroy();
+    const link = this.#link;
+    this.#link = null;
+    link?.sock.destroy();
+    if (this.#resync) clearTimeout(this.#resync.timer);
+    this.#resync = null;
+    this.#held = [];
+    this.#heldBytes = 0;
+    const err = this.#closedError();
+    for (const entry of this.#pending.values()) {
+      clearTimeout(entry.timer);
+      entry.reject(err);
+    }
     this.#pending.clear();
-    this.#onAck.clear();
+    for (const entry of this.#inflight.values()) entry.hooks.onDrop?.(entry);
+    this.#inflight.clear();
+    for (const entry of this.#backlog.drain()) entry.hooks.onDrop?.(entry);
+    for (const waiter of [...this.#folded.values()].flat()) waiter.reject(err);
+    this.#folded.clear();
+    for (const waiter of this.#reconnectWaiters.splice(0)) waiter.reject(err);
     for (const waiter of this.#waiters.splice(0)) waiter.resolve(null);
-    this.#sock.destroy();
     this.emit("close", this.#closeReason);
     this.#resolveClosed(this.#closeReason);
   }
-}
-
-function gap(last, now) {
-  return last !== undefined && now > last + 1 ? now - last - 1 : 0;
 }

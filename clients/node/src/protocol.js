@@ -89,6 +89,22 @@ export function topicList(topics) {
   return out;
 }
 
+/**
+ * The fields of a `subscribe` in wire order: `endpoint`, `topics`, `since`, `epoch` (absent
+ * ones left out). `since` is the last seq processed (a non-negative integer); `epoch` the
+ * `welcome.epoch` it belongs to, only with `since` (PROTOCOL.md section 19.3).
+ */
+export function subscribeFields(endpoint, topics, since, epoch) {
+  if (since !== undefined && since !== null && !(Number.isSafeInteger(since) && since >= 0)) {
+    throw new TypeError(`since must be a seq (a non-negative integer), not ${describe(since)}`);
+  }
+  if (epoch !== undefined && epoch !== null) {
+    if (typeof epoch !== "string") throw new TypeError(`epoch must be a string (a welcome's epoch), not ${describe(epoch)}`);
+    if (since === undefined || since === null) throw new TypeError("epoch is only meaningful with since");
+  }
+  return { endpoint, topics, since: since ?? undefined, epoch: epoch ?? undefined };
+}
+
 function describe(value) {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
@@ -168,7 +184,8 @@ export function decodeFrame(frame, maxFrame = DEFAULT_MAX_FRAME) {
 
 /**
  * Cuts frames out of a byte stream that arrives in arbitrary pieces. `push(chunk)` returns the
- * messages completed by that chunk (possibly none, possibly several).
+ * messages completed by that chunk (possibly none, possibly several); with `sizes` (an array),
+ * it also appends each one's frame length (header included) to it.
  */
 export class FrameDecoder {
   constructor(maxFrame = DEFAULT_MAX_FRAME) {
@@ -177,7 +194,7 @@ export class FrameDecoder {
     this.buffered = 0;
   }
 
-  push(chunk) {
+  push(chunk, sizes) {
     if (chunk.length > 0) {
       this.chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
       this.buffered += chunk.length;
@@ -194,6 +211,7 @@ export class FrameDecoder {
       if (this.buffered < HEADER_LEN + length) break;
       const frame = this.#take(HEADER_LEN + length);
       out.push(decodeBody(frame.subarray(HEADER_LEN)));
+      sizes?.push(frame.length);
     }
     return out;
   }

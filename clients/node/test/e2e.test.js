@@ -21,8 +21,8 @@ afterEach(async () => {
 const isText = (event) => event.type === "message" && typeof event.data === "string";
 const json = (event) => JSON.parse(event.data);
 
-test("subscribe, ticks, send and echo, status, ping, shutdown", async () => {
-  const client = await connect({ socket: daemon.socket, clientName: "node-test" });
+test("subscribe, ticks, send and echo, status, ping, shutdown without reconnect", async () => {
+  const client = await connect({ socket: daemon.socket, clientName: "node-test", reconnect: false });
   assert.deepEqual(client.endpoints, ["demo"]);
   const states = [];
   client.on("state", (event) => states.push(event.state));

@@ -7,6 +7,7 @@ import path from "node:path";
 import { test } from "node:test";
 
 import { FrameDecoder, decodeFrame, defaultSocketPath, encodeFrame, ProtocolError } from "../src/index.js";
+import { request, subscribeFields } from "../src/protocol.js";
 import { VECTORS_DIR, fromJson, loadVectors } from "../testlib/daemon.js";
 
 const cases = loadVectors();
@@ -34,6 +35,19 @@ for (const c of cases) {
     }
   });
 }
+
+test("the client's resume subscribes are the vectors' bytes", () => {
+  for (const name of ["subscribe_since", "subscribe_since_no_epoch", "subscribe_topics_since"]) {
+    const c = cases.find((x) => x.name === name);
+    const { id, endpoint, topics, since, epoch } = c.message;
+    const frame = encodeFrame(request("subscribe", id, subscribeFields(endpoint, topics, since, epoch)));
+    assert.deepEqual(new Uint8Array(frame), read(c), name);
+  }
+  assert.throws(() => subscribeFields("feed", undefined, undefined, "e"), /epoch is only meaningful with since/);
+  assert.throws(() => subscribeFields("feed", undefined, -1), /since must be a seq/);
+  assert.throws(() => subscribeFields("feed", undefined, 1.5), /since must be a seq/);
+  assert.throws(() => subscribeFields("feed", undefined, 1, 7), /epoch must be a string/);
+});
 
 // Decoded bin values may be views into the frame; compare them as plain Uint8Arrays.
 function normalise(value) {

@@ -56,6 +56,7 @@ function canConnect(socketPath) {
 /**
  * Starts `wsmuxd --demo --socket <tmpdir>/s.sock`, or with `config` (TOML text) `wsmuxd
  * --config <tmpdir>/wsmux.toml --socket <tmpdir>/s.sock`, and waits until it listens.
+ * `terminate()` stops it with SIGTERM, `start()` starts a new one on the same socket.
  */
 export async function startDaemon({ config } = {}) {
   const bin = daemonBinary();
@@ -70,33 +71,47 @@ export async function startDaemon({ config } = {}) {
     fs.writeFileSync(configPath, config);
     mode = ["--config", configPath];
   }
-  const child = spawn(bin, [...mode, "--socket", socket], { env, stdio: ["ignore", "pipe", "pipe"] });
   let log = "";
-  child.stdout.on("data", (d) => (log += d));
-  child.stderr.on("data", (d) => (log += d));
-  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  let child;
+  let exited;
+  const running = () => child.exitCode === null && child.signalCode === null;
   const daemon = {
     socket,
     dir,
-    child,
+    get child() {
+      return child;
+    },
     log: () => log,
+    /** Starts a daemon (again) and resolves with `performance.now()` once it listens. */
+    async start() {
+      child = spawn(bin, [...mode, "--socket", socket], { env, stdio: ["ignore", "pipe", "pipe"] });
+      child.stdout.on("data", (d) => (log += d));
+      child.stderr.on("data", (d) => (log += d));
+      exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+      const deadline = Date.now() + 15000;
+      while (Date.now() < deadline) {
+        if (!running()) throw new Error(`wsmuxd exited with ${child.exitCode}:\n${log}`);
+        if (fs.existsSync(socket) && (await canConnect(socket))) return performance.now();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      throw new Error(`wsmuxd did not listen on ${socket} within 15 s:\n${log}`);
+    },
     /** Sends SIGTERM and resolves with the exit code. */
     async terminate() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      if (running()) child.kill("SIGTERM");
       return (await exited).code;
     },
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      if (child && running()) child.kill("SIGKILL");
       await exited;
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
-  const deadline = Date.now() + 15000;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`wsmuxd exited with ${child.exitCode}:\n${log}`);
-    if (fs.existsSync(socket) && (await canConnect(socket))) return daemon;
-    await new Promise((r) => setTimeout(r, 20));
+  try {
+    await daemon.start();
+  } catch (err) {
+    await daemon.stop();
+    throw err;
   }
-  await daemon.stop();
-  throw new Error(`wsmuxd did not listen on ${socket} within 15 s:\n${log}`);
+  return daemon;
 }

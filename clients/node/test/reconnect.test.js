@@ -1,0 +1,322 @@
+// Reconnect and resume against a scripted daemon on a real Unix socket: the exact order of
+// what the client writes after a reconnect, the events held back until `reconnected`, the
+// requests in flight when the connection drops, and the seam rule after `lagged`. The frames
+// a real daemon sends in these cases depend on timing; here the script fixes them.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+
+import { ConnectionLostError, FrameDecoder, TimeoutError, connect, encodeFrame } from "../src/index.js";
+
+const TIMEOUT = 5000;
+
+let dir;
+before(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "wsmux-node-reconnect-"));
+});
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/**
+ * A scripted daemon: greets every connection with a welcome of `epoch`, then the test drives
+ * it: `accepted()` resolves with the next connection, whose `next()` resolves with the next
+ * request and `send(msg, ...)` writes frames in one write.
+ */
+async function scriptedDaemon(name, epoch) {
+  const socket = path.join(dir, `${name}.sock`);
+  const waiting = [];
+  const ready = [];
+  const server = net.createServer((sock) => {
+    const decoder = new FrameDecoder();
+    const requests = [];
+    const wanted = [];
+    const conn = {
+      sock,
+      send: (...msgs) => sock.write(Buffer.concat(msgs.map((m) => encodeFrame(m)))),
+      next: () =>
+        requests.length > 0
+          ? Promise.resolve(requests.shift())
+          : new Promise((resolve, reject) => {
+              const timer = setTimeout(() => reject(new Error("no request from the client")), TIMEOUT);
+              wanted.push((msg) => {
+                clearTimeout(timer);
+                resolve(msg);
+              });
+            }),
+      kill: () => sock.destroy(),
+    };
+    sock.on("data", (chunk) => {
+      for (const msg of decoder.push(chunk)) {
+        if (msg.type === "hello") {
+          conn.send({ type: "welcome", version: 1, server: "scripted", endpoints: [{ name: "feed", state: "open" }], epoch });
+          const take = waiting.shift();
+          if (take) take(conn);
+          else ready.push(conn);
+          continue;
+        }
+        const want = wanted.shift();
+        if (want) want(msg);
+        else requests.push(msg);
+      }
+    });
+    sock.on("error", () => {});
+  });
+  await new Promise((resolve) => server.listen(socket, resolve));
+  return {
+    socket,
+    accepted: () => (ready.length > 0 ? Promise.resolve(ready.shift()) : new Promise((resolve) => waiting.push(resolve))),
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+
+/** Runs `body(daemon, client)` with a scripted daemon and a client of it; closes both after. */
+async function withClient(name, options, body) {
+  const daemon = await scriptedDaemon(name, "A");
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 10, reconnectMaxDelay: 20, ...options });
+  try {
+    await body(daemon, client);
+  } finally {
+    await client.close();
+    await daemon.close();
+  }
+}
+
+const message = (seq, endpoint = "feed") => ({ type: "message", endpoint, seq, data: `m${seq}` });
+const state = (endpoint = "feed") => ({ type: "state", endpoint, state: "open" });
+
+/** A request without its id, for comparing. */
+const strip = ({ id, ...rest }) => rest;
+
+/** Reads `count` events from the iterator. */
+async function take(client, count) {
+  const out = [];
+  while (out.length < count) out.push(await client.nextEvent({ timeout: TIMEOUT }));
+  return out;
+}
+
+const brief = (e) => (e.type === "message" ? `${e.endpoint}:${e.seq}` : e.type);
+
+test("after a reconnect: subscribes with since, sticky, buffered sends, and held events after reconnected", () =>
+  withClient("order", {}, async (daemon, client) => {
+    const one = await daemon.accepted();
+    const subscribed = client.subscribe("feed");
+    const sub = await one.next();
+    one.send({ type: "ack", id: sub.id, first_seq: 1 }, state(), message(1), message(2));
+    assert.deepEqual(await subscribed, { firstSeq: 1, recovered: undefined });
+    const other = client.subscribe("other", { topics: ["t"] });
+    const otherSub = await one.next();
+    one.send({ type: "ack", id: otherSub.id, first_seq: 10 });
+    await other;
+    const sticky = client.send("feed", "sub", { sticky: true, undo: "unsub" });
+    one.send({ type: "ack", id: (await one.next()).id });
+    await sticky;
+    // A request in flight when the connection drops fails: its outcome is unknown.
+    const status = client.status();
+    assert.equal((await one.next()).type, "status");
+    assert.deepEqual((await take(client, 3)).map(brief), ["state", "feed:1", "feed:2"]);
+    one.kill();
+    await assert.rejects(status, (err) => {
+      assert.ok(err instanceof ConnectionLostError, err);
+      assert.match(err.message, /lost .* before the reply to status .*outcome is unknown/);
+      return true;
+    });
+    assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+    // While disconnected: a send waits in the buffer; one that waits too long is never sent.
+    const expired = client.send("feed", "expires", { timeout: 1 });
+    await assert.rejects(expired, (err) => err instanceof TimeoutError && /never will be/.test(err.message));
+    const buffered = client.send("feed", "while down");
+
+    const two = await daemon.accepted();
+    const requests = [];
+    for (let i = 0; i < 4; i++) requests.push(await two.next());
+    assert.deepEqual(requests.map(strip), [
+      { type: "subscribe", endpoint: "feed", since: 2, epoch: "A" },
+      { type: "subscribe", endpoint: "other", topics: ["t"], since: 9, epoch: "A" },
+      { type: "send", endpoint: "feed", data: "sub", sticky: true, undo: "unsub" },
+      { type: "send", endpoint: "feed", data: "while down" },
+    ]);
+    const [feedSub, otherResub, , send] = requests;
+    // feed is answered, then one of its messages arrives before other's answer: held back.
+    two.send({ type: "ack", id: feedSub.id, recovered: true, first_seq: 3 }, state(), message(3));
+    two.send({ type: "ack", id: send.id });
+    assert.equal((await buffered).type, "ack"); // replies do not wait for the resubscribes
+    two.send({ type: "ack", id: otherResub.id, recovered: true, first_seq: 10 }, message(4));
+    const [reconnected, ...rest] = await take(client, 4);
+    assert.deepEqual(reconnected, {
+      type: "reconnected",
+      epoch: "A",
+      new_epoch: false,
+      recovered: true,
+      endpoints: [
+        { endpoint: "feed", recovered: true, first_seq: 3 },
+        { endpoint: "other", recovered: true, first_seq: 10 },
+      ],
+    });
+    assert.deepEqual(rest.map(brief), ["state", "feed:3", "feed:4"]);
+    assert.deepEqual(
+      rest.filter((e) => e.type === "message").map((e) => e.missed),
+      [0, 0],
+    );
+  }));
+
+test("a refused resubscribe is reported and forgotten; a subscribe made while down is answered by the reconnect", () =>
+  withClient("refused", {}, async (daemon, client) => {
+    const one = await daemon.accepted();
+    const subscribed = client.subscribe("gone");
+    one.send({ type: "ack", id: (await one.next()).id, first_seq: 5 });
+    await subscribed;
+    one.kill();
+    assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+    const later = client.subscribe("feed", { since: 41, epoch: "A" });
+
+    const two = await daemon.accepted();
+    const gone = await two.next();
+    const feed = await two.next();
+    assert.deepEqual([gone, feed].map(strip), [
+      { type: "subscribe", endpoint: "gone", since: 4, epoch: "A" },
+      { type: "subscribe", endpoint: "feed", since: 41, epoch: "A" },
+    ]);
+    two.send(
+      { type: "error", id: gone.id, code: "unknown_endpoint", message: "no endpoint named `gone`" },
+      { type: "ack", id: feed.id, recovered: false, first_seq: 50 },
+    );
+    assert.deepEqual(await later, { firstSeq: 50, recovered: false });
+    const reconnected = await client.nextEvent({ timeout: TIMEOUT });
+    assert.equal(reconnected.recovered, false);
+    assert.deepEqual(reconnected.endpoints, [
+      {
+        endpoint: "gone",
+        recovered: false,
+        first_seq: undefined,
+        error: { code: "unknown_endpoint", message: "no endpoint named `gone`" },
+      },
+      { endpoint: "feed", recovered: false, first_seq: 50 },
+    ]);
+    // The refused endpoint is not asked for again.
+    two.kill();
+    const three = await daemon.accepted();
+    assert.deepEqual(strip(await three.next()), { type: "subscribe", endpoint: "feed", since: 41, epoch: "A" });
+  }));
+
+test("lagged: the resume goes out at once, the seam is discarded, every seq comes once", () =>
+  withClient("lagged", {}, async (daemon, client) => {
+    const conn = await daemon.accepted();
+    const got = [];
+    const subscribed = client.subscribe("feed", (event) => got.push(event));
+    conn.send({ type: "ack", id: (await conn.next()).id, first_seq: 1 }, state(), message(1), message(2));
+    await subscribed;
+    // 3 and 4 were dropped; 5 and 6 were queued behind the lagged.
+    conn.send({ type: "lagged", endpoint: "feed", dropped: 2 }, message(5), message(6));
+    const resume = await conn.next();
+    assert.deepEqual(strip(resume), { type: "subscribe", endpoint: "feed", since: 2, epoch: "A" });
+    conn.send(message(7), { type: "ack", id: resume.id, recovered: true, first_seq: 3 }, state());
+    conn.send(...[3, 4, 5, 6, 7, 8].map((seq) => message(seq)));
+    const pong = client.ping();
+    conn.send({ type: "pong", id: (await conn.next()).id });
+    await pong;
+    assert.deepEqual(got.map(brief), [
+      "state",
+      "feed:1",
+      "feed:2",
+      "lagged",
+      "resumed",
+      "state",
+      "feed:3",
+      "feed:4",
+      "feed:5",
+      "feed:6",
+      "feed:7",
+      "feed:8",
+    ]);
+    const resumed = got.find((e) => e.type === "resumed");
+    assert.deepEqual(resumed, { type: "resumed", endpoint: "feed", recovered: true, first_seq: 3 });
+    assert.ok(got.filter((e) => e.type === "message").every((e) => e.missed === 0));
+  }));
+
+test("close() during the backoff returns at once and fails what waits", async () => {
+  const daemon = await scriptedDaemon("close", "A");
+  // Long delays: the client is in its backoff sleep when closed.
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 5000, reconnectMaxDelay: 5000 });
+  try {
+    (await daemon.accepted()).kill();
+    assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+    const waiting = client.ping();
+    const started = performance.now();
+    await client.close();
+    assert.ok(performance.now() - started < 1000);
+    await assert.rejects(waiting, /closed by the client/);
+    assert.equal(await client.nextEvent(), null);
+    assert.ok(client.closed);
+  } finally {
+    await daemon.close();
+  }
+});
+
+test("events held back past maxHeldBytes are fetched again by a resume, not lost", () =>
+  withClient("held", { maxHeldBytes: 120 }, async (daemon, client) => {
+    const one = await daemon.accepted();
+    for (const endpoint of ["feed", "other"]) {
+      const subscribed = client.subscribe(endpoint);
+      one.send({ type: "ack", id: (await one.next()).id, first_seq: 1 });
+      await subscribed;
+    }
+    one.send(message(1));
+    one.kill();
+    const two = await daemon.accepted();
+    const [feed, other] = [await two.next(), await two.next()];
+    assert.deepEqual([feed, other].map(strip), [
+      { type: "subscribe", endpoint: "feed", since: 1, epoch: "A" },
+      { type: "subscribe", endpoint: "other", since: 0, epoch: "A" },
+    ]);
+    // feed is answered and replays while other's answer is still to come.
+    two.send({ type: "ack", id: feed.id, recovered: true, first_seq: 2 }, ...range(2, 12).map((seq) => message(seq)));
+    const resume = await two.next();
+    const { since } = resume;
+    assert.deepEqual(strip(resume), { type: "subscribe", endpoint: "feed", since, epoch: "A" });
+    assert.ok(since >= 2 && since < 12, `${since}`);
+    two.send({ type: "ack", id: other.id, recovered: true, first_seq: 1 });
+    two.send({ type: "ack", id: resume.id, recovered: true, first_seq: since + 1 }, ...range(since + 1, 12).map((seq) => message(seq)));
+    const events = await take(client, 3 + (since - 1) + 1 + (12 - since));
+    assert.deepEqual(events.map(brief), [
+      "feed:1",
+      "disconnected",
+      "reconnected",
+      ...range(2, since).map((seq) => `feed:${seq}`),
+      "resumed",
+      ...range(since + 1, 12).map((seq) => `feed:${seq}`),
+    ]);
+  }));
+
+test("every reconnect checks the socket again: an untrusted one closes the client", async () => {
+  const daemon = await scriptedDaemon("trust", "A");
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 50, reconnectMaxDelay: 50 });
+  try {
+    const conn = await daemon.accepted();
+    const stopped = daemon.close(); // done once its last connection ends
+    // Someone else's socket now answers at the path: here, a symbolic link to another one.
+    const other = await scriptedDaemon("trust-other", "B");
+    fs.rmSync(daemon.socket, { force: true });
+    fs.symlinkSync(other.socket, daemon.socket);
+    conn.kill();
+    await stopped;
+    const reason = await withDeadline(client.waitClosed());
+    assert.equal(reason.code, "ERR_WSMUX_UNTRUSTED");
+    assert.match(reason.message, /symbolic link/);
+    await other.close();
+  } finally {
+    await client.close();
+  }
+});
+
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+function withDeadline(promise) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error("timed out")), TIMEOUT);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
