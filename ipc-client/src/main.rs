@@ -25,9 +25,37 @@ use wsmux_client::{
     SubscribeOptions,
 };
 
+/// What `wsmux --help` shows after the options.
+const AFTER_HELP: &str = "\
+Examples:
+  wsmux status                                  every endpoint's state and counters
+  wsmux subscribe demo                          JSON lines: state changes and messages
+  wsmux subscribe demo --topic BTC-USD          only that topic's messages
+  wsmux subscribe demo --since 1041             resume after seq 1041 from the history
+  wsmux send demo '{\"op\":\"ping\"}'             one message upstream, once it is written
+  wsmux wait demo --state open --timeout 30s    for start-up scripts
+  echo hello | wsmux bridge demo                stdin lines up, messages down
+
+subscribe, bridge and wait reconnect by themselves when the daemon restarts
+(--no-reconnect exits instead); the other commands do not.
+
+Exit codes:
+  0  success
+  1  other failure
+  2  usage error
+  3  cannot reach the daemon, or the socket is served by another user
+  4  the daemon refused the request (unknown endpoint, not connected, ...)
+  5  wait timed out
+  6  the connection to the daemon was lost";
+
 /// Talk to a running wsmuxd: status, subscribe, send, bridge.
 #[derive(Debug, Parser)]
-#[command(name = "wsmux", version, about)]
+#[command(
+    name = "wsmux",
+    version,
+    about = "Talk to a running wsmuxd: status, subscribe, send, bridge",
+    after_help = AFTER_HELP
+)]
 struct Cli {
     /// Daemon socket. Default: $WSMUX_SOCKET, then $XDG_RUNTIME_DIR/wsmux/wsmuxd.sock, then
     /// <tmp>/wsmux-<uid>/wsmuxd.sock.
@@ -901,4 +929,53 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         line(row);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, AFTER_HELP};
+
+    /// The words of a shell command line: spaces split, single quotes group.
+    fn words(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '\'' => quoted = !quoted,
+                ' ' if !quoted => {
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    }
+
+    #[test]
+    fn every_example_in_the_help_parses() {
+        let examples: Vec<&str> = AFTER_HELP
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert!(examples.len() >= 5, "{examples:?}");
+        for line in examples {
+            // The command is what follows `wsmux`, up to the two spaces before its comment.
+            let command = &line[line.find("wsmux ").expect("a wsmux command")..];
+            let command = command.split("  ").next().unwrap_or_default();
+            let argv = words(command);
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!("`{command}` does not parse: {e}");
+            }
+        }
+    }
 }
