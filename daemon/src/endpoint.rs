@@ -234,14 +234,9 @@ impl Shared {
         let mut fallout = Fallout::default();
         change(history, &mut |e| {
             for (client, r) in replaying.iter_mut() {
-                let Replaying {
-                    replay,
-                    outbox,
-                    start,
-                    ..
-                } = r;
                 let set = SetOf::new(*client, whole, registry.as_ref());
-                replay.evicted(e, &set, |out| hand(name, outbox, *start, out, &mut fallout));
+                r.replay
+                    .evicted(e, &set, |out| hand(name, &r.outbox, out, &mut fallout));
             }
         });
         fallout
@@ -249,8 +244,8 @@ impl Shared {
 }
 
 /// Hands what a replay produced to the client's outbox: a `lagged` always, a frame only if it
-/// fits and the writer has taken the resume's `ack` (outbox position `start`).
-fn hand(name: &Arc<str>, outbox: &Outbox, start: u64, out: Out, fallout: &mut Fallout) -> bool {
+/// fits.
+fn hand(name: &Arc<str>, outbox: &Outbox, out: Out, fallout: &mut Fallout) -> bool {
     match out {
         Out::Lagged(n) => {
             outbox.push_control(frames::lagged(name, n));
@@ -258,7 +253,7 @@ fn hand(name: &Arc<str>, outbox: &Outbox, start: u64, out: Out, fallout: &mut Fa
             true
         }
         Out::Frame(frame) => {
-            let queued = outbox.push_replayed(name, frame.clone(), start);
+            let queued = outbox.push_replayed(name, frame.clone());
             fallout.replayed += u64::from(queued);
             queued
         }
@@ -272,10 +267,6 @@ struct Replaying {
     replay: Replay,
     /// The client's outbox.
     outbox: Arc<Outbox>,
-    /// The outbox's position just after the `ack` of the resume: nothing is replayed before
-    /// the writer has taken it, so that every `lagged` of the endpoint the client reads
-    /// before the `ack` reports drops from before the resume.
-    start: u64,
     /// Wakes its task when the replay restarts or ends.
     wake: Arc<Notify>,
 }
@@ -369,8 +360,6 @@ enum Turn {
     Again,
     /// The outbox has no room for the next frame, of this length.
     Wait(usize),
-    /// The writer has not yet taken the resume's `ack` (this outbox position).
-    Behind(u64),
 }
 
 /// Where the `{id}`s of the daemon's own subscribe and unsubscribe messages start (plus a
@@ -745,7 +734,6 @@ impl Endpoint {
                                 Replaying {
                                     replay: Replay::new(r.cursor, task),
                                     outbox: Arc::clone(outbox),
-                                    start: u64::MAX,
                                     wake: Arc::clone(&wake),
                                 },
                             );
@@ -764,11 +752,6 @@ impl Endpoint {
             outbox.push_control(frames::ack_subscribe(id, first_seq, recovered));
         }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
-        if resume.is_some() {
-            if let Some(running) = shared.replaying.get_mut(&client) {
-                running.start = outbox.mark();
-            }
-        }
         drop(guard);
         self.settle(fallout);
         if let Some((task, wake)) = spawn {
@@ -795,10 +778,6 @@ impl Endpoint {
                     () = outbox.room(len) => {}
                     () = wake.notified() => {}
                 },
-                Turn::Behind(mark) => tokio::select! {
-                    () = outbox.passed(mark) => {}
-                    () = wake.notified() => {}
-                },
             }
         }
     }
@@ -818,14 +797,10 @@ impl Endpoint {
             ..
         } = shared;
         let turn = match replaying.get_mut(&client) {
-            Some(running) if running.replay.task == task && !outbox.is_past(running.start) => {
-                Turn::Behind(running.start)
-            }
             Some(running) if running.replay.task == task && !outbox.is_closed() => {
                 let set = SetOf::new(client, whole, registry.as_ref());
-                let start = running.start;
                 let step = running.replay.step(history, &set, |out| {
-                    hand(&self.name, outbox, start, out, &mut fallout)
+                    hand(&self.name, outbox, out, &mut fallout)
                 });
                 match step {
                     Step::CaughtUp => {
@@ -1533,17 +1508,21 @@ mod tests {
         }
     }
 
-    /// Reads what the outbox holds as the writer would (drop announcements first, then the
-    /// batch), until nothing more comes, in short form: `ack 1 first 3 rec`, `state`,
+    /// Reads what the outbox holds as the writer would (drop announcements in their places),
+    /// until nothing more comes, in short form: `ack 1 first 3 rec`, `state`,
     /// `m7`, `lagged 4`, `error lagged`.
     async fn read(outbox: &Outbox) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(batch) = tokio::time::timeout(Duration::from_millis(50), outbox.take()).await {
-            for (_, n) in &batch.lagged {
-                out.push(format!("lagged {n}"));
-            }
             let mut charged = 0;
-            for frame in batch.frames() {
+            for part in batch.parts() {
+                let frame = match part {
+                    crate::outbox::Part::Lagged(_, n) => {
+                        out.push(format!("lagged {n}"));
+                        continue;
+                    }
+                    crate::outbox::Part::Frame(frame) => frame,
+                };
                 charged += crate::outbox::charge(frame.len());
                 let msg = wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..]);
                 out.push(match msg.expect("a frame the daemon encoded") {
@@ -1642,7 +1621,7 @@ mod tests {
         for _ in 0..100 {
             settle_tasks().await;
             let batch = a.take().await;
-            assert!(batch.lagged.is_empty(), "nothing is dropped for a replay");
+            assert!(batch.lagged().is_empty(), "nothing is dropped for a replay");
             let mut charged = 0;
             for frame in batch.frames() {
                 charged += crate::outbox::charge(frame.len());

@@ -3,9 +3,15 @@
 //! Producers (endpoint drivers fanning out, the client's own session answering requests) push
 //! already-encoded frames and never wait. The client's writer takes frames in batches of a
 //! bounded size and gives their bytes back as it writes them. When data frames would exceed
-//! the limits, the oldest queued data frames are dropped and the writer announces the loss
-//! with a `lagged` event before the next frame it delivers; replies and state events are never
+//! the limits, the oldest queued data frames are dropped; replies and state events are never
 //! dropped.
+//!
+//! **A drop is announced where it happened.** Every frame has its place in the client's
+//! stream; the `lagged` event for dropped frames is written exactly where the first of them
+//! would have been, before the next frame that followed them. So a `lagged` never comes ahead
+//! of a reply that was queued before the lost frames (a resuming client relies on it: every
+//! `lagged` it reads before the `ack` of its `subscribe {since}` concerns frames queued before
+//! that request).
 //!
 //! A replay ([`crate::history`]) never makes room: it adds a frame only while there is room for
 //! it ([`Outbox::push_replayed`]) and otherwise waits ([`Outbox::room`]) until the writer has
@@ -55,6 +61,18 @@ impl Item {
     }
 }
 
+/// Data frames of one endpoint dropped next to each other in the stream, to announce.
+#[derive(Debug)]
+struct Dropped {
+    /// The place of the last of them in the stream: the announcement goes before the first
+    /// frame placed after it.
+    after: u64,
+    /// Their endpoint.
+    endpoint: Arc<str>,
+    /// How many.
+    count: u64,
+}
+
 /// What a push of a data frame did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -66,25 +84,22 @@ pub enum Pushed {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Frames in delivery order.
-    queue: VecDeque<Item>,
+    /// Frames in delivery order, each with its place in the stream.
+    queue: VecDeque<(u64, Item)>,
     /// Data frames in `queue`.
     data_count: usize,
     /// Charged bytes of the frames in `queue`.
     queued_bytes: usize,
     /// Charged bytes the writer has taken and not yet written.
     in_flight: usize,
-    /// Data frames dropped per endpoint since the writer last reported it.
-    dropped: Vec<(Arc<str>, u64)>,
+    /// Drops not yet announced, in stream order.
+    dropped: VecDeque<Dropped>,
     /// No more frames are accepted; the writer drains what is queued and stops.
     closed: bool,
-    /// A replay waits for the writer ([`Outbox::room`], [`Outbox::passed`]): wake it when
-    /// frames are taken or written.
+    /// A replay waits for room ([`Outbox::room`]): wake it when frames are taken or written.
     waiting: bool,
-    /// Frames queued so far.
-    pushed: u64,
-    /// Frames that left the queue so far: taken by the writer, dropped or purged.
-    left: u64,
+    /// The place in the stream of the next frame queued.
+    next: u64,
 }
 
 impl Inner {
@@ -93,53 +108,154 @@ impl Inner {
         self.queued_bytes + self.in_flight
     }
 
+    /// Whether nothing waits to be taken.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.dropped.is_empty()
+    }
+
     /// Queues a data frame of `endpoint`, charged `cost`.
     fn push_data(&mut self, endpoint: &Arc<str>, frame: Bytes, cost: usize) {
         self.queued_bytes += cost;
         self.data_count += 1;
-        self.pushed += 1;
-        self.queue
-            .push_back(Item::Data(Arc::clone(endpoint), frame));
+        self.push(Item::Data(Arc::clone(endpoint), frame));
     }
 
     /// Queues a control frame.
     fn push_control(&mut self, frame: Bytes) {
         self.queued_bytes += charge(frame.len());
-        self.pushed += 1;
-        self.queue.push_back(Item::Control(frame));
+        self.push(Item::Control(frame));
     }
 
-    /// Removes the queued data frames `drop` picks.
+    fn push(&mut self, item: Item) {
+        self.queue.push_back((self.next, item));
+        self.next += 1;
+    }
+
+    /// Drops the oldest queued data frame, to be announced in its place; `false` if there is
+    /// none.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(pos) = self
+            .queue
+            .iter()
+            .position(|(_, i)| matches!(i, Item::Data(..)))
+        else {
+            return false;
+        };
+        let Some((at, Item::Data(endpoint, frame))) = self.queue.remove(pos) else {
+            return false;
+        };
+        self.queued_bytes -= charge(frame.len());
+        self.data_count -= 1;
+        // Announcements placed after the last frame still queued before this one are next
+        // to it in the stream: the endpoint's one among them takes this drop too. (Drops go
+        // oldest first, so `at` is later than every announcement pending.)
+        let before = pos.checked_sub(1).map(|p| self.queue[p].0);
+        let adjacent = self
+            .dropped
+            .iter()
+            .rposition(|d| before.is_some_and(|b| d.after < b))
+            .map_or(0, |i| i + 1);
+        match (adjacent..self.dropped.len()).find(|&i| self.dropped[i].endpoint == endpoint) {
+            Some(i) => {
+                if let Some(mut d) = self.dropped.remove(i) {
+                    d.count += 1;
+                    d.after = at;
+                    self.dropped.push_back(d);
+                }
+            }
+            None => self.dropped.push_back(Dropped {
+                after: at,
+                endpoint,
+                count: 1,
+            }),
+        }
+        true
+    }
+
+    /// The first pending announcement if it goes before the frame placed at `at` (`None`:
+    /// before whatever comes next).
+    fn announce_before(&mut self, at: Option<u64>) -> Option<Dropped> {
+        let due = self
+            .dropped
+            .front()
+            .is_some_and(|d| at.is_none_or(|at| d.after < at));
+        if due {
+            self.dropped.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Removes the queued data frames `drop` picks (not announced).
     fn remove_data(&mut self, mut drop: impl FnMut(&Arc<str>) -> bool) {
-        let before = self.queue.len();
         self.queue
-            .retain(|i| !matches!(i, Item::Data(ep, _) if drop(ep)));
-        self.left += (before - self.queue.len()) as u64;
-        self.queued_bytes = self.queue.iter().map(|i| charge(i.bytes().len())).sum();
+            .retain(|(_, i)| !matches!(i, Item::Data(ep, _) if drop(ep)));
+        self.queued_bytes = self
+            .queue
+            .iter()
+            .map(|(_, i)| charge(i.bytes().len()))
+            .sum();
         self.data_count = self
             .queue
             .iter()
-            .filter(|i| matches!(i, Item::Data(..)))
+            .filter(|(_, i)| matches!(i, Item::Data(..)))
             .count();
     }
+}
+
+/// One part of a [`Batch`], in stream order.
+#[derive(Clone, Copy, Debug)]
+pub enum Part<'a> {
+    /// A frame to write; give its [`charge`] back with [`Outbox::release`] once written.
+    Frame(&'a Bytes),
+    /// Write `lagged {endpoint, dropped}` here: this many of the endpoint's frames were
+    /// dropped at this point of the stream.
+    Lagged(&'a str, u64),
+}
+
+/// What a batch holds, in order.
+#[derive(Debug)]
+enum Taken {
+    /// A frame.
+    Frame(Item),
+    /// A drop announcement.
+    Lagged(Dropped),
 }
 
 /// What the writer gets from [`Outbox::take`].
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Frames to write, in order.
-    items: VecDeque<Item>,
-    /// Data frames dropped before these, per endpoint (announce with `lagged` first).
-    pub lagged: Vec<(Arc<str>, u64)>,
+    /// Frames and drop announcements, in stream order.
+    items: VecDeque<Taken>,
     /// The outbox is closed and this is the last batch.
     pub last: bool,
 }
 
 impl Batch {
-    /// The frames to write, in order. Give each one's [`charge`] back with
-    /// [`Outbox::release`] once it is written.
+    /// What to write, in order.
+    pub fn parts(&self) -> impl Iterator<Item = Part<'_>> {
+        self.items.iter().map(|t| match t {
+            Taken::Frame(item) => Part::Frame(item.bytes()),
+            Taken::Lagged(d) => Part::Lagged(&d.endpoint, d.count),
+        })
+    }
+
+    /// The frames alone, in order.
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.items.iter().map(Item::bytes)
+        self.parts().filter_map(|p| match p {
+            Part::Frame(f) => Some(f),
+            Part::Lagged(..) => None,
+        })
+    }
+
+    /// The drop announcements alone, in order.
+    pub fn lagged(&self) -> Vec<(&str, u64)> {
+        self.parts()
+            .filter_map(|p| match p {
+                Part::Lagged(e, n) => Some((e, n)),
+                Part::Frame(_) => None,
+            })
+            .collect()
     }
 }
 
@@ -152,7 +268,7 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a session waiting for the queue to shrink.
     drained: Notify,
-    /// Wakes a replay waiting for the writer.
+    /// Wakes a replay waiting for room.
     room: Notify,
     /// Cancelled when the outbox closes: the session's reader stops with it.
     closed: CancellationToken,
@@ -207,25 +323,13 @@ impl Outbox {
             }
             // The writer is woken when the queue becomes non-empty; later pushes find it
             // either awake or about to take everything.
-            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            wake = inner.idle();
             if disconnect && !self.fits(&inner, cost) {
                 self.close_with(inner, farewell());
                 return Pushed::Disconnected;
             }
-            while !self.fits(&inner, cost) {
-                let Some(pos) = inner.queue.iter().position(|i| matches!(i, Item::Data(..))) else {
-                    break;
-                };
-                if let Some(Item::Data(ep, old)) = inner.queue.remove(pos) {
-                    inner.queued_bytes -= charge(old.len());
-                    inner.data_count -= 1;
-                    inner.left += 1;
-                    dropped += 1;
-                    match inner.dropped.iter_mut().find(|(e, _)| *e == ep) {
-                        Some((_, n)) => *n += 1,
-                        None => inner.dropped.push((ep, 1)),
-                    }
-                }
+            while !self.fits(&inner, cost) && inner.drop_oldest() {
+                dropped += 1;
             }
             inner.push_data(endpoint, frame, cost);
         }
@@ -236,17 +340,16 @@ impl Outbox {
     }
 
     /// Queues one replayed data frame of `endpoint` only if it fits without dropping
-    /// anything and every frame queued before `after` (a [`Outbox::mark`]) has left the
-    /// queue; `false` (nothing changed) otherwise, or when the outbox is closed.
-    pub fn push_replayed(&self, endpoint: &Arc<str>, frame: Bytes, after: u64) -> bool {
+    /// anything; `false` (nothing changed) otherwise, or when the outbox is closed.
+    pub fn push_replayed(&self, endpoint: &Arc<str>, frame: Bytes) -> bool {
         let cost = charge(frame.len());
         let wake;
         {
             let mut inner = self.lock();
-            if inner.closed || inner.left < after || !self.fits(&inner, cost) {
+            if inner.closed || !self.fits(&inner, cost) {
                 return false;
             }
-            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            wake = inner.idle();
             inner.push_data(endpoint, frame, cost);
         }
         if wake {
@@ -272,40 +375,13 @@ impl Outbox {
         }
     }
 
-    /// How many frames were queued so far: a position in the stream for [`Outbox::passed`].
-    pub fn mark(&self) -> u64 {
-        self.lock().pushed
-    }
-
-    /// Whether every frame queued before `mark` has left the queue (the writer took it, or it
-    /// was dropped), or the outbox is closed.
-    pub fn is_past(&self, mark: u64) -> bool {
-        let inner = self.lock();
-        inner.closed || inner.left >= mark
-    }
-
-    /// Waits until [`Outbox::is_past`] holds for `mark`.
-    pub async fn passed(&self, mark: u64) {
-        loop {
-            let notified = self.room.notified();
-            {
-                let mut inner = self.lock();
-                if inner.closed || inner.left >= mark {
-                    return;
-                }
-                inner.waiting = true;
-            }
-            notified.await;
-        }
-    }
-
     /// Removes the queued data frames of `endpoint` and forgets its drops not yet announced:
     /// a client that resumes gets them again from the history, or is told they are lost by
     /// its `ack`. Frames the writer has taken are not touched.
     pub fn purge(&self, endpoint: &str) {
         let mut inner = self.lock();
         inner.remove_data(|ep| &**ep == endpoint);
-        inner.dropped.retain(|(ep, _)| &**ep != endpoint);
+        inner.dropped.retain(|d| &*d.endpoint != endpoint);
     }
 
     /// Disconnects the client for lagging: discards every queued data frame, queues
@@ -338,7 +414,7 @@ impl Outbox {
             if inner.closed {
                 return;
             }
-            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            wake = inner.idle();
             inner.push_control(frame);
         }
         if wake {
@@ -375,7 +451,7 @@ impl Outbox {
     /// Whether nothing is queued, in flight or waiting to be announced.
     pub fn is_empty(&self) -> bool {
         let inner = self.lock();
-        inner.queue.is_empty() && inner.in_flight == 0 && inner.dropped.is_empty()
+        inner.idle() && inner.in_flight == 0
     }
 
     /// Waits until the queue holds no more than `max_bytes`, so that a client that sends
@@ -413,38 +489,48 @@ impl Outbox {
     }
 
     /// Waits for frames and takes the oldest of them, up to a bounded batch (at least one
-    /// frame). Their bytes stay counted until [`Outbox::release`]. Returns `last = true` with
-    /// the final frames once the outbox is closed and everything else was taken.
+    /// frame), with the drop announcements in their places. The frames' bytes stay counted
+    /// until [`Outbox::release`]. Returns `last = true` with the final frames once the outbox
+    /// is closed and everything else was taken.
     pub async fn take(&self) -> Batch {
         loop {
             let notified = self.ready.notified();
             {
                 let mut inner = self.lock();
-                if !inner.queue.is_empty() || !inner.dropped.is_empty() || inner.closed {
+                if !inner.idle() || inner.closed {
                     let mut items = VecDeque::new();
                     let mut taken = 0;
-                    while let Some(item) = inner.queue.front() {
-                        let cost = charge(item.bytes().len());
-                        if !items.is_empty() && taken + cost > BATCH_BYTES {
+                    let mut frames = 0;
+                    while let Some((at, item)) = inner.queue.front() {
+                        let (at, cost) = (*at, charge(item.bytes().len()));
+                        if frames > 0 && taken + cost > BATCH_BYTES {
                             break;
                         }
+                        while let Some(d) = inner.announce_before(Some(at)) {
+                            items.push_back(Taken::Lagged(d));
+                        }
                         taken += cost;
-                        if let Some(item) = inner.queue.pop_front() {
+                        frames += 1;
+                        if let Some((_, item)) = inner.queue.pop_front() {
                             if matches!(item, Item::Data(..)) {
                                 inner.data_count -= 1;
                             }
-                            items.push_back(item);
+                            items.push_back(Taken::Frame(item));
                         }
+                    }
+                    // Announcements placed before the next queued frame (all of them when
+                    // nothing is queued) go with this batch.
+                    let next = inner.queue.front().map(|(at, _)| *at);
+                    while let Some(d) = inner.announce_before(next) {
+                        items.push_back(Taken::Lagged(d));
                     }
                     inner.queued_bytes -= taken;
                     inner.in_flight += taken;
-                    inner.left += items.len() as u64;
                     if inner.queue.is_empty() && inner.queue.capacity() > KEEP_SLOTS {
                         inner.queue = VecDeque::new();
                     }
                     let batch = Batch {
                         items,
-                        lagged: std::mem::take(&mut inner.dropped),
                         last: inner.closed && inner.queue.is_empty(),
                     };
                     // Fewer data frames wait: a replay may have room for one more.
@@ -488,8 +574,18 @@ mod tests {
             b.frames().cloned().collect::<Vec<_>>(),
             vec![f(1), f(2), f(3)]
         );
-        assert!(b.lagged.is_empty());
+        assert!(b.lagged().is_empty());
         assert!(!b.last);
+    }
+
+    /// The batch in short form: `f<n>` for a frame (its first byte), `lagged <endpoint> <n>`.
+    fn parts(b: &Batch) -> Vec<String> {
+        b.parts()
+            .map(|p| match p {
+                Part::Frame(f) => format!("f{}", f[0]),
+                Part::Lagged(e, n) => format!("lagged {e} {n}"),
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -511,7 +607,50 @@ mod tests {
             b.frames().cloned().collect::<Vec<_>>(),
             vec![f(0), f(4), f(5), f(6)]
         );
-        assert_eq!(b.lagged, vec![(ep(), 3)]);
+        assert_eq!(b.lagged(), vec![("feed", 3)]);
+        // Each announcement stands where its frames were: after the reply queued before them.
+        assert_eq!(parts(&b), ["f0", "lagged feed 3", "f4", "f5", "f6"]);
+    }
+
+    #[tokio::test]
+    async fn a_drop_is_announced_where_it_happened() {
+        let o = Outbox::new(2, 1000);
+        let other: Arc<str> = Arc::from("other");
+        push(&o, 1);
+        o.push_control(f(2)); // a reply between the data frames
+        push(&o, 3);
+        // Two more: 1 and 3 go, on either side of the reply.
+        push(&o, 4);
+        push(&o, 5);
+        o.push_control(f(6));
+        assert_eq!(
+            o.push_data(&other, f(7), false, || f(99)),
+            Pushed::Queued(1)
+        );
+        assert_eq!(
+            parts(&o.take().await),
+            ["lagged feed 1", "f2", "lagged feed 2", "f5", "f6", "f7"]
+        );
+        // Drops of several endpoints next to each other: one announcement each, however they
+        // alternate.
+        let o = Outbox::new(2, 1000);
+        for n in 0..10u8 {
+            let ep = if n % 2 == 0 { ep() } else { Arc::clone(&other) };
+            o.push_data(&ep, f(n), false, || f(99));
+        }
+        assert_eq!(
+            parts(&o.take().await),
+            ["lagged feed 4", "lagged other 4", "f8", "f9"]
+        );
+        // Drops of everything queued are announced with the batch, at its end.
+        let o = Outbox::new(1, 1000);
+        push(&o, 1);
+        let b = o.take().await;
+        assert_eq!(parts(&b), ["f1"]);
+        push(&o, 2);
+        push(&o, 3);
+        o.push_control(f(4));
+        assert_eq!(parts(&o.take().await), ["lagged feed 1", "f3", "f4"]);
     }
 
     #[tokio::test]
@@ -568,7 +707,7 @@ mod tests {
         assert_eq!(push(&o, 4), Pushed::Queued(1));
         let b2 = o.take().await;
         assert_eq!(b2.frames().cloned().collect::<Vec<_>>(), vec![f(4)]);
-        assert_eq!(b2.lagged, vec![(ep(), 1)]);
+        assert_eq!(b2.lagged(), vec![("feed", 1)]);
     }
 
     #[tokio::test]
@@ -627,23 +766,23 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_frame_is_only_queued_when_it_fits_and_never_drops_one() {
         let o = Outbox::new(2, 1000);
-        assert!(o.push_replayed(&ep(), f(1), 0));
-        assert!(o.push_replayed(&ep(), f(2), 0));
-        assert!(!o.push_replayed(&ep(), f(3), 0), "no room for a third");
+        assert!(o.push_replayed(&ep(), f(1)));
+        assert!(o.push_replayed(&ep(), f(2)));
+        assert!(!o.push_replayed(&ep(), f(3)), "no room for a third");
         assert!(!ready_now(o.room(10)));
         let b = o.take().await;
         assert_eq!(b.frames().count(), 2);
-        assert!(b.lagged.is_empty(), "nothing was dropped");
+        assert!(b.lagged().is_empty(), "nothing was dropped");
         // Taken: the count has room again (the bytes still count until released).
         assert!(ready_now(o.room(10)));
         let tight = Outbox::new(100, 3 * charge(10));
-        assert!(tight.push_replayed(&ep(), f(1), 0));
-        assert!(tight.push_replayed(&ep(), f(2), 0));
+        assert!(tight.push_replayed(&ep(), f(1)));
+        assert!(tight.push_replayed(&ep(), f(2)));
         let b = tight.take().await;
-        assert!(tight.push_replayed(&ep(), f(3), 0), "one always fits");
-        assert!(!tight.push_replayed(&ep(), f(4), 0), "in flight counts");
+        assert!(tight.push_replayed(&ep(), f(3)), "one always fits");
+        assert!(!tight.push_replayed(&ep(), f(4)), "in flight counts");
         tight.release(b.frames().map(|x| charge(x.len())).sum());
-        assert!(tight.push_replayed(&ep(), f(4), 0));
+        assert!(tight.push_replayed(&ep(), f(4)));
     }
 
     #[tokio::test]
@@ -677,32 +816,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_mark_is_passed_once_the_writer_took_everything_before_it() {
-        let o = Outbox::new(10, 1000);
-        push(&o, 1);
-        o.push_control(f(2));
-        let mark = o.mark();
-        push(&o, 3);
-        assert!(!o.is_past(mark));
-        assert!(
-            !o.push_replayed(&ep(), f(4), mark),
-            "not before the mark is taken"
-        );
-        assert!(!ready_now(o.passed(mark)));
-        let b = o.take().await;
-        assert_eq!(b.frames().count(), 3);
-        assert!(o.is_past(mark));
-        assert!(ready_now(o.passed(mark)));
-        assert!(o.push_replayed(&ep(), f(4), mark));
-        // Dropped frames count as gone past too.
-        let d = Outbox::new(1, 1000);
-        push(&d, 1);
-        let mark = d.mark();
-        push(&d, 2);
-        assert!(d.is_past(mark), "1 was dropped for 2");
-    }
-
-    #[tokio::test]
     async fn purge_removes_one_endpoints_queued_data_and_its_pending_drops() {
         let o = Outbox::new(2, 1000);
         let other: Arc<str> = Arc::from("other");
@@ -714,12 +827,10 @@ mod tests {
             o.push_data(&other, f(5), false, || f(99)),
             Pushed::Queued(1)
         );
-        let mark = o.mark();
         o.purge("feed");
         let b = o.take().await;
         assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(4), f(5)]);
-        assert!(b.lagged.is_empty(), "the drops of `feed` are forgotten");
-        assert!(o.is_past(mark), "purged frames left the queue");
+        assert!(b.lagged().is_empty(), "the drops of `feed` are forgotten");
         o.release(b.frames().map(|x| charge(x.len())).sum());
         assert_eq!(o.queued_bytes(), 0);
         // The counts are right afterwards: two fit again.

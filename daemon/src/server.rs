@@ -41,7 +41,7 @@ use crate::deadline::{Limits, LogLimit, ReadTimers};
 use crate::endpoint::{ClientId, Command, Endpoint, ResumeAt, SendRequest, SubscribeError};
 use crate::frames;
 use crate::local;
-use crate::outbox::{charge, Outbox};
+use crate::outbox::{charge, Outbox, Part};
 use crate::text::{escape, MAX_PEER_TEXT};
 
 /// How long a closing session may take to flush its last frames at daemon shutdown.
@@ -832,10 +832,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // Charged bytes of the frames copied into `buf` and not yet written.
         let mut pending = 0;
         let mut written = 0;
-        for (endpoint, dropped) in &batch.lagged {
-            buf.extend_from_slice(&frames::lagged(endpoint, *dropped));
-        }
-        for frame in batch.frames() {
+        for part in batch.parts() {
+            let frame = match part {
+                Part::Lagged(endpoint, dropped) => {
+                    // Not charged: it is written at once, from the copy buffer.
+                    let lagged = frames::lagged(endpoint, dropped);
+                    if !buf.is_empty() && buf.len() + lagged.len() > WRITE_CHUNK {
+                        write_within(writer, &buf, write_timeout).await?;
+                        outbox.release(pending);
+                        pending = 0;
+                        buf.clear();
+                    }
+                    buf.extend_from_slice(&lagged);
+                    continue;
+                }
+                Part::Frame(frame) => frame,
+            };
             written += frame.len();
             if !buf.is_empty() && buf.len() + frame.len() > WRITE_CHUNK {
                 write_within(writer, &buf, write_timeout).await?;

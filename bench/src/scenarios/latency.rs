@@ -6,7 +6,6 @@
 //!
 //! The first tenth of a second (at least 10 messages) is warm-up and not recorded.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{subscribers, warm_up, Ctx, StopOnDrop, System, ENDPOINT};
+use super::{on_own_thread, subscribers, warm_up, Ctx, StopOnDrop, System, ENDPOINT};
 use crate::harness::client::{DirectClient, PrefixedClient};
 use crate::harness::daemon::Config;
 use crate::harness::stats::Percentiles;
@@ -66,32 +65,6 @@ pub struct Outcome {
     pub added_p99_ns: i64,
     /// p99.9 through minus p99.9 direct.
     pub added_p999_ns: i64,
-}
-
-/// Runs `make()` to completion on a current-thread runtime of its own thread, so that a
-/// receiver's wake-up is its own `epoll_wait` returning, with no hand-over between worker
-/// threads and no other task in the way. Connections must be made inside `make`: an I/O
-/// object belongs to the runtime that created it.
-fn on_own_thread<T, F>(
-    name: &str,
-    make: impl FnOnce() -> F + Send + 'static,
-) -> Result<tokio::sync::oneshot::Receiver<Result<T>>>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T>>,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("receiver runtime")
-                .and_then(|rt| rt.block_on(make()));
-            let _ = tx.send(result);
-        })?;
-    Ok(rx)
 }
 
 /// Runs one case.

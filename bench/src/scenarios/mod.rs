@@ -5,10 +5,12 @@
 
 pub mod fanout;
 pub mod latency;
+pub mod replay;
 pub mod route;
 pub mod scale;
 pub mod send;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,6 +61,32 @@ impl Ctx {
     pub fn websocat_bin(&self) -> Option<&Path> {
         self.websocat.as_ref().map(|(p, _)| p.as_path())
     }
+}
+
+/// Runs `make()` to completion on a current-thread runtime of its own thread, so that a
+/// receiver's wake-up is its own `epoll_wait` returning, with no hand-over between worker
+/// threads and no other task in the way. Connections must be made inside `make`: an I/O
+/// object belongs to the runtime that created it.
+pub fn on_own_thread<T, F>(
+    name: &str,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<Result<T>>>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("receiver runtime")
+                .and_then(|rt| rt.block_on(make()));
+            let _ = tx.send(result);
+        })?;
+    Ok(rx)
 }
 
 /// Connects `n` clients to the daemon and subscribes each to [`ENDPOINT`], waiting until the
