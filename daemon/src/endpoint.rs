@@ -342,6 +342,31 @@ struct Fallout {
     replayed: u64,
 }
 
+/// The clients a message goes to: the whole-endpoint subscribers, then the holders of its
+/// topic, or (`everyone`: a message without a topic, `unmatched = "all"`) every subscriber,
+/// each once.
+struct Targets<'a> {
+    /// Holders of the whole endpoint.
+    whole: &'a HashMap<ClientId, Arc<Outbox>>,
+    /// Holders of the message's topic.
+    holders: Option<&'a HashMap<ClientId, Arc<Outbox>>>,
+    /// Every subscriber.
+    everyone: Option<&'a HashMap<ClientId, Arc<Outbox>>>,
+}
+
+impl Targets<'_> {
+    fn each(&self, mut f: impl FnMut(&ClientId, &Arc<Outbox>)) {
+        for (client, outbox) in self.whole {
+            f(client, outbox);
+        }
+        for (client, outbox) in self.holders.or(self.everyone).into_iter().flatten() {
+            if !self.whole.contains_key(client) {
+                f(client, outbox);
+            }
+        }
+    }
+}
+
 /// Where a `subscribe` with `since` resumes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumeAt {
@@ -1105,33 +1130,30 @@ impl Endpoint {
         let mut dropped = 0;
         let mut gone = Vec::new();
         if let Some(frame) = &frame {
-            let replaying = &shared.replaying;
-            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| {
-                if !replaying.is_empty() && replaying.contains_key(client) {
-                    return;
-                }
-                match outbox.push_data(&self.name, frame.clone(), disconnect, || {
-                    lagged_farewell(&self.name)
-                }) {
-                    Pushed::Queued(n) => dropped += n,
-                    Pushed::Disconnected => gone.push(*client),
-                }
+            let targets = Targets {
+                whole: &shared.whole,
+                holders,
+                everyone: (topic.is_none() && unmatched_to_all).then_some(&shared.subscribers),
             };
-            for (client, outbox) in &shared.whole {
-                push(client, outbox);
-            }
-            if let Some(holders) = holders {
-                for (client, outbox) in holders {
-                    if !shared.whole.contains_key(client) {
+            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| match outbox.push_data(
+                &self.name,
+                frame.clone(),
+                disconnect,
+                || lagged_farewell(&self.name),
+            ) {
+                Pushed::Queued(n) => dropped += n,
+                Pushed::Disconnected => gone.push(*client),
+            };
+            if shared.replaying.is_empty() {
+                targets.each(push);
+            } else {
+                // Paused clients get the message from their replay.
+                let paused = &shared.replaying;
+                targets.each(|client, outbox| {
+                    if !paused.contains_key(client) {
                         push(client, outbox);
                     }
-                }
-            } else if topic.is_none() && unmatched_to_all {
-                for (client, outbox) in &shared.subscribers {
-                    if !shared.whole.contains_key(client) {
-                        push(client, outbox);
-                    }
-                }
+                });
             }
         }
         let mut fallout = Fallout::default();

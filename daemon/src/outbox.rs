@@ -64,9 +64,10 @@ impl Item {
 /// Data frames of one endpoint dropped next to each other in the stream, to announce.
 #[derive(Debug)]
 struct Dropped {
-    /// The place of the last of them in the stream: the announcement goes before the first
-    /// frame placed after it.
-    after: u64,
+    /// How many queued frames are ahead of the place where they were: the announcement goes
+    /// after those. Drops take the oldest data frame, so every frame ahead of a drop is a
+    /// reply or event, which nothing removes but the writer.
+    ahead: usize,
     /// Their endpoint.
     endpoint: Arc<str>,
     /// How many.
@@ -84,8 +85,8 @@ pub enum Pushed {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Frames in delivery order, each with its place in the stream.
-    queue: VecDeque<(u64, Item)>,
+    /// Frames in delivery order.
+    queue: VecDeque<Item>,
     /// Data frames in `queue`.
     data_count: usize,
     /// Charged bytes of the frames in `queue`.
@@ -98,8 +99,6 @@ struct Inner {
     closed: bool,
     /// A replay waits for room ([`Outbox::room`]): wake it when frames are taken or written.
     waiting: bool,
-    /// The place in the stream of the next frame queued.
-    next: u64,
 }
 
 impl Inner {
@@ -127,44 +126,36 @@ impl Inner {
     }
 
     fn push(&mut self, item: Item) {
-        self.queue.push_back((self.next, item));
-        self.next += 1;
+        self.queue.push_back(item);
     }
 
     /// Drops the oldest queued data frame, to be announced in its place; `false` if there is
     /// none.
     fn drop_oldest(&mut self) -> bool {
-        let Some(pos) = self
-            .queue
-            .iter()
-            .position(|(_, i)| matches!(i, Item::Data(..)))
-        else {
+        let Some(pos) = self.queue.iter().position(|i| matches!(i, Item::Data(..))) else {
             return false;
         };
-        let Some((at, Item::Data(endpoint, frame))) = self.queue.remove(pos) else {
+        let Some(Item::Data(endpoint, frame)) = self.queue.remove(pos) else {
             return false;
         };
         self.queued_bytes -= charge(frame.len());
         self.data_count -= 1;
-        // Announcements placed after the last frame still queued before this one are next
-        // to it in the stream: the endpoint's one among them takes this drop too. (Drops go
-        // oldest first, so `at` is later than every announcement pending.)
-        let before = pos.checked_sub(1).map(|p| self.queue[p].0);
-        let adjacent = self
+        // Announcements with as many frames ahead are at the same place: the endpoint's one
+        // among them takes this drop too. (The oldest data frame is never ahead of a pending
+        // announcement, so those at this place are the last ones.)
+        let same_place = self
             .dropped
             .iter()
-            .rposition(|d| before.is_some_and(|b| d.after < b))
-            .map_or(0, |i| i + 1);
-        match (adjacent..self.dropped.len()).find(|&i| self.dropped[i].endpoint == endpoint) {
-            Some(i) => {
-                if let Some(mut d) = self.dropped.remove(i) {
-                    d.count += 1;
-                    d.after = at;
-                    self.dropped.push_back(d);
-                }
+            .rev()
+            .take_while(|d| d.ahead == pos)
+            .position(|d| d.endpoint == endpoint);
+        match same_place {
+            Some(back) => {
+                let i = self.dropped.len() - 1 - back;
+                self.dropped[i].count += 1;
             }
             None => self.dropped.push_back(Dropped {
-                after: at,
+                ahead: pos,
                 endpoint,
                 count: 1,
             }),
@@ -172,38 +163,21 @@ impl Inner {
         true
     }
 
-    /// The first pending announcement if it goes before the frame placed at `at` (`None`:
-    /// before whatever comes next).
-    fn announce_before(&mut self, at: Option<u64>) -> Option<Dropped> {
-        let due = self
-            .dropped
-            .front()
-            .is_some_and(|d| at.is_none_or(|at| d.after < at));
-        if due {
-            self.dropped.pop_front()
-        } else {
-            None
-        }
-    }
-
     /// Removes the queued data frames `drop` picks (not announced).
     fn remove_data(&mut self, mut drop: impl FnMut(&Arc<str>) -> bool) {
         self.queue
-            .retain(|(_, i)| !matches!(i, Item::Data(ep, _) if drop(ep)));
-        self.queued_bytes = self
-            .queue
-            .iter()
-            .map(|(_, i)| charge(i.bytes().len()))
-            .sum();
+            .retain(|i| !matches!(i, Item::Data(ep, _) if drop(ep)));
+        self.queued_bytes = self.queue.iter().map(|i| charge(i.bytes().len())).sum();
         self.data_count = self
             .queue
             .iter()
-            .filter(|(_, i)| matches!(i, Item::Data(..)))
+            .filter(|i| matches!(i, Item::Data(..)))
             .count();
     }
 }
 
 /// One part of a [`Batch`], in stream order.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug)]
 pub enum Part<'a> {
     /// A frame to write; give its [`charge`] back with [`Outbox::release`] once written.
@@ -213,48 +187,54 @@ pub enum Part<'a> {
     Lagged(&'a str, u64),
 }
 
-/// What a batch holds, in order.
-#[derive(Debug)]
-enum Taken {
-    /// A frame.
-    Frame(Item),
-    /// A drop announcement.
-    Lagged(Dropped),
-}
-
 /// What the writer gets from [`Outbox::take`].
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Frames and drop announcements, in stream order.
-    items: VecDeque<Taken>,
+    /// Frames to write, in order.
+    items: VecDeque<Item>,
+    /// Drop announcements, in order, each after this many of `items`.
+    lagged: Vec<(usize, Dropped)>,
     /// The outbox is closed and this is the last batch.
     pub last: bool,
 }
 
 impl Batch {
-    /// What to write, in order.
+    /// What to write, in order: the frames, with the drop announcements in their places.
+    #[cfg(test)]
     pub fn parts(&self) -> impl Iterator<Item = Part<'_>> {
-        self.items.iter().map(|t| match t {
-            Taken::Frame(item) => Part::Frame(item.bytes()),
-            Taken::Lagged(d) => Part::Lagged(&d.endpoint, d.count),
+        let mut lagged = self.lagged.iter().peekable();
+        let mut items = self.items.iter().enumerate().peekable();
+        std::iter::from_fn(move || {
+            let next_item = items.peek().map(|(i, _)| *i);
+            match lagged.peek() {
+                Some((after, d)) if next_item.is_none_or(|i| *after <= i) => {
+                    lagged.next();
+                    Some(Part::Lagged(&d.endpoint, d.count))
+                }
+                _ => items.next().map(|(_, item)| Part::Frame(item.bytes())),
+            }
         })
     }
 
-    /// The frames alone, in order.
+    /// The frames alone, in order. Give each one's [`charge`] back with [`Outbox::release`]
+    /// once it is written.
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.parts().filter_map(|p| match p {
-            Part::Frame(f) => Some(f),
-            Part::Lagged(..) => None,
-        })
+        self.items.iter().map(Item::bytes)
+    }
+
+    /// The drop announcements, in order, each with the number of [`Batch::frames`] to write
+    /// before it.
+    pub fn announcements(&self) -> impl Iterator<Item = (usize, &str, u64)> {
+        self.lagged
+            .iter()
+            .map(|(after, d)| (*after, &*d.endpoint, d.count))
     }
 
     /// The drop announcements alone, in order.
     pub fn lagged(&self) -> Vec<(&str, u64)> {
-        self.parts()
-            .filter_map(|p| match p {
-                Part::Lagged(e, n) => Some((e, n)),
-                Part::Frame(_) => None,
-            })
+        self.lagged
+            .iter()
+            .map(|(_, d)| (&*d.endpoint, d.count))
             .collect()
     }
 }
@@ -499,30 +479,40 @@ impl Outbox {
                 let mut inner = self.lock();
                 if !inner.idle() || inner.closed {
                     let mut items = VecDeque::new();
+                    let mut lagged = Vec::new();
                     let mut taken = 0;
-                    let mut frames = 0;
-                    while let Some((at, item)) = inner.queue.front() {
-                        let (at, cost) = (*at, charge(item.bytes().len()));
-                        if frames > 0 && taken + cost > BATCH_BYTES {
+                    // The first announcement's place, if any (most batches have none).
+                    let mut due = inner.dropped.front().map_or(usize::MAX, |d| d.ahead);
+                    while let Some(item) = inner.queue.front() {
+                        let cost = charge(item.bytes().len());
+                        if !items.is_empty() && taken + cost > BATCH_BYTES {
                             break;
                         }
-                        while let Some(d) = inner.announce_before(Some(at)) {
-                            items.push_back(Taken::Lagged(d));
+                        // Announcements due before this frame.
+                        while due == items.len() {
+                            if let Some(d) = inner.dropped.pop_front() {
+                                lagged.push((items.len(), d));
+                            }
+                            due = inner.dropped.front().map_or(usize::MAX, |d| d.ahead);
                         }
                         taken += cost;
-                        frames += 1;
-                        if let Some((_, item)) = inner.queue.pop_front() {
+                        if let Some(item) = inner.queue.pop_front() {
                             if matches!(item, Item::Data(..)) {
                                 inner.data_count -= 1;
                             }
-                            items.push_back(Taken::Frame(item));
+                            items.push_back(item);
                         }
                     }
-                    // Announcements placed before the next queued frame (all of them when
-                    // nothing is queued) go with this batch.
-                    let next = inner.queue.front().map(|(at, _)| *at);
-                    while let Some(d) = inner.announce_before(next) {
-                        items.push_back(Taken::Lagged(d));
+                    // Those due before the next frame still queued go with this batch; the
+                    // others now have fewer frames ahead.
+                    let n = items.len();
+                    while inner.dropped.front().is_some_and(|d| d.ahead <= n) {
+                        if let Some(d) = inner.dropped.pop_front() {
+                            lagged.push((n, d));
+                        }
+                    }
+                    for d in &mut inner.dropped {
+                        d.ahead -= n;
                     }
                     inner.queued_bytes -= taken;
                     inner.in_flight += taken;
@@ -531,6 +521,7 @@ impl Outbox {
                     }
                     let batch = Batch {
                         items,
+                        lagged,
                         last: inner.closed && inner.queue.is_empty(),
                     };
                     // Fewer data frames wait: a replay may have room for one more.

@@ -127,6 +127,29 @@ pub async fn warm_up(conns: Vec<Arc<Conn>>, attached: Arc<AtomicUsize>, want: us
     .context("probe thread")?
 }
 
+/// Warms up until `want` receivers are `attached`, then paces `count` messages of `size` bytes
+/// at `rate` to `conns` from a blocking thread (see [`upstream::pace`]). The pacer stops early
+/// when the returned guard is dropped.
+pub async fn warm_up_and_pace(
+    conns: Vec<Arc<Conn>>,
+    attached: Arc<AtomicUsize>,
+    want: usize,
+    (rate, count, size): (u64, u64, usize),
+) -> Result<(
+    tokio::task::JoinHandle<Result<upstream::PaceReport>>,
+    StopOnDrop,
+)> {
+    warm_up(conns.clone(), attached, want)
+        .await
+        .context("warm-up")?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let guard = StopOnDrop(Arc::clone(&stop));
+    let pacer =
+        tokio::task::spawn_blocking(move || upstream::pace(&conns, rate, count, size, &stop));
+    Ok((pacer, guard))
+}
+
 /// A flag that stops a pacing thread when dropped (so an early error ends the run).
 pub struct StopOnDrop(pub Arc<AtomicBool>);
 

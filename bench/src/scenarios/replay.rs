@@ -15,7 +15,7 @@
 //!    "during the replay"; those sent before it are "idle".
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,14 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use wsmux_proto::{decode_server, ClientMsg, ServerMsg, StatusRequest, Subscribe, Unsubscribe};
 
-use super::{on_own_thread, subscribers, warm_up, Ctx, StopOnDrop, ENDPOINT};
+use super::{on_own_thread, subscribers, warm_up_and_pace, Ctx, ENDPOINT};
 use crate::harness::client::{encode_request, Client};
 use crate::harness::daemon::Config;
 use crate::harness::msgpack;
 use crate::harness::payload::{self, now_ns};
 use crate::harness::stats::Percentiles;
 use crate::harness::track::Tracker;
-use crate::harness::upstream::{self, Upstream};
+use crate::harness::upstream::Upstream;
 
 /// One replay case.
 #[derive(Clone, Copy, Debug)]
@@ -313,16 +313,8 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
             Ok(t)
         })?);
     }
-    warm_up(conns.clone(), attached, case.live)
-        .await
-        .context("warm-up")?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_guard = StopOnDrop(Arc::clone(&stop));
-    let (rate, size) = (case.rate, case.size);
-    let pacer =
-        tokio::task::spawn_blocking(move || upstream::pace(&conns, rate, count, size, &stop));
+    let (pacer, _stop) =
+        warm_up_and_pace(conns, attached, case.live, (case.rate, count, case.size)).await?;
     tokio::time::sleep(case.idle).await;
     let _ = go_tx.send(());
 
