@@ -31,7 +31,8 @@ use report::{Host, JsonSink};
 use scenarios::Ctx;
 
 /// Benchmarks wsmuxd: fan-out throughput, added latency, the upstream direction, memory at
-/// scale, a large burst and topic routing, with websocat as the comparison when it is on PATH.
+/// scale, a large burst, topic routing and resuming from the history, with websocat as the
+/// comparison when it is on PATH.
 #[derive(Debug, Parser)]
 #[command(name = "wsmux-bench", version)]
 pub struct Args {
@@ -144,6 +145,14 @@ pub struct Args {
     #[arg(long, default_value_t = 200_000)]
     pub route_messages: u64,
 
+    /// Replay: messages the resuming client is behind.
+    #[arg(long, default_value_t = 100_000)]
+    pub replay_backlog: u64,
+
+    /// Replay: live subscribers receiving at `--rate` meanwhile.
+    #[arg(long, default_value_t = 10)]
+    pub replay_live: usize,
+
     /// Longest one case may run once set up, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -163,6 +172,9 @@ pub enum Scenario {
     Burst,
     /// Topic routing (1000 topics, 100 clients with 10 each) next to plain fan-out.
     Route,
+    /// A client resuming 100 000 messages behind from the history while 10 live
+    /// subscribers receive at `--rate`.
+    Replay,
     /// All of the above.
     All,
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::scenarios::{fanout, latency, route, scale, send, System};
+use crate::scenarios::{fanout, latency, replay, route, scale, send, System};
 use crate::{Args, Scenario};
 
 /// What to run, after `--smoke` and the scenario list are taken into account.
@@ -20,6 +20,8 @@ pub struct Plan {
     /// Topic-routing legs: plain fan-out to every client, plain fan-out to one client, then
     /// routed, with the same messages.
     pub route: Vec<route::Case>,
+    /// The resume-from-history case.
+    pub replay: Option<replay::Case>,
 }
 
 /// The cases `args` ask for; the websocat leg only if `websocat` is available.
@@ -38,6 +40,7 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
         scale: None,
         burst: Vec::new(),
         route: Vec::new(),
+        replay: None,
     };
     let route_legs = |topics, clients, per_client, messages| {
         [route::Leg::Plain, route::Leg::PlainOne, route::Leg::Routed].map(|leg| route::Case {
@@ -97,6 +100,16 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
         }
         if wants(Scenario::Route) {
             p.route = route_legs(100, 10, 10, 5_000).to_vec();
+        }
+        if wants(Scenario::Replay) {
+            p.replay = Some(replay::Case {
+                live: 3,
+                backlog: 5_000,
+                size: 100,
+                rate: 1000,
+                idle: Duration::from_millis(300),
+                window: Duration::from_millis(1500),
+            });
         }
         return p;
     }
@@ -166,6 +179,16 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
             args.route_messages,
         )
         .to_vec();
+    }
+    if wants(Scenario::Replay) {
+        p.replay = Some(replay::Case {
+            live: args.replay_live,
+            backlog: args.replay_backlog,
+            size: args.size,
+            rate: args.rate,
+            idle: Duration::from_secs(1),
+            window: Duration::from_secs(3),
+        });
     }
     p
 }

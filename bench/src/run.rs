@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::harness;
 use crate::plan::Plan;
 use crate::report::{self, JsonSink};
-use crate::scenarios::{fanout, latency, route, scale, send, Ctx, System};
+use crate::scenarios::{fanout, latency, replay, route, scale, send, Ctx, System};
 use crate::tables;
 use crate::targets::Results;
 
@@ -290,6 +290,41 @@ pub async fn run_plan(
     }
     if !r.route.is_empty() {
         print!("{}", tables::route(&r.route).render());
+    }
+
+    if let Some(case) = plan.replay {
+        let what = format!(
+            "replay backlog={} live={} rate={}",
+            case.backlog, case.live, case.rate
+        );
+        eprintln!("{what} ...");
+        match replay::run(ctx, case).await {
+            Ok(o) => {
+                eprintln!(
+                    "  {} replayed at {} msg/s; live p99 {} µs idle, {} µs during",
+                    o.replayed,
+                    report::rate(o.replay_msgs_per_s),
+                    harness::stats::us(o.idle.p99),
+                    harness::stats::us(o.during.p99)
+                );
+                check(&mut failures, o.correct(), || {
+                    format!(
+                        "{what}: recovered {}, {} replayed of a backlog of {}, {} seq errors, {} \
+                         lagged, {} live lost, ended within the window: {}",
+                        o.recovered,
+                        o.replayed,
+                        o.backlog,
+                        o.resumer_seq_errors,
+                        o.resumer_lagged,
+                        o.live_lost,
+                        o.replay_in_window
+                    )
+                });
+                json.record("replay", &o)?;
+                print!("{}", tables::replay(std::slice::from_ref(&o)).render());
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
     }
     Ok((r, failures))
 }

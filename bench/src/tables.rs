@@ -2,7 +2,7 @@
 
 use crate::harness::stats::{us, us_diff};
 use crate::report::{mib, rate, Table};
-use crate::scenarios::{fanout, latency, route, scale, send};
+use crate::scenarios::{fanout, latency, replay, route, scale, send};
 
 /// Fan-out (and burst) cases.
 pub fn fanout(title: &str, rows: &[fanout::Outcome]) -> Table {
@@ -212,6 +212,64 @@ pub fn firehose(o: &send::FirehoseOutcome) -> Table {
         "{} messages of 100 bytes blasted during the second phase; {} sends failed",
         o.blasted, o.failed
     ));
+    t
+}
+
+/// A replay from the history next to the live subscribers' delays, idle and during it.
+pub fn replay(rows: &[replay::Outcome]) -> Table {
+    let mut t = Table::new(
+        "resume from the history while live subscribers receive",
+        vec![
+            "live",
+            "rate",
+            "size",
+            "replayed",
+            "replay s",
+            "replay msg/s",
+            "MB/s",
+            "live delay µs",
+            "samples",
+            "p50",
+            "p99",
+            "max",
+            "peak RSS MiB",
+        ],
+    );
+    for o in rows {
+        for (phase, p) in [("idle", &o.idle), ("during replay", &o.during)] {
+            t.rows.push(vec![
+                o.live.to_string(),
+                o.rate.to_string(),
+                o.size.to_string(),
+                o.replayed.to_string(),
+                format!("{:.3}", o.replay_s),
+                rate(o.replay_msgs_per_s),
+                format!("{:.1}", o.replay_mb_per_s),
+                phase.into(),
+                p.count.to_string(),
+                us(p.p50),
+                us(p.p99),
+                us(p.max),
+                mib(o.peak_rss_kib),
+            ]);
+        }
+        t.notes.push(format!(
+            "added by the replay: p50 {} µs, p99 {} µs, max {} µs; recovered: {}, seq errors: {}, \
+             lagged: {}, live lost: {}",
+            us_diff(o.during.p50, o.idle.p50),
+            us_diff(o.during.p99, o.idle.p99),
+            us_diff(o.during.max, o.idle.max),
+            o.recovered,
+            o.resumer_seq_errors,
+            o.resumer_lagged,
+            o.live_lost
+        ));
+    }
+    t.notes.push(
+        "replayed: everything sent before the resume (the backlog, warm-up probes, the idle \
+         phase); MB/s counts payload bytes; live delay: upstream write to subscriber read"
+            .into(),
+    );
     t
 }
 

@@ -237,14 +237,9 @@ impl Shared {
         let mut fallout = Fallout::default();
         change(history, &mut |e| {
             for (client, r) in replaying.iter_mut() {
-                let Replaying {
-                    replay,
-                    outbox,
-                    start,
-                    ..
-                } = r;
                 let set = SetOf::new(*client, whole, registry.as_ref());
-                replay.evicted(e, &set, |out| hand(name, outbox, *start, out, &mut fallout));
+                r.replay
+                    .evicted(e, &set, |out| hand(name, &r.outbox, out, &mut fallout));
             }
         });
         fallout
@@ -252,8 +247,8 @@ impl Shared {
 }
 
 /// Hands what a replay produced to the client's outbox: a `lagged` always, a frame only if it
-/// fits and the writer has taken the resume's `ack` (outbox position `start`).
-fn hand(name: &Arc<str>, outbox: &Outbox, start: u64, out: Out, fallout: &mut Fallout) -> bool {
+/// fits.
+fn hand(name: &Arc<str>, outbox: &Outbox, out: Out, fallout: &mut Fallout) -> bool {
     match out {
         Out::Lagged(n) => {
             outbox.push_control(frames::lagged(name, n));
@@ -261,7 +256,7 @@ fn hand(name: &Arc<str>, outbox: &Outbox, start: u64, out: Out, fallout: &mut Fa
             true
         }
         Out::Frame(frame) => {
-            let queued = outbox.push_replayed(name, frame.clone(), start);
+            let queued = outbox.push_replayed(name, frame.clone());
             fallout.replayed += u64::from(queued);
             queued
         }
@@ -275,10 +270,6 @@ struct Replaying {
     replay: Replay,
     /// The client's outbox.
     outbox: Arc<Outbox>,
-    /// The outbox's position just after the `ack` of the resume: nothing is replayed before
-    /// the writer has taken it, so that every `lagged` of the endpoint the client reads
-    /// before the `ack` reports drops from before the resume.
-    start: u64,
     /// Wakes its task when the replay restarts or ends.
     wake: Arc<Notify>,
 }
@@ -354,6 +345,31 @@ struct Fallout {
     replayed: u64,
 }
 
+/// The clients a message goes to: the whole-endpoint subscribers, then the holders of its
+/// topic, or (`everyone`: a message without a topic, `unmatched = "all"`) every subscriber,
+/// each once.
+struct Targets<'a> {
+    /// Holders of the whole endpoint.
+    whole: &'a HashMap<ClientId, Arc<Outbox>>,
+    /// Holders of the message's topic.
+    holders: Option<&'a HashMap<ClientId, Arc<Outbox>>>,
+    /// Every subscriber.
+    everyone: Option<&'a HashMap<ClientId, Arc<Outbox>>>,
+}
+
+impl Targets<'_> {
+    fn each(&self, mut f: impl FnMut(&ClientId, &Arc<Outbox>)) {
+        for (client, outbox) in self.whole {
+            f(client, outbox);
+        }
+        for (client, outbox) in self.holders.or(self.everyone).into_iter().flatten() {
+            if !self.whole.contains_key(client) {
+                f(client, outbox);
+            }
+        }
+    }
+}
+
 /// Where a `subscribe` with `since` resumes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumeAt {
@@ -372,8 +388,6 @@ enum Turn {
     Again,
     /// The outbox has no room for the next frame, of this length.
     Wait(usize),
-    /// The writer has not yet taken the resume's `ack` (this outbox position).
-    Behind(u64),
 }
 
 /// State changes kept per endpoint for the status page.
@@ -756,7 +770,6 @@ impl Endpoint {
                                 Replaying {
                                     replay: Replay::new(r.cursor, task),
                                     outbox: Arc::clone(outbox),
-                                    start: u64::MAX,
                                     wake: Arc::clone(&wake),
                                 },
                             );
@@ -775,11 +788,6 @@ impl Endpoint {
             outbox.push_control(frames::ack_subscribe(id, first_seq, recovered));
         }
         outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
-        if resume.is_some() {
-            if let Some(running) = shared.replaying.get_mut(&client) {
-                running.start = outbox.mark();
-            }
-        }
         drop(guard);
         self.settle(fallout);
         if let Some((task, wake)) = spawn {
@@ -806,10 +814,6 @@ impl Endpoint {
                     () = outbox.room(len) => {}
                     () = wake.notified() => {}
                 },
-                Turn::Behind(mark) => tokio::select! {
-                    () = outbox.passed(mark) => {}
-                    () = wake.notified() => {}
-                },
             }
         }
     }
@@ -829,14 +833,10 @@ impl Endpoint {
             ..
         } = shared;
         let turn = match replaying.get_mut(&client) {
-            Some(running) if running.replay.task == task && !outbox.is_past(running.start) => {
-                Turn::Behind(running.start)
-            }
             Some(running) if running.replay.task == task && !outbox.is_closed() => {
                 let set = SetOf::new(client, whole, registry.as_ref());
-                let start = running.start;
                 let step = running.replay.step(history, &set, |out| {
-                    hand(&self.name, outbox, start, out, &mut fallout)
+                    hand(&self.name, outbox, out, &mut fallout)
                 });
                 match step {
                     Step::CaughtUp => {
@@ -1163,33 +1163,30 @@ impl Endpoint {
         let mut dropped = 0;
         let mut gone = Vec::new();
         if let Some(frame) = &frame {
-            let replaying = &shared.replaying;
-            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| {
-                if !replaying.is_empty() && replaying.contains_key(client) {
-                    return;
-                }
-                match outbox.push_data(&self.name, frame.clone(), disconnect, || {
-                    lagged_farewell(&self.name)
-                }) {
-                    Pushed::Queued(n) => dropped += n,
-                    Pushed::Disconnected => gone.push(*client),
-                }
+            let targets = Targets {
+                whole: &shared.whole,
+                holders,
+                everyone: (topic.is_none() && unmatched_to_all).then_some(&shared.subscribers),
             };
-            for (client, outbox) in &shared.whole {
-                push(client, outbox);
-            }
-            if let Some(holders) = holders {
-                for (client, outbox) in holders {
-                    if !shared.whole.contains_key(client) {
+            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| match outbox.push_data(
+                &self.name,
+                frame.clone(),
+                disconnect,
+                || lagged_farewell(&self.name),
+            ) {
+                Pushed::Queued(n) => dropped += n,
+                Pushed::Disconnected => gone.push(*client),
+            };
+            if shared.replaying.is_empty() {
+                targets.each(push);
+            } else {
+                // Paused clients get the message from their replay.
+                let paused = &shared.replaying;
+                targets.each(|client, outbox| {
+                    if !paused.contains_key(client) {
                         push(client, outbox);
                     }
-                }
-            } else if topic.is_none() && unmatched_to_all {
-                for (client, outbox) in &shared.subscribers {
-                    if !shared.whole.contains_key(client) {
-                        push(client, outbox);
-                    }
-                }
+                });
             }
         }
         let mut fallout = Fallout::default();
@@ -1566,17 +1563,21 @@ mod tests {
         }
     }
 
-    /// Reads what the outbox holds as the writer would (drop announcements first, then the
-    /// batch), until nothing more comes, in short form: `ack 1 first 3 rec`, `state`,
+    /// Reads what the outbox holds as the writer would (drop announcements in their places),
+    /// until nothing more comes, in short form: `ack 1 first 3 rec`, `state`,
     /// `m7`, `lagged 4`, `error lagged`.
     async fn read(outbox: &Outbox) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(batch) = tokio::time::timeout(Duration::from_millis(50), outbox.take()).await {
-            for (_, n) in &batch.lagged {
-                out.push(format!("lagged {n}"));
-            }
             let mut charged = 0;
-            for frame in batch.frames() {
+            for part in batch.parts() {
+                let frame = match part {
+                    crate::outbox::Part::Lagged(_, n) => {
+                        out.push(format!("lagged {n}"));
+                        continue;
+                    }
+                    crate::outbox::Part::Frame(frame) => frame,
+                };
                 charged += crate::outbox::charge(frame.len());
                 let msg = wsmux_proto::decode_server(&frame[wsmux_proto::HEADER_LEN..]);
                 out.push(match msg.expect("a frame the daemon encoded") {
@@ -1675,7 +1676,7 @@ mod tests {
         for _ in 0..100 {
             settle_tasks().await;
             let batch = a.take().await;
-            assert!(batch.lagged.is_empty(), "nothing is dropped for a replay");
+            assert!(batch.lagged().is_empty(), "nothing is dropped for a replay");
             let mut charged = 0;
             for frame in batch.frames() {
                 charged += crate::outbox::charge(frame.len());

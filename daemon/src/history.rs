@@ -27,7 +27,7 @@ use crate::outbox::FRAME_OVERHEAD;
 
 /// Most history entries one replay step looks at, so that the endpoint's lock is held only
 /// briefly however far behind a client is.
-pub const REPLAY_CHUNK: usize = 1024;
+pub const REPLAY_CHUNK: usize = 256;
 
 /// A deque that grew beyond this many slots is given back when it empties.
 const KEEP_SLOTS: usize = 1024;

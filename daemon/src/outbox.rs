@@ -3,9 +3,15 @@
 //! Producers (endpoint drivers fanning out, the client's own session answering requests) push
 //! already-encoded frames and never wait. The client's writer takes frames in batches of a
 //! bounded size and gives their bytes back as it writes them. When data frames would exceed
-//! the limits, the oldest queued data frames are dropped and the writer announces the loss
-//! with a `lagged` event before the next frame it delivers; replies and state events are never
+//! the limits, the oldest queued data frames are dropped; replies and state events are never
 //! dropped.
+//!
+//! **A drop is announced where it happened.** Every frame has its place in the client's
+//! stream; the `lagged` event for dropped frames is written exactly where the first of them
+//! would have been, before the next frame that followed them. So a `lagged` never comes ahead
+//! of a reply that was queued before the lost frames (a resuming client relies on it: every
+//! `lagged` it reads before the `ack` of its `subscribe {since}` concerns frames queued before
+//! that request).
 //!
 //! A replay ([`crate::history`]) never makes room: it adds a frame only while there is room for
 //! it ([`Outbox::push_replayed`]) and otherwise waits ([`Outbox::room`]) until the writer has
@@ -55,6 +61,19 @@ impl Item {
     }
 }
 
+/// Data frames of one endpoint dropped next to each other in the stream, to announce.
+#[derive(Debug)]
+struct Dropped {
+    /// How many queued frames are ahead of the place where they were: the announcement goes
+    /// after those. Drops take the oldest data frame, so every frame ahead of a drop is a
+    /// reply or event, which nothing removes but the writer.
+    ahead: usize,
+    /// Their endpoint.
+    endpoint: Arc<str>,
+    /// How many.
+    count: u64,
+}
+
 /// What a push of a data frame did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -74,17 +93,12 @@ struct Inner {
     queued_bytes: usize,
     /// Charged bytes the writer has taken and not yet written.
     in_flight: usize,
-    /// Data frames dropped per endpoint since the writer last reported it.
-    dropped: Vec<(Arc<str>, u64)>,
+    /// Drops not yet announced, in stream order.
+    dropped: VecDeque<Dropped>,
     /// No more frames are accepted; the writer drains what is queued and stops.
     closed: bool,
-    /// A replay waits for the writer ([`Outbox::room`], [`Outbox::passed`]): wake it when
-    /// frames are taken or written.
+    /// A replay waits for room ([`Outbox::room`]): wake it when frames are taken or written.
     waiting: bool,
-    /// Frames queued so far.
-    pushed: u64,
-    /// Frames that left the queue so far: taken by the writer, dropped or purged.
-    left: u64,
 }
 
 impl Inner {
@@ -93,28 +107,66 @@ impl Inner {
         self.queued_bytes + self.in_flight
     }
 
+    /// Whether nothing waits to be taken.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.dropped.is_empty()
+    }
+
     /// Queues a data frame of `endpoint`, charged `cost`.
     fn push_data(&mut self, endpoint: &Arc<str>, frame: Bytes, cost: usize) {
         self.queued_bytes += cost;
         self.data_count += 1;
-        self.pushed += 1;
-        self.queue
-            .push_back(Item::Data(Arc::clone(endpoint), frame));
+        self.push(Item::Data(Arc::clone(endpoint), frame));
     }
 
     /// Queues a control frame.
     fn push_control(&mut self, frame: Bytes) {
         self.queued_bytes += charge(frame.len());
-        self.pushed += 1;
-        self.queue.push_back(Item::Control(frame));
+        self.push(Item::Control(frame));
     }
 
-    /// Removes the queued data frames `drop` picks.
+    fn push(&mut self, item: Item) {
+        self.queue.push_back(item);
+    }
+
+    /// Drops the oldest queued data frame, to be announced in its place; `false` if there is
+    /// none.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(pos) = self.queue.iter().position(|i| matches!(i, Item::Data(..))) else {
+            return false;
+        };
+        let Some(Item::Data(endpoint, frame)) = self.queue.remove(pos) else {
+            return false;
+        };
+        self.queued_bytes -= charge(frame.len());
+        self.data_count -= 1;
+        // Announcements with as many frames ahead are at the same place: the endpoint's one
+        // among them takes this drop too. (The oldest data frame is never ahead of a pending
+        // announcement, so those at this place are the last ones.)
+        let same_place = self
+            .dropped
+            .iter()
+            .rev()
+            .take_while(|d| d.ahead == pos)
+            .position(|d| d.endpoint == endpoint);
+        match same_place {
+            Some(back) => {
+                let i = self.dropped.len() - 1 - back;
+                self.dropped[i].count += 1;
+            }
+            None => self.dropped.push_back(Dropped {
+                ahead: pos,
+                endpoint,
+                count: 1,
+            }),
+        }
+        true
+    }
+
+    /// Removes the queued data frames `drop` picks (not announced).
     fn remove_data(&mut self, mut drop: impl FnMut(&Arc<str>) -> bool) {
-        let before = self.queue.len();
         self.queue
             .retain(|i| !matches!(i, Item::Data(ep, _) if drop(ep)));
-        self.left += (before - self.queue.len()) as u64;
         self.queued_bytes = self.queue.iter().map(|i| charge(i.bytes().len())).sum();
         self.data_count = self
             .queue
@@ -124,22 +176,66 @@ impl Inner {
     }
 }
 
+/// One part of a [`Batch`], in stream order.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub enum Part<'a> {
+    /// A frame to write; give its [`charge`] back with [`Outbox::release`] once written.
+    Frame(&'a Bytes),
+    /// Write `lagged {endpoint, dropped}` here: this many of the endpoint's frames were
+    /// dropped at this point of the stream.
+    Lagged(&'a str, u64),
+}
+
 /// What the writer gets from [`Outbox::take`].
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Frames to write, in order.
     items: VecDeque<Item>,
-    /// Data frames dropped before these, per endpoint (announce with `lagged` first).
-    pub lagged: Vec<(Arc<str>, u64)>,
+    /// Drop announcements, in order, each after this many of `items`.
+    lagged: Vec<(usize, Dropped)>,
     /// The outbox is closed and this is the last batch.
     pub last: bool,
 }
 
 impl Batch {
-    /// The frames to write, in order. Give each one's [`charge`] back with
-    /// [`Outbox::release`] once it is written.
+    /// What to write, in order: the frames, with the drop announcements in their places.
+    #[cfg(test)]
+    pub fn parts(&self) -> impl Iterator<Item = Part<'_>> {
+        let mut lagged = self.lagged.iter().peekable();
+        let mut items = self.items.iter().enumerate().peekable();
+        std::iter::from_fn(move || {
+            let next_item = items.peek().map(|(i, _)| *i);
+            match lagged.peek() {
+                Some((after, d)) if next_item.is_none_or(|i| *after <= i) => {
+                    lagged.next();
+                    Some(Part::Lagged(&d.endpoint, d.count))
+                }
+                _ => items.next().map(|(_, item)| Part::Frame(item.bytes())),
+            }
+        })
+    }
+
+    /// The frames alone, in order. Give each one's [`charge`] back with [`Outbox::release`]
+    /// once it is written.
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
         self.items.iter().map(Item::bytes)
+    }
+
+    /// The drop announcements, in order, each with the number of [`Batch::frames`] to write
+    /// before it.
+    pub fn announcements(&self) -> impl Iterator<Item = (usize, &str, u64)> {
+        self.lagged
+            .iter()
+            .map(|(after, d)| (*after, &*d.endpoint, d.count))
+    }
+
+    /// The drop announcements alone, in order.
+    pub fn lagged(&self) -> Vec<(&str, u64)> {
+        self.lagged
+            .iter()
+            .map(|(_, d)| (&*d.endpoint, d.count))
+            .collect()
     }
 }
 
@@ -152,7 +248,7 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a session waiting for the queue to shrink.
     drained: Notify,
-    /// Wakes a replay waiting for the writer.
+    /// Wakes a replay waiting for room.
     room: Notify,
     /// Cancelled when the outbox closes: the session's reader stops with it.
     closed: CancellationToken,
@@ -207,25 +303,13 @@ impl Outbox {
             }
             // The writer is woken when the queue becomes non-empty; later pushes find it
             // either awake or about to take everything.
-            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            wake = inner.idle();
             if disconnect && !self.fits(&inner, cost) {
                 self.close_with(inner, farewell());
                 return Pushed::Disconnected;
             }
-            while !self.fits(&inner, cost) {
-                let Some(pos) = inner.queue.iter().position(|i| matches!(i, Item::Data(..))) else {
-                    break;
-                };
-                if let Some(Item::Data(ep, old)) = inner.queue.remove(pos) {
-                    inner.queued_bytes -= charge(old.len());
-                    inner.data_count -= 1;
-                    inner.left += 1;
-                    dropped += 1;
-                    match inner.dropped.iter_mut().find(|(e, _)| *e == ep) {
-                        Some((_, n)) => *n += 1,
-                        None => inner.dropped.push((ep, 1)),
-                    }
-                }
+            while !self.fits(&inner, cost) && inner.drop_oldest() {
+                dropped += 1;
             }
             inner.push_data(endpoint, frame, cost);
         }
@@ -236,17 +320,16 @@ impl Outbox {
     }
 
     /// Queues one replayed data frame of `endpoint` only if it fits without dropping
-    /// anything and every frame queued before `after` (a [`Outbox::mark`]) has left the
-    /// queue; `false` (nothing changed) otherwise, or when the outbox is closed.
-    pub fn push_replayed(&self, endpoint: &Arc<str>, frame: Bytes, after: u64) -> bool {
+    /// anything; `false` (nothing changed) otherwise, or when the outbox is closed.
+    pub fn push_replayed(&self, endpoint: &Arc<str>, frame: Bytes) -> bool {
         let cost = charge(frame.len());
         let wake;
         {
             let mut inner = self.lock();
-            if inner.closed || inner.left < after || !self.fits(&inner, cost) {
+            if inner.closed || !self.fits(&inner, cost) {
                 return false;
             }
-            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            wake = inner.idle();
             inner.push_data(endpoint, frame, cost);
         }
         if wake {
@@ -272,40 +355,13 @@ impl Outbox {
         }
     }
 
-    /// How many frames were queued so far: a position in the stream for [`Outbox::passed`].
-    pub fn mark(&self) -> u64 {
-        self.lock().pushed
-    }
-
-    /// Whether every frame queued before `mark` has left the queue (the writer took it, or it
-    /// was dropped), or the outbox is closed.
-    pub fn is_past(&self, mark: u64) -> bool {
-        let inner = self.lock();
-        inner.closed || inner.left >= mark
-    }
-
-    /// Waits until [`Outbox::is_past`] holds for `mark`.
-    pub async fn passed(&self, mark: u64) {
-        loop {
-            let notified = self.room.notified();
-            {
-                let mut inner = self.lock();
-                if inner.closed || inner.left >= mark {
-                    return;
-                }
-                inner.waiting = true;
-            }
-            notified.await;
-        }
-    }
-
     /// Removes the queued data frames of `endpoint` and forgets its drops not yet announced:
     /// a client that resumes gets them again from the history, or is told they are lost by
     /// its `ack`. Frames the writer has taken are not touched.
     pub fn purge(&self, endpoint: &str) {
         let mut inner = self.lock();
         inner.remove_data(|ep| &**ep == endpoint);
-        inner.dropped.retain(|(ep, _)| &**ep != endpoint);
+        inner.dropped.retain(|d| &*d.endpoint != endpoint);
     }
 
     /// Disconnects the client for lagging: discards every queued data frame, queues
@@ -338,7 +394,7 @@ impl Outbox {
             if inner.closed {
                 return;
             }
-            wake = inner.queue.is_empty() && inner.dropped.is_empty();
+            wake = inner.idle();
             inner.push_control(frame);
         }
         if wake {
@@ -375,7 +431,7 @@ impl Outbox {
     /// Whether nothing is queued, in flight or waiting to be announced.
     pub fn is_empty(&self) -> bool {
         let inner = self.lock();
-        inner.queue.is_empty() && inner.in_flight == 0 && inner.dropped.is_empty()
+        inner.idle() && inner.in_flight == 0
     }
 
     /// Waits until the queue holds no more than `max_bytes`, so that a client that sends
@@ -413,20 +469,31 @@ impl Outbox {
     }
 
     /// Waits for frames and takes the oldest of them, up to a bounded batch (at least one
-    /// frame). Their bytes stay counted until [`Outbox::release`]. Returns `last = true` with
-    /// the final frames once the outbox is closed and everything else was taken.
+    /// frame), with the drop announcements in their places. The frames' bytes stay counted
+    /// until [`Outbox::release`]. Returns `last = true` with the final frames once the outbox
+    /// is closed and everything else was taken.
     pub async fn take(&self) -> Batch {
         loop {
             let notified = self.ready.notified();
             {
                 let mut inner = self.lock();
-                if !inner.queue.is_empty() || !inner.dropped.is_empty() || inner.closed {
+                if !inner.idle() || inner.closed {
                     let mut items = VecDeque::new();
+                    let mut lagged = Vec::new();
                     let mut taken = 0;
+                    // The first announcement's place, if any (most batches have none).
+                    let mut due = inner.dropped.front().map_or(usize::MAX, |d| d.ahead);
                     while let Some(item) = inner.queue.front() {
                         let cost = charge(item.bytes().len());
                         if !items.is_empty() && taken + cost > BATCH_BYTES {
                             break;
+                        }
+                        // Announcements due before this frame.
+                        while due == items.len() {
+                            if let Some(d) = inner.dropped.pop_front() {
+                                lagged.push((items.len(), d));
+                            }
+                            due = inner.dropped.front().map_or(usize::MAX, |d| d.ahead);
                         }
                         taken += cost;
                         if let Some(item) = inner.queue.pop_front() {
@@ -436,15 +503,25 @@ impl Outbox {
                             items.push_back(item);
                         }
                     }
+                    // Those due before the next frame still queued go with this batch; the
+                    // others now have fewer frames ahead.
+                    let n = items.len();
+                    while inner.dropped.front().is_some_and(|d| d.ahead <= n) {
+                        if let Some(d) = inner.dropped.pop_front() {
+                            lagged.push((n, d));
+                        }
+                    }
+                    for d in &mut inner.dropped {
+                        d.ahead -= n;
+                    }
                     inner.queued_bytes -= taken;
                     inner.in_flight += taken;
-                    inner.left += items.len() as u64;
                     if inner.queue.is_empty() && inner.queue.capacity() > KEEP_SLOTS {
                         inner.queue = VecDeque::new();
                     }
                     let batch = Batch {
                         items,
-                        lagged: std::mem::take(&mut inner.dropped),
+                        lagged,
                         last: inner.closed && inner.queue.is_empty(),
                     };
                     // Fewer data frames wait: a replay may have room for one more.
@@ -488,8 +565,18 @@ mod tests {
             b.frames().cloned().collect::<Vec<_>>(),
             vec![f(1), f(2), f(3)]
         );
-        assert!(b.lagged.is_empty());
+        assert!(b.lagged().is_empty());
         assert!(!b.last);
+    }
+
+    /// The batch in short form: `f<n>` for a frame (its first byte), `lagged <endpoint> <n>`.
+    fn parts(b: &Batch) -> Vec<String> {
+        b.parts()
+            .map(|p| match p {
+                Part::Frame(f) => format!("f{}", f[0]),
+                Part::Lagged(e, n) => format!("lagged {e} {n}"),
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -511,7 +598,50 @@ mod tests {
             b.frames().cloned().collect::<Vec<_>>(),
             vec![f(0), f(4), f(5), f(6)]
         );
-        assert_eq!(b.lagged, vec![(ep(), 3)]);
+        assert_eq!(b.lagged(), vec![("feed", 3)]);
+        // Each announcement stands where its frames were: after the reply queued before them.
+        assert_eq!(parts(&b), ["f0", "lagged feed 3", "f4", "f5", "f6"]);
+    }
+
+    #[tokio::test]
+    async fn a_drop_is_announced_where_it_happened() {
+        let o = Outbox::new(2, 1000);
+        let other: Arc<str> = Arc::from("other");
+        push(&o, 1);
+        o.push_control(f(2)); // a reply between the data frames
+        push(&o, 3);
+        // Two more: 1 and 3 go, on either side of the reply.
+        push(&o, 4);
+        push(&o, 5);
+        o.push_control(f(6));
+        assert_eq!(
+            o.push_data(&other, f(7), false, || f(99)),
+            Pushed::Queued(1)
+        );
+        assert_eq!(
+            parts(&o.take().await),
+            ["lagged feed 1", "f2", "lagged feed 2", "f5", "f6", "f7"]
+        );
+        // Drops of several endpoints next to each other: one announcement each, however they
+        // alternate.
+        let o = Outbox::new(2, 1000);
+        for n in 0..10u8 {
+            let ep = if n % 2 == 0 { ep() } else { Arc::clone(&other) };
+            o.push_data(&ep, f(n), false, || f(99));
+        }
+        assert_eq!(
+            parts(&o.take().await),
+            ["lagged feed 4", "lagged other 4", "f8", "f9"]
+        );
+        // Drops of everything queued are announced with the batch, at its end.
+        let o = Outbox::new(1, 1000);
+        push(&o, 1);
+        let b = o.take().await;
+        assert_eq!(parts(&b), ["f1"]);
+        push(&o, 2);
+        push(&o, 3);
+        o.push_control(f(4));
+        assert_eq!(parts(&o.take().await), ["lagged feed 1", "f3", "f4"]);
     }
 
     #[tokio::test]
@@ -568,7 +698,7 @@ mod tests {
         assert_eq!(push(&o, 4), Pushed::Queued(1));
         let b2 = o.take().await;
         assert_eq!(b2.frames().cloned().collect::<Vec<_>>(), vec![f(4)]);
-        assert_eq!(b2.lagged, vec![(ep(), 1)]);
+        assert_eq!(b2.lagged(), vec![("feed", 1)]);
     }
 
     #[tokio::test]
@@ -627,23 +757,23 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_frame_is_only_queued_when_it_fits_and_never_drops_one() {
         let o = Outbox::new(2, 1000);
-        assert!(o.push_replayed(&ep(), f(1), 0));
-        assert!(o.push_replayed(&ep(), f(2), 0));
-        assert!(!o.push_replayed(&ep(), f(3), 0), "no room for a third");
+        assert!(o.push_replayed(&ep(), f(1)));
+        assert!(o.push_replayed(&ep(), f(2)));
+        assert!(!o.push_replayed(&ep(), f(3)), "no room for a third");
         assert!(!ready_now(o.room(10)));
         let b = o.take().await;
         assert_eq!(b.frames().count(), 2);
-        assert!(b.lagged.is_empty(), "nothing was dropped");
+        assert!(b.lagged().is_empty(), "nothing was dropped");
         // Taken: the count has room again (the bytes still count until released).
         assert!(ready_now(o.room(10)));
         let tight = Outbox::new(100, 3 * charge(10));
-        assert!(tight.push_replayed(&ep(), f(1), 0));
-        assert!(tight.push_replayed(&ep(), f(2), 0));
+        assert!(tight.push_replayed(&ep(), f(1)));
+        assert!(tight.push_replayed(&ep(), f(2)));
         let b = tight.take().await;
-        assert!(tight.push_replayed(&ep(), f(3), 0), "one always fits");
-        assert!(!tight.push_replayed(&ep(), f(4), 0), "in flight counts");
+        assert!(tight.push_replayed(&ep(), f(3)), "one always fits");
+        assert!(!tight.push_replayed(&ep(), f(4)), "in flight counts");
         tight.release(b.frames().map(|x| charge(x.len())).sum());
-        assert!(tight.push_replayed(&ep(), f(4), 0));
+        assert!(tight.push_replayed(&ep(), f(4)));
     }
 
     #[tokio::test]
@@ -677,32 +807,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_mark_is_passed_once_the_writer_took_everything_before_it() {
-        let o = Outbox::new(10, 1000);
-        push(&o, 1);
-        o.push_control(f(2));
-        let mark = o.mark();
-        push(&o, 3);
-        assert!(!o.is_past(mark));
-        assert!(
-            !o.push_replayed(&ep(), f(4), mark),
-            "not before the mark is taken"
-        );
-        assert!(!ready_now(o.passed(mark)));
-        let b = o.take().await;
-        assert_eq!(b.frames().count(), 3);
-        assert!(o.is_past(mark));
-        assert!(ready_now(o.passed(mark)));
-        assert!(o.push_replayed(&ep(), f(4), mark));
-        // Dropped frames count as gone past too.
-        let d = Outbox::new(1, 1000);
-        push(&d, 1);
-        let mark = d.mark();
-        push(&d, 2);
-        assert!(d.is_past(mark), "1 was dropped for 2");
-    }
-
-    #[tokio::test]
     async fn purge_removes_one_endpoints_queued_data_and_its_pending_drops() {
         let o = Outbox::new(2, 1000);
         let other: Arc<str> = Arc::from("other");
@@ -714,12 +818,10 @@ mod tests {
             o.push_data(&other, f(5), false, || f(99)),
             Pushed::Queued(1)
         );
-        let mark = o.mark();
         o.purge("feed");
         let b = o.take().await;
         assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(4), f(5)]);
-        assert!(b.lagged.is_empty(), "the drops of `feed` are forgotten");
-        assert!(o.is_past(mark), "purged frames left the queue");
+        assert!(b.lagged().is_empty(), "the drops of `feed` are forgotten");
         o.release(b.frames().map(|x| charge(x.len())).sum());
         assert_eq!(o.queued_bytes(), 0);
         // The counts are right afterwards: two fit again.

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -818,6 +818,45 @@ async fn write_within<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The writer's copy buffer and its accounting.
+struct Copying {
+    /// Frames copied and not yet written.
+    buf: Vec<u8>,
+    /// Charged bytes of the frames in `buf`.
+    pending: usize,
+    /// Bytes of the frames of this batch so far.
+    written: usize,
+}
+
+/// Copies `frames` into `out.buf`, writing it whenever the next frame would not fit in
+/// [`WRITE_CHUNK`] and giving the written frames' bytes back to the outbox; a frame of
+/// [`WRITE_CHUNK`] or more is written as it is, without a copy.
+async fn copy_frames<'a, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    outbox: &Outbox,
+    out: &mut Copying,
+    frames: impl Iterator<Item = &'a Bytes>,
+    write_timeout: Duration,
+) -> std::io::Result<()> {
+    for frame in frames {
+        out.written += frame.len();
+        if !out.buf.is_empty() && out.buf.len() + frame.len() > WRITE_CHUNK {
+            write_within(writer, &out.buf, write_timeout).await?;
+            outbox.release(out.pending);
+            out.pending = 0;
+            out.buf.clear();
+        }
+        if frame.len() >= WRITE_CHUNK {
+            write_within(writer, frame, write_timeout).await?;
+            outbox.release(charge(frame.len()));
+        } else {
+            out.buf.extend_from_slice(frame);
+            out.pending += charge(frame.len());
+        }
+    }
+    Ok(())
+}
+
 /// Drains the outbox into the socket: batches coalesced into as few writes as possible (each
 /// at most [`WRITE_CHUNK`] bytes, or one larger frame), giving the bytes back to the outbox as
 /// they are written. Ends once the closed outbox is drained, or when a write fails or makes
@@ -827,47 +866,42 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     write_timeout: Duration,
 ) -> std::io::Result<()> {
-    // Allocated on first use and given back after small batches, so an idle client costs
-    // nothing.
-    let mut buf = Vec::new();
+    // The buffer is allocated on first use and given back after small batches, so an idle
+    // client costs nothing.
+    let mut out = Copying {
+        buf: Vec::new(),
+        pending: 0,
+        written: 0,
+    };
     loop {
         let batch = outbox.take().await;
-        buf.clear();
-        // Charged bytes of the frames copied into `buf` and not yet written.
-        let mut pending = 0;
-        let mut written = 0;
-        for (endpoint, dropped) in &batch.lagged {
-            buf.extend_from_slice(&frames::lagged(endpoint, *dropped));
+        out.buf.clear();
+        out.pending = 0;
+        out.written = 0;
+        // Drop announcements go where they belong among the frames (most batches have none);
+        // a `lagged` frame is a few dozen bytes, copied into the buffer uncharged.
+        let mut done = 0;
+        for (at, endpoint, dropped) in batch.announcements() {
+            let frames = batch.frames().skip(done).take(at - done);
+            copy_frames(writer, outbox, &mut out, frames, write_timeout).await?;
+            out.buf
+                .extend_from_slice(&frames::lagged(endpoint, dropped));
+            done = at;
         }
-        for frame in batch.frames() {
-            written += frame.len();
-            if !buf.is_empty() && buf.len() + frame.len() > WRITE_CHUNK {
-                write_within(writer, &buf, write_timeout).await?;
-                outbox.release(pending);
-                pending = 0;
-                buf.clear();
-            }
-            if frame.len() >= WRITE_CHUNK {
-                // A large frame goes out as it is, without a copy.
-                write_within(writer, frame, write_timeout).await?;
-                outbox.release(charge(frame.len()));
-            } else {
-                buf.extend_from_slice(frame);
-                pending += charge(frame.len());
-            }
+        let frames = batch.frames().skip(done);
+        copy_frames(writer, outbox, &mut out, frames, write_timeout).await?;
+        if !out.buf.is_empty() {
+            write_within(writer, &out.buf, write_timeout).await?;
         }
-        if !buf.is_empty() {
-            write_within(writer, &buf, write_timeout).await?;
-        }
-        outbox.release(pending);
+        outbox.release(out.pending);
         if batch.last {
             return match tokio::time::timeout(write_timeout, writer.flush()).await {
                 Ok(r) => r,
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             };
         }
-        if buf.capacity() > 8 * 1024 && written < buf.capacity() / 4 {
-            buf = Vec::new();
+        if out.buf.capacity() > 8 * 1024 && out.written < out.buf.capacity() / 4 {
+            out.buf = Vec::new();
         }
     }
 }

@@ -89,3 +89,20 @@ pub async fn status_reply(socket: &std::path::Path) -> StatusReply {
         }
     }
 }
+
+/// The daemon's Prometheus page: `GET /metrics` on 127.0.0.1:`port` (`metrics_listen`).
+pub async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics listener");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("the request");
+    let mut response = String::new();
+    http.read_to_string(&mut response)
+        .await
+        .expect("the response");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+}

@@ -38,6 +38,10 @@ pub struct Tracker {
     record_from: Option<u64>,
     /// Receive delays in nanoseconds.
     pub delays: Vec<u64>,
+    /// With [`Tracker::keeping_stamps`]: the send stamp of each message in `delays`.
+    pub stamps: Vec<u64>,
+    /// Record `stamps`.
+    keep_stamps: bool,
 }
 
 impl Tracker {
@@ -57,6 +61,14 @@ impl Tracker {
             delays: Vec::with_capacity(expect.saturating_sub(warmup) as usize),
             ..Tracker::default()
         }
+    }
+
+    /// Also records the send stamp of every message whose delay is recorded (to tell apart
+    /// the phases of a run).
+    pub fn keeping_stamps(mut self) -> Tracker {
+        self.keep_stamps = true;
+        self.stamps = Vec::with_capacity(self.delays.capacity());
+        self
     }
 
     /// Accounts for one message. `daemon_seq` is the daemon's `seq` when there is one.
@@ -92,6 +104,9 @@ impl Tracker {
         self.received += 1;
         if self.record_from.is_some_and(|w| seq >= w) {
             self.delays.push(now.saturating_sub(stamp));
+            if self.keep_stamps {
+                self.stamps.push(stamp);
+            }
         }
         if seq + 1 == self.expect {
             self.done = true;

@@ -6,20 +6,19 @@
 //!
 //! The first tenth of a second (at least 10 messages) is warm-up and not recorded.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{subscribers, warm_up, Ctx, StopOnDrop, System, ENDPOINT};
+use super::{on_own_thread, subscribers, warm_up_and_pace, Ctx, System, ENDPOINT};
 use crate::harness::client::{DirectClient, PrefixedClient};
 use crate::harness::daemon::Config;
 use crate::harness::stats::Percentiles;
 use crate::harness::track::Tracker;
-use crate::harness::upstream::{self, Upstream};
+use crate::harness::upstream::Upstream;
 use crate::harness::websocat::Websocat;
 
 /// One latency case.
@@ -66,32 +65,6 @@ pub struct Outcome {
     pub added_p99_ns: i64,
     /// p99.9 through minus p99.9 direct.
     pub added_p999_ns: i64,
-}
-
-/// Runs `make()` to completion on a current-thread runtime of its own thread, so that a
-/// receiver's wake-up is its own `epoll_wait` returning, with no hand-over between worker
-/// threads and no other task in the way. Connections must be made inside `make`: an I/O
-/// object belongs to the runtime that created it.
-fn on_own_thread<T, F>(
-    name: &str,
-    make: impl FnOnce() -> F + Send + 'static,
-) -> Result<tokio::sync::oneshot::Receiver<Result<T>>>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T>>,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("receiver runtime")
-                .and_then(|rt| rt.block_on(make()));
-            let _ = tx.send(result);
-        })?;
-    Ok(rx)
 }
 
 /// Runs one case.
@@ -158,16 +131,8 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
         Ok(t)
     })?;
     let conns = upstream.wait_live(2, Duration::from_secs(10))?;
-    warm_up(conns.clone(), attached, 2)
-        .await
-        .context("warm-up")?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_guard = StopOnDrop(Arc::clone(&stop));
-    let (rate, size) = (case.rate, case.size);
-    let pacer =
-        tokio::task::spawn_blocking(move || upstream::pace(&conns, rate, count, size, &stop));
+    let (pacer, _stop) =
+        warm_up_and_pace(conns, attached, 2, (case.rate, count, case.size)).await?;
     let mut through = through.await.context("receiver thread")??;
     let mut direct_t = direct.await.context("direct receiver thread")??;
     let paced = pacer.await.context("pacer thread")??;

@@ -5,10 +5,12 @@
 
 pub mod fanout;
 pub mod latency;
+pub mod replay;
 pub mod route;
 pub mod scale;
 pub mod send;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,6 +63,32 @@ impl Ctx {
     }
 }
 
+/// Runs `make()` to completion on a current-thread runtime of its own thread, so that a
+/// receiver's wake-up is its own `epoll_wait` returning, with no hand-over between worker
+/// threads and no other task in the way. Connections must be made inside `make`: an I/O
+/// object belongs to the runtime that created it.
+pub fn on_own_thread<T, F>(
+    name: &str,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<Result<T>>>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("receiver runtime")
+                .and_then(|rt| rt.block_on(make()));
+            let _ = tx.send(result);
+        })?;
+    Ok(rx)
+}
+
 /// Connects `n` clients to the daemon and subscribes each to [`ENDPOINT`], waiting until the
 /// endpoint is open for all of them. Connects 64 at a time so the listen backlog never fills.
 pub async fn subscribers(socket: &Path, n: usize, deadline: Instant) -> Result<Vec<Client>> {
@@ -97,6 +125,29 @@ pub async fn warm_up(conns: Vec<Arc<Conn>>, attached: Arc<AtomicUsize>, want: us
     })
     .await
     .context("probe thread")?
+}
+
+/// Warms up until `want` receivers are `attached`, then paces `count` messages of `size` bytes
+/// at `rate` to `conns` from a blocking thread (see [`upstream::pace`]). The pacer stops early
+/// when the returned guard is dropped.
+pub async fn warm_up_and_pace(
+    conns: Vec<Arc<Conn>>,
+    attached: Arc<AtomicUsize>,
+    want: usize,
+    (rate, count, size): (u64, u64, usize),
+) -> Result<(
+    tokio::task::JoinHandle<Result<upstream::PaceReport>>,
+    StopOnDrop,
+)> {
+    warm_up(conns.clone(), attached, want)
+        .await
+        .context("warm-up")?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let guard = StopOnDrop(Arc::clone(&stop));
+    let pacer =
+        tokio::task::spawn_blocking(move || upstream::pace(&conns, rate, count, size, &stop));
+    Ok((pacer, guard))
 }
 
 /// A flag that stops a pacing thread when dropped (so an early error ends the run).

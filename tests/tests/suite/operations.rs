@@ -225,23 +225,11 @@ async fn prometheus_metrics_over_real_http() {
     )
     .await;
 
-    async fn scrape(port: u16) -> String {
-        let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        http.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-        response
-    }
     // The topic turns active just after its subscribe is written: scrape until it shows.
     let active = r#"wsmux_endpoint_topics{endpoint="topical",state="active"} 1"#;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let response = loop {
-        let response = scrape(port).await;
+        let response = wsmux_tests::observe::scrape_metrics(port).await;
         if response.contains(active) || std::time::Instant::now() > deadline {
             break response;
         }

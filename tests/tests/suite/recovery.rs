@@ -16,7 +16,7 @@ use wsmux_proto::{
 };
 use wsmux_tests::daemon::Daemon;
 use wsmux_tests::exchanges::{Exchange, Format};
-use wsmux_tests::observe::status;
+use wsmux_tests::observe::{scrape_metrics, status};
 use wsmux_tests::raw::Raw;
 use wsmux_tests::upstream::Upstream;
 use wsmux_tests::within;
@@ -779,4 +779,106 @@ async fn a_slow_replay_is_disconnected_under_disconnect() {
         "no gap before the end"
     );
     assert_eq!(healthy, (1..=3000).collect::<Vec<_>>(), "unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_replays_and_the_history_show_in_metrics() {
+    let up = Upstream::start().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = Daemon::start(&format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\n{}",
+        endpoint_toml("feed", &up.url(), "")
+    ));
+    let mut c = Resumer::connect(&d).await;
+    subscribe_open(&mut c.raw, "feed").await;
+    for i in 1..=5 {
+        up.broadcast(payload(i, 10));
+    }
+    c.read_until("feed", None, 5).await;
+    let epoch = c.epoch.clone();
+    // Recovered, with three replayed; then one from another epoch: not recovered, all five.
+    c.resume_with(resume("feed", None, 2, Some(&epoch)), 2)
+        .await;
+    c.got.clear();
+    c.read_until("feed", None, 5).await;
+    assert_eq!(c.seqs(), vec![3, 4, 5]);
+    c.resume_with(resume("feed", None, 2, Some("another")), 2)
+        .await;
+    c.got.clear();
+    read_messages(&mut c, 5).await;
+    let bytes = status(&d.socket, "feed").await.history_bytes;
+    let metrics = scrape_metrics(port).await;
+    for line in [
+        r#"wsmux_resumes_total{endpoint="feed",recovered="true"} 1"#.to_owned(),
+        r#"wsmux_resumes_total{endpoint="feed",recovered="false"} 1"#.to_owned(),
+        r#"wsmux_endpoint_replayed_messages_total{endpoint="feed"} 8"#.to_owned(),
+        r#"wsmux_endpoint_history_messages{endpoint="feed"} 5"#.to_owned(),
+        format!(r#"wsmux_endpoint_history_bytes{{endpoint="feed"}} {bytes}"#),
+    ] {
+        assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_added_again_continues_its_seq_and_an_old_since_is_not_recovered() {
+    let mut up = Upstream::start().await;
+    let with = endpoint_toml("feed", &up.url(), "");
+    let other = Upstream::start().await;
+    let without = endpoint_toml("other", &other.url(), "");
+    let d = Daemon::start(&format!("{with}{without}"));
+    let mut c = Resumer::connect(&d).await;
+    subscribe_open(&mut c.raw, "feed").await;
+    for i in 1..=3 {
+        up.broadcast(payload(i, 10));
+    }
+    c.read_until("feed", None, 3).await;
+    let epoch = c.epoch.clone();
+    let reload = |config: String| {
+        let socket = d.socket.display().to_string();
+        std::fs::write(&d.config, format!("socket = {socket:?}\n{config}")).unwrap();
+        d.signal(libc::SIGHUP);
+    };
+    reload(without.clone());
+    within(10, "closed", c.raw.until_state(ConnState::Closed)).await;
+    reload(format!("{with}{without}"));
+    within(10, "the endpoint back", async {
+        loop {
+            let (mut probe, _) = Raw::greeted(&d.socket).await;
+            probe
+                .send(&ClientMsg::Subscribe(Subscribe {
+                    id: Some(1),
+                    endpoint: "feed".into(),
+                    ..Subscribe::default()
+                }))
+                .await;
+            match probe.recv().await {
+                Some(ServerMsg::Ack(_)) => break,
+                Some(ServerMsg::Error(e)) if e.code == ErrorCode::UnknownEndpoint => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    within(10, "the second connection", up.wait_connected(2)).await;
+    for i in 4..=6 {
+        up.broadcast(payload(i, 10));
+    }
+    wait_messages_in(&d.socket, "feed", 3).await;
+    // Its messages are numbered on from 3; the history holds them, not 3.
+    let ack = c
+        .resume_with(resume("feed", None, 2, Some(&epoch)), 2)
+        .await;
+    assert_eq!(
+        (ack.recovered, ack.first_seq),
+        (Some(false), Some(4)),
+        "the messages between were never received"
+    );
+    c.got.clear();
+    c.read_until("feed", None, 6).await;
+    assert_eq!(c.seqs(), vec![4, 5, 6]);
 }
