@@ -28,7 +28,7 @@ pub(crate) struct RawConfig {
     #[serde(default, deserialize_with = "strict")]
     pub allowed_uids: Option<Vec<u32>>,
     /// Largest client frame.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_frame_size: Option<usize>,
     /// Most clients at once.
     #[serde(default, deserialize_with = "strict")]
@@ -37,7 +37,7 @@ pub(crate) struct RawConfig {
     #[serde(default, deserialize_with = "strict")]
     pub client_queue_messages: Option<usize>,
     /// Per-client queue length in bytes.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub client_queue_bytes: Option<usize>,
     /// Most endpoints one client may subscribe to.
     #[serde(default, deserialize_with = "strict")]
@@ -109,7 +109,7 @@ pub(crate) struct RawEndpoint {
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     /// Largest message.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_message_size: Option<usize>,
     /// `[endpoints.NAME.heartbeat]`.
     #[serde(default)]
@@ -151,7 +151,7 @@ pub(crate) struct RawEndpoint {
     #[serde(default)]
     pub sticky: Option<RawSticky>,
     /// Bytes of `send`s accepted but not yet written or queued.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub send_buffer_bytes: Option<usize>,
     /// How long a `send` may wait for room in `send_buffer_bytes`.
     #[serde(default, with = "humantime_serde")]
@@ -172,7 +172,7 @@ pub(crate) struct RawHistory {
     #[serde(default, deserialize_with = "strict")]
     pub max_messages: Option<usize>,
     /// Most bytes held, as charged.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_bytes: Option<usize>,
     /// Oldest message held.
     #[serde(default, with = "humantime_serde")]
@@ -230,7 +230,7 @@ pub(crate) struct RawTopics {
     #[serde(default, deserialize_with = "strict")]
     pub max_topics: Option<usize>,
     /// Longest topic, in bytes.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_topic_bytes: Option<usize>,
 }
 
@@ -248,7 +248,7 @@ pub(crate) struct RawSticky {
     #[serde(default, deserialize_with = "strict")]
     pub max_messages: Option<usize>,
     /// Most sticky bytes of all clients together.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_bytes: Option<usize>,
 }
 
@@ -284,7 +284,7 @@ pub(crate) struct RawQueue {
     #[serde(default, deserialize_with = "strict")]
     pub max_messages: Option<usize>,
     /// Most queued bytes.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_bytes: Option<usize>,
     /// `reject` or `drop_oldest`.
     #[serde(default, deserialize_with = "strict")]
@@ -314,7 +314,7 @@ pub(crate) struct RawAutoReply {
     #[serde(default, deserialize_with = "strict")]
     pub hide: Option<bool>,
     /// Largest decompressed message matched.
-    #[serde(default, deserialize_with = "strict")]
+    #[serde(default, deserialize_with = "size")]
     pub max_decompressed_bytes: Option<usize>,
 }
 
@@ -458,6 +458,64 @@ pub(crate) trait Strict: Sized {
 /// `deserialize_with` adapter for optional [`Strict`] fields.
 fn strict<'de, D: Deserializer<'de>, T: Strict>(deserializer: D) -> Result<Option<T>, D::Error> {
     T::deserialize_strict(deserializer).map(Some)
+}
+
+/// `deserialize_with` adapter for byte sizes: an integer (bytes), or a string holding one,
+/// optionally with a unit: `"16MiB"`, `"512 KiB"`, `"1.5GB"` (`B`, `KB`, `MB`, `GB` are powers
+/// of 1000, `KiB`, `MiB`, `GiB` of 1024).
+fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "a size in bytes, such as 16777216 or \"16MiB\" (units B, KB, MB, GB, KiB, MiB, GiB)",
+            )
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            parse_size(v).ok_or_else(|| E::invalid_value(Unexpected::Str(v), &self))
+        }
+    }
+    deserializer.deserialize_any(V).map(Some)
+}
+
+/// `"16MiB"` and the like (see [`size`]); `None` if it is not a size that fits a `usize`.
+pub(crate) fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "" | "B" | "b" => 1,
+        u if u.eq_ignore_ascii_case("kb") => 1_000,
+        u if u.eq_ignore_ascii_case("mb") => 1_000_000,
+        u if u.eq_ignore_ascii_case("gb") => 1_000_000_000,
+        u if u.eq_ignore_ascii_case("kib") => 1 << 10,
+        u if u.eq_ignore_ascii_case("mib") => 1 << 20,
+        u if u.eq_ignore_ascii_case("gib") => 1 << 30,
+        _ => return None,
+    };
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole
+            .checked_mul(factor)
+            .and_then(|n| usize::try_from(n).ok());
+    }
+    // A fraction of a unit, e.g. "1.5MiB": exact enough as long as it names whole bytes.
+    let value = number.parse::<f64>().ok()? * factor as f64;
+    (factor > 1
+        && value.is_finite()
+        && value >= 0.0
+        && value.fract() == 0.0
+        && value < u64::MAX as f64)
+        .then(|| usize::try_from(value as u64).ok())
+        .flatten()
 }
 
 /// `deserialize_with` adapter for `on_connect`: an array only, since its items may contain

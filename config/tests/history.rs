@@ -109,9 +109,9 @@ fn bad_values_name_their_key_and_file() {
             "",
         ),
         (
-            "max_bytes = \"16MB\"",
+            "max_bytes = \"16 furlongs\"",
             "endpoints.feed.history.max_bytes",
-            "",
+            "a size in bytes, such as 16777216 or \"16MiB\"",
         ),
         (
             "max_age = \"0s\"",
@@ -134,4 +134,46 @@ fn bad_values_name_their_key_and_file() {
         .expect_err("not a table")
         .to_string();
     assert!(err.contains("endpoints.feed.history"), "{err}");
+}
+
+#[test]
+fn byte_sizes_take_units() {
+    let max_bytes = |v: &str| {
+        history_of(&feed(&format!(
+            "[endpoints.feed.history]\nmax_bytes = {v}\n"
+        )))
+        .max_bytes
+    };
+    assert_eq!(max_bytes("\"16MiB\""), 16 * 1024 * 1024);
+    assert_eq!(max_bytes("\"512 KiB\""), 512 * 1024);
+    assert_eq!(max_bytes("\"1.5KiB\""), 1536);
+    assert_eq!(max_bytes("\"2MB\""), 2_000_000);
+    assert_eq!(max_bytes("\"1gib\""), 1 << 30);
+    assert_eq!(max_bytes("\"4096\""), 4096);
+    assert_eq!(max_bytes("4096"), 4096);
+    for bad in ["\"16 MB/s\"", "\"MiB\"", "\"1.2B\"", "\"-1KiB\"", "-5"] {
+        let err = load(&feed(&format!(
+            "[endpoints.feed.history]\nmax_bytes = {bad}\n"
+        )))
+        .expect_err(bad);
+        assert_eq!(err.key(), Some("endpoints.feed.history.max_bytes"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(FILE), "{text}");
+    }
+    // Every byte key takes them, in the environment too.
+    let mut env = HashMap::new();
+    env.insert("WSMUX_CLIENT_QUEUE_BYTES".to_owned(), "8MiB".to_owned());
+    let settings = Loader::new()
+        .toml_str(feed(""), FILE)
+        .env(env)
+        .load()
+        .unwrap();
+    assert_eq!(settings.server.client_queue_bytes, 8 << 20);
+    let settings = load(&format!(
+        "{}send_buffer_bytes = \"1MiB\"\nmax_message_size = \"64KiB\"\n",
+        feed("")
+    ))
+    .unwrap();
+    assert_eq!(settings.endpoints[0].send_buffer_bytes, 1 << 20);
+    assert_eq!(settings.endpoints[0].max_message_size, 64 << 10);
 }
