@@ -290,7 +290,7 @@ async fn a_large_sticky_set_does_not_keep_the_endpoint_from_opening() {
     // The replacement connection received the whole replay.
     let mut replayed = 0;
     while replayed < 8 {
-        if let Seen::Message(2, Message::Binary(b)) = within(10, "replay", up.next()).await {
+        if let Seen::Message(2, Message::Binary(b)) = within(30, "replay", up.next()).await {
             assert_eq!(b.len(), 1 << 20);
             replayed += 1;
         }
