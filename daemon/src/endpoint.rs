@@ -211,6 +211,9 @@ struct Shared {
     url_redacted: String,
     /// The final `closed` went out and the subscribers were dropped: no new ones are taken.
     stopped: bool,
+    /// A new endpoint of the same name continues the `seq` ([`Endpoint::hand_on_seq`]): this
+    /// one numbers no more messages.
+    seq_handed_on: bool,
     /// The most recent messages, for clients that resume (PROTOCOL.md section 19).
     history: History,
     /// Clients whose replay runs: live delivery skips them, their messages wait in the
@@ -511,6 +514,7 @@ impl Endpoint {
                 seq: latest,
                 url_redacted: settings.url_redacted.clone(),
                 stopped: false,
+                seq_handed_on: false,
                 history: History::new(Limits::from(&settings.history), latest),
                 replaying: HashMap::new(),
             }),
@@ -1138,6 +1142,10 @@ impl Endpoint {
         let disconnect = self.disconnect_slow.load(Ordering::Relaxed);
         let mut guard = self.lock();
         let shared = &mut *guard;
+        if shared.seq_handed_on {
+            // Removed, and its name taken by a new endpoint that numbers from here.
+            return;
+        }
         shared.seq += 1;
         let seq = shared.seq;
         // Messages without a topic go to topic holders too (`unmatched = "all"`).
@@ -1393,9 +1401,13 @@ impl Endpoint {
         status
     }
 
-    /// The `seq` of the latest message numbered (0 before the first).
-    pub fn latest_seq(&self) -> u64 {
-        self.lock().seq
+    /// For an endpoint a reload removed and a later reload adds again: the `seq` the new one
+    /// continues from. From now on this one numbers nothing more (its driver may still be
+    /// stopping), so that no `seq` stands for two messages within one epoch.
+    pub fn hand_on_seq(&self) -> u64 {
+        let mut shared = self.lock();
+        shared.seq_handed_on = true;
+        shared.seq
     }
 
     /// Drops every subscriber (after the final `closed` state went out) and refuses new ones

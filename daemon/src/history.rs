@@ -330,11 +330,14 @@ impl Replay {
     }
 
     /// A `subscribe` with `since` during the replay: the whole set again, after `cursor`.
+    /// What eviction took before is forgotten: the new `ack` (`recovered`, `first_seq`) tells
+    /// the client everything about the messages before `cursor`.
     pub fn restart(&mut self, cursor: u64) {
         self.cursor = cursor;
         self.whole_from = 0;
         self.unmatched_from = 0;
         self.topic_from.clear();
+        self.lost = 0;
     }
 
     /// A `subscribe` without `since` during the replay added to the set: what it added counts
@@ -848,6 +851,21 @@ mod tests {
         assert_eq!(r.step(&h, &set, |o| sink.out(o)), Step::CaughtUp);
         assert_eq!(sink.got, ["lagged 2", "m9", "m12"]);
         assert_eq!(r.lost(), 0, "reported once");
+        // A resume that restarts a replay with unreported losses starts clean: its `ack`
+        // covers everything before its cursor, so no `lagged` follows it for them.
+        let mut h4 = History::new(limits(6, usize::MAX, SEC), 0);
+        let mut r4 = Replay::new(0, 1);
+        for seq in 1..=12 {
+            h4.push(entry(seq, t, Some("a"), 8), |e| {
+                r4.evicted(e, &set, |o| full.out(o))
+            });
+        }
+        assert_eq!((r4.lost(), r4.cursor), (6, 6));
+        r4.restart(10);
+        assert_eq!(r4.lost(), 0);
+        let mut sink = Sink::new(100);
+        assert_eq!(r4.step(&h4, &set, |o| sink.out(o)), Step::CaughtUp);
+        assert_eq!(sink.got, ["m11", "m12"]);
         // Entries it already handled are not counted again.
         let mut r2 = Replay::new(10, 1);
         h.clear(|e| r2.evicted(e, &set, |o| full.out(o)));

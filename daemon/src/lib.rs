@@ -129,7 +129,7 @@ impl Endpoints {
         let latest = self
             .removed
             .remove(&ep.name)
-            .map_or(0, |old| old.latest_seq());
+            .map_or(0, |old| old.hand_on_seq());
         let endpoint = Arc::new(Endpoint::continuing(ep, tx, latest));
         match &ep.proxy {
             ProxySetting::Direct => {

@@ -295,8 +295,11 @@ impl Registry {
                 continue;
             };
             if entry.state == TopicState::Rejected {
+                // Not carried upstream while it was rejected: its messages count from now on
+                // (a resume from before this says `recovered: false`).
                 entry.state = TopicState::Pending;
                 entry.reason = None;
+                entry.held_from = next_seq;
                 self.connections[entry.connection]
                     .changed
                     .insert(Arc::clone(&topic));
@@ -744,5 +747,19 @@ mod tests {
         assert_eq!(r.status()[0].subscribers, 2);
         r.set_open(0, false);
         assert_eq!(r.status()[0].state, TopicState::Pending);
+    }
+
+    #[test]
+    fn a_topic_asked_again_after_a_rejection_is_held_only_from_then_on() {
+        let mut r = Registry::new(settings(None));
+        let topics = r.check(1, &strings(&["a"])).expect("valid");
+        r.add(1, &outbox(), topics, 10);
+        assert!(r.held_since(1, 10));
+        r.rejected(0, "a", "no such stream");
+        // Asked again at seq 50: nothing of it reached the history in between.
+        let topics = r.check(2, &strings(&["a"])).expect("valid");
+        r.add(2, &outbox(), topics, 50);
+        assert!(!r.held_since(1, 20), "not carried upstream while rejected");
+        assert!(r.held_since(2, 50));
     }
 }
