@@ -567,8 +567,11 @@ export class Client extends EventEmitter {
    * Unsubscribes from `endpoint` (everything), or from some of its `topics`, and resolves on
    * the ack. Once nothing is held on the endpoint, no event of it follows the ack and its
    * callback is not called again. Topics not held are ignored; `not_subscribed` means nothing
-   * at all was held on the endpoint. While the client is reconnecting, what it holds changes
-   * at once (no event of it is delivered any more) and the promise resolves once reconnected.
+   * at all was held on the endpoint. What it removes is forgotten as soon as it is asked for:
+   * if the connection drops before the ack (the promise rejects with ConnectionLostError), the
+   * reconnect does not subscribe it again. While the client is reconnecting, what it holds
+   * changes at once (no event of it is delivered any more) and the promise resolves once
+   * reconnected.
    */
   async unsubscribe(endpoint, { timeout, topics } = {}) {
     const dropped = topicList(topics);
@@ -578,10 +581,14 @@ export class Client extends EventEmitter {
       await this.#wait(this.#reconnectWaiters, timeout, `unsubscribe from ${endpoint}`, "it is unsubscribed all the same");
       return;
     }
+    // Out of the desired state as soon as it is asked for: a reconnect before the ack does not
+    // subscribe it again. Its events and callback stay until the ack (or until no ack can come).
+    this.#holdings.remove(endpoint, dropped);
     await this.#request("unsubscribe", { endpoint, topics: dropped }, { timeout }, {
       onReply: (reply) => {
         if (reply.type === "ack") this.#unsubscribed(endpoint, dropped);
       },
+      onDrop: () => this.#unsubscribed(endpoint, dropped),
     });
   }
 

@@ -236,6 +236,44 @@ test("lagged: the resume goes out at once, the seam is discarded, every seq come
     assert.ok(got.filter((e) => e.type === "message").every((e) => e.missed === 0));
   }));
 
+test("an unsubscribe in flight when the connection drops is not undone by the reconnect", () =>
+  withClient("unsub", {}, async (daemon, client) => {
+    const one = await daemon.accepted();
+    const got = [];
+    for (const endpoint of ["feed", "other"]) {
+      const subscribed = client.subscribe(endpoint, (event) => got.push(event));
+      one.send({ type: "ack", id: (await one.next()).id, first_seq: 1 }, message(1, endpoint));
+      await subscribed;
+    }
+    const unsubscribed = client.unsubscribe("feed");
+    assert.equal((await one.next()).type, "unsubscribe");
+    // Still on its way before the ack: delivered to the callback as before.
+    one.send(message(2));
+    one.kill(); // no ack
+    await assert.rejects(unsubscribed, (err) => err instanceof ConnectionLostError);
+
+    const two = await daemon.accepted();
+    const resub = await two.next();
+    assert.deepEqual(strip(resub), { type: "subscribe", endpoint: "other", since: 1, epoch: "A" });
+    two.send({ type: "ack", id: resub.id, recovered: true, first_seq: 2 });
+    // The next request is the application's own: feed was not subscribed again.
+    const pong = client.ping();
+    const ping = await two.next();
+    assert.equal(ping.type, "ping");
+    two.send({ type: "pong", id: ping.id });
+    await pong;
+    const [disconnected, reconnected] = await take(client, 2);
+    assert.deepEqual([disconnected.type, reconnected.type], ["disconnected", "reconnected"]);
+    assert.deepEqual(reconnected.endpoints, [{ endpoint: "other", recovered: true, first_seq: 2 }]);
+    assert.deepEqual(got.map(brief), ["feed:1", "other:1", "feed:2"]);
+    // Its callback is gone too: a later subscribe without one queues its events.
+    const again = client.subscribe("feed");
+    two.send({ type: "ack", id: (await two.next()).id, first_seq: 9 }, message(9));
+    await again;
+    assert.equal(brief(await client.nextEvent({ timeout: TIMEOUT })), "feed:9");
+    assert.equal(got.length, 3);
+  }));
+
 test("close() during the backoff returns at once and fails what waits", async () => {
   const daemon = await scriptedDaemon("close", "A");
   // Long delays: the client is in its backoff sleep when closed.
