@@ -43,11 +43,18 @@ export interface StateEvent {
 
 export interface ErrorEvent {
   type: "error";
-  /** E.g. `lagged`, or `topic_rejected` (the upstream refused `topic`; not fatal). */
+  /**
+   * E.g. `lagged`, or `topic_rejected` (the upstream refused `topic`; not fatal). From the
+   * client itself, once per outage: `permission_denied` (an untrusted socket, or the daemon
+   * refused this uid) or `unsupported_version` when a reconnect attempt was refused; it keeps
+   * trying.
+   */
   code: string;
   message: string;
   endpoint?: string;
   topic?: string;
+  /** The refusal of a reconnect attempt (UntrustedDaemonError, WsmuxError or ProtocolError). */
+  error?: Error;
   [key: string]: unknown;
 }
 
@@ -261,6 +268,10 @@ export class Client extends EventEmitter {
   waitClosed(): Promise<Error>;
   subscribe(endpoint: string, callback?: Callback, options?: SubscribeOptions): Promise<SubscribeResult>;
   subscribe(endpoint: string, options: SubscribeOptions): Promise<SubscribeResult>;
+  /**
+   * What it removes is forgotten at once: a reconnect before the ack (which rejects it with
+   * ConnectionLostError) does not subscribe it again.
+   */
   unsubscribe(endpoint: string, options?: TopicsOption): Promise<void>;
   send(endpoint: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: SendOptions): Promise<Reply>;
   status(options?: TimeoutOption): Promise<EndpointStatus[]>;
