@@ -227,7 +227,10 @@ function withTimeout(promise, ms, what) {
 
 const MIB = 1024 * 1024;
 
-/** Errors of a connection attempt that another attempt would meet again: not retried. */
+/**
+ * Errors of a connection attempt that another attempt would likely meet again: the first
+ * `connect()` fails with them; a reconnect reports them once per outage and keeps trying.
+ */
 const permanent = new WeakSet();
 
 /** The options of `connect`, defaulted and checked. */
@@ -395,6 +398,18 @@ async function openLink(o, track = () => {}) {
   return { sock, decoder, welcome, rest };
 }
 
+/**
+ * The `error` event of a reconnect attempt that another attempt would meet again (an untrusted
+ * socket, a refused uid, another protocol version): the client keeps trying all the same.
+ */
+function refusalEvent(err) {
+  let code = "unsupported_version";
+  if (err instanceof UntrustedDaemonError) code = "permission_denied";
+  else if (err instanceof WsmuxError) code = err.code;
+  const message = `cannot reconnect to the daemon yet: ${err.message}; the client keeps trying`;
+  return { type: "error", code, message, error: err };
+}
+
 /** Events that are also emitted under their own name (besides `"event"`). */
 const NAMED_EVENTS = new Set(["state", "message", "disconnected", "reconnected", "resumed"]);
 
@@ -447,6 +462,8 @@ export class Client extends EventEmitter {
   #reconnectWaiters = [];
   /** The application was told `disconnected` and not yet `reconnected`. */
   #disconnected = false;
+  /** An attempt of this outage was refused for good reason (see `refusalEvent`): told once. */
+  #warned = false;
   /** The fatal error frame of the current connection, the reason it is about to end. */
   #fatal = null;
   /** Ends the backoff delay under way. */
@@ -907,10 +924,11 @@ export class Client extends EventEmitter {
         });
       } catch (err) {
         if (this.#closed) return;
-        // An untrusted socket, a refused uid or another protocol version: not retried.
-        if (err instanceof UntrustedDaemonError || permanent.has(err)) {
-          this.#finish(err);
-          return;
+        // An untrusted socket, a refused uid or another protocol version: the application
+        // hears of it once per outage, and the client keeps trying (the path may be fixed).
+        if ((err instanceof UntrustedDaemonError || permanent.has(err)) && !this.#warned) {
+          this.#warned = true;
+          this.#deliver(refusalEvent(err));
         }
         continue;
       }
@@ -1005,6 +1023,7 @@ export class Client extends EventEmitter {
     this.#resync = null;
     this.#backoff.reset();
     this.#disconnected = false;
+    this.#warned = false;
     const endpoints = [...resync.endpoints.values()].map(({ ack, ...entry }) => entry);
     const recovered = endpoints.every((e) => e.recovered);
     const held = this.#held;

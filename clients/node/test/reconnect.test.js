@@ -23,13 +23,18 @@ after(() => fs.rmSync(dir, { recursive: true, force: true }));
 /**
  * A scripted daemon: greets every connection with a welcome of `epoch`, then the test drives
  * it: `accepted()` resolves with the next connection, whose `next()` resolves with the next
- * request and `send(msg, ...)` writes frames in one write.
+ * request and `send(msg, ...)` writes frames in one write. The connections numbered in
+ * `refuse` (from 1) are answered `permission_denied` instead.
  */
-async function scriptedDaemon(name, epoch) {
+async function scriptedDaemon(name, epoch, { refuse = [] } = {}) {
   const socket = path.join(dir, `${name}.sock`);
   const waiting = [];
   const ready = [];
+  let connections = 0;
+  let refused = 0;
   const server = net.createServer((sock) => {
+    connections += 1;
+    const number = connections;
     const decoder = new FrameDecoder();
     const requests = [];
     const wanted = [];
@@ -50,6 +55,12 @@ async function scriptedDaemon(name, epoch) {
     };
     sock.on("data", (chunk) => {
       for (const msg of decoder.push(chunk)) {
+        if (msg.type === "hello" && refuse.includes(number)) {
+          refused += 1;
+          conn.send({ type: "error", id: msg.id, code: "permission_denied", message: "uid 1234 may not connect" });
+          sock.end();
+          continue;
+        }
         if (msg.type === "hello") {
           conn.send({ type: "welcome", version: 1, server: "scripted", endpoints: [{ name: "feed", state: "open" }], epoch });
           const take = waiting.shift();
@@ -69,6 +80,11 @@ async function scriptedDaemon(name, epoch) {
     socket,
     accepted: () => (ready.length > 0 ? Promise.resolve(ready.shift()) : new Promise((resolve) => waiting.push(resolve))),
     close: () => new Promise((resolve) => server.close(resolve)),
+    /** Connections refused (`refuse`: their numbers, from 1) since the last reset. */
+    refused: () => refused,
+    resetRefused: () => {
+      refused = 0;
+    },
   };
 }
 
@@ -328,24 +344,63 @@ test("events held back past maxHeldBytes are fetched again by a resume, not lost
     ]);
   }));
 
-test("every reconnect checks the socket again: an untrusted one closes the client", async () => {
+test("every reconnect checks the socket again: an untrusted one is reported once, and the client keeps trying", async () => {
   const daemon = await scriptedDaemon("trust", "A");
-  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 50, reconnectMaxDelay: 50 });
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 10, reconnectMaxDelay: 20 });
+  const other = await scriptedDaemon("trust-other", "B");
   try {
     const conn = await daemon.accepted();
     const stopped = daemon.close(); // done once its last connection ends
     // Someone else's socket now answers at the path: here, a symbolic link to another one.
-    const other = await scriptedDaemon("trust-other", "B");
     fs.rmSync(daemon.socket, { force: true });
     fs.symlinkSync(other.socket, daemon.socket);
     conn.kill();
     await stopped;
-    const reason = await withDeadline(client.waitClosed());
-    assert.equal(reason.code, "ERR_WSMUX_UNTRUSTED");
-    assert.match(reason.message, /symbolic link/);
-    await other.close();
+    assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+    const refused = await client.nextEvent({ timeout: TIMEOUT });
+    assert.equal(refused.type, "error");
+    assert.equal(refused.code, "permission_denied");
+    assert.match(refused.message, /symbolic link.*keeps trying/);
+    assert.equal(refused.error.code, "ERR_WSMUX_UNTRUSTED");
+    // Several more attempts (10-20 ms apart) meet the link; none of them is told again.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(client.closed, false);
+    fs.rmSync(daemon.socket, { force: true });
+    const back = await scriptedDaemon("trust", "C");
+    try {
+      await back.accepted();
+      const reconnected = await client.nextEvent({ timeout: TIMEOUT });
+      assert.equal(reconnected.type, "reconnected");
+      assert.equal(reconnected.epoch, "C");
+    } finally {
+      await client.close();
+      await back.close();
+    }
   } finally {
     await client.close();
+    await other.close();
+  }
+});
+
+test("a daemon refusing the uid on reconnect: one error event per outage, and the client comes back", async () => {
+  const daemon = await scriptedDaemon("denied", "A", { refuse: [2, 3, 4, 6, 7] });
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 10, reconnectMaxDelay: 20 });
+  try {
+    // Two outages, refused three times then twice.
+    for (const refusals of [3, 2]) {
+      (await daemon.accepted()).kill();
+      assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+      const refused = await client.nextEvent({ timeout: TIMEOUT });
+      assert.deepEqual([refused.type, refused.code], ["error", "permission_denied"]);
+      assert.match(refused.message, /uid 1234 may not connect.*keeps trying/);
+      assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "reconnected");
+      assert.equal(daemon.refused(), refusals);
+      daemon.resetRefused();
+    }
+    assert.equal(client.closed, false);
+  } finally {
+    await client.close();
+    await daemon.close();
   }
 });
 
