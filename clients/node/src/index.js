@@ -824,7 +824,8 @@ export class Client extends EventEmitter {
 
   /**
    * Closes the client: stops reconnecting, rejects waiting requests with
-   * ConnectionClosedError, ends the event stream.
+   * ConnectionClosedError, ends the event stream (after the events not taken yet, and those
+   * held back by a reconnect whose subscribes were not all answered).
    */
   async close() {
     this.#finish(new ConnectionClosedError("closed by the client"));
@@ -1178,8 +1179,11 @@ export class Client extends EventEmitter {
     link?.sock.destroy();
     if (this.#resync) clearTimeout(this.#resync.timer);
     this.#resync = null;
+    // What arrived while a reconnect's subscribes were unanswered is real: handed on.
+    const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
+    for (const [event] of held) this.#deliver(event);
     const err = this.#closedError();
     for (const entry of this.#pending.values()) {
       clearTimeout(entry.timer);

@@ -344,6 +344,29 @@ test("events held back past maxHeldBytes are fetched again by a resume, not lost
     ]);
   }));
 
+test("close() while a reconnect's subscribes are unanswered still delivers the events held back", () =>
+  withClient("finish", {}, async (daemon, client) => {
+    const one = await daemon.accepted();
+    for (const endpoint of ["feed", "other"]) {
+      const subscribed = client.subscribe(endpoint);
+      one.send({ type: "ack", id: (await one.next()).id, first_seq: 1 });
+      await subscribed;
+    }
+    one.kill();
+    const two = await daemon.accepted();
+    const [feed, other] = [await two.next(), await two.next()];
+    assert.deepEqual([feed, other].map((r) => r.endpoint), ["feed", "other"]);
+    // feed is answered and replays; other's answer never comes.
+    two.send({ type: "ack", id: feed.id, recovered: true, first_seq: 1 }, state(), message(1), message(2));
+    const pong = client.ping(); // answered after those frames: they have been read
+    two.send({ type: "pong", id: (await two.next()).id });
+    await pong;
+    await client.close();
+    const events = [];
+    for (let e = await client.nextEvent(); e !== null; e = await client.nextEvent()) events.push(e);
+    assert.deepEqual(events.map(brief), ["disconnected", "state", "feed:1", "feed:2"]);
+  }));
+
 test("every reconnect checks the socket again: an untrusted one is reported once, and the client keeps trying", async () => {
   const daemon = await scriptedDaemon("trust", "A");
   const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 10, reconnectMaxDelay: 20 });
