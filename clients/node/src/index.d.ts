@@ -63,7 +63,11 @@ export interface LaggedEvent {
   type: "lagged";
   endpoint: string;
   dropped: number;
-  /** Set when the client itself dropped them (events held back over `maxHeldBytes`, no history). */
+  /**
+   * Set when the client itself dropped them: `events()` not taken past `eventBufferBytes` (the
+   * oldest messages go; not fetched again), or events held back over `maxHeldBytes` from a
+   * daemon without history. Comes before any later message of `endpoint`.
+   */
   client?: boolean;
   [key: string]: unknown;
 }
@@ -211,6 +215,12 @@ export interface ConnectOptions {
   maxStickyBytes?: number;
   /** Bytes of events held back while a reconnect's subscribes are answered (default 16 MiB). */
   maxHeldBytes?: number;
+  /**
+   * Bytes of frames of the events kept for `events()` (default 32 MiB, at least 64 KiB). Beyond,
+   * the oldest messages are dropped and announced by a `lagged` event with `client: true`; if
+   * other events alone fill it, the client closes with LimitError (`eventBufferBytes`).
+   */
+  eventBufferBytes?: number;
   /** First delay before reconnecting, in ms (default 100); doubles up to `reconnectMaxDelay`. */
   reconnectDelay?: number;
   /** Largest delay before reconnecting, in ms (default 1000); each is jittered to 50-100 %. */
@@ -322,10 +332,14 @@ export class NotConnectedError extends Error {
   readonly code: "ERR_WSMUX_NOT_CONNECTED";
 }
 
-/** A bound of the client was reached; nothing was sent. */
+/**
+ * A bound of the client was reached: nothing was sent (`bufferBytes`, `bufferMessages`,
+ * `maxSticky`, `maxStickyBytes`), or the client closed (`eventBufferBytes`: the application
+ * stopped taking events).
+ */
 export class LimitError extends Error {
   readonly code: "ERR_WSMUX_LIMIT";
-  /** The option naming the bound: `bufferBytes`, `bufferMessages`, `maxSticky`, `maxStickyBytes`. */
+  /** The option naming the bound. */
   readonly limit: string;
 }
 

@@ -344,6 +344,26 @@ test("events held back past maxHeldBytes are fetched again by a resume, not lost
     ]);
   }));
 
+test("events() is bounded by eventBufferBytes: the oldest messages go, announced by a client lagged", () =>
+  withClient("bounded", { eventBufferBytes: 64 * 1024 }, async (daemon, client) => {
+    const conn = await daemon.accepted();
+    const subscribed = client.subscribe("feed");
+    const big = (seq) => ({ ...message(seq), data: "x".repeat(10000) });
+    conn.send({ type: "ack", id: (await conn.next()).id, first_seq: 1 }, ...range(1, 20).map(big));
+    await subscribed;
+    const pong = client.ping(); // answered after the messages: they have been read
+    conn.send({ type: "pong", id: (await conn.next()).id });
+    await pong;
+    // About 10 KiB each: the last six fit in 64 KiB.
+    const events = await take(client, 7);
+    assert.deepEqual(events[0], { type: "lagged", endpoint: "feed", dropped: 14, client: true });
+    assert.deepEqual(events.slice(1).map(brief), range(15, 20).map((seq) => `feed:${seq}`));
+    // The stream goes on: nothing else is dropped once the application reads.
+    conn.send(big(21));
+    assert.equal(brief(await client.nextEvent({ timeout: TIMEOUT })), "feed:21");
+    await assert.rejects(connect({ socket: daemon.socket, eventBufferBytes: 1000 }), /eventBufferBytes must be an integer of at least 65536/);
+  }));
+
 test("close() while a reconnect's subscribes are unanswered still delivers the events held back", () =>
   withClient("finish", {}, async (daemon, client) => {
     const one = await daemon.accepted();
