@@ -43,11 +43,18 @@ export interface StateEvent {
 
 export interface ErrorEvent {
   type: "error";
-  /** E.g. `lagged`, or `topic_rejected` (the upstream refused `topic`; not fatal). */
+  /**
+   * E.g. `lagged`, or `topic_rejected` (the upstream refused `topic`; not fatal). From the
+   * client itself, once per outage: `permission_denied` (an untrusted socket, or the daemon
+   * refused this uid) or `unsupported_version` when a reconnect attempt was refused; it keeps
+   * trying.
+   */
   code: string;
   message: string;
   endpoint?: string;
   topic?: string;
+  /** The refusal of a reconnect attempt (UntrustedDaemonError, WsmuxError or ProtocolError). */
+  error?: Error;
   [key: string]: unknown;
 }
 
@@ -56,7 +63,11 @@ export interface LaggedEvent {
   type: "lagged";
   endpoint: string;
   dropped: number;
-  /** Set when the client itself dropped them (events held back over `maxHeldBytes`, no history). */
+  /**
+   * Set when the client itself dropped them: `events()` not taken past `eventBufferBytes` (the
+   * oldest messages go; not fetched again), or events held back over `maxHeldBytes` from a
+   * daemon without history. Comes before any later message of `endpoint`.
+   */
   client?: boolean;
   [key: string]: unknown;
 }
@@ -204,6 +215,12 @@ export interface ConnectOptions {
   maxStickyBytes?: number;
   /** Bytes of events held back while a reconnect's subscribes are answered (default 16 MiB). */
   maxHeldBytes?: number;
+  /**
+   * Bytes of frames of the events kept for `events()` (default 32 MiB, at least 64 KiB). Beyond,
+   * the oldest messages are dropped and announced by a `lagged` event with `client: true`; if
+   * other events alone fill it, the client closes with LimitError (`eventBufferBytes`).
+   */
+  eventBufferBytes?: number;
   /** First delay before reconnecting, in ms (default 100); doubles up to `reconnectMaxDelay`. */
   reconnectDelay?: number;
   /** Largest delay before reconnecting, in ms (default 1000); each is jittered to 50-100 %. */
@@ -261,6 +278,10 @@ export class Client extends EventEmitter {
   waitClosed(): Promise<Error>;
   subscribe(endpoint: string, callback?: Callback, options?: SubscribeOptions): Promise<SubscribeResult>;
   subscribe(endpoint: string, options: SubscribeOptions): Promise<SubscribeResult>;
+  /**
+   * What it removes is forgotten at once: a reconnect before the ack (which rejects it with
+   * ConnectionLostError) does not subscribe it again.
+   */
   unsubscribe(endpoint: string, options?: TopicsOption): Promise<void>;
   send(endpoint: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: SendOptions): Promise<Reply>;
   status(options?: TimeoutOption): Promise<EndpointStatus[]>;
@@ -311,10 +332,14 @@ export class NotConnectedError extends Error {
   readonly code: "ERR_WSMUX_NOT_CONNECTED";
 }
 
-/** A bound of the client was reached; nothing was sent. */
+/**
+ * A bound of the client was reached: nothing was sent (`bufferBytes`, `bufferMessages`,
+ * `maxSticky`, `maxStickyBytes`), or the client closed (`eventBufferBytes`: the application
+ * stopped taking events).
+ */
 export class LimitError extends Error {
   readonly code: "ERR_WSMUX_LIMIT";
-  /** The option naming the bound: `bufferBytes`, `bufferMessages`, `maxSticky`, `maxStickyBytes`. */
+  /** The option naming the bound. */
   readonly limit: string;
 }
 

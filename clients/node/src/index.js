@@ -34,7 +34,7 @@ import {
   subscribeFields,
   topicList,
 } from "./protocol.js";
-import { Backlog, Backoff, Holdings, StickyList } from "./state.js";
+import { Backlog, Backoff, EventQueue, Holdings, MIN_EVENT_BUFFER_BYTES, StickyList } from "./state.js";
 
 export {
   DEFAULT_MAX_FRAME,
@@ -122,8 +122,9 @@ export class NotConnectedError extends Error {
 }
 
 /**
- * A bound of the client was reached (nothing was sent): `limit` names the option, e.g.
- * `bufferBytes`, `bufferMessages`, `maxSticky` or `maxStickyBytes`.
+ * A bound of the client was reached: `limit` names the option. Nothing was sent for
+ * `bufferBytes`, `bufferMessages`, `maxSticky` or `maxStickyBytes`; with `eventBufferBytes`
+ * the client closed (the application stopped taking events, see `events()`).
  */
 export class LimitError extends Error {
   constructor(limit, message) {
@@ -227,7 +228,10 @@ function withTimeout(promise, ms, what) {
 
 const MIB = 1024 * 1024;
 
-/** Errors of a connection attempt that another attempt would meet again: not retried. */
+/**
+ * Errors of a connection attempt that another attempt would likely meet again: the first
+ * `connect()` fails with them; a reconnect reports them once per outage and keeps trying.
+ */
 const permanent = new WeakSet();
 
 /** The options of `connect`, defaulted and checked. */
@@ -248,6 +252,7 @@ function clientOptions(options) {
     maxSticky: options.maxSticky ?? 1024,
     maxStickyBytes: options.maxStickyBytes ?? 16 * MIB,
     maxHeldBytes: options.maxHeldBytes ?? 16 * MIB,
+    eventBufferBytes: options.eventBufferBytes ?? 2 * DEFAULT_MAX_FRAME,
     reconnectDelay: options.reconnectDelay ?? 100,
     reconnectMaxDelay: options.reconnectMaxDelay ?? 1000,
   };
@@ -256,6 +261,9 @@ function clientOptions(options) {
   }
   for (const key of ["bufferBytes", "bufferMessages", "maxSticky", "maxStickyBytes", "maxHeldBytes"]) {
     if (!Number.isSafeInteger(o[key]) || o[key] < 0) throw new TypeError(`${key} must be a non-negative integer`);
+  }
+  if (!Number.isSafeInteger(o.eventBufferBytes) || o.eventBufferBytes < MIN_EVENT_BUFFER_BYTES) {
+    throw new TypeError(`eventBufferBytes must be an integer of at least ${MIN_EVENT_BUFFER_BYTES} (64 KiB)`);
   }
   if (!(o.reconnectDelay > 0) || !(o.reconnectMaxDelay >= o.reconnectDelay)) {
     throw new TypeError("reconnectDelay and reconnectMaxDelay must be milliseconds with 0 < reconnectDelay <= reconnectMaxDelay");
@@ -288,6 +296,9 @@ function clientOptions(options) {
  * @param {number} [options.maxStickyBytes=16777216] their bytes per endpoint
  * @param {number} [options.maxHeldBytes=16777216] bytes of events held back while a
  *   reconnect's subscribes are answered
+ * @param {number} [options.eventBufferBytes=33554432] bytes of events kept for `events()`
+ *   (at least 64 KiB): beyond, the oldest messages are dropped and announced by a `lagged`
+ *   event with `client: true`
  * @param {number} [options.reconnectDelay=100] first delay before reconnecting, in ms
  * @param {number} [options.reconnectMaxDelay=1000] largest delay, in ms
  * @returns {Promise<Client>}
@@ -395,6 +406,25 @@ async function openLink(o, track = () => {}) {
   return { sock, decoder, welcome, rest };
 }
 
+/**
+ * The `error` event of a reconnect attempt that another attempt would meet again (an untrusted
+ * socket, a refused uid, another protocol version): the client keeps trying all the same.
+ */
+function refusalEvent(err) {
+  let code = "unsupported_version";
+  if (err instanceof UntrustedDaemonError) code = "permission_denied";
+  else if (err instanceof WsmuxError) code = err.code;
+  const message = `cannot reconnect to the daemon yet: ${err.message}; the client keeps trying`;
+  return { type: "error", code, message, error: err };
+}
+
+/** What an event the client makes itself counts against `eventBufferBytes`. */
+function ownEventSize(event) {
+  const text = typeof event.message === "string" ? event.message.length : 0;
+  const entries = Array.isArray(event.endpoints) ? event.endpoints.length : 0;
+  return 64 + text + 64 * entries;
+}
+
 /** Events that are also emitted under their own name (besides `"event"`). */
 const NAMED_EVENTS = new Set(["state", "message", "disconnected", "reconnected", "resumed"]);
 
@@ -434,7 +464,8 @@ export class Client extends EventEmitter {
   #sticky;
   #backoff;
   #callbacks = new Map();
-  #queue = [];
+  /** Events for `events()`, bounded in bytes. */
+  #queue;
   #waiters = [];
   /** While a reconnect's subscribes are unanswered: `{waiting, endpoints, errors, ...}`. */
   #resync = null;
@@ -447,6 +478,8 @@ export class Client extends EventEmitter {
   #reconnectWaiters = [];
   /** The application was told `disconnected` and not yet `reconnected`. */
   #disconnected = false;
+  /** An attempt of this outage was refused for good reason (see `refusalEvent`): told once. */
+  #warned = false;
   /** The fatal error frame of the current connection, the reason it is about to end. */
   #fatal = null;
   /** Ends the backoff delay under way. */
@@ -464,6 +497,7 @@ export class Client extends EventEmitter {
     this.#backoff = new Backoff({ initial: opts.reconnectDelay, max: opts.reconnectMaxDelay });
     this.#backlog = new Backlog({ maxBytes: opts.bufferBytes, maxMessages: opts.bufferMessages });
     this.#sticky = new StickyList({ maxMessages: opts.maxSticky, maxBytes: opts.maxStickyBytes });
+    this.#queue = new EventQueue({ maxBytes: opts.eventBufferBytes });
     this.#closedPromise = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -567,8 +601,11 @@ export class Client extends EventEmitter {
    * Unsubscribes from `endpoint` (everything), or from some of its `topics`, and resolves on
    * the ack. Once nothing is held on the endpoint, no event of it follows the ack and its
    * callback is not called again. Topics not held are ignored; `not_subscribed` means nothing
-   * at all was held on the endpoint. While the client is reconnecting, what it holds changes
-   * at once (no event of it is delivered any more) and the promise resolves once reconnected.
+   * at all was held on the endpoint. What it removes is forgotten as soon as it is asked for:
+   * if the connection drops before the ack (the promise rejects with ConnectionLostError), the
+   * reconnect does not subscribe it again. While the client is reconnecting, what it holds
+   * changes at once (no event of it is delivered any more) and the promise resolves once
+   * reconnected.
    */
   async unsubscribe(endpoint, { timeout, topics } = {}) {
     const dropped = topicList(topics);
@@ -578,10 +615,14 @@ export class Client extends EventEmitter {
       await this.#wait(this.#reconnectWaiters, timeout, `unsubscribe from ${endpoint}`, "it is unsubscribed all the same");
       return;
     }
+    // Out of the desired state as soon as it is asked for: a reconnect before the ack does not
+    // subscribe it again. Its events and callback stay until the ack (or until no ack can come).
+    this.#holdings.remove(endpoint, dropped);
     await this.#request("unsubscribe", { endpoint, topics: dropped }, { timeout }, {
       onReply: (reply) => {
         if (reply.type === "ack") this.#unsubscribed(endpoint, dropped);
       },
+      onDrop: () => this.#unsubscribed(endpoint, dropped),
     });
   }
 
@@ -777,7 +818,8 @@ export class Client extends EventEmitter {
    * frames of types added later. `data` is a string for a text message and a Uint8Array for a
    * binary one; `missed` counts messages missed just before this one (of the endpoint, or of
    * the topic for a subscription to topics only). Ends when the client closes. `timeout`
-   * bounds each wait.
+   * bounds each wait. Events not taken are bounded by `eventBufferBytes`: the oldest messages
+   * beyond it are dropped and announced by `{type: "lagged", endpoint, dropped, client: true}`.
    */
   async *events({ timeout } = {}) {
     for (;;) {
@@ -800,7 +842,8 @@ export class Client extends EventEmitter {
 
   /**
    * Closes the client: stops reconnecting, rejects waiting requests with
-   * ConnectionClosedError, ends the event stream.
+   * ConnectionClosedError, ends the event stream (after the events not taken yet, and those
+   * held back by a reconnect whose subscribes were not all answered).
    */
   async close() {
     this.#finish(new ConnectionClosedError("closed by the client"));
@@ -900,10 +943,11 @@ export class Client extends EventEmitter {
         });
       } catch (err) {
         if (this.#closed) return;
-        // An untrusted socket, a refused uid or another protocol version: not retried.
-        if (err instanceof UntrustedDaemonError || permanent.has(err)) {
-          this.#finish(err);
-          return;
+        // An untrusted socket, a refused uid or another protocol version: the application
+        // hears of it once per outage, and the client keeps trying (the path may be fixed).
+        if ((err instanceof UntrustedDaemonError || permanent.has(err)) && !this.#warned) {
+          this.#warned = true;
+          this.#deliver(refusalEvent(err));
         }
         continue;
       }
@@ -998,15 +1042,16 @@ export class Client extends EventEmitter {
     this.#resync = null;
     this.#backoff.reset();
     this.#disconnected = false;
+    this.#warned = false;
     const endpoints = [...resync.endpoints.values()].map(({ ack, ...entry }) => entry);
     const recovered = endpoints.every((e) => e.recovered);
     const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
     this.#deliver({ type: "reconnected", epoch: resync.epoch, new_epoch: resync.newEpoch, recovered, endpoints });
-    for (const [event] of held) {
+    for (const [event, size] of held) {
       if (this.#closed) return;
-      this.#deliver(event);
+      this.#deliver(event, size);
     }
     for (const waiter of this.#reconnectWaiters.splice(0)) waiter.resolve();
   }
@@ -1113,10 +1158,12 @@ export class Client extends EventEmitter {
       this.#heldBytes += size;
       return;
     }
-    this.#deliver(event);
+    this.#deliver(event, size);
   }
 
-  #deliver(event) {
+  // Hands `event` (its frame `size` bytes; 0 for the client's own) to its callback, to a
+  // waiting `nextEvent`, or to the bounded queue.
+  #deliver(event, size = 0) {
     this.emit("event", event);
     if (NAMED_EVENTS.has(event.type)) this.emit(event.type, event);
     const callback = typeof event.endpoint === "string" ? this.#callbacks.get(event.endpoint) : undefined;
@@ -1132,8 +1179,12 @@ export class Client extends EventEmitter {
       return;
     }
     const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(event);
-    else this.#queue.push(event);
+    if (waiter) {
+      waiter.resolve(event);
+      return;
+    }
+    const full = this.#queue.push(event, size || ownEventSize(event));
+    if (full) this.#finish(new LimitError(full.limit, `the client closed: ${full.message}`));
   }
 
   #callbackFailed(err) {
@@ -1152,8 +1203,11 @@ export class Client extends EventEmitter {
     link?.sock.destroy();
     if (this.#resync) clearTimeout(this.#resync.timer);
     this.#resync = null;
+    // What arrived while a reconnect's subscribes were unanswered is real: handed on.
+    const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
+    for (const [event, size] of held) this.#deliver(event, size);
     const err = this.#closedError();
     for (const entry of this.#pending.values()) {
       clearTimeout(entry.timer);

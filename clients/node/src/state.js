@@ -383,3 +383,140 @@ export class Backlog {
     return items;
   }
 }
+
+/** A first-in first-out list whose `shift` does not copy. */
+class Fifo {
+  #items = [];
+  #head = 0;
+
+  get length() {
+    return this.#items.length - this.#head;
+  }
+
+  push(item) {
+    this.#items.push(item);
+  }
+
+  peek() {
+    return this.#items[this.#head];
+  }
+
+  shift() {
+    if (this.#head >= this.#items.length) return undefined;
+    const item = this.#items[this.#head];
+    this.#items[this.#head] = undefined;
+    this.#head += 1;
+    if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return item;
+  }
+
+  /** Keeps the items for which `keep` is true. */
+  filter(keep) {
+    this.#items = this.#items.slice(this.#head).filter(keep);
+    this.#head = 0;
+  }
+}
+
+/** The smallest bound accepted for the events not taken yet: room for a few ordinary events. */
+export const MIN_EVENT_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * The events waiting for the application (`events()`, `nextEvent()`), bounded in bytes: each
+ * is charged its frame's length. When a new event does not fit, the oldest `message` events
+ * are dropped, counted per endpoint and announced by `{type: "lagged", endpoint, dropped,
+ * client: true}`, handed out before the next event (the rule the daemon applies to a slow
+ * client, PROTOCOL.md section 10). A message that does not fit even with every message gone
+ * is dropped itself, with the queued ones of its endpoint (everything announced as dropped is
+ * older than what stays). Other events are never dropped: when they alone would exceed the
+ * bound, `push` refuses (the application stopped taking events).
+ */
+export class EventQueue {
+  /** `{order, size, event}` of `message` events, oldest first. */
+  #data = new Fifo();
+  /** `{order, size, event}` of every other event, oldest first. */
+  #other = new Fifo();
+  #order = 0;
+  #bytes = 0;
+  #dataBytes = 0;
+  /** endpoint -> messages dropped and not yet announced, in order of the first drop. */
+  #lagged = new Map();
+
+  constructor({ maxBytes = 32 * 1024 * 1024 } = {}) {
+    this.maxBytes = maxBytes;
+  }
+
+  /** Events to hand out, the pending `lagged` notices included. */
+  get length() {
+    return this.#data.length + this.#other.length + this.#lagged.size;
+  }
+
+  /** Bytes charged now. */
+  get bytes() {
+    return this.#bytes;
+  }
+
+  /**
+   * Queues `event`, charged `size` bytes. Returns undefined, or `{limit, message}` when it is
+   * not a message and the events other than messages would exceed the bound (then it is not
+   * queued).
+   */
+  push(event, size) {
+    const droppable = event.type === "message";
+    const undroppable = this.#bytes - this.#dataBytes;
+    if (undroppable + size > this.maxBytes) {
+      if (!droppable) {
+        const message =
+          `the application took no events while ${undroppable} bytes of events other than messages ` +
+          `piled up, more than eventBufferBytes (${this.maxBytes}) allows`;
+        return { limit: "eventBufferBytes", message };
+      }
+      let count = 1;
+      this.#data.filter((e) => {
+        if (e.event.endpoint !== event.endpoint) return true;
+        this.#bytes -= e.size;
+        this.#dataBytes -= e.size;
+        count += 1;
+        return false;
+      });
+      this.#countDrops(event.endpoint, count);
+      return undefined;
+    }
+    while (this.#bytes + size > this.maxBytes && this.#data.length > 0) {
+      const oldest = this.#data.shift();
+      this.#bytes -= oldest.size;
+      this.#dataBytes -= oldest.size;
+      this.#countDrops(oldest.event.endpoint, 1);
+    }
+    const entry = { order: this.#order++, size, event };
+    this.#bytes += size;
+    if (droppable) {
+      this.#dataBytes += size;
+      this.#data.push(entry);
+    } else {
+      this.#other.push(entry);
+    }
+    return undefined;
+  }
+
+  /** The next event: a pending `lagged` notice first, else the oldest; undefined if none. */
+  shift() {
+    for (const [endpoint, dropped] of this.#lagged) {
+      this.#lagged.delete(endpoint);
+      return { type: "lagged", endpoint, dropped, client: true };
+    }
+    const d = this.#data.peek();
+    const o = this.#other.peek();
+    if (!d && !o) return undefined;
+    const entry = d && (!o || d.order < o.order) ? this.#data.shift() : this.#other.shift();
+    this.#bytes -= entry.size;
+    if (entry === d) this.#dataBytes -= entry.size;
+    return entry.event;
+  }
+
+  #countDrops(endpoint, count) {
+    this.#lagged.set(endpoint, (this.#lagged.get(endpoint) ?? 0) + count);
+  }
+}

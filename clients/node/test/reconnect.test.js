@@ -23,13 +23,18 @@ after(() => fs.rmSync(dir, { recursive: true, force: true }));
 /**
  * A scripted daemon: greets every connection with a welcome of `epoch`, then the test drives
  * it: `accepted()` resolves with the next connection, whose `next()` resolves with the next
- * request and `send(msg, ...)` writes frames in one write.
+ * request and `send(msg, ...)` writes frames in one write. The connections numbered in
+ * `refuse` (from 1) are answered `permission_denied` instead.
  */
-async function scriptedDaemon(name, epoch) {
+async function scriptedDaemon(name, epoch, { refuse = [] } = {}) {
   const socket = path.join(dir, `${name}.sock`);
   const waiting = [];
   const ready = [];
+  let connections = 0;
+  let refused = 0;
   const server = net.createServer((sock) => {
+    connections += 1;
+    const number = connections;
     const decoder = new FrameDecoder();
     const requests = [];
     const wanted = [];
@@ -50,6 +55,12 @@ async function scriptedDaemon(name, epoch) {
     };
     sock.on("data", (chunk) => {
       for (const msg of decoder.push(chunk)) {
+        if (msg.type === "hello" && refuse.includes(number)) {
+          refused += 1;
+          conn.send({ type: "error", id: msg.id, code: "permission_denied", message: "uid 1234 may not connect" });
+          sock.end();
+          continue;
+        }
         if (msg.type === "hello") {
           conn.send({ type: "welcome", version: 1, server: "scripted", endpoints: [{ name: "feed", state: "open" }], epoch });
           const take = waiting.shift();
@@ -69,6 +80,11 @@ async function scriptedDaemon(name, epoch) {
     socket,
     accepted: () => (ready.length > 0 ? Promise.resolve(ready.shift()) : new Promise((resolve) => waiting.push(resolve))),
     close: () => new Promise((resolve) => server.close(resolve)),
+    /** Connections refused (`refuse`: their numbers, from 1) since the last reset. */
+    refused: () => refused,
+    resetRefused: () => {
+      refused = 0;
+    },
   };
 }
 
@@ -236,6 +252,44 @@ test("lagged: the resume goes out at once, the seam is discarded, every seq come
     assert.ok(got.filter((e) => e.type === "message").every((e) => e.missed === 0));
   }));
 
+test("an unsubscribe in flight when the connection drops is not undone by the reconnect", () =>
+  withClient("unsub", {}, async (daemon, client) => {
+    const one = await daemon.accepted();
+    const got = [];
+    for (const endpoint of ["feed", "other"]) {
+      const subscribed = client.subscribe(endpoint, (event) => got.push(event));
+      one.send({ type: "ack", id: (await one.next()).id, first_seq: 1 }, message(1, endpoint));
+      await subscribed;
+    }
+    const unsubscribed = client.unsubscribe("feed");
+    assert.equal((await one.next()).type, "unsubscribe");
+    // Still on its way before the ack: delivered to the callback as before.
+    one.send(message(2));
+    one.kill(); // no ack
+    await assert.rejects(unsubscribed, (err) => err instanceof ConnectionLostError);
+
+    const two = await daemon.accepted();
+    const resub = await two.next();
+    assert.deepEqual(strip(resub), { type: "subscribe", endpoint: "other", since: 1, epoch: "A" });
+    two.send({ type: "ack", id: resub.id, recovered: true, first_seq: 2 });
+    // The next request is the application's own: feed was not subscribed again.
+    const pong = client.ping();
+    const ping = await two.next();
+    assert.equal(ping.type, "ping");
+    two.send({ type: "pong", id: ping.id });
+    await pong;
+    const [disconnected, reconnected] = await take(client, 2);
+    assert.deepEqual([disconnected.type, reconnected.type], ["disconnected", "reconnected"]);
+    assert.deepEqual(reconnected.endpoints, [{ endpoint: "other", recovered: true, first_seq: 2 }]);
+    assert.deepEqual(got.map(brief), ["feed:1", "other:1", "feed:2"]);
+    // Its callback is gone too: a later subscribe without one queues its events.
+    const again = client.subscribe("feed");
+    two.send({ type: "ack", id: (await two.next()).id, first_seq: 9 }, message(9));
+    await again;
+    assert.equal(brief(await client.nextEvent({ timeout: TIMEOUT })), "feed:9");
+    assert.equal(got.length, 3);
+  }));
+
 test("close() during the backoff returns at once and fails what waits", async () => {
   const daemon = await scriptedDaemon("close", "A");
   // Long delays: the client is in its backoff sleep when closed.
@@ -290,24 +344,106 @@ test("events held back past maxHeldBytes are fetched again by a resume, not lost
     ]);
   }));
 
-test("every reconnect checks the socket again: an untrusted one closes the client", async () => {
+test("events() is bounded by eventBufferBytes: the oldest messages go, announced by a client lagged", () =>
+  withClient("bounded", { eventBufferBytes: 64 * 1024 }, async (daemon, client) => {
+    const conn = await daemon.accepted();
+    const subscribed = client.subscribe("feed");
+    const big = (seq) => ({ ...message(seq), data: "x".repeat(10000) });
+    conn.send({ type: "ack", id: (await conn.next()).id, first_seq: 1 }, ...range(1, 20).map(big));
+    await subscribed;
+    const pong = client.ping(); // answered after the messages: they have been read
+    conn.send({ type: "pong", id: (await conn.next()).id });
+    await pong;
+    // About 10 KiB each: the last six fit in 64 KiB.
+    const events = await take(client, 7);
+    assert.deepEqual(events[0], { type: "lagged", endpoint: "feed", dropped: 14, client: true });
+    assert.deepEqual(events.slice(1).map(brief), range(15, 20).map((seq) => `feed:${seq}`));
+    // The stream goes on: nothing else is dropped once the application reads.
+    conn.send(big(21));
+    assert.equal(brief(await client.nextEvent({ timeout: TIMEOUT })), "feed:21");
+    await assert.rejects(connect({ socket: daemon.socket, eventBufferBytes: 1000 }), /eventBufferBytes must be an integer of at least 65536/);
+  }));
+
+test("close() while a reconnect's subscribes are unanswered still delivers the events held back", () =>
+  withClient("finish", {}, async (daemon, client) => {
+    const one = await daemon.accepted();
+    for (const endpoint of ["feed", "other"]) {
+      const subscribed = client.subscribe(endpoint);
+      one.send({ type: "ack", id: (await one.next()).id, first_seq: 1 });
+      await subscribed;
+    }
+    one.kill();
+    const two = await daemon.accepted();
+    const [feed, other] = [await two.next(), await two.next()];
+    assert.deepEqual([feed, other].map((r) => r.endpoint), ["feed", "other"]);
+    // feed is answered and replays; other's answer never comes.
+    two.send({ type: "ack", id: feed.id, recovered: true, first_seq: 1 }, state(), message(1), message(2));
+    const pong = client.ping(); // answered after those frames: they have been read
+    two.send({ type: "pong", id: (await two.next()).id });
+    await pong;
+    await client.close();
+    const events = [];
+    for (let e = await client.nextEvent(); e !== null; e = await client.nextEvent()) events.push(e);
+    assert.deepEqual(events.map(brief), ["disconnected", "state", "feed:1", "feed:2"]);
+  }));
+
+test("every reconnect checks the socket again: an untrusted one is reported once, and the client keeps trying", async () => {
   const daemon = await scriptedDaemon("trust", "A");
-  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 50, reconnectMaxDelay: 50 });
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 10, reconnectMaxDelay: 20 });
+  const other = await scriptedDaemon("trust-other", "B");
   try {
     const conn = await daemon.accepted();
     const stopped = daemon.close(); // done once its last connection ends
     // Someone else's socket now answers at the path: here, a symbolic link to another one.
-    const other = await scriptedDaemon("trust-other", "B");
     fs.rmSync(daemon.socket, { force: true });
     fs.symlinkSync(other.socket, daemon.socket);
     conn.kill();
     await stopped;
-    const reason = await withDeadline(client.waitClosed());
-    assert.equal(reason.code, "ERR_WSMUX_UNTRUSTED");
-    assert.match(reason.message, /symbolic link/);
-    await other.close();
+    assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+    const refused = await client.nextEvent({ timeout: TIMEOUT });
+    assert.equal(refused.type, "error");
+    assert.equal(refused.code, "permission_denied");
+    assert.match(refused.message, /symbolic link.*keeps trying/);
+    assert.equal(refused.error.code, "ERR_WSMUX_UNTRUSTED");
+    // Several more attempts (10-20 ms apart) meet the link; none of them is told again.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(client.closed, false);
+    fs.rmSync(daemon.socket, { force: true });
+    const back = await scriptedDaemon("trust", "C");
+    try {
+      await back.accepted();
+      const reconnected = await client.nextEvent({ timeout: TIMEOUT });
+      assert.equal(reconnected.type, "reconnected");
+      assert.equal(reconnected.epoch, "C");
+    } finally {
+      await client.close();
+      await back.close();
+    }
   } finally {
     await client.close();
+    await other.close();
+  }
+});
+
+test("a daemon refusing the uid on reconnect: one error event per outage, and the client comes back", async () => {
+  const daemon = await scriptedDaemon("denied", "A", { refuse: [2, 3, 4, 6, 7] });
+  const client = await connect({ socket: daemon.socket, timeout: TIMEOUT, reconnectDelay: 10, reconnectMaxDelay: 20 });
+  try {
+    // Two outages, refused three times then twice.
+    for (const refusals of [3, 2]) {
+      (await daemon.accepted()).kill();
+      assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "disconnected");
+      const refused = await client.nextEvent({ timeout: TIMEOUT });
+      assert.deepEqual([refused.type, refused.code], ["error", "permission_denied"]);
+      assert.match(refused.message, /uid 1234 may not connect.*keeps trying/);
+      assert.equal((await client.nextEvent({ timeout: TIMEOUT })).type, "reconnected");
+      assert.equal(daemon.refused(), refusals);
+      daemon.resetRefused();
+    }
+    assert.equal(client.closed, false);
+  } finally {
+    await client.close();
+    await daemon.close();
   }
 });
 

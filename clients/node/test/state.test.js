@@ -1,11 +1,11 @@
 // The client's bookkeeping across connections, without sockets or clocks (src/state.js): the
 // reconnect delays, what a reconnect and a lagged resume ask for, the seam rule, the sticky
-// list and the backlog of requests waiting for the daemon.
+// list, the backlog of requests waiting for the daemon and the bounded queue of events.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Backlog, Backoff, Holdings, StickyList, sameData } from "../src/state.js";
+import { Backlog, Backoff, EventQueue, Holdings, StickyList, sameData } from "../src/state.js";
 
 const msg = (seq, extra = {}) => ({ type: "message", endpoint: "feed", seq, data: "x", ...extra });
 
@@ -218,4 +218,53 @@ test("the backlog is bounded in count and bytes, and a removed entry is never dr
   assert.equal(backlog.bytes, 60);
   assert.deepEqual(backlog.drain(), [a, c]);
   assert.equal(backlog.length, 0);
+});
+
+const drain = (queue) => {
+  const out = [];
+  for (let e = queue.shift(); e !== undefined; e = queue.shift()) out.push(e);
+  return out;
+};
+const short = (e) => (e.type === "message" ? `${e.endpoint}:${e.seq}` : e.client ? `lagged:${e.endpoint}:${e.dropped}` : e.type);
+
+test("the event queue: in arrival order within its bound", () => {
+  const queue = new EventQueue({ maxBytes: 1000 });
+  queue.push(msg(1), 100);
+  queue.push({ type: "state", endpoint: "feed" }, 100);
+  queue.push(msg(2), 100);
+  assert.equal(queue.bytes, 300);
+  assert.deepEqual(drain(queue).map(short), ["feed:1", "state", "feed:2"]);
+  assert.equal(queue.bytes, 0);
+  assert.equal(queue.length, 0);
+});
+
+test("a full event queue drops the oldest messages, never other events, and says so first", () => {
+  const queue = new EventQueue({ maxBytes: 1000 });
+  queue.push({ type: "state", endpoint: "feed" }, 100);
+  for (let seq = 1; seq <= 4; seq++) queue.push(msg(seq), 200);
+  queue.push(msg(1, { endpoint: "other" }), 200);
+  // 100 + 5 * 200 > 1000: feed:1 went; then feed:2 and feed:3 for 400 more.
+  queue.push({ type: "disconnected", reason: "x" }, 400);
+  assert.equal(queue.bytes, 900);
+  assert.equal(queue.length, 5); // the notice, state, feed:4, other:1, disconnected
+  assert.deepEqual(drain(queue).map(short), ["lagged:feed:3", "state", "feed:4", "other:1", "disconnected"]);
+  // Counts add up per endpoint until announced, in order of the first drop.
+  for (let seq = 1; seq <= 5; seq++) queue.push(msg(seq, { endpoint: seq % 2 ? "a" : "b" }), 400);
+  assert.deepEqual(drain(queue).map(short), ["lagged:a:2", "lagged:b:1", "b:4", "a:5"]);
+});
+
+test("a message larger than the bound goes with its endpoint's queued ones; other events that fill it are refused", () => {
+  const queue = new EventQueue({ maxBytes: 1000 });
+  queue.push(msg(1), 100);
+  queue.push(msg(1, { endpoint: "other" }), 100);
+  queue.push({ type: "state", endpoint: "feed" }, 500);
+  queue.push(msg(2), 600); // 500 + 600 > 1000 even without any message
+  assert.deepEqual(drain(queue).map(short), ["lagged:feed:2", "other:1", "state"]);
+  queue.push({ type: "state", endpoint: "feed" }, 900);
+  queue.push(msg(3), 100);
+  assert.equal(queue.push({ type: "error", code: "x" }, 100), undefined); // feed:3 makes room
+  const full = queue.push({ type: "error", code: "y" }, 1);
+  assert.equal(full.limit, "eventBufferBytes");
+  assert.match(full.message, /took no events while 1000 bytes .* eventBufferBytes \(1000\)/);
+  assert.deepEqual(drain(queue).map(short), ["lagged:feed:1", "state", "error"]);
 });
