@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -101,8 +101,16 @@ pub(crate) enum Track {
         added: Added,
     },
     /// A sticky `send`: remembered once accepted.
-    Sticky(Sticky),
+    Sticky {
+        /// Its place in the sticky bound ([`Desired::sticky_reserve`]).
+        number: u64,
+        /// The message.
+        sticky: Sticky,
+    },
 }
+
+/// Where the answer to an application request goes.
+pub(crate) type Reply = oneshot::Sender<Result<ServerMsg, ClientError>>;
 
 /// A request the client makes itself.
 pub(crate) enum Internal {
@@ -114,6 +122,8 @@ pub(crate) enum Internal {
         topics: Option<Vec<String>>,
         /// Its `since`.
         since: Option<u64>,
+        /// Application subscribes made while disconnected that this one answers.
+        joined: Vec<Reply>,
     },
     /// A sticky message sent again after a reconnect.
     Sticky(Sticky),
@@ -147,6 +157,20 @@ pub(crate) enum Waiter {
         /// What it was.
         what: Internal,
     },
+}
+
+impl Waiter {
+    /// Whoever waits for this request's answer.
+    fn replies(self) -> Vec<Reply> {
+        match self {
+            Waiter::Caller { reply, .. } => vec![reply],
+            Waiter::Internal {
+                what: Internal::Resubscribe { joined, .. },
+                ..
+            } => joined,
+            Waiter::Internal { .. } => Vec::new(),
+        }
+    }
 }
 
 /// Sends made while disconnected, waiting for the next connection, bounded.
@@ -210,6 +234,10 @@ pub(crate) struct State {
     pub(crate) welcome: Welcome,
     /// The answers a reconnect still waits for.
     resync: Option<Resync>,
+    /// Application subscribes with `since`, made while disconnected on endpoints not held
+    /// before, waiting for the reconnect's subscribe of their endpoint to answer them (a
+    /// subscribe of their own after it would replay what it already delivered).
+    pub(crate) joining: HashMap<String, Vec<Reply>>,
 }
 
 /// Events waiting for the application.
@@ -239,6 +267,10 @@ pub(crate) struct Shared {
     timeout_ms: AtomicU64,
     /// Room left for application frames on their way to a writer, in bytes.
     pub(crate) room: Arc<Semaphore>,
+    /// Every subscribe of the latest reconnect was answered: the reconnect delays start
+    /// again from the shortest (not at `welcome`: a daemon that greets and then drops the
+    /// connection is not retried at the shortest delay for ever).
+    resynced: AtomicBool,
     /// Fixed behaviour.
     pub(crate) policy: Policy,
 }
@@ -265,6 +297,7 @@ impl Shared {
                 buffer: SendBuffer::default(),
                 welcome,
                 resync: None,
+                joining: HashMap::new(),
             }),
             inbox: Mutex::new(Inbox {
                 buffer: EventBuffer::new(event_buffer_bytes),
@@ -275,6 +308,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             timeout_ms: AtomicU64::new(0),
             room: Arc::new(Semaphore::new(outgoing_bytes)),
+            resynced: AtomicBool::new(false),
             policy,
         };
         shared.set_timeout(timeout);
@@ -314,9 +348,12 @@ impl Shared {
         }
         st.link = Link::Closed;
         for (_, waiter) in st.pending.drain() {
-            if let Waiter::Caller { reply, .. } = waiter {
+            for reply in waiter.replies() {
                 let _ = reply.send(Err(ClientError::Closed));
             }
+        }
+        for reply in st.joining.drain().flat_map(|(_, replies)| replies) {
+            let _ = reply.send(Err(ClientError::Closed));
         }
         st.buffer = SendBuffer::default();
         let mut inbox = self.inbox();
@@ -353,7 +390,7 @@ impl Shared {
             .map(|(id, _)| *id)
             .collect();
         for id in mine {
-            if let Some(Waiter::Caller { reply, .. }) = st.pending.remove(&id) {
+            for reply in st.pending.remove(&id).into_iter().flat_map(Waiter::replies) {
                 let _ = reply.send(Err(ClientError::Disconnected {
                     reason: lost.reason.clone(),
                 }));
@@ -398,10 +435,13 @@ impl Shared {
         let mut internal = Vec::new();
         for request in plan {
             let id = request.id.unwrap_or_default();
+            // The first request of an endpoint answers the subscribes that joined it.
+            let joined = st.joining.remove(&request.endpoint).unwrap_or_default();
             let what = Internal::Resubscribe {
                 endpoint: request.endpoint.clone(),
                 topics: request.topics.clone(),
                 since: request.since,
+                joined,
             };
             internal.push((id, ClientMsg::Subscribe(request), what));
         }
@@ -411,6 +451,13 @@ impl Shared {
             send.sticky = Some(true);
             send.undo = sticky.undo.clone();
             internal.push((id, ClientMsg::Send(send), Internal::Sticky(sticky.clone())));
+        }
+        // Joined subscribes whose endpoint was unsubscribed meanwhile.
+        for reply in st.joining.drain().flat_map(|(_, replies)| replies) {
+            let _ = reply.send(Err(ClientError::Server {
+                code: ErrorCode::NotSubscribed,
+                message: "unsubscribed before the client reconnected".into(),
+            }));
         }
         for (id, msg, what) in internal {
             let Ok(frame) = encode_frame(&msg) else {
@@ -436,6 +483,7 @@ impl Shared {
         st.link = Link::Up { gen, frames };
         let mut inbox = self.inbox();
         if resync.done() {
+            self.resynced.store(true, Ordering::Relaxed);
             let event = Event::Reconnected(resync.finish());
             let size = own_event_size(&event);
             inbox.buffer.release(event, size);
@@ -461,6 +509,15 @@ impl Shared {
         let size = own_event_size(&event);
         let _ = self.inbox().buffer.push(event, size);
         self.arrived.notify_waiters();
+    }
+}
+
+/// Whether the daemon keeps a sticky send that got `answer`: after an `ack`, and after
+/// `send_failed` too (it is written at the next upstream connect, PROTOCOL.md section 9.4).
+fn kept_sticky(answer: Result<&wsmux_proto::Ack, &ErrorMsg>) -> bool {
+    match answer {
+        Ok(_) => true,
+        Err(e) => e.code == ErrorCode::SendFailed,
     }
 }
 
@@ -642,6 +699,9 @@ pub(crate) async fn supervise(
         if !shared.lost(gen, lost) {
             return;
         }
+        if shared.resynced.swap(false, Ordering::Relaxed) {
+            backoff.reset();
+        }
         let mut warned = false;
         (conn, frames, gen) = loop {
             tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
@@ -660,7 +720,6 @@ pub(crate) async fn supervise(
                 Err(_) => {}
             }
         };
-        backoff.reset();
     }
 }
 
@@ -923,7 +982,10 @@ impl Shared {
                         st.desired.on_refused(&endpoint, id);
                         st.desired.revert(&endpoint, &added);
                     }
-                    (Track::Sticky(sticky), Ok(_)) => st.desired.sticky_accepted(sticky),
+                    (Track::Sticky { number, sticky }, answer) if kept_sticky(answer) => {
+                        st.desired.sticky_accepted(number, sticky);
+                    }
+                    (Track::Sticky { number, .. }, _) => st.desired.sticky_unreserve(number),
                     _ => {}
                 }
                 let _ = reply.send(Ok(msg));
@@ -937,6 +999,7 @@ impl Shared {
                 endpoint,
                 topics,
                 since,
+                joined,
             } => {
                 match answer {
                     Ok(ack) => st
@@ -956,7 +1019,11 @@ impl Shared {
                     }
                     _ => false,
                 };
+                for reply in joined {
+                    let _ = reply.send(Ok(msg.clone()));
+                }
                 if let Some(resync) = st.resync.take_if(|_| complete) {
+                    self.resynced.store(true, Ordering::Relaxed);
                     let done = Event::Reconnected(resync.finish());
                     let size = own_event_size(&done);
                     self.inbox().buffer.release(done, size);
@@ -965,7 +1032,9 @@ impl Shared {
             }
             Internal::Sticky(sticky) => {
                 if let Err(e) = answer {
-                    st.desired.sticky_refused(&sticky);
+                    if !kept_sticky(answer) {
+                        st.desired.sticky_refused(&sticky);
+                    }
                     event = Some(Event::Error(e.clone()));
                 }
             }
@@ -1094,5 +1163,27 @@ impl Shared {
             }
             changed.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wsmux_proto::Ack;
+
+    use super::*;
+
+    #[test]
+    fn a_sticky_send_that_failed_upstream_is_kept_like_an_accepted_one() {
+        let ack = Ack {
+            id: 1,
+            queued: None,
+            recovered: None,
+            first_seq: None,
+        };
+        assert!(kept_sticky(Ok(&ack)));
+        let failed = ErrorMsg::new(Some(1), ErrorCode::SendFailed, "write failed");
+        assert!(kept_sticky(Err(&failed)), "the daemon keeps it sticky");
+        let refused = ErrorMsg::new(Some(1), ErrorCode::UnknownEndpoint, "no such endpoint");
+        assert!(!kept_sticky(Err(&refused)));
     }
 }

@@ -31,6 +31,9 @@ struct Held {
     topics: BTreeSet<String>,
     /// The last `seq` received; before the first message, `first_seq - 1` of the `ack`.
     last_seq: Option<u64>,
+    /// The epoch `last_seq` belongs to: the one of the connection it was received on (a
+    /// `seq` means something only together with its epoch, PROTOCOL.md section 19.1).
+    seq_epoch: Option<String>,
     /// The `subscribe` with `since` waiting for its `ack`, if any.
     seam: Option<Seam>,
 }
@@ -42,6 +45,14 @@ impl Held {
 
     fn topic_list(&self) -> Vec<String> {
         self.topics.iter().cloned().collect()
+    }
+
+    /// `seq`, received on a connection whose `welcome` said `epoch`, is the resume point.
+    fn set_seq(&mut self, seq: u64, epoch: Option<&str>) {
+        self.last_seq = Some(seq);
+        if self.seq_epoch.as_deref() != epoch {
+            self.seq_epoch = epoch.map(str::to_owned);
+        }
     }
 }
 
@@ -96,6 +107,11 @@ pub(crate) struct Desired {
     stickies: Vec<Sticky>,
     /// The daemon's `welcome.epoch`.
     epoch: Option<String>,
+    /// Sticky sends on their way to the daemon, each holding a place in its endpoint's
+    /// bound until it is answered: by number.
+    sticky_reserved: BTreeMap<u64, Sticky>,
+    /// The number of the next reservation.
+    next_reservation: u64,
 }
 
 impl Desired {
@@ -110,7 +126,6 @@ impl Desired {
     }
 
     /// Whether anything of `endpoint` is held.
-    #[cfg(test)]
     pub(crate) fn holds(&self, endpoint: &str) -> bool {
         self.endpoints.contains_key(endpoint)
     }
@@ -119,6 +134,14 @@ impl Desired {
     #[cfg(test)]
     pub(crate) fn last_seq(&self, endpoint: &str) -> Option<u64> {
         self.endpoints.get(endpoint).and_then(|h| h.last_seq)
+    }
+
+    /// The application gave a position (`since` in `epoch`) for `endpoint` while it was
+    /// disconnected: the reconnect resumes it from there.
+    pub(crate) fn set_position(&mut self, endpoint: &str, since: u64, epoch: &str) {
+        if let Some(held) = self.endpoints.get_mut(endpoint) {
+            held.set_seq(since, Some(epoch));
+        }
     }
 
     /// A `subscribe` to the whole endpoint (`topics` `None`) or to `topics` of it is being
@@ -197,7 +220,7 @@ impl Desired {
         if held.seam.is_some_and(|s| seq > s.since) {
             return false;
         }
-        held.last_seq = Some(seq);
+        held.set_seq(seq, self.epoch.as_deref());
         true
     }
 
@@ -211,8 +234,9 @@ impl Desired {
 
     /// The `ack` of `subscribe {id}` of `endpoint` (`since`: what it resumed after, if it
     /// was a resume). A resume's `ack` ends its seam, and its `first_seq` is where the
-    /// stream carries on; a plain subscribe's `first_seq` gives the resume point before the
-    /// first message.
+    /// stream carries on; a plain subscribe's `first_seq` gives the resume point only before
+    /// the first message: once there is one, a plain `ack` (the endpoint's live next `seq`)
+    /// may come before messages of a replay still on their way, and must not skip them.
     pub(crate) fn on_subscribed(
         &mut self,
         endpoint: &str,
@@ -220,6 +244,7 @@ impl Desired {
         since: Option<u64>,
         first_seq: Option<u64>,
     ) {
+        let epoch = self.epoch.as_deref();
         let Some(held) = self.endpoints.get_mut(endpoint) else {
             return;
         };
@@ -229,21 +254,21 @@ impl Desired {
             (Some(_), Some(seam)) if seam.id == id => {
                 held.seam = None;
                 if let Some(before) = before_first {
-                    held.last_seq = Some(before);
+                    held.set_seq(before, epoch);
                 }
             }
             // An earlier resume, overtaken by a later one: the later one decides.
             (Some(_), Some(_)) => {}
             (Some(_), None) => {
                 if let Some(before) = before_first {
-                    held.last_seq = Some(before);
+                    held.set_seq(before, epoch);
                 }
             }
             // A plain subscribe during a resume changes nothing of the resume.
             (None, Some(_)) => {}
             (None, None) => {
-                if let Some(before) = before_first {
-                    held.last_seq = Some(held.last_seq.map_or(before, |l| l.max(before)));
+                if let (Some(before), None) = (before_first, held.last_seq) {
+                    held.set_seq(before, epoch);
                 }
             }
         }
@@ -264,11 +289,11 @@ impl Desired {
     /// held, no `seq` is known yet, a resume is already waiting for its answer (it will
     /// replay these too), or the daemon has no history (no `epoch` in its `welcome`).
     pub(crate) fn lagged(&mut self, endpoint: &str, id: u64) -> Option<Subscribe> {
-        let epoch = self.epoch.clone()?;
         let held = self.endpoints.get_mut(endpoint)?;
         if held.seam.is_some() {
             return None;
         }
+        let epoch = held.seq_epoch.clone()?;
         let since = held.last_seq?;
         held.seam = Some(Seam { id, since });
         Some(Subscribe {
@@ -288,16 +313,18 @@ impl Desired {
     }
 
     /// The `subscribe` requests that restore everything held on a fresh connection, with ids
-    /// from `next_id`: per endpoint, one that resumes from the last `seq` received in the
-    /// epoch of the previous connection (the whole endpoint if it is held whole, else its
+    /// from `next_id`: per endpoint, one that resumes from the last `seq` received, with the
+    /// epoch that `seq` belongs to (the whole endpoint if it is held whole, else its
     /// topics), then, when both are held, one for the topics without `since`. An endpoint
-    /// without a known `seq` is subscribed without `since`. Resumes begin their seams.
+    /// without a known `seq`, or whose `seq` has no epoch (a daemon without history), is
+    /// subscribed without `since`. Resumes begin their seams.
     /// Call before [`Desired::set_epoch`] with the new connection's epoch.
     pub(crate) fn plan(&mut self, mut next_id: impl FnMut() -> u64) -> Vec<Subscribe> {
         let mut planned = Vec::new();
         for (endpoint, held) in &mut self.endpoints {
             let id = next_id();
-            let since = held.last_seq;
+            let epoch = held.seq_epoch.clone();
+            let since = held.last_seq.filter(|_| epoch.is_some());
             if let Some(since) = since {
                 held.seam = Some(Seam { id, since });
             }
@@ -306,7 +333,7 @@ impl Desired {
                 endpoint: endpoint.clone(),
                 topics: (!held.whole).then(|| held.topic_list()),
                 since,
-                epoch: since.and(self.epoch.clone()),
+                epoch: since.and(epoch),
             });
             if held.whole && !held.topics.is_empty() {
                 planned.push(Subscribe {
@@ -321,16 +348,37 @@ impl Desired {
         planned
     }
 
-    /// Whether a sticky send may be remembered: an identical one already is (it replaces
-    /// it), or the endpoint's list has room for it.
-    pub(crate) fn sticky_admits(&self, sticky: &Sticky) -> Result<(), StickyFull> {
+    /// A sticky send is being made: reserves its place in the endpoint's bound until
+    /// [`Desired::sticky_accepted`] or [`Desired::sticky_unreserve`], if an identical one is
+    /// already remembered or on its way (it replaces it), or the endpoint's list, with the
+    /// sends still on their way, has room for it. Returns the reservation's number.
+    pub(crate) fn sticky_reserve(&mut self, sticky: &Sticky) -> Result<u64, StickyFull> {
+        let identical = self.sticky_admits(sticky)?;
+        let number = self.next_reservation;
+        self.next_reservation += 1;
+        // An identical one already has the place.
+        if !identical {
+            self.sticky_reserved.insert(number, sticky.clone());
+        }
+        Ok(number)
+    }
+
+    /// The sticky send of reservation `number` ended without being accepted (refused, timed
+    /// out, cancelled, the connection dropped): its place is free again.
+    pub(crate) fn sticky_unreserve(&mut self, number: u64) {
+        self.sticky_reserved.remove(&number);
+    }
+
+    /// Whether `sticky` fits: `true` when an identical one is remembered or on its way.
+    fn sticky_admits(&self, sticky: &Sticky) -> Result<bool, StickyFull> {
         let mine = || {
             self.stickies
                 .iter()
+                .chain(self.sticky_reserved.values())
                 .filter(|s| s.endpoint == sticky.endpoint)
         };
         if mine().any(|s| s == sticky) {
-            return Ok(());
+            return Ok(true);
         }
         if mine().count() >= MAX_STICKY_PER_ENDPOINT {
             return Err(StickyFull {
@@ -346,12 +394,15 @@ impl Desired {
                 ),
             });
         }
-        Ok(())
+        Ok(false)
     }
 
-    /// The daemon accepted a sticky send: it is sent again after every reconnect, in order.
-    /// An identical one already remembered keeps its place instead.
-    pub(crate) fn sticky_accepted(&mut self, sticky: Sticky) {
+    /// The daemon accepted a sticky send (`ack`, or `send_failed`: the daemon keeps it
+    /// sticky either way, PROTOCOL.md section 9.4) of reservation `number`: it is sent again
+    /// after every reconnect, in order. An identical one already remembered keeps its place
+    /// instead.
+    pub(crate) fn sticky_accepted(&mut self, number: u64, sticky: Sticky) {
+        self.sticky_reserved.remove(&number);
         if !self.stickies.contains(&sticky) {
             self.stickies.push(sticky);
         }
@@ -438,9 +489,8 @@ impl Resync {
             }
             Ok(_) => {}
             Err(e) => {
-                if decides {
-                    entry.recovered = false;
-                }
+                // A refused topics request loses that part of the set: not recovered.
+                entry.recovered = false;
                 if entry.error.is_none() {
                     entry.error = Some(e.clone());
                 }
@@ -688,10 +738,14 @@ mod tests {
             data: Payload::Text(data.into()),
             undo: Some(Payload::Text(format!("undo {data}"))),
         };
-        d.sticky_accepted(sticky("feed", "a"));
-        d.sticky_accepted(sticky("other", "x"));
-        d.sticky_accepted(sticky("feed", "b"));
-        d.sticky_accepted(sticky("feed", "a"));
+        let accept = |d: &mut Desired, s: Sticky| {
+            let number = d.sticky_reserve(&s).unwrap();
+            d.sticky_accepted(number, s);
+        };
+        accept(&mut d, sticky("feed", "a"));
+        accept(&mut d, sticky("other", "x"));
+        accept(&mut d, sticky("feed", "b"));
+        accept(&mut d, sticky("feed", "a"));
         assert_eq!(
             d.stickies(),
             [
@@ -701,16 +755,14 @@ mod tests {
             ]
         );
         for i in 0..MAX_STICKY_PER_ENDPOINT - 2 {
-            let s = sticky("feed", &i.to_string());
-            assert_eq!(d.sticky_admits(&s), Ok(()));
-            d.sticky_accepted(s);
+            accept(&mut d, sticky("feed", &i.to_string()));
         }
         let err = d.sticky_admits(&sticky("feed", "one more")).unwrap_err();
         assert!(err.bound.contains("1024"), "{err:?}");
-        assert_eq!(d.sticky_admits(&sticky("feed", "a")), Ok(()), "identical");
+        assert_eq!(d.sticky_admits(&sticky("feed", "a")), Ok(true), "identical");
         assert_eq!(
             d.sticky_admits(&sticky("other", "y")),
-            Ok(()),
+            Ok(false),
             "other endpoint"
         );
         let big = Sticky {
@@ -721,6 +773,97 @@ mod tests {
         assert!(d.sticky_admits(&big).unwrap_err().bound.contains("MiB"));
         d.sticky_refused(&sticky("other", "x"));
         assert!(d.stickies().iter().all(|s| s.endpoint == "feed"));
+    }
+
+    #[test]
+    fn sticky_sends_on_their_way_hold_their_place_in_the_bound() {
+        let mut d = Desired::default();
+        let sticky = |data: String| Sticky {
+            endpoint: "feed".into(),
+            data: Payload::Text(data),
+            undo: None,
+        };
+        // Every one still waiting for its answer: none is accepted yet.
+        let reserved: Vec<u64> = (0..MAX_STICKY_PER_ENDPOINT)
+            .map(|i| d.sticky_reserve(&sticky(i.to_string())).unwrap())
+            .collect();
+        let err = d.sticky_reserve(&sticky("one more".into())).unwrap_err();
+        assert!(err.bound.contains("1024"), "{err:?}");
+        // An identical one to a send on its way replaces it.
+        assert!(d.sticky_reserve(&sticky("7".into())).is_ok());
+        // A refused (or cancelled) one gives its place back; an accepted one keeps it.
+        d.sticky_unreserve(reserved[0]);
+        d.sticky_accepted(reserved[1], sticky("1".into()));
+        let number = d.sticky_reserve(&sticky("one more".into())).unwrap();
+        assert!(d.sticky_reserve(&sticky("two more".into())).is_err());
+        d.sticky_unreserve(number);
+        assert_eq!(d.stickies(), [sticky("1".into())]);
+    }
+
+    /// Where the first request of a reconnect resumes from, and in which epoch.
+    fn resume_point(d: &mut Desired) -> (Option<u64>, Option<String>) {
+        let plan = d.plan(ids());
+        (plan[0].since, plan[0].epoch.clone())
+    }
+
+    #[test]
+    fn a_resume_point_keeps_its_own_epoch_until_the_new_one_gives_another() {
+        let at = |seq, epoch: &str| (Some(seq), Some(epoch.to_owned()));
+        let mut d = with_epoch("e1");
+        d.hold("feed", None);
+        d.on_subscribed("feed", 1, None, Some(10));
+        d.on_message("feed", 10);
+        d.on_message("feed", 11);
+        d.disconnected();
+        // The daemon restarted: the resume goes out, and the connection drops before its
+        // ack. The next attempt still asks after 11 of e1, never 11 of e2.
+        assert_eq!(resume_point(&mut d), at(11, "e1"));
+        d.set_epoch(Some("e2".into()));
+        d.disconnected();
+        let plan = d.plan(ids());
+        assert_eq!((plan[0].since, plan[0].epoch.clone()), at(11, "e1"));
+        // Once answered, the point is in the new epoch.
+        d.on_subscribed("feed", plan[0].id.unwrap(), Some(11), Some(1));
+        d.on_message("feed", 1);
+        d.disconnected();
+        assert_eq!(resume_point(&mut d), at(1, "e2"));
+        // A point from a daemon without history has no epoch: resubscribed without `since`.
+        let mut d = Desired::default();
+        d.hold("feed", None);
+        d.on_subscribed("feed", 1, None, Some(3));
+        d.set_epoch(Some("e1".into()));
+        assert_eq!(resume_point(&mut d), (None, None));
+        // A position the application gave while disconnected carries its epoch.
+        let mut d = with_epoch("e2");
+        d.hold("feed", None);
+        d.set_position("feed", 40, "e1");
+        assert_eq!(resume_point(&mut d), at(40, "e1"));
+    }
+
+    #[test]
+    fn a_plain_ack_never_moves_the_resume_point_past_a_replay_on_its_way() {
+        // Held whole and by topics: the reconnect resumes the whole endpoint, then asks for
+        // the topics; their ack carries the live next seq, before the replayed messages.
+        let mut d = with_epoch("e1");
+        d.hold("feed", None);
+        d.hold("feed", Some(&topics(&["t"])));
+        d.on_subscribed("feed", 1, None, Some(11));
+        d.on_message("feed", 11);
+        d.disconnected();
+        let plan = d.plan(ids());
+        let (resume, topics_id) = (plan[0].id.unwrap(), plan[1].id.unwrap());
+        d.on_subscribed("feed", resume, Some(11), Some(12));
+        d.on_subscribed("feed", topics_id, None, Some(500));
+        assert_eq!(
+            d.last_seq("feed"),
+            Some(11),
+            "the replay of 12..499 still comes"
+        );
+        assert!(d.on_message("feed", 12));
+        // The application adding topics while a resume replays: the same.
+        d.hold("feed", Some(&topics(&["u"])));
+        d.on_subscribed("feed", 9, None, Some(600));
+        assert_eq!(d.last_seq("feed"), Some(12));
     }
 
     #[test]
@@ -750,7 +893,7 @@ mod tests {
         assert!(!event.recovered);
         assert_eq!(event.endpoints.len(), 3);
         let a = &event.endpoints[0];
-        assert!(a.recovered, "the topics' refusal does not undo the resume");
+        assert!(!a.recovered, "the refused topics are not recovered");
         assert_eq!(
             a.error.as_ref().map(|e| e.code),
             Some(ErrorCode::TopicsUnsupported)

@@ -68,7 +68,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use wsmux_proto::{
     ClientMsg, DataMessage, Dropped, EndpointStatus, ErrorCode, ErrorMsg, Lagged, Payload, Ping,
     Reconnect, Reload, Send, Sent, ServerMsg, StateEvent, StatusReply, StatusRequest, Subscribe,
@@ -539,6 +539,21 @@ pub struct Client {
     supervisor: tokio::task::JoinHandle<()>,
 }
 
+/// A sticky send's place in its endpoint's bound, given back when the send ends in any way
+/// but being accepted (then it is in the remembered list instead).
+struct Reservation<'a> {
+    /// Where the bound is.
+    shared: &'a Shared,
+    /// The reservation.
+    number: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.shared.state().desired.sticky_unreserve(self.number);
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.close();
@@ -551,8 +566,8 @@ enum Kind {
     Other,
     /// A plain `send`.
     Send,
-    /// A sticky `send`, remembered once accepted.
-    Sticky(Sticky),
+    /// A sticky `send` holding reservation `number`, remembered once accepted.
+    Sticky(u64, Sticky),
     /// A `subscribe`.
     Subscribe {
         /// Its endpoint.
@@ -668,7 +683,7 @@ impl Client {
         let timeout = shared.timeout();
         let _slot = Slot { shared, id };
         let while_down = match kind {
-            Kind::Send | Kind::Sticky(_) => WhileDown::Send,
+            Kind::Send | Kind::Sticky(..) => WhileDown::Send,
             _ => WhileDown::Wait,
         };
         let mut kind = Some(kind);
@@ -695,7 +710,7 @@ impl Client {
                             added,
                         }
                     }
-                    Some(Kind::Sticky(sticky)) => Track::Sticky(sticky),
+                    Some(Kind::Sticky(number, sticky)) => Track::Sticky { number, sticky },
                     _ => Track::Nothing,
                 })
                 .await?;
@@ -750,11 +765,47 @@ impl Client {
             since,
             epoch,
         } = options;
-        let added = self
-            .shared
-            .state()
-            .desired
-            .hold(endpoint, topics.as_deref());
+        let (added, joined) = {
+            let mut st = self.shared.state();
+            let fresh = !st.desired.holds(endpoint);
+            let added = st.desired.hold(endpoint, topics.as_deref());
+            // Resuming an endpoint not held, while disconnected: the reconnect resumes it
+            // from `since` and its answer is this call's.
+            let position = since.zip(
+                epoch
+                    .clone()
+                    .or_else(|| st.desired.epoch().map(str::to_owned)),
+            );
+            let mut joined = None;
+            if let (true, Link::Down, Some((since, epoch))) = (fresh, &st.link, position) {
+                st.desired.set_position(endpoint, since, &epoch);
+                let (tx, rx) = oneshot::channel();
+                st.joining.entry(endpoint.to_owned()).or_default().push(tx);
+                joined = Some(rx);
+            }
+            (added, joined)
+        };
+        if let Some(joined) = joined {
+            let timeout = self.shared.timeout();
+            let reply = match tokio::time::timeout(timeout, joined).await {
+                Ok(Ok(reply)) => reply?,
+                Ok(Err(_)) => return Err(ClientError::Closed),
+                Err(_) => return Err(ClientError::Timeout(timeout)),
+            };
+            return match reply {
+                ServerMsg::Ack(ack) => Ok(Subscribed {
+                    first_seq: ack.first_seq,
+                    recovered: ack.recovered,
+                }),
+                ServerMsg::Error(e) => Err(ClientError::Server {
+                    code: e.code,
+                    message: e.message,
+                }),
+                other => Err(ClientError::Protocol(format!(
+                    "expected ack, got {other:?}"
+                ))),
+            };
+        }
         let kind = Kind::Subscribe {
             endpoint: endpoint.to_owned(),
             since,
@@ -900,21 +951,28 @@ impl Client {
         options: SendOptions,
     ) -> Result<Delivery, ClientError> {
         let data = data.into();
-        let kind = if options.sticky {
+        let (kind, _reservation) = if options.sticky {
             let sticky = Sticky {
                 endpoint: endpoint.to_owned(),
                 data: data.clone(),
                 undo: options.undo.clone(),
             };
-            if let Err(full) = self.shared.state().desired.sticky_admits(&sticky) {
-                return Err(ClientError::StickyFull {
-                    endpoint: endpoint.to_owned(),
-                    bound: full.bound,
-                });
-            }
-            Kind::Sticky(sticky)
+            let number = match self.shared.state().desired.sticky_reserve(&sticky) {
+                Ok(number) => number,
+                Err(full) => {
+                    return Err(ClientError::StickyFull {
+                        endpoint: endpoint.to_owned(),
+                        bound: full.bound,
+                    })
+                }
+            };
+            let reservation = Reservation {
+                shared: &self.shared,
+                number,
+            };
+            (Kind::Sticky(number, sticky), Some(reservation))
         } else {
-            Kind::Send
+            (Kind::Send, None)
         };
         let ack = self
             .expect_ack(

@@ -133,6 +133,19 @@ async fn until_disconnected(client: &Client) {
     .await;
 }
 
+/// Broadcasts messages 1 to `n` from `up`, 20 per millisecond at most; gives `up` back.
+fn publish(up: Upstream, n: u64) -> tokio::task::JoinHandle<Upstream> {
+    tokio::spawn(async move {
+        for i in 1..=n {
+            up.broadcast(Message::text(format!("{i}")));
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        up
+    })
+}
+
 fn reconnected(event: &Event) -> Option<Reconnected> {
     match event {
         Event::Reconnected(r) => Some(r.clone()),
@@ -257,15 +270,7 @@ async fn a_killed_connection_is_resumed_and_every_seq_arrives_once_in_order() {
     let client = Client::connect_with(options(&proxy.socket)).await.unwrap();
     // The subscription is in place before the upstream produces.
     subscribed_open(&client).await;
-    let publisher = tokio::spawn(async move {
-        for i in 1..=N {
-            up.broadcast(Message::text(format!("{i}")));
-            if i % 20 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        up
-    });
+    let publisher = publish(up, N);
     let mut seen = Watched::default();
     seen.read_until(&client, 300).await;
     // The connection dies under the client's feet while the upstream keeps producing.
@@ -537,4 +542,54 @@ async fn an_endpoint_a_reload_removed_is_reported_and_forgotten_at_the_reconnect
     assert!(event.recovered, "{event:?}");
     assert_eq!(event.endpoints.len(), 1);
     assert_eq!(event.endpoints[0].endpoint, "feed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_asked_for_while_disconnected_is_made_by_the_reconnect_itself() {
+    const N: u64 = 1500;
+    let up = Upstream::start().await;
+    let d = Daemon::start(&endpoint_toml("feed", &up.url(), ""));
+    let proxy = UnixProxy::start(&d.socket);
+    // A long first delay leaves time to ask while disconnected.
+    let slow =
+        options(&proxy.socket).reconnect_delays(Duration::from_secs(2), Duration::from_secs(2));
+    let client = Client::connect_with(slow).await.unwrap();
+    subscribed_open(&client).await;
+    let publisher = publish(up, N);
+    let mut seen = Watched::default();
+    seen.read_until(&client, 200).await;
+    // The application keeps its own position, and lets go of the endpoint.
+    let epoch = client.epoch().expect("the daemon has an epoch");
+    client.unsubscribe("feed").await.unwrap();
+    proxy.kill();
+    until(
+        &client,
+        "disconnected",
+        |e| matches!(e, Event::Disconnected(_)).then_some(()),
+        |e| matches!(e, Event::Message(_) | Event::State(_)),
+    )
+    .await;
+    assert!(!client.is_connected());
+    // Resuming from it while disconnected: answered by the reconnect's own resume, so that
+    // nothing is delivered before the replay and then again in it.
+    let options = wsmux_client::SubscribeOptions::new()
+        .since(200)
+        .epoch(epoch);
+    let subscribed = client.subscribe_with("feed", options).await.unwrap();
+    assert_eq!(subscribed.recovered, Some(true), "{subscribed:?}");
+    assert_eq!(subscribed.first_seq, Some(201));
+    let mut after = Watched::default();
+    within(30, "every message", after.read_until(&client, N)).await;
+    let _up = within(30, "the publisher", publisher).await.unwrap();
+
+    assert_eq!(after.reconnected.len(), 1);
+    let event = &after.reconnected[0];
+    assert!(event.recovered, "{event:?}");
+    assert_eq!(event.endpoints.len(), 1);
+    assert_eq!(event.endpoints[0].first_seq, Some(201), "{event:?}");
+    assert_eq!(
+        after.seqs,
+        (201..=N).collect::<Vec<_>>(),
+        "every seq after the position once, in order"
+    );
 }
