@@ -38,7 +38,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import Backoff, Options, Session, SessionView, Target
+from .session import Options, Session, SessionView, Target
 
 __all__ = ["AsyncCallback", "AsyncClient"]
 
@@ -503,7 +503,7 @@ class AsyncClient(SessionView):
 
     async def _reconnect(self) -> bool:
         """Dials with backoff until connected (True) or closed (False)."""
-        backoff = Backoff()
+        backoff = self._session.backoff
         while not self._closing:
             await asyncio.sleep(backoff.next_delay())
             try:

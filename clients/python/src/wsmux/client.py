@@ -41,7 +41,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import Backoff, Options, Session, SessionView, Target
+from .session import Options, Session, SessionView, Target
 
 __all__ = ["Callback", "Client"]
 
@@ -644,7 +644,7 @@ class Client(SessionView):
 
     def _reconnect(self) -> bool:
         """Dials with backoff until connected (True) or closed (False)."""
-        backoff = Backoff()
+        backoff = self._session.backoff
         while True:
             if self._closing.wait(backoff.next_delay()):
                 return False
