@@ -10,9 +10,11 @@ own code paths (reading, reconnecting, dispatching) are the ones under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -410,3 +412,63 @@ def test_close_while_reconnecting_ends_the_client_and_what_waits(
     assert all(isinstance(e, wsmux.ConnectionClosed) for e in outcomes.values()), outcomes
     assert client.wait_closed(TIMEOUT) and client.closed
     assert not of(wsmux.Reconnected, list(client.events(timeout=TIMEOUT)))  # the stream ends
+
+
+@contextlib.contextmanager
+def stopped(daemon: Daemon) -> Iterator[None]:
+    """The daemon process stopped (SIGSTOP): it neither reads nor answers until the end."""
+    daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: _process_state(daemon.proc.pid) == "T", "the daemon is stopped")
+        yield
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of a process (Linux ``/proc/PID/stat``): ``T`` once stopped."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+BIG = "x" * (2 << 20)  # more than the socket buffers hold
+
+
+def test_a_request_to_a_daemon_that_does_not_read_times_out_in_time(
+    env: Rig, connect: Connect
+) -> None:
+    client = connect(env.socket)
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            client.send("feed", BIG, timeout=1.0)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (the outcome is what is tested)
+            outcome.append(exc)
+
+    with stopped(env.daemon):
+        started = time.monotonic()
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(5.0)
+        took = time.monotonic() - started
+    assert outcome, "the send did not end within 5 s"
+    print(f"the send ended after {took * 1000:.0f} ms")
+    assert isinstance(outcome[0], TimeoutError), outcome
+
+
+def test_a_write_the_daemon_does_not_take_ends_the_connection(env: Rig) -> None:
+    client = wsmux.Client.connect(env.socket, timeout=TIMEOUT, request_timeout=1.0)
+    try:
+        client.subscribe("feed")
+        with stopped(env.daemon):
+            with pytest.raises(TimeoutError):
+                client.send("feed", BIG)
+            events = read_until(client, lambda ev: bool(of(wsmux.Disconnected, ev)))
+        (disconnected,) = of(wsmux.Disconnected, events)
+        assert "does not read" in disconnected.reason
+        read_until(client, lambda ev: bool(of(wsmux.Reconnected, ev)))
+        assert client.send("feed", "after", timeout=TIMEOUT)["type"] == "ack"
+    finally:
+        client.close()

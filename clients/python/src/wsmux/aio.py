@@ -141,6 +141,7 @@ class AsyncClient(SessionView):
         self._changed = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
+        self._drain_lock = asyncio.Lock()
         self._run_task = asyncio.ensure_future(self._run())
         self._dispatch_task = asyncio.ensure_future(self._dispatch_loop())
 
@@ -337,11 +338,7 @@ class AsyncClient(SessionView):
                     "not connected to the daemon: timed out waiting to reconnect"
                 ) from None
         try:
-            try:
-                await self._writer.drain()  # flow control only: failures end the connection
-            except (OSError, RuntimeError):
-                pass
-            await asyncio.wait_for(asyncio.shield(waiter.done), self._left(deadline))
+            await asyncio.wait_for(self._written_and_done(waiter), self._left(deadline))
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"no reply (request id {request_id}) from the daemon in time"
@@ -353,6 +350,16 @@ class AsyncClient(SessionView):
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    async def _written_and_done(self, waiter: _Waiter) -> None:
+        """Waits until the connection took what was written (flow control; one drain at a
+        time, which Python 3.9 requires), then for the request's end."""
+        try:
+            async with self._drain_lock:
+                await self._writer.drain()
+        except (OSError, RuntimeError):
+            pass  # failures end the connection: the reader task sees it
+        await asyncio.shield(waiter.done)
 
     def _left(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - self._loop.time())
