@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -472,3 +474,125 @@ def test_a_write_the_daemon_does_not_take_ends_the_connection(env: Rig) -> None:
         assert client.send("feed", "after", timeout=TIMEOUT)["type"] == "ack"
     finally:
         client.close()
+
+
+Answer = Callable[[int, dict[str, Any]], "list[dict[str, Any]] | None"]
+
+
+class ScriptedPeer:
+    """A scripted daemon on a real Unix socket: ``answer(n, frame)`` gives the frames sent
+    back for each frame received on the n-th connection (from 0), or None to close it."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.dir = tempfile.mkdtemp(prefix="wsmux-py-p-")
+        self.socket = os.path.join(self.dir, "p.sock")
+        self._answer = answer
+        self._conns: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.socket)
+        self._listener.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(n, conn), daemon=True).start()
+            n += 1
+
+    def _serve(self, n: int, conn: socket.socket) -> None:
+        decoder = wsmux.FrameDecoder()
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                decoder.feed(chunk)
+                for frame in decoder:
+                    out = self._answer(n, frame)
+                    if out is None:
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                    conn.sendall(b"".join(wsmux.encode_frame(m) for m in out))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        """Ends every connection so far."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.drop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def scripted_welcome(frame: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"type": "welcome", "version": 1, "server": "p", "endpoints": [], "epoch": "p1"}]
+
+
+def test_a_resume_the_daemon_never_answers_ends_the_connection(connect: Connect) -> None:
+    def answer(n: int, frame: dict[str, Any]) -> list[dict[str, Any]]:
+        if frame["type"] == "hello":
+            return scripted_welcome(frame)
+        if frame["type"] != "subscribe":
+            return []
+        if frame.get("since") is None:
+            return [
+                {"type": "ack", "id": frame["id"], "first_seq": 1},
+                {"type": "message", "endpoint": "feed", "seq": 1, "data": "one"},
+                {"type": "lagged", "endpoint": "feed", "dropped": 3},
+            ]
+        if n == 0:
+            return []  # the resume after lagged: never answered
+        return [{"type": "ack", "id": frame["id"], "recovered": True, "first_seq": 2}]
+
+    peer = ScriptedPeer(answer)
+    try:
+        client = connect(peer.socket, request_timeout=0.5)
+        client.subscribe("feed")
+        events = read_until(client, lambda ev: bool(of(wsmux.Reconnected, ev)), timeout=5.0)
+        assert summary(events) == "message:1 Lagged Disconnected Reconnected"
+        (disconnected,) = of(wsmux.Disconnected, events)
+        assert "resume" in disconnected.reason
+    finally:
+        peer.close()
+
+
+def test_a_refused_reconnect_warns_once_per_outage_and_keeps_trying(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    refusals = 3
+
+    def answer(n: int, frame: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if frame["type"] == "hello":
+            if 1 <= n <= refusals:
+                return [{"type": "error", "code": "permission_denied", "message": "not you"}]
+            return scripted_welcome(frame)
+        if frame["type"] == "subscribe":
+            return [{"type": "ack", "id": frame["id"], "first_seq": 1}]
+        return []
+
+    peer = ScriptedPeer(answer)
+    try:
+        client = connect(peer.socket)
+        client.subscribe("feed")
+        caplog.set_level(logging.WARNING, logger="wsmux")
+        peer.drop()
+        events = read_until(client, lambda ev: bool(of(wsmux.Reconnected, ev)))
+        assert summary(events) == "Disconnected Reconnected"
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "permission_denied" in warnings[0].getMessage() or "not you" in (
+            warnings[0].getMessage()
+        )
+    finally:
+        peer.close()

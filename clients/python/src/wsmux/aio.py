@@ -474,11 +474,17 @@ class AsyncClient(SessionView):
         reader = self._reader
         fatal: DaemonError | None = None
         wait = self.request_timeout
-        restore_deadline = None if wait is None else self._loop.time() + wait
+        #: Until when the daemon may take to answer the resubscribes or resumes in flight.
+        resync_deadline: float | None = None
         try:
             while True:
-                # A reconnect whose resubscribes go unanswered is broken: give up on it.
-                limit = self._left(restore_deadline) if self._session.restoring else None
+                # Resubscribes or a resume that go unanswered leave the endpoint's messages
+                # held or discarded: a connection like that is broken, give up on it.
+                if not self._session.resyncing:
+                    resync_deadline = None
+                elif resync_deadline is None and wait is not None:
+                    resync_deadline = self._loop.time() + wait
+                limit = self._left(resync_deadline)
                 try:
                     header = await asyncio.wait_for(reader.readexactly(HEADER.size), limit)
                 except asyncio.IncompleteReadError as exc:
@@ -486,7 +492,7 @@ class AsyncClient(SessionView):
                         return "the connection ended inside a frame"
                     return str(fatal) if fatal else "the daemon closed the connection"
                 except asyncio.TimeoutError:
-                    return f"the daemon did not answer the resubscribes within {wait} s"
+                    return f"the daemon did not answer the resubscribes or resume within {wait} s"
                 (length,) = HEADER.unpack(header)
                 if length > self.max_frame:
                     raise ProtocolError(
@@ -511,12 +517,20 @@ class AsyncClient(SessionView):
     async def _reconnect(self) -> bool:
         """Dials with backoff until connected (True) or closed (False)."""
         backoff = self._session.backoff
+        warned = False
         while not self._closing:
             await asyncio.sleep(backoff.next_delay())
             try:
                 reader, writer, welcome = await _dial(self._target, self.max_frame)
-            except UntrustedDaemon as exc:
-                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+            except (UntrustedDaemon, DaemonError) as exc:
+                refused = isinstance(exc, UntrustedDaemon) or exc.code == "permission_denied"
+                if refused and not warned:  # once per outage: it keeps trying
+                    warned = True
+                    log.warning(
+                        "wsmux: reconnecting to %r was refused: %r", self._target.path, str(exc)
+                    )
+                else:
+                    log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
             except (WsmuxError, OSError, asyncio.TimeoutError) as exc:
                 log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)

@@ -651,20 +651,25 @@ class Client(SessionView):
         """Reads frames until the current connection ends; returns why it ended."""
         transport, decoder = self._transport, self._decoder
         fatal: DaemonError | None = None
-        restore_deadline = _deadline(self.request_timeout)
-        with self._lock:
-            restoring = self._session.restoring
+        #: Until when the daemon may take to answer the resubscribes or resumes in flight.
+        resync_deadline: float | None = None
         try:
             while True:
                 for msg in decoder:
                     with self._lock:
                         self._session.receive(msg, decoder.last_size)
                         self._perform()
-                        restoring = self._session.restoring
                     if msg["type"] == "error" and msg.get("code") in FATAL_CODES:
                         fatal = DaemonError.from_frame(msg)
-                # A reconnect whose resubscribes go unanswered is broken: give up on it.
-                transport.set_deadline(restore_deadline if restoring else None)
+                # Resubscribes or a resume that go unanswered leave the endpoint's messages
+                # held or discarded: a connection like that is broken, give up on it.
+                with self._lock:
+                    resyncing = self._session.resyncing
+                if not resyncing:
+                    resync_deadline = None
+                elif resync_deadline is None:
+                    resync_deadline = _deadline(self.request_timeout)
+                transport.set_deadline(resync_deadline)
                 chunk = transport.recv()
                 if not chunk:
                     if decoder.buffered:
@@ -672,7 +677,10 @@ class Client(SessionView):
                     return str(fatal) if fatal else "the daemon closed the connection"
                 decoder.feed(chunk)
         except TimeoutError:
-            return f"the daemon did not answer the resubscribes within {self.request_timeout} s"
+            return (
+                "the daemon did not answer the resubscribes or resume within "
+                f"{self.request_timeout} s"
+            )
         except (OSError, ValueError) as exc:  # ValueError: recv on a closed socket
             return f"connection lost: {exc}"
         except WsmuxError as exc:
@@ -683,6 +691,7 @@ class Client(SessionView):
     def _reconnect(self) -> bool:
         """Dials with backoff until connected (True) or closed (False)."""
         backoff = self._session.backoff
+        warned = False
         while True:
             if self._closing.wait(backoff.next_delay()):
                 return False
@@ -695,8 +704,15 @@ class Client(SessionView):
 
             try:
                 transport, decoder, welcome = _dial(self._target, self.max_frame, register)
-            except UntrustedDaemon as exc:
-                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+            except (UntrustedDaemon, DaemonError) as exc:
+                refused = isinstance(exc, UntrustedDaemon) or exc.code == "permission_denied"
+                if refused and not warned:  # once per outage: it keeps trying
+                    warned = True
+                    log.warning(
+                        "wsmux: reconnecting to %r was refused: %r", self._target.path, str(exc)
+                    )
+                else:
+                    log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
             except (WsmuxError, OSError, TimeoutError) as exc:
                 log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)

@@ -317,6 +317,13 @@ class Session:
         return self._restore is not None
 
     @property
+    def resyncing(self) -> bool:
+        """Whether a reconnect's resubscribes or a ``subscribe`` with ``since`` (a resume)
+        are still unanswered: messages are held or discarded (the seam rule) until then,
+        so a client gives up on the connection if that lasts too long."""
+        return self._restore is not None or bool(self._seams)
+
+    @property
     def outstanding(self) -> int:
         """Bytes of events not taken by the application yet."""
         return self._outstanding
