@@ -10,9 +10,13 @@ own code paths (reading, reconnecting, dispatching) are the ones under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 import os
 import shutil
+import signal
+import socket
 import tempfile
 import threading
 import time
@@ -410,3 +414,185 @@ def test_close_while_reconnecting_ends_the_client_and_what_waits(
     assert all(isinstance(e, wsmux.ConnectionClosed) for e in outcomes.values()), outcomes
     assert client.wait_closed(TIMEOUT) and client.closed
     assert not of(wsmux.Reconnected, list(client.events(timeout=TIMEOUT)))  # the stream ends
+
+
+@contextlib.contextmanager
+def stopped(daemon: Daemon) -> Iterator[None]:
+    """The daemon process stopped (SIGSTOP): it neither reads nor answers until the end."""
+    daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: _process_state(daemon.proc.pid) == "T", "the daemon is stopped")
+        yield
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of a process (Linux ``/proc/PID/stat``): ``T`` once stopped."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+BIG = "x" * (2 << 20)  # more than the socket buffers hold
+
+
+def test_a_request_to_a_daemon_that_does_not_read_times_out_in_time(
+    env: Rig, connect: Connect
+) -> None:
+    client = connect(env.socket)
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            client.send("feed", BIG, timeout=1.0)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (the outcome is what is tested)
+            outcome.append(exc)
+
+    with stopped(env.daemon):
+        started = time.monotonic()
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(5.0)
+        took = time.monotonic() - started
+    assert outcome, "the send did not end within 5 s"
+    print(f"the send ended after {took * 1000:.0f} ms")
+    assert isinstance(outcome[0], TimeoutError), outcome
+
+
+def test_a_write_the_daemon_does_not_take_ends_the_connection(env: Rig) -> None:
+    client = wsmux.Client.connect(env.socket, timeout=TIMEOUT, request_timeout=1.0)
+    try:
+        client.subscribe("feed")
+        with stopped(env.daemon):
+            with pytest.raises(TimeoutError):
+                client.send("feed", BIG)
+            events = read_until(client, lambda ev: bool(of(wsmux.Disconnected, ev)))
+        (disconnected,) = of(wsmux.Disconnected, events)
+        assert "does not read" in disconnected.reason
+        read_until(client, lambda ev: bool(of(wsmux.Reconnected, ev)))
+        assert client.send("feed", "after", timeout=TIMEOUT)["type"] == "ack"
+    finally:
+        client.close()
+
+
+Answer = Callable[[int, dict[str, Any]], "list[dict[str, Any]] | None"]
+
+
+class ScriptedPeer:
+    """A scripted daemon on a real Unix socket: ``answer(n, frame)`` gives the frames sent
+    back for each frame received on the n-th connection (from 0), or None to close it."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.dir = tempfile.mkdtemp(prefix="wsmux-py-p-")
+        self.socket = os.path.join(self.dir, "p.sock")
+        self._answer = answer
+        self._conns: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.socket)
+        self._listener.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(n, conn), daemon=True).start()
+            n += 1
+
+    def _serve(self, n: int, conn: socket.socket) -> None:
+        decoder = wsmux.FrameDecoder()
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                decoder.feed(chunk)
+                for frame in decoder:
+                    out = self._answer(n, frame)
+                    if out is None:
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                    conn.sendall(b"".join(wsmux.encode_frame(m) for m in out))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        """Ends every connection so far."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.drop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def scripted_welcome(frame: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"type": "welcome", "version": 1, "server": "p", "endpoints": [], "epoch": "p1"}]
+
+
+def test_a_resume_the_daemon_never_answers_ends_the_connection(connect: Connect) -> None:
+    def answer(n: int, frame: dict[str, Any]) -> list[dict[str, Any]]:
+        if frame["type"] == "hello":
+            return scripted_welcome(frame)
+        if frame["type"] != "subscribe":
+            return []
+        if frame.get("since") is None:
+            return [
+                {"type": "ack", "id": frame["id"], "first_seq": 1},
+                {"type": "message", "endpoint": "feed", "seq": 1, "data": "one"},
+                {"type": "lagged", "endpoint": "feed", "dropped": 3},
+            ]
+        if n == 0:
+            return []  # the resume after lagged: never answered
+        return [{"type": "ack", "id": frame["id"], "recovered": True, "first_seq": 2}]
+
+    peer = ScriptedPeer(answer)
+    try:
+        client = connect(peer.socket, request_timeout=0.5)
+        client.subscribe("feed")
+        events = read_until(client, lambda ev: bool(of(wsmux.Reconnected, ev)), timeout=5.0)
+        assert summary(events) == "message:1 Lagged Disconnected Reconnected"
+        (disconnected,) = of(wsmux.Disconnected, events)
+        assert "resume" in disconnected.reason
+    finally:
+        peer.close()
+
+
+def test_a_refused_reconnect_warns_once_per_outage_and_keeps_trying(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    refusals = 3
+
+    def answer(n: int, frame: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if frame["type"] == "hello":
+            if 1 <= n <= refusals:
+                return [{"type": "error", "code": "permission_denied", "message": "not you"}]
+            return scripted_welcome(frame)
+        if frame["type"] == "subscribe":
+            return [{"type": "ack", "id": frame["id"], "first_seq": 1}]
+        return []
+
+    peer = ScriptedPeer(answer)
+    try:
+        client = connect(peer.socket)
+        client.subscribe("feed")
+        caplog.set_level(logging.WARNING, logger="wsmux")
+        peer.drop()
+        events = read_until(client, lambda ev: bool(of(wsmux.Reconnected, ev)))
+        assert summary(events) == "Disconnected Reconnected"
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "permission_denied" in warnings[0].getMessage() or "not you" in (
+            warnings[0].getMessage()
+        )
+    finally:
+        peer.close()

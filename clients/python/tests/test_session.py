@@ -353,3 +353,72 @@ def test_close_fails_everything_that_waits() -> None:
     assert all(isinstance(p.done[w][1], wsmux.ConnectionClosed) for w in (buffered, sub))
     with pytest.raises(wsmux.ConnectionClosed):
         p.s.send(object(), "feed", "b")
+
+
+def test_an_unsubscribe_in_flight_when_the_connection_drops_is_not_undone() -> None:
+    p = Peer()
+    p.subscribed("gone", first_seq=1)
+    p.subscribed("kept", first_seq=1)
+    p.feed(msg(1, "gone"))
+    waiter = object()
+    p.s.unsubscribe(waiter, "gone")
+    (unsub,) = p.written()
+    assert unsub["type"] == "unsubscribe"
+    p.feed(msg(2, "gone"))  # already on its way
+    p.s.disconnected("killed")  # before the ack
+    p.finish()
+    assert isinstance(p.done[waiter][1], wsmux.ConnectionLost)
+    assert p.s.position("gone") is None
+    p.s.connected(welcome("e1"))
+    assert [f["endpoint"] for f in p.written()] == ["kept"]
+
+
+def test_a_sticky_answered_send_failed_stays_remembered() -> None:
+    p = Peer()
+    failed = object()
+    rid = p.s.send(failed, "feed", "sub", sticky=True, undo="unsub")
+    p.written()
+    p.feed({"type": "error", "id": rid, "code": "send_failed", "message": "write failed"})
+    assert isinstance(p.done[failed][1], wsmux.DaemonError)
+    assert p.s.sticky_count("feed") == 1  # the daemon keeps it sticky (PROTOCOL.md 9.4)
+    p.s.disconnected("down")
+    p.s.connected(welcome("e1"))
+    (resent,) = p.written()
+    assert (resent["data"], resent["sticky"], resent["undo"]) == ("sub", True, "unsub")
+    p.feed({"type": "error", "id": resent["id"], "code": "send_failed", "message": "again"})
+    assert p.s.sticky_count("feed") == 1
+    assert not [e for e in p.events() if isinstance(e, wsmux.ErrorEvent)]
+    p.s.disconnected("down")
+    p.s.connected(welcome("e1"))
+    assert [f["data"] for f in p.written()] == ["sub"]
+
+
+def test_a_second_lagged_before_the_resume_is_answered_sends_no_second_resume() -> None:
+    p = Peer()
+    p.subscribed(first_seq=1)
+    p.feed(msg(1), {"type": "lagged", "endpoint": "feed", "dropped": 5})
+    (resume,) = p.written()
+    p.feed({"type": "lagged", "endpoint": "feed", "dropped": 3}, msg(9))
+    assert p.written() == []  # the resume in flight covers it
+    p.feed(ack(resume["id"], recovered=True, first_seq=2), msg(2))
+    p.feed({"type": "lagged", "endpoint": "feed", "dropped": 1})  # a new loss
+    (again,) = p.written()
+    assert again["since"] == 2
+
+
+def test_the_backoff_is_reset_only_once_the_resync_is_complete() -> None:
+    p = Peer()
+    p.s.backoff = Backoff(rng=lambda: 1.0)
+    p.subscribed(first_seq=1)
+
+    def outage(attempts: int) -> list[float]:
+        p.s.disconnected("down")
+        return [round(p.s.backoff.next_delay(), 3) for _ in range(attempts)]
+
+    assert outage(2) == [0.1, 0.2]
+    p.s.connected(welcome("e1"))  # greeted, then dropped before the resubscribe's ack
+    assert outage(1) == [0.4]
+    p.s.connected(welcome("e1"))
+    (sub,) = p.written()[-1:]
+    p.feed(ack(sub["id"], recovered=True, first_seq=2))
+    assert outage(1) == [0.1]

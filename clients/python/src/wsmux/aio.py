@@ -38,7 +38,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import Backoff, Options, Session, SessionView, Target
+from .session import Options, Session, SessionView, Target
 
 __all__ = ["AsyncCallback", "AsyncClient"]
 
@@ -141,6 +141,7 @@ class AsyncClient(SessionView):
         self._changed = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
+        self._drain_lock = asyncio.Lock()
         self._run_task = asyncio.ensure_future(self._run())
         self._dispatch_task = asyncio.ensure_future(self._dispatch_loop())
 
@@ -337,11 +338,7 @@ class AsyncClient(SessionView):
                     "not connected to the daemon: timed out waiting to reconnect"
                 ) from None
         try:
-            try:
-                await self._writer.drain()  # flow control only: failures end the connection
-            except (OSError, RuntimeError):
-                pass
-            await asyncio.wait_for(asyncio.shield(waiter.done), self._left(deadline))
+            await asyncio.wait_for(self._written_and_done(waiter), self._left(deadline))
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"no reply (request id {request_id}) from the daemon in time"
@@ -353,6 +350,16 @@ class AsyncClient(SessionView):
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    async def _written_and_done(self, waiter: _Waiter) -> None:
+        """Waits until the connection took what was written (flow control; one drain at a
+        time, which Python 3.9 requires), then for the request's end."""
+        try:
+            async with self._drain_lock:
+                await self._writer.drain()
+        except (OSError, RuntimeError):
+            pass  # failures end the connection: the reader task sees it
+        await asyncio.shield(waiter.done)
 
     def _left(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - self._loop.time())
@@ -467,11 +474,17 @@ class AsyncClient(SessionView):
         reader = self._reader
         fatal: DaemonError | None = None
         wait = self.request_timeout
-        restore_deadline = None if wait is None else self._loop.time() + wait
+        #: Until when the daemon may take to answer the resubscribes or resumes in flight.
+        resync_deadline: float | None = None
         try:
             while True:
-                # A reconnect whose resubscribes go unanswered is broken: give up on it.
-                limit = self._left(restore_deadline) if self._session.restoring else None
+                # Resubscribes or a resume that go unanswered leave the endpoint's messages
+                # held or discarded: a connection like that is broken, give up on it.
+                if not self._session.resyncing:
+                    resync_deadline = None
+                elif resync_deadline is None and wait is not None:
+                    resync_deadline = self._loop.time() + wait
+                limit = self._left(resync_deadline)
                 try:
                     header = await asyncio.wait_for(reader.readexactly(HEADER.size), limit)
                 except asyncio.IncompleteReadError as exc:
@@ -479,7 +492,7 @@ class AsyncClient(SessionView):
                         return "the connection ended inside a frame"
                     return str(fatal) if fatal else "the daemon closed the connection"
                 except asyncio.TimeoutError:
-                    return f"the daemon did not answer the resubscribes within {wait} s"
+                    return f"the daemon did not answer the resubscribes or resume within {wait} s"
                 (length,) = HEADER.unpack(header)
                 if length > self.max_frame:
                     raise ProtocolError(
@@ -503,13 +516,21 @@ class AsyncClient(SessionView):
 
     async def _reconnect(self) -> bool:
         """Dials with backoff until connected (True) or closed (False)."""
-        backoff = Backoff()
+        backoff = self._session.backoff
+        warned = False
         while not self._closing:
             await asyncio.sleep(backoff.next_delay())
             try:
                 reader, writer, welcome = await _dial(self._target, self.max_frame)
-            except UntrustedDaemon as exc:
-                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+            except (UntrustedDaemon, DaemonError) as exc:
+                refused = isinstance(exc, UntrustedDaemon) or exc.code == "permission_denied"
+                if refused and not warned:  # once per outage: it keeps trying
+                    warned = True
+                    log.warning(
+                        "wsmux: reconnecting to %r was refused: %r", self._target.path, str(exc)
+                    )
+                else:
+                    log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
             except (WsmuxError, OSError, asyncio.TimeoutError) as exc:
                 log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import socket
 import sys
 import threading
@@ -41,7 +42,7 @@ from .protocol import (
     request,
     topic_list,
 )
-from .session import Backoff, Options, Session, SessionView, Target
+from .session import Options, Session, SessionView, Target
 
 __all__ = ["Callback", "Client"]
 
@@ -90,8 +91,24 @@ class _SocketTransport:
     def verify_peer(self, path: str, expected_uid: int | None) -> None:
         check_peer(self._sock, path, expected_uid)
 
-    def send_all(self, data: bytes) -> None:
-        self._sock.sendall(data)
+    def send_all(self, data: bytes, deadline: float | None = None) -> None:
+        """Writes ``data`` whole; raises ``TimeoutError`` if that takes past ``deadline``."""
+        if deadline is None:
+            self._sock.sendall(data)
+            return
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLOUT)
+        while view:
+            try:
+                view = view[self._sock.send(view, socket.MSG_DONTWAIT) :]
+                continue
+            except (BlockingIOError, socket.timeout):
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(view)} bytes of a frame could not be written in time")
+            poller.poll(max(1, int(left * 1000)))
 
     def recv(self) -> bytes:
         try:
@@ -140,7 +157,7 @@ class _PipeTransport:
     def verify_peer(self, path: str, expected_uid: int | None) -> None:
         """No uids on Windows: the pipe's security descriptor governs access."""
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, data: bytes, deadline: float | None = None) -> None:
         view = memoryview(data)
         while view:
             view = view[self._file.write(view) :]
@@ -240,7 +257,13 @@ class Client(SessionView):
         self._generation = 0
         #: A connection being greeted by a reconnect, so that close() can end it.
         self._dialing: _Transport | None = None
+        #: Frames for the writing thread; ``_outgoing_bytes`` of them, at most
+        #: ``_max_outgoing`` (over it the daemon is not reading: the connection ends).
         self._outgoing: queue.Queue[Any] = queue.Queue()
+        self._outgoing_bytes = 0
+        self._max_outgoing = 2 * self._options.max_frame
+        #: Why the writing thread ended the current connection, if it did.
+        self._write_error: str | None = None
         self._callbacks: dict[str, Callback] = {}
         self._dispatch: queue.Queue[Any] = queue.Queue()
         self._events: queue.Queue[Any] = queue.Queue()
@@ -294,6 +317,10 @@ class Client(SessionView):
         - ``max_sticky=1024``: sticky messages remembered per endpoint;
         - ``max_event_bytes=32 MiB``: events the application has not taken yet;
         - ``max_frame=16 MiB``: the largest frame written or accepted.
+
+        A frame the daemon does not take within ``request_timeout``, or more than twice
+        ``max_frame`` of frames waiting to be written, ends the connection (the daemon is not
+        reading); the client then reconnects as above.
         """
         opts = Options(**options)
         target = Target(
@@ -562,6 +589,15 @@ class Client(SessionView):
         """Carries out what the session asks for. Called with the lock held."""
         generation = self._generation
         for frame in self._session.take_writes():
+            if self._outgoing_bytes + len(frame) > self._max_outgoing:
+                if self._write_error is None:
+                    self._write_error = (
+                        f"the daemon does not read: {self._outgoing_bytes} bytes wait to be "
+                        f"written to it (at most 2 x max_frame = {self._max_outgoing})"
+                    )
+                    self._transport.close()  # the reading thread sees the end and reconnects
+                continue
+            self._outgoing_bytes += len(frame)
             self._outgoing.put((generation, frame))
         for waiter, result, error in self._session.take_done():
             waiter.result, waiter.error = result, error
@@ -588,6 +624,8 @@ class Client(SessionView):
             while True:
                 reason = self._read_connection()
                 with self._lock:
+                    if self._write_error is not None:
+                        reason, self._write_error = self._write_error, None
                     if self._closing.is_set():
                         reason = "closed by the client"
                         break
@@ -613,20 +651,25 @@ class Client(SessionView):
         """Reads frames until the current connection ends; returns why it ended."""
         transport, decoder = self._transport, self._decoder
         fatal: DaemonError | None = None
-        restore_deadline = _deadline(self.request_timeout)
-        with self._lock:
-            restoring = self._session.restoring
+        #: Until when the daemon may take to answer the resubscribes or resumes in flight.
+        resync_deadline: float | None = None
         try:
             while True:
                 for msg in decoder:
                     with self._lock:
                         self._session.receive(msg, decoder.last_size)
                         self._perform()
-                        restoring = self._session.restoring
                     if msg["type"] == "error" and msg.get("code") in FATAL_CODES:
                         fatal = DaemonError.from_frame(msg)
-                # A reconnect whose resubscribes go unanswered is broken: give up on it.
-                transport.set_deadline(restore_deadline if restoring else None)
+                # Resubscribes or a resume that go unanswered leave the endpoint's messages
+                # held or discarded: a connection like that is broken, give up on it.
+                with self._lock:
+                    resyncing = self._session.resyncing
+                if not resyncing:
+                    resync_deadline = None
+                elif resync_deadline is None:
+                    resync_deadline = _deadline(self.request_timeout)
+                transport.set_deadline(resync_deadline)
                 chunk = transport.recv()
                 if not chunk:
                     if decoder.buffered:
@@ -634,7 +677,10 @@ class Client(SessionView):
                     return str(fatal) if fatal else "the daemon closed the connection"
                 decoder.feed(chunk)
         except TimeoutError:
-            return f"the daemon did not answer the resubscribes within {self.request_timeout} s"
+            return (
+                "the daemon did not answer the resubscribes or resume within "
+                f"{self.request_timeout} s"
+            )
         except (OSError, ValueError) as exc:  # ValueError: recv on a closed socket
             return f"connection lost: {exc}"
         except WsmuxError as exc:
@@ -644,7 +690,8 @@ class Client(SessionView):
 
     def _reconnect(self) -> bool:
         """Dials with backoff until connected (True) or closed (False)."""
-        backoff = Backoff()
+        backoff = self._session.backoff
+        warned = False
         while True:
             if self._closing.wait(backoff.next_delay()):
                 return False
@@ -657,8 +704,15 @@ class Client(SessionView):
 
             try:
                 transport, decoder, welcome = _dial(self._target, self.max_frame, register)
-            except UntrustedDaemon as exc:
-                log.warning("wsmux: not reconnecting to an untrusted socket: %s", exc)
+            except (UntrustedDaemon, DaemonError) as exc:
+                refused = isinstance(exc, UntrustedDaemon) or exc.code == "permission_denied"
+                if refused and not warned:  # once per outage: it keeps trying
+                    warned = True
+                    log.warning(
+                        "wsmux: reconnecting to %r was refused: %r", self._target.path, str(exc)
+                    )
+                else:
+                    log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
                 continue
             except (WsmuxError, OSError, TimeoutError) as exc:
                 log.debug("wsmux: reconnecting to %r failed: %r", self._target.path, exc)
@@ -672,6 +726,7 @@ class Client(SessionView):
                     return False
                 self._transport, self._decoder = transport, decoder
                 self._generation += 1
+                self._write_error = None
                 self.welcome = welcome
                 self._session.connected(welcome)
                 self._perform()
@@ -687,13 +742,19 @@ class Client(SessionView):
                 return
             generation, frame = item
             with self._lock:
+                self._outgoing_bytes -= len(frame)
                 transport = self._transport if generation == self._generation else None
             if transport is None:
                 continue  # made for a connection that has ended
             try:
-                transport.send_all(frame)
-            except OSError:
+                transport.send_all(frame, _deadline(self.request_timeout))
+            except TimeoutError as exc:
+                with self._lock:
+                    if generation == self._generation and self._write_error is None:
+                        self._write_error = f"the daemon does not read: {exc}"
                 transport.close()  # the reading thread sees the end and reconnects
+            except (OSError, ValueError):  # ValueError: the socket was closed meanwhile
+                transport.close()
 
     def _dispatch_loop(self) -> None:
         while True:

@@ -66,7 +66,7 @@ EVENT_OVERHEAD = 64
 
 class Backoff:
     """The delays between reconnect attempts: 0.1 s doubling to a cap of 1 s, each multiplied
-    by a random factor in [0.5, 1.0]. ``reset()`` after a connection succeeded."""
+    by a random factor in [0.5, 1.0]. ``reset()`` once a reconnect is complete."""
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ class Target:
 class _Request:
     """An application request (written to the daemon, or buffered)."""
 
-    __slots__ = ("on_end", "on_reply", "type", "waiter")
+    __slots__ = ("on_end", "on_error", "on_reply", "type", "waiter")
 
     def __init__(
         self,
@@ -159,6 +159,8 @@ class _Request:
         self.on_reply = on_reply
         #: Called once when the request ends without an ``ack`` (error, lost, dropped).
         self.on_end = on_end
+        #: Applies an ``error`` answer to the desired state (before ``on_end``).
+        self.on_error: Callable[[DaemonError], None] | None = None
 
     def ended(self) -> None:
         if self.on_end is not None:
@@ -286,6 +288,10 @@ class Session:
         self._writes: list[bytes] = []
         self._events: list[tuple[Event, int]] = []
         self._done: list[tuple[Any, Any, BaseException | None]] = []
+        #: The delays between reconnect attempts: reset once a reconnect's resync is
+        #: complete (not at ``welcome``: a daemon that greets and drops is not retried at
+        #: the shortest delay forever).
+        self.backoff = Backoff()
 
     # -- what the client performs ----------------------------------------------------------
 
@@ -309,6 +315,13 @@ class Session:
     def restoring(self) -> bool:
         """Whether a reconnect's resubscribes are still unanswered."""
         return self._restore is not None
+
+    @property
+    def resyncing(self) -> bool:
+        """Whether a reconnect's resubscribes or a ``subscribe`` with ``since`` (a resume)
+        are still unanswered: messages are held or discarded (the seam rule) until then,
+        so a client gives up on the connection if that lasts too long."""
+        return self._restore is not None or bool(self._seams)
 
     @property
     def outstanding(self) -> int:
@@ -498,9 +511,10 @@ class Session:
     def unsubscribe(
         self, waiter: Any, endpoint: str, topics: list[str] | None = None
     ) -> int | None:
-        """Unsubscribes. While disconnected, what is held is dropped from the desired state
-        at once and the request is answered once connected; if nothing is held, None (wait
-        until connected and call again: the daemon gives the answer)."""
+        """Unsubscribes. What is held is dropped from the desired state at once (also when
+        the connection drops before the ack). While disconnected the request is answered
+        once connected; if nothing is held, None (wait until connected and call again: the
+        daemon gives the answer)."""
 
         def forget() -> None:
             self.factory.unsubscribed(endpoint, topics)
@@ -515,13 +529,11 @@ class Session:
             request_id = self._new_id()
             self._on_connect[request_id] = (waiter, {"type": "ack", "id": request_id})
             return request_id
-
-        def on_reply(ack: Frame) -> Frame:
-            forget()
-            return ack
-
+        # Forgotten as it is written: if the connection drops before the ack, the reconnect
+        # must not take it back.
+        forget()
         fields = {"endpoint": endpoint, "topics": topics}
-        return self._submit("unsubscribe", fields, _Request("unsubscribe", waiter, on_reply))
+        return self._submit("unsubscribe", fields, _Request("unsubscribe", waiter))
 
     def send(
         self,
@@ -533,7 +545,8 @@ class Session:
         undo: str | bytes | None = None,
     ) -> int:
         """Sends; while disconnected, buffers it or raises :class:`NotConnected`. A sticky send
-        is remembered once acknowledged and re-sent after every reconnect."""
+        is remembered once acknowledged (or answered ``send_failed``: the daemon keeps it
+        too) and re-sent after every reconnect."""
         self._check_open()
         if undo is not None and not sticky:
             raise ValueError("undo is only meaningful with sticky=True")
@@ -551,16 +564,26 @@ class Session:
                     )
             self._sticky_in_flight[endpoint] = self._sticky_in_flight.get(endpoint, 0) + 1
 
-            def on_reply(ack: Frame) -> Frame:
+            def remember() -> None:
                 req.on_end = None
                 self._sticky_answered(endpoint)
                 stickies = self._sticky.setdefault(endpoint, [])
                 if entry in stickies:  # an identical re-send replaces the earlier one
                     stickies.remove(entry)
                 stickies.append(entry)
+
+            def on_reply(ack: Frame) -> Frame:
+                remember()
                 return ack
 
+            def on_error(error: DaemonError) -> None:
+                # The write failed, but the daemon keeps the message sticky and writes it
+                # at the next upstream connect (PROTOCOL.md 9.4): so does this client.
+                if error.code == "send_failed":
+                    remember()
+
             req.on_reply = on_reply
+            req.on_error = on_error
             req.on_end = lambda: self._sticky_answered(endpoint)
         try:
             return self._send(req, endpoint, data, queue, sticky, undo)
@@ -666,7 +689,7 @@ class Session:
             if self._outstanding + size > self.options.max_event_bytes:
                 self._local_lag[endpoint] = 1
                 return
-            if seq is not None:
+            if seq is not None and self.factory.holds(endpoint):
                 self._position[endpoint] = (self.epoch, seq)
         self._deliver(self.factory.make(frame), size)
         if (
@@ -684,6 +707,8 @@ class Session:
         pos = self._position.get(endpoint)
         if self.state != CONNECTED or held is None or pos is None:
             return
+        if endpoint in self._seams:
+            return  # the resume in flight covers this loss too (PROTOCOL.md 19.3)
         whole, topics = held
         request_id = self._new_id()
         self._pending[request_id] = _Resume(endpoint)
@@ -718,6 +743,8 @@ class Session:
                 del self._seams[endpoint]
         if isinstance(pending, _Request):
             if error is not None:
+                if pending.on_error is not None:
+                    pending.on_error(error)
                 pending.ended()
                 self._fail(pending.waiter, error)
                 return
@@ -729,7 +756,11 @@ class Session:
             self._resubscribed(request_id, pending, frame, error)
         elif isinstance(pending, _Resume):
             self._resumed(pending.endpoint, frame, error)
-        elif isinstance(pending, _StickyResend) and error is not None:
+        elif (
+            isinstance(pending, _StickyResend)
+            and error is not None
+            and error.code != "send_failed"  # still sticky in the daemon (PROTOCOL.md 9.4)
+        ):
             stickies = self._sticky.get(pending.endpoint, [])
             if pending.sticky in stickies:
                 stickies.remove(pending.sticky)
@@ -784,6 +815,7 @@ class Session:
     def _restored(self) -> None:
         restore, self._restore = self._restore, None
         assert restore is not None
+        self.backoff.reset()
         entries = tuple(
             EndpointRecovery(name, bool(e[0]), e[1], e[2]) for name, e in restore.entries.items()
         )
