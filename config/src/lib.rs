@@ -85,8 +85,8 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Origin};
 pub use settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
-    LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings, ServerSettings,
-    Settings, SlowClientPolicy, StickySettings, TlsSettings,
+    LogSettings, OnDown, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings,
+    ServerSettings, Settings, SlowClientPolicy, StickySettings, TlsSettings, WebSocketSettings,
 };
 pub use topics::{
     KeyPart, Pointer, Rate, Template, TemplatePart, TopicKey, TopicSettings, Unmatched,

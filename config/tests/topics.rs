@@ -108,6 +108,8 @@ fn defaults(key: Vec<KeyPart>, subscribe: Template) -> TopicSettings {
         max_per_client: 1024,
         max_topics: 65536,
         max_topic_bytes: 256,
+        local_ack: None,
+        local_unsubscribe_ack: None,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod text;
 pub mod tls;
 pub mod topics;
 pub mod upstream;
+pub mod wslocal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -76,6 +77,9 @@ pub enum RunError {
     /// TLS could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The WebSocket listener (`[websocket]`) could not be set up.
+    #[error(transparent)]
+    WebSocket(#[from] wslocal::BindError),
 }
 
 /// Called once the socket listens and every endpoint driver has started.
@@ -185,7 +189,7 @@ impl Endpoints {
     /// Applies new settings: added endpoints start, removed ones stop (their subscribers get
     /// `closed`), changed ones reconnect with the new settings, the others are untouched.
     async fn apply(&mut self, old: &Settings, new: &Settings) {
-        if old.server != new.server || old.log != new.log {
+        if old.server != new.server || old.log != new.log || old.websocket != new.websocket {
             tracing::warn!("changes outside [endpoints] take effect only after a restart");
         }
         let wanted: BTreeMap<&str, &EndpointSettings> =
@@ -271,6 +275,14 @@ pub async fn run_with(
                 .client_read_budget
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
+        client_slots: Arc::new(tokio::sync::Semaphore::new(
+            settings
+                .server
+                .max_clients
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        next_client: std::sync::atomic::AtomicU64::new(1),
+        websocket: wslocal::Counters::default(),
     });
     let mut endpoints = Endpoints {
         ctx: Arc::clone(&ctx),
@@ -296,6 +308,22 @@ pub async fn run_with(
             metrics_cancel.clone(),
         ));
     }
+    let mut websocket_socket = None;
+    let websocket = match &settings.websocket {
+        Some(ws) => {
+            let listeners = wslocal::bind(ws, settings.server.socket_mode).await?;
+            websocket_socket = listeners.unix_path();
+            Some(tokio::spawn(wslocal::serve(
+                listeners,
+                Arc::clone(&ctx),
+                ws.clone(),
+                accept_cancel.clone(),
+                sessions_cancel.clone(),
+                sessions.clone(),
+            )))
+        }
+        None => None,
+    };
     let accept = tokio::spawn(server::accept_loop(
         listener,
         Arc::clone(&ctx),
@@ -361,6 +389,9 @@ pub async fn run_with(
     accept_cancel.cancel();
     metrics_cancel.cancel();
     let _ = accept.await;
+    if let Some(websocket) = websocket {
+        let _ = websocket.await;
+    }
     // 2. Endpoints deliver their queues (bounded), send `closed`, close upstream.
     endpoints.cancel.cancel();
     endpoints.tracker.close();
@@ -381,8 +412,10 @@ pub async fn run_with(
         tracing::warn!("some clients did not drain in time");
     }
     #[cfg(unix)]
-    if path.exists() {
-        let _ = std::fs::remove_file(&path);
+    for path in std::iter::once(&path).chain(websocket_socket.as_ref()) {
+        if path.exists() {
+            let _ = std::fs::remove_file(path);
+        }
     }
     tracing::info!("stopped");
     Ok(())
