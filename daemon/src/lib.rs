@@ -251,6 +251,14 @@ pub async fn run_with(
     let path: PathBuf = local::resolve_socket_path(settings.server.socket.as_deref());
     let listener = local::bind(&path, settings.server.socket_mode).await?;
     tracing::info!(socket = %path.display(), "listening");
+    let listeners = match &settings.websocket {
+        Some(ws) => Some((
+            wslocal::bind(ws, settings.server.socket_mode).await?,
+            ws.clone(),
+        )),
+        None => None,
+    };
+    let websocket_socket = listeners.as_ref().and_then(|(l, _)| l.unix_path());
 
     let tls = Arc::new(tls::TlsBase::load().map_err(RunError::Tls)?);
     let sessions_cancel = CancellationToken::new();
@@ -308,22 +316,16 @@ pub async fn run_with(
             metrics_cancel.clone(),
         ));
     }
-    let mut websocket_socket = None;
-    let websocket = match &settings.websocket {
-        Some(ws) => {
-            let listeners = wslocal::bind(ws, settings.server.socket_mode).await?;
-            websocket_socket = listeners.unix_path();
-            Some(tokio::spawn(wslocal::serve(
-                listeners,
-                Arc::clone(&ctx),
-                ws.clone(),
-                accept_cancel.clone(),
-                sessions_cancel.clone(),
-                sessions.clone(),
-            )))
-        }
-        None => None,
-    };
+    let websocket = listeners.map(|(listeners, ws)| {
+        tokio::spawn(wslocal::serve(
+            listeners,
+            Arc::clone(&ctx),
+            ws,
+            accept_cancel.clone(),
+            sessions_cancel.clone(),
+            sessions.clone(),
+        ))
+    });
     let accept = tokio::spawn(server::accept_loop(
         listener,
         Arc::clone(&ctx),

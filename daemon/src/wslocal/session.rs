@@ -135,15 +135,17 @@ impl Session {
             self.refused(e);
         }
         let (mut sink, mut stream) = ws.split();
+        let written = CancellationToken::new();
         let write_half = async {
             let result = self.write_loop(&mut sink).await;
             self.outbox.close();
+            written.cancel();
             if let Err(e) = result {
                 tracing::debug!(client = self.id, error = %e, "write to a WebSocket client failed");
             }
         };
         let read_half = async {
-            self.read_loop(&mut stream, &shutdown).await;
+            self.read_loop(&mut stream, &written, &shutdown).await;
             self.outbox.close();
         };
         tokio::join!(read_half, async {
@@ -159,24 +161,35 @@ impl Session {
         tracing::debug!(client = self.id, endpoint = %self.endpoint.name(), "WebSocket client disconnected");
     }
 
-    /// Reads the app's messages until it leaves, the outbox closes (then until the app
-    /// answers the close frame, within [`CLOSE_WAIT`]) or the daemon shuts down.
-    async fn read_loop<R>(&self, stream: &mut R, shutdown: &CancellationToken)
-    where
+    /// Reads the app's messages until it leaves or the daemon shuts down. Once the outbox is
+    /// closed, what the app sends is no longer handled, but it is still read (so that pings
+    /// are answered and the app's answer to a close frame arrives) until the writer is done
+    /// (`written`) and [`CLOSE_WAIT`] has passed.
+    async fn read_loop<R>(
+        &self,
+        stream: &mut R,
+        written: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let mut intercept: Option<(Arc<TopicSettings>, Arc<Interceptor>)> = None;
-        let mut closing: Option<Instant> = None;
+        let mut closed = false;
+        let mut until: Option<Instant> = None;
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                _ = self.outbox.closed(), if closing.is_none() => {
-                    closing = Some(Instant::now() + CLOSE_WAIT);
+                _ = self.outbox.closed(), if !closed => {
+                    closed = true;
                     continue;
                 }
-                _ = tokio::time::sleep_until(closing.unwrap_or(far)), if closing.is_some() => return,
+                _ = written.cancelled(), if until.is_none() => {
+                    until = Some(Instant::now() + CLOSE_WAIT);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(until.unwrap_or(far)), if until.is_some() => return,
                 next = stream.next() => next,
             };
             let message = match next {
@@ -191,7 +204,7 @@ impl Session {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .input(Instant::now().into_std());
-            if closing.is_some() {
+            if closed {
                 continue;
             }
             let data = match message {
