@@ -265,3 +265,32 @@ fn local_answers_of_topics() {
         assert!(err.to_string().contains(reason), "{bad}: {err}");
     }
 }
+
+#[test]
+fn the_example_files_websocket_block_loads_once_uncommented() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wsmux.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let block: String = text
+        .lines()
+        .skip_while(|line| *line != "# [websocket]")
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.strip_prefix("# "))
+        .filter(|line| line.starts_with('[') || line.contains(" = "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(block.starts_with("[websocket]\n"), "{block}");
+    // The example names the token, so it may not allow anonymous clients too.
+    let block = block.replace("allow_anonymous = false\n", "");
+    let settings = load(&format!("{block}{FEED}"), &[("WSMUX_WS_TOKEN", "t")]);
+    assert_eq!(
+        settings.websocket,
+        Some(WebSocketSettings {
+            listen: Some("127.0.0.1:8765".parse().unwrap()),
+            unix: Some("/run/wsmux/ws.sock".into()),
+            token: Some("t".into()),
+            ..WebSocketSettings::default()
+        }),
+        "the example shows the defaults"
+    );
+    assert!(text.contains("# allow_anonymous = false\n"));
+}
