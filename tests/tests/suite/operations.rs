@@ -266,7 +266,10 @@ async fn prometheus_metrics_over_real_http() {
     let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    // `/` is the status page now: an unknown path is what gets 404.
+    http.write_all(b"GET /nothing-here HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
     let mut response = String::new();
     http.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
