@@ -395,10 +395,10 @@ impl Drop for NodeWs {
 }
 
 /// The DOM of `url` as headless Chromium renders it (`--dump-dom`), with a fresh profile, a
-/// virtual-time budget of 5 s (the page's fetches and first render finish before the dump)
-/// and nothing in the background. Fails the test if Chromium is missing, fails, or takes
-/// more than a minute.
-pub async fn chromium_dom(url: &str) -> String {
+/// virtual-time budget of 5 s (the page's fetches and first render finish before the dump),
+/// nothing in the background, and `extra` flags. Fails the test if Chromium is missing,
+/// fails, or takes more than a minute.
+pub async fn chromium_dom(url: &str, extra: &[&str]) -> String {
     let chromium = require("chromium", "chromium");
     let profile = tempfile::tempdir().expect("tempdir");
     let out = tokio::time::timeout(
@@ -417,6 +417,7 @@ pub async fn chromium_dom(url: &str) -> String {
                 "--dump-dom",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
             .arg(url)
             .kill_on_drop(true)
             .output(),

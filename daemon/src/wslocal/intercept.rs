@@ -258,7 +258,8 @@ enum Piece {
 }
 
 impl Piece {
-    /// As a JSON value; text is parsed as JSON first (a template matched as text).
+    /// As a JSON value; `None` for text (a template matched as text already read back what
+    /// it could as JSON).
     fn as_value(&self) -> Option<&Value> {
         match self {
             Piece::Value(v) => Some(v),

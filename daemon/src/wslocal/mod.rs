@@ -55,9 +55,9 @@ const REFUSE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// `Retry-After` for an endpoint in `failed`, which retries only when told to.
 const FAILED_RETRY_AFTER: u64 = 60;
 
-/// tungstenite's read buffer per app (its default of 128 KiB is for servers with few
-/// clients).
-const READ_BUFFER: usize = 16 * 1024;
+/// tungstenite's read buffer per app, allocated at once (its default of 128 KiB is for
+/// servers with few clients; apps mostly read, and a larger message takes several reads).
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Bytes tungstenite collects before it writes to the socket (the writer flushes after every
 /// batch anyway).
@@ -351,7 +351,7 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// The TCP address could not be bound.
-    #[error("cannot serve WebSocket clients on {addr} ([websocket] listen): {source}")]
+    #[error("cannot serve WebSocket clients on {addr} ([websocket] listen)")]
     Tcp {
         /// The configured address.
         addr: SocketAddr,

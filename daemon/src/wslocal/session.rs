@@ -207,6 +207,14 @@ impl Session {
             if closed {
                 continue;
             }
+            // An app that sends requests but reads none of the answers is not read from
+            // while its outbox is over its byte limit (answers are never dropped).
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = self.outbox.closed() => continue,
+                _ = self.outbox.wait_below_limit() => {}
+            }
             let data = match message {
                 Message::Text(text) => {
                     if self.too_large(text.len()) {

@@ -150,7 +150,7 @@ async fn the_status_page_renders_the_endpoints_in_headless_chromium() {
         endpoint_toml("down", &format!("ws://127.0.0.1:{}/", free_port()), ""),
     ));
     until(port, "/status.json", |_, b| b.contains(r#""state":"open""#)).await;
-    let dom = wsmux_tests::servers::chromium_dom(&format!("http://127.0.0.1:{port}/")).await;
+    let dom = wsmux_tests::servers::chromium_dom(&format!("http://127.0.0.1:{port}/"), &[]).await;
     let row = |name: &str| {
         let start = dom
             .find(&format!(r#"data-endpoint="{name}""#))
