@@ -1,6 +1,6 @@
 // An app with a plain WebSocket client (the `ws` package), driven by a test.
 //
-//   node app.mjs URL [--header NAME:VALUE]... [--origin ORIGIN] [--brief 1]
+//   node app.mjs URL [--header NAME:VALUE]... [--origin ORIGIN] [--brief 1] [--no-pong 1]
 //
 // A URL `ws+unix:///path/to.sock:/NAME` goes over a Unix socket. Reports what happens as
 // JSON lines on stdout:
@@ -13,7 +13,8 @@
 //   {"event":"paused"}  {"event":"resumed"}             (when a command took effect)
 // and takes commands as JSON lines on stdin:
 //   {"send":"text"}  {"send_b64":"AAE="}  {"pause":true}  {"resume":true}  {"close":true}
-// While paused the socket is not read (ws's pause()), so the sender sees backpressure. Exits
+// With --no-pong the app does not answer pings (ws's autoPong: false), as a hung app would
+// not. While paused the socket is not read (ws's pause()), so the sender sees backpressure. Exits
 // when stdin closes.
 
 import { createInterface } from 'node:readline';
@@ -23,6 +24,7 @@ const [url, ...rest] = process.argv.slice(2);
 const headers = {};
 let origin;
 let brief = false;
+let autoPong = true;
 for (let i = 0; i < rest.length; i += 2) {
   if (rest[i] === '--header') {
     const at = rest[i + 1].indexOf(':');
@@ -31,6 +33,8 @@ for (let i = 0; i < rest.length; i += 2) {
     origin = rest[i + 1];
   } else if (rest[i] === '--brief') {
     brief = true;
+  } else if (rest[i] === '--no-pong') {
+    autoPong = false;
   }
 }
 
@@ -38,7 +42,14 @@ function report(event, fields = {}) {
   process.stdout.write(JSON.stringify({ event, ...fields }) + '\n');
 }
 
-const ws = new WebSocket(url, { headers, origin, handshakeTimeout: 5000, perMessageDeflate: false });
+const ws = new WebSocket(url, {
+  headers,
+  origin,
+  autoPong,
+  handshakeTimeout: 5000,
+  perMessageDeflate: false,
+});
+if (!autoPong) ws.on('ping', () => report('ping'));
 
 ws.on('open', () => report('open'));
 ws.on('unexpected-response', (req, res) => {

@@ -39,6 +39,8 @@ pub struct Options {
     pub brief: bool,
     /// Run as this uid (and gid), through `setpriv`.
     pub uid: Option<u32>,
+    /// Do not answer pings (Node only), and report each one (`{"event":"ping"}`).
+    pub no_pong: bool,
 }
 
 impl Options {
@@ -139,6 +141,14 @@ impl App {
         }
         if options.brief {
             args.extend(["--brief".into(), "1".into()]);
+        }
+        if options.no_pong {
+            assert_eq!(
+                lib,
+                Lib::Node,
+                "only the Node app can leave pings unanswered"
+            );
+            args.extend(["--no-pong".into(), "1".into()]);
         }
         let mut cmd = match options.uid {
             Some(uid) => {

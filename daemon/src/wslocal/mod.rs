@@ -46,7 +46,8 @@ use crate::text::escape;
 use self::peer::PeerUid;
 
 /// Most connections that may be in their HTTP upgrade at once; more are closed at once, so
-/// that a flood of half-open connections holds neither memory nor client slots.
+/// that a flood of half-open connections holds little memory (and none of them holds a
+/// `max_clients` slot: that is taken once the request is admitted).
 const MAX_HANDSHAKES: usize = 64;
 
 /// At most one log line per this interval for each kind of refusal.
@@ -195,14 +196,14 @@ impl<'a> Ask<'a> {
 }
 
 /// Decides whether an upgrade is admitted: the endpoint, or why not. `uid` is the refusal
-/// of the peer's user, if it was refused; `slot` whether a `max_clients` slot is free.
+/// of the peer's user, if it was refused. The `max_clients` slot is taken last, by the
+/// caller, and only for an upgrade admitted here.
 pub fn admit(
     ctx: &ServerContext,
     settings: &WebSocketSettings,
     transport: Transport,
     ask: &Ask<'_>,
     uid: Option<String>,
-    slot: bool,
 ) -> Result<Arc<Endpoint>, Refusal> {
     if let Some(why) = uid {
         return Err(Refusal::Forbidden(why));
@@ -237,9 +238,6 @@ pub fn admit(
     };
     if endpoint.state() != ConnState::Open {
         return Err(unavailable(&endpoint, SystemTime::now()));
-    }
-    if !slot {
-        return Err(Refusal::Full);
     }
     Ok(endpoint)
 }
@@ -648,19 +646,21 @@ async fn connection<S>(
 {
     let ctx = Arc::clone(&shared.ctx);
     let id: ClientId = ctx.next_client.fetch_add(1, Ordering::Relaxed);
-    let slot = Arc::clone(&ctx.client_slots).try_acquire_owned().ok();
-    let decision: Mutex<Option<Result<Arc<Endpoint>, Refusal>>> = Mutex::new(None);
+    // What the upgrade decided: the endpoint and a `max_clients` slot, or a refusal. A
+    // connection takes a slot only once its request is admitted, so that connections still
+    // in their upgrade never keep an app out.
+    type Decision = Result<(Arc<Endpoint>, OwnedSemaphorePermit), Refusal>;
+    let decision: Mutex<Option<Decision>> = Mutex::new(None);
     // The answer's type is tungstenite's.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        let verdict = admit(
-            &ctx,
-            &shared.settings,
-            transport,
-            &Ask::of(request),
-            uid,
-            slot.is_some(),
-        );
+        let verdict =
+            admit(&ctx, &shared.settings, transport, &Ask::of(request), uid).and_then(|endpoint| {
+                let slot = Arc::clone(&ctx.client_slots)
+                    .try_acquire_owned()
+                    .map_err(|_| Refusal::Full)?;
+                Ok((endpoint, slot))
+            });
         let answer = match &verdict {
             Ok(_) => Ok(response),
             Err(refusal) => Err(refusal.response()),
@@ -675,8 +675,8 @@ async fn connection<S>(
         r = tokio::time::timeout(shared.settings.handshake_timeout, upgrade) => r,
     };
     let verdict = decision.into_inner().unwrap_or_else(|e| e.into_inner());
-    let ws = match (result, verdict) {
-        (Ok(Ok(ws)), Some(Ok(endpoint))) => (ws, endpoint),
+    let (ws, (endpoint, slot)) = match (result, verdict) {
+        (Ok(Ok(ws)), Some(Ok(admitted))) => (ws, admitted),
         (_, Some(Err(refusal))) => return shared.refused(id, transport, &refusal),
         (Err(_), _) => {
             return tracing::debug!(
@@ -690,10 +690,6 @@ async fn connection<S>(
         (Ok(Ok(_)), None) => return,
     };
     drop(handshake);
-    let Some(slot) = slot else {
-        return;
-    };
-    let (ws, endpoint) = ws;
     tracing::debug!(client = id, endpoint = %endpoint.name(), ?transport, "WebSocket client connected");
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     ctx.websocket.clients.fetch_add(1, Ordering::Relaxed);

@@ -287,6 +287,22 @@ async fn binance_sdk_style_apps_share_one_upstream_subscription() {
     assert_eq!(py.try_next(Duration::from_millis(200)).await, None);
 }
 
+/// An app of `lib` at `url` once the daemon serves it: refusals with 503 (the endpoint is
+/// not open, or no client slot is free yet) are retried for [`WAIT`].
+async fn open_when_served(lib: Lib, url: &str) -> App {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut app = App::start(lib, url, &Options::default()).await;
+        let first = app.next(WAIT).await;
+        if first["event"] == "open" {
+            return app;
+        }
+        assert_eq!(first["status"], 503, "{first}");
+        assert!(Instant::now() < deadline, "still refused: {first}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An endpoint behind a proxy, so that tests can take its upstream away.
 async fn behind_proxy(up: &Upstream, reconnect: &str) -> (Proxy, String) {
     let proxy = Proxy::start(up.addr).await;
@@ -328,15 +344,7 @@ async fn a_handshake_while_the_upstream_is_down_gets_503_with_retry_after() {
     assert!(retry.is_some());
     proxy.set(Mode::Forward);
     // Within the next attempt (at most 3 s away), the endpoint is open and apps connect.
-    let deadline = Instant::now() + WAIT;
-    let mut app = loop {
-        let mut app = App::start(Lib::Node, &ws.url("feed"), &Options::default()).await;
-        if app.next(WAIT).await["event"] == "open" {
-            break app;
-        }
-        assert!(Instant::now() < deadline, "the endpoint did not come back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut app = open_when_served(Lib::Node, &ws.url("feed")).await;
     ws.subscribers("feed", 2).await;
     up.broadcast(Message::text("back"));
     assert_eq!(app.text(WAIT).await, "back");
@@ -364,17 +372,7 @@ async fn apps_get_1012_when_the_upstream_drops_and_reconnect_through_the_daemon(
     }
     within(10, "the reconnect", up.wait_connected(2)).await;
     for lib in [Lib::Python, Lib::Node] {
-        let deadline = Instant::now() + WAIT;
-        let mut app = loop {
-            let mut app = App::start(lib, &ws.url("feed"), &Options::default()).await;
-            let first = app.next(WAIT).await;
-            if first["event"] == "open" {
-                break app;
-            }
-            assert_eq!(first["status"], 503, "{first}");
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let mut app = open_when_served(lib, &ws.url("feed")).await;
         ws.subscribers("feed", 1).await;
         up.broadcast(Message::text("after the reconnect"));
         assert_eq!(app.text(WAIT).await, "after the reconnect");
@@ -858,4 +856,59 @@ ws.onclose = (e) => {{ log("close:" + e.code); finished = true; }};
         "{log}"
     );
     assert!(!log.contains(TOKEN), "the token reached the log");
+}
+
+/// An app that answers pings stays; one that does not is closed with 1011 after
+/// `ping_timeout`; a connection that never completes its upgrade is closed after
+/// `handshake_timeout`; apps count against `max_clients`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_deadlines_and_max_clients() {
+    let mut up = Upstream::start().await;
+    let ws = Ws::start(
+        "max_clients = 2",
+        "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nhandshake_timeout = \"500ms\"",
+        &endpoint_toml("feed", &up.url(), ""),
+    );
+    within(10, "the upstream connection", up.wait_connected(1)).await;
+    // Python's library answers pings by itself.
+    let mut py = App::open(Lib::Python, &ws.url("feed"), &Options::default()).await;
+    let hang = Options {
+        no_pong: true,
+        ..Options::default()
+    };
+    let mut hung = App::open(Lib::Node, &ws.url("feed"), &hang).await;
+    let started = Instant::now();
+    assert_eq!(hung.next(WAIT).await["event"], "ping");
+    let (code, reason) = hung.closed(WAIT).await;
+    assert_eq!(code, 1011, "{reason}");
+    assert!(reason.contains("ping_timeout"), "{reason}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The Python app was pinged as often, answered, and is still served.
+    up.broadcast(Message::text("still here"));
+    assert_eq!(py.text(WAIT).await, "still here");
+    // Both slots: the Python app and one more; a third app is refused.
+    let mut second = open_when_served(Lib::Node, &ws.url("feed")).await;
+    let (status, retry, body) = refused(Lib::Python, &ws.url("feed"), &Options::default()).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+    assert!(body.contains("max_clients"), "{body}");
+    up.broadcast(Message::text("to both"));
+    assert_eq!(py.text(WAIT).await, "to both");
+    assert_eq!(second.text(WAIT).await, "to both");
+    // A connection that says nothing is closed once handshake_timeout has passed.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", ws.port))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = within(5, "the silent connection's end", silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
 }
