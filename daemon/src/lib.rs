@@ -258,6 +258,8 @@ pub async fn run_with(
         )),
         None => None,
     };
+    // Removed at shutdown, like the main socket (a named pipe on Windows goes by itself).
+    #[cfg(unix)]
     let websocket_socket = listeners.as_ref().and_then(|(l, _)| l.unix_path());
 
     let tls = Arc::new(tls::TlsBase::load().map_err(RunError::Tls)?);
