@@ -360,6 +360,7 @@ fn misspelt_root_key(first: &str, root_keys: &[&str]) -> Option<String> {
         return Some(format!("unknown key (did you mean `{near}`?)"));
     }
     let log_keys = raw::known_keys(&["log"]).unwrap_or_default();
+    let websocket_keys = raw::known_keys(&["websocket"]).unwrap_or_default();
     let endpoint_keys = [
         raw::known_keys(&["endpoints", "_"]),
         raw::known_keys(&["endpoints", "_", "heartbeat"]),
@@ -373,6 +374,7 @@ fn misspelt_root_key(first: &str, root_keys: &[&str]) -> Option<String> {
     let mut endpoint_keys = endpoint_keys.into_iter().flatten().flatten();
     let joined = match first.split_once('_') {
         Some(("log", rest)) => log_keys.contains(&rest),
+        Some(("websocket", rest)) => websocket_keys.contains(&rest),
         Some(("endpoints", rest)) => endpoint_keys.any(|key| {
             rest.strip_suffix(key)
                 .is_some_and(|name| name.ends_with('_'))

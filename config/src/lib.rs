@@ -93,8 +93,9 @@ pub use error::{ConfigError, Origin};
 pub use proxy::{no_proxy_matches, Proxy, ProxyCredentials, ProxyKind, ProxySetting};
 pub use settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
-    HistorySettings, LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings,
-    ServerSettings, Settings, SlowClientPolicy, StickySettings, TlsSettings,
+    HistorySettings, LogSettings, OnDown, OutboundMessage, QueueOverflow, QueueSettings,
+    ReconnectSettings, ServerSettings, Settings, SlowClientPolicy, StickySettings, TlsSettings,
+    WebSocketSettings,
 };
 pub use topics::{
     KeyPart, Pointer, Rate, Template, TemplatePart, TopicKey, TopicSettings, Unmatched,

@@ -69,6 +69,42 @@ pub(crate) struct RawConfig {
     /// `[endpoints.NAME]`, sorted by name.
     #[serde(default)]
     pub endpoints: Option<BTreeMap<String, RawEndpoint>>,
+    /// `[websocket]`.
+    #[serde(default)]
+    pub websocket: Option<RawWebSocket>,
+}
+
+/// `[websocket]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table of WebSocket listener settings")]
+pub(crate) struct RawWebSocket {
+    /// Loopback `IP:PORT`.
+    #[serde(default, deserialize_with = "strict")]
+    pub listen: Option<String>,
+    /// Unix socket path.
+    #[serde(default, deserialize_with = "strict")]
+    pub unix: Option<String>,
+    /// Token TCP clients present, possibly with `${VAR}` references.
+    #[serde(default, deserialize_with = "strict")]
+    pub token: Option<String>,
+    /// TCP clients need no token.
+    #[serde(default, deserialize_with = "strict")]
+    pub allow_anonymous: Option<bool>,
+    /// Browser origins allowed besides loopback ones.
+    #[serde(default, deserialize_with = "strict")]
+    pub allowed_origins: Option<Vec<String>>,
+    /// `close` or `stay`.
+    #[serde(default, deserialize_with = "strict")]
+    pub on_down: Option<String>,
+    /// Silence after which an app is pinged.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
+    /// Time a pinged app has to answer.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_timeout: Option<Duration>,
+    /// Time for the HTTP upgrade.
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// `[log]`.
@@ -232,6 +268,12 @@ pub(crate) struct RawTopics {
     /// Longest topic, in bytes.
     #[serde(default, deserialize_with = "size")]
     pub max_topic_bytes: Option<usize>,
+    /// What a `[websocket]` app gets for a subscribe the daemon took over, or `none`.
+    #[serde(default, deserialize_with = "strict")]
+    pub local_ack: Option<String>,
+    /// The same for an unsubscribe (default: `local_ack`).
+    #[serde(default, deserialize_with = "strict")]
+    pub local_unsubscribe_ack: Option<String>,
 }
 
 /// `[endpoints.NAME.sticky]`.
@@ -389,6 +431,7 @@ pub(crate) fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
     match path {
         [] => Some(field_names::<RawConfig>()),
         ["log"] => Some(field_names::<RawLog>()),
+        ["websocket"] => Some(field_names::<RawWebSocket>()),
         ["endpoints", _] => Some(field_names::<RawEndpoint>()),
         ["endpoints", _, "heartbeat"] => Some(field_names::<RawHeartbeat>()),
         ["endpoints", _, "reconnect"] => Some(field_names::<RawReconnect>()),

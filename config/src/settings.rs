@@ -16,6 +16,80 @@ pub struct Settings {
     pub log: LogSettings,
     /// The upstream endpoints, sorted by name.
     pub endpoints: Vec<EndpointSettings>,
+    /// `[websocket]`: plain WebSocket access to the endpoints for unmodified apps; `None`
+    /// when the table is absent.
+    pub websocket: Option<WebSocketSettings>,
+}
+
+/// `[websocket]`: endpoints served as plain WebSockets (`ws://127.0.0.1:8765/NAME`) to apps
+/// that do not speak the wsmux protocol.
+///
+/// Its `Debug` form hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebSocketSettings {
+    /// Loopback `IP:PORT` to listen on; `None`: no TCP listener.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Unix socket path (a pipe name on Windows) to listen on; `None`: no socket. Created
+    /// with `socket_mode`, peers checked against `allowed_uids`, like the main socket.
+    pub unix: Option<PathBuf>,
+    /// The token a TCP client must present (`?token=` or `Authorization: Bearer`), `${VAR}`
+    /// resolved; `None` only with `allow_anonymous`.
+    pub token: Option<String>,
+    /// TCP clients need no token. Default false.
+    pub allow_anonymous: bool,
+    /// Browser origins (`scheme://host[:port]`, lowercase, or `null`) allowed besides loopback
+    /// ones. Default: none.
+    pub allowed_origins: Vec<String>,
+    /// What connected apps get when their endpoint's upstream connection drops.
+    pub on_down: OnDown,
+    /// An app that sent nothing (not even a pong) for this long is pinged. Default 20 s.
+    pub ping_interval: Duration,
+    /// How long a pinged app may take to answer before it is closed. Default 10 s.
+    pub ping_timeout: Duration,
+    /// How long a connection may take to complete its HTTP upgrade. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for WebSocketSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketSettings")
+            .field("listen", &self.listen)
+            .field("unix", &self.unix)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("on_down", &self.on_down)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+/// `[websocket] on_down`: what connected apps get when the upstream connection drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDown {
+    /// A close frame with code 1012 (service restart), so the app's own reconnect logic runs;
+    /// its new handshake is refused with 503 until the endpoint is open again. The default.
+    Close,
+    /// The app stays connected; what it sends meanwhile is queued like any `send`.
+    Stay,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        WebSocketSettings {
+            listen: None,
+            unix: None,
+            token: None,
+            allow_anonymous: false,
+            allowed_origins: Vec::new(),
+            on_down: OnDown::Close,
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The local socket and its limits.

@@ -211,6 +211,13 @@ pub struct TopicSettings {
     pub max_topics: usize,
     /// `max_topic_bytes`: longest topic, in bytes. Default 256.
     pub max_topic_bytes: usize,
+    /// `local_ack`: what an app on the `[websocket]` listener gets, in place of the
+    /// upstream's answer, for a subscribe message the daemon took over (`{id}` is the app's
+    /// own id, `{topics}` and `{topic}` what it asked for). `None` (`"none"`, or absent when no
+    /// template uses `{id}`): no answer.
+    pub local_ack: Option<Template>,
+    /// `local_unsubscribe_ack`: the same for an unsubscribe message. Default: `local_ack`.
+    pub local_unsubscribe_ack: Option<Template>,
 }
 
 /// Most reference tokens in a pointer: deeper documents are not searched.

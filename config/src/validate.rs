@@ -19,12 +19,13 @@ use crate::layers::Layers;
 use crate::proxy::{self, ProxySetting};
 use crate::raw::{
     Mode, RawAutoReply, RawConfig, RawEndpoint, RawHeartbeat, RawHistory, RawLog, RawMessage,
-    RawMessageTable, RawQueue, RawReconnect, RawSticky, RawTls, RawTopics,
+    RawMessageTable, RawQueue, RawReconnect, RawSticky, RawTls, RawTopics, RawWebSocket,
 };
 use crate::settings::{
     AutoReplyRule, Decompress, EndpointSettings, HeartbeatKind, HeartbeatReply, HeartbeatSettings,
-    HistorySettings, LogSettings, OutboundMessage, QueueOverflow, QueueSettings, ReconnectSettings,
-    ServerSettings, Settings, SlowClientPolicy, StickySettings, TlsSettings,
+    HistorySettings, LogSettings, OnDown, OutboundMessage, QueueOverflow, QueueSettings,
+    ReconnectSettings, ServerSettings, Settings, SlowClientPolicy, StickySettings, TlsSettings,
+    WebSocketSettings,
 };
 use crate::topics::{Pointer, Rate, Template, TemplatePart, TopicKey, TopicSettings, Unmatched};
 
@@ -110,6 +111,8 @@ const DEFAULT_MAX_TOPICS: usize = 65_536;
 const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
 /// Largest `topics.max_topic_bytes`.
 const MAX_TOPIC_BYTES: usize = 65_536;
+/// Values of `websocket.on_down`.
+const ON_DOWN: &[(&str, OnDown)] = &[("close", OnDown::Close), ("stay", OnDown::Stay)];
 /// Values of `topics.unmatched`.
 const UNMATCHED: &[(&str, Unmatched)] = &[("all", Unmatched::All), ("drop", Unmatched::Drop)];
 /// What `reply_id`, `reply_ok` and `reply_error` take to mean "not at all".
@@ -210,12 +213,23 @@ impl Validator<'_> {
             ..server
         };
         let log = self.log(&root.key("log"), raw.log.unwrap_or_default())?;
+        let websocket = raw
+            .websocket
+            .map(|w| self.websocket(&root.key("websocket"), w))
+            .transpose()?;
         let endpoints_key = root.key("endpoints");
         let endpoints = raw
             .endpoints
             .unwrap_or_default()
             .into_iter()
-            .map(|(name, endpoint)| self.endpoint(&endpoints_key.key(&name), name, endpoint))
+            .map(|(name, endpoint)| {
+                self.endpoint(
+                    &endpoints_key.key(&name),
+                    name,
+                    endpoint,
+                    websocket.is_some(),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         if require_endpoints && endpoints.is_empty() {
             return Err(self.error(&endpoints_key, "at least one endpoint is required"));
@@ -224,7 +238,131 @@ impl Validator<'_> {
             server,
             log,
             endpoints,
+            websocket,
         })
+    }
+
+    /// `[websocket]`: at least one listener; a loopback TCP address only, with a token unless
+    /// `allow_anonymous`.
+    fn websocket(&self, key: &KeyPath, raw: RawWebSocket) -> Result<WebSocketSettings> {
+        let RawWebSocket {
+            listen,
+            unix,
+            token,
+            allow_anonymous,
+            allowed_origins,
+            on_down,
+            ping_interval,
+            ping_timeout,
+            handshake_timeout,
+        } = raw;
+        let defaults = WebSocketSettings::default();
+        let listen_key = key.key("listen");
+        let listen = self.loopback_addr(
+            &listen_key,
+            listen,
+            "8765",
+            "any local process can reach it; use `unix` for access by file permissions, and a \
+             reverse proxy for other hosts",
+        )?;
+        let unix = self.non_empty(&key.key("unix"), unix)?.map(PathBuf::from);
+        if listen.is_none() && unix.is_none() {
+            return Err(self.error(
+                key,
+                "needs `listen` (a loopback IP:PORT such as \"127.0.0.1:8765\"), `unix` (a socket \
+                 path), or both",
+            ));
+        }
+        let token_key = key.key("token");
+        let token = match self.non_empty(&token_key, token)? {
+            Some(text) => {
+                let resolved = self.resolve(&token_key, &text)?;
+                if resolved.is_empty() {
+                    return Err(
+                        self.error(&token_key, "is empty once `${VAR}` references are resolved")
+                    );
+                }
+                Some(resolved)
+            }
+            None => None,
+        };
+        let allow_anonymous = allow_anonymous.unwrap_or(defaults.allow_anonymous);
+        if allow_anonymous && token.is_some() {
+            return Err(self.error(
+                &key.key("allow_anonymous"),
+                "cannot be combined with `token`: either TCP clients present the token, or none \
+                 is asked for",
+            ));
+        }
+        if listen.is_some() && token.is_none() && !allow_anonymous {
+            return Err(self.error(
+                &token_key,
+                "is required with `listen`: any local process (and any web page in a local \
+                 browser) can reach a loopback port, so clients must present a token (write \
+                 token = \"${WSMUX_WS_TOKEN}\" to take it from the environment), or set \
+                 allow_anonymous = true",
+            ));
+        }
+        let origins_key = key.key("allowed_origins");
+        let allowed_origins = allowed_origins
+            .unwrap_or_default()
+            .iter()
+            .map(|text| self.origin(&origins_key, text))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WebSocketSettings {
+            listen,
+            unix,
+            token,
+            allow_anonymous,
+            allowed_origins,
+            on_down: self.choice(&key.key("on_down"), on_down, ON_DOWN, defaults.on_down)?,
+            ping_interval: self.client_timeout(
+                &key.key("ping_interval"),
+                ping_interval,
+                defaults.ping_interval,
+            )?,
+            ping_timeout: self.client_timeout(
+                &key.key("ping_timeout"),
+                ping_timeout,
+                defaults.ping_timeout,
+            )?,
+            handshake_timeout: self.client_timeout(
+                &key.key("handshake_timeout"),
+                handshake_timeout,
+                defaults.handshake_timeout,
+            )?,
+        })
+    }
+
+    /// One of `allowed_origins`: `null`, or `scheme://host[:port]` as browsers send it in
+    /// `Origin` (no path, query or credentials); kept in the lowercase form browsers send.
+    fn origin(&self, key: &KeyPath, text: &str) -> Result<String> {
+        if text == "null" {
+            return Ok(text.to_owned());
+        }
+        let bad = |why: &str| {
+            self.error(
+                key,
+                format!(
+                    "`{text}` is not an origin: {why} (write it as a browser sends it, e.g. \
+                     \"https://app.example.com\" or \"http://localhost:3000\", or \"null\")"
+                ),
+            )
+        };
+        let url = url::Url::parse(text).map_err(|_| bad("it does not parse as a URL"))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("it has no host"));
+        }
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !matches!(url.path(), "" | "/")
+            || text.ends_with('/')
+        {
+            return Err(bad("an origin has no path, query, fragment or credentials"));
+        }
+        Ok(url.origin().ascii_serialization())
     }
 
     /// `[log]`.
@@ -243,7 +381,13 @@ impl Validator<'_> {
     }
 
     /// `[endpoints.NAME]`.
-    fn endpoint(&self, key: &KeyPath, name: String, raw: RawEndpoint) -> Result<EndpointSettings> {
+    fn endpoint(
+        &self,
+        key: &KeyPath,
+        name: String,
+        raw: RawEndpoint,
+        websocket: bool,
+    ) -> Result<EndpointSettings> {
         if !is_endpoint_name(&name) {
             return Err(self.error(
                 key,
@@ -359,7 +503,7 @@ impl Validator<'_> {
             url: defaults.url,
             proxy,
             topics: topics
-                .map(|raw| self.topics(&key.key("topics"), raw))
+                .map(|raw| self.topics(&key.key("topics"), raw, websocket))
                 .transpose()?,
             history: self.history(&key.key("history"), history.unwrap_or_default())?,
         })
@@ -911,6 +1055,22 @@ impl Validator<'_> {
 
     /// `metrics_listen`: an `IP:PORT` socket address on a loopback interface.
     fn metrics_listen(&self, key: &KeyPath, raw: Option<String>) -> Result<Option<SocketAddr>> {
+        self.loopback_addr(
+            key,
+            raw,
+            "9464",
+            "metrics are served on loopback only, since they are not authenticated",
+        )
+    }
+
+    /// A loopback `IP:PORT` (`port` is the example's port; `why` says why loopback only).
+    fn loopback_addr(
+        &self,
+        key: &KeyPath,
+        raw: Option<String>,
+        port: &str,
+        why: &str,
+    ) -> Result<Option<SocketAddr>> {
         let Some(text) = self.non_empty(key, raw)? else {
             return Ok(None);
         };
@@ -918,8 +1078,8 @@ impl Validator<'_> {
             self.error(
                 key,
                 format!(
-                    "`{text}` is not an IP:PORT socket address such as \"127.0.0.1:9464\" or \
-                     \"[::1]:9464\" (host names are not accepted)"
+                    "`{text}` is not an IP:PORT socket address such as \"127.0.0.1:{port}\" or \
+                     \"[::1]:{port}\" (host names are not accepted)"
                 ),
             )
         })?;
@@ -927,8 +1087,7 @@ impl Validator<'_> {
             return Err(self.error(
                 key,
                 format!(
-                    "must be a loopback address such as 127.0.0.1 or [::1], not `{}`: metrics \
-                     are served on loopback only, since they are not authenticated",
+                    "must be a loopback address such as 127.0.0.1 or [::1], not `{}`: {why}",
                     addr.ip()
                 ),
             ));
@@ -1176,7 +1335,7 @@ impl Validator<'_> {
 
     /// `[endpoints.NAME.topics]`. Templates and pointers are taken as written (`${VAR}` is
     /// not resolved in them: they are not secrets, and `$` may well be literal text).
-    fn topics(&self, key: &KeyPath, raw: RawTopics) -> Result<TopicSettings> {
+    fn topics(&self, key: &KeyPath, raw: RawTopics, websocket: bool) -> Result<TopicSettings> {
         let RawTopics {
             key: key_text,
             key_regex,
@@ -1194,6 +1353,8 @@ impl Validator<'_> {
             max_per_client,
             max_topics,
             max_topic_bytes,
+            local_ack,
+            local_unsubscribe_ack,
         } = raw;
         let topic_key = match (key_text, key_regex) {
             (Some(_), Some(_)) => {
@@ -1290,7 +1451,28 @@ impl Validator<'_> {
             Some(text) => Some(self.pointer(&key.key("reply_error"), text)?),
         };
 
+        let fields = topic_key.field_names();
+        let ack_key = key.key("local_ack");
+        let local_ack = local_ack
+            .map(|text| self.local_answer(&ack_key, &text, &fields))
+            .transpose()?;
+        if websocket && uses_id && local_ack.is_none() {
+            return Err(self.error(
+                &ack_key,
+                "is required with [websocket], because the subscribe or unsubscribe template \
+                 uses `{id}`: an app waits for the answer to its own id, and the daemon answers \
+                 it locally. Write the upstream's answer with `{id}` for the app's id, e.g. \
+                 '{\"result\":null,\"id\":{id}}' (Binance), or \"none\" for no answer",
+            ));
+        }
+        let local_ack = local_ack.flatten();
+        let local_unsubscribe_ack = match local_unsubscribe_ack {
+            Some(text) => self.local_answer(&key.key("local_unsubscribe_ack"), &text, &fields)?,
+            None => local_ack.clone(),
+        };
         Ok(TopicSettings {
+            local_ack,
+            local_unsubscribe_ack,
             key: topic_key,
             subscribe,
             unsubscribe,
@@ -1338,6 +1520,31 @@ impl Validator<'_> {
                 MAX_TOPIC_BYTES,
             )?,
         })
+    }
+
+    /// `topics.local_ack` or `topics.local_unsubscribe_ack`: `none` (`Ok(None)`), or a
+    /// template of literal text, `{id}`, `{topics}` and `{topic}`.
+    fn local_answer(&self, key: &KeyPath, text: &str, fields: &[&str]) -> Result<Option<Template>> {
+        if text == NONE {
+            return Ok(None);
+        }
+        let template = Template::parse(text, fields).map_err(|reason| self.error(key, reason))?;
+        let unfit = template.parts.iter().find_map(|part| match part {
+            TemplatePart::Field { name, .. } => Some(format!("`{{{name}}}`")),
+            TemplatePart::FieldArray(name) => Some(format!("`{{{name}[]}}`")),
+            TemplatePart::Items => Some("`{items}`".to_owned()),
+            _ => None,
+        });
+        if let Some(placeholder) = unfit {
+            return Err(self.error(
+                key,
+                format!(
+                    "uses {placeholder}; a local answer may use only `{{id}}` (the app's id), \
+                     `{{topics}}` and `{{topic}}` (what it asked for)"
+                ),
+            ));
+        }
+        Ok(Some(template))
     }
 
     /// `topics.key_regex`: compiles, and has a group 1 (the topic).

@@ -108,6 +108,8 @@ fn defaults(key: Vec<KeyPart>, subscribe: Template) -> TopicSettings {
         max_per_client: 1024,
         max_topics: 65536,
         max_topic_bytes: 256,
+        local_ack: None,
+        local_unsubscribe_ack: None,
     }
 }
 
@@ -759,18 +761,24 @@ fn the_example_file_loads_its_topics() {
         .iter()
         .find(|e| e.name == "trades")
         .expect("the example has a `trades` endpoint");
+    let binance_ack = template(
+        r#"{"result":null,"id":{id}}"#,
+        vec![lit(r#"{"result":null,"id":"#), TemplatePart::Id, lit("}")],
+    );
     assert_eq!(
         trades.topics,
         Some(TopicSettings {
             unsubscribe: Some(binance_template("UNSUBSCRIBE")),
             max_per_connection: Some(1024),
             reply_id: Some(pointer("/id")),
+            local_ack: Some(binance_ack.clone()),
+            local_unsubscribe_ack: Some(binance_ack),
             ..defaults(
                 vec![field("stream", "/stream")],
                 binance_template("SUBSCRIBE")
             )
         }),
-        "the example spells out the defaults, besides max_per_connection"
+        "the example spells out the defaults, besides max_per_connection and Binance's answer"
     );
     // The other endpoints have none.
     assert!(settings

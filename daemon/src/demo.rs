@@ -210,6 +210,8 @@ fn topics() -> TopicSettings {
         max_per_client: 1024,
         max_topics: 65_536,
         max_topic_bytes: 256,
+        local_ack: None,
+        local_unsubscribe_ack: None,
         key,
     }
 }
@@ -234,5 +236,6 @@ pub fn settings(addr: SocketAddr, socket: Option<PathBuf>) -> Settings {
         },
         log: LogSettings::default(),
         endpoints: vec![endpoint],
+        websocket: None,
     }
 }

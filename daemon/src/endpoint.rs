@@ -1410,6 +1410,29 @@ impl Endpoint {
         shared.seq
     }
 
+    /// Adds a subscriber that holds neither the whole endpoint nor a topic yet (a WebSocket
+    /// app on an endpoint with topics, before its first subscribe message): it gets state
+    /// events and, with `unmatched = "all"`, the messages without a topic. Its current state
+    /// is queued first. Like a topic holder, it stops being a subscriber when it unsubscribes
+    /// the last topic it holds.
+    pub fn watch(&self, client: ClientId, outbox: &Arc<Outbox>) -> Result<(), SubscribeError> {
+        let mut shared = self.lock();
+        if shared.stopped {
+            return Err(SubscribeError::Stopped);
+        }
+        outbox.push_control(frames::encode(&ServerMsg::State(shared.last_event.clone())));
+        shared.subscribers.insert(client, Arc::clone(outbox));
+        Ok(())
+    }
+
+    /// The topic settings in force (they change on reload), when the endpoint has topics.
+    pub fn topic_settings(&self) -> Option<Arc<wsmux_config::TopicSettings>> {
+        self.lock()
+            .registry
+            .as_ref()
+            .map(|r| Arc::clone(r.settings()))
+    }
+
     /// Drops every subscriber (after the final `closed` state went out) and refuses new ones
     /// from now on.
     pub fn clear_subscribers(&self) {

@@ -21,6 +21,7 @@ pub mod text;
 pub mod tls;
 pub mod topics;
 pub mod upstream;
+pub mod wslocal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum RunError {
     /// TLS could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The WebSocket listener (`[websocket]`) could not be set up.
+    #[error(transparent)]
+    WebSocket(#[from] wslocal::BindError),
 }
 
 /// Called once the socket listens and every endpoint driver has started.
@@ -199,7 +203,7 @@ impl Endpoints {
     /// Applies new settings: added endpoints start, removed ones stop (their subscribers get
     /// `closed`), changed ones reconnect with the new settings, the others are untouched.
     async fn apply(&mut self, old: &Settings, new: &Settings) {
-        if old.server != new.server || old.log != new.log {
+        if old.server != new.server || old.log != new.log || old.websocket != new.websocket {
             tracing::warn!("changes outside [endpoints] take effect only after a restart");
         }
         let wanted: BTreeMap<&str, &EndpointSettings> =
@@ -265,6 +269,16 @@ pub async fn run_with(
     let path: PathBuf = local::resolve_socket_path(settings.server.socket.as_deref());
     let listener = local::bind(&path, settings.server.socket_mode).await?;
     tracing::info!(socket = %path.display(), "listening");
+    let listeners = match &settings.websocket {
+        Some(ws) => Some((
+            wslocal::bind(ws, settings.server.socket_mode).await?,
+            ws.clone(),
+        )),
+        None => None,
+    };
+    // Removed at shutdown, like the main socket (a named pipe on Windows goes by itself).
+    #[cfg(unix)]
+    let websocket_socket = listeners.as_ref().and_then(|(l, _)| l.unix_path());
 
     let tls = Arc::new(tls::TlsBase::load().map_err(RunError::Tls)?);
     let sessions_cancel = CancellationToken::new();
@@ -289,6 +303,14 @@ pub async fn run_with(
                 .client_read_budget
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
+        client_slots: Arc::new(tokio::sync::Semaphore::new(
+            settings
+                .server
+                .max_clients
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        next_client: std::sync::atomic::AtomicU64::new(1),
+        websocket: wslocal::Counters::default(),
     });
     let mut endpoints = Endpoints {
         ctx: Arc::clone(&ctx),
@@ -315,6 +337,16 @@ pub async fn run_with(
             metrics_cancel.clone(),
         ));
     }
+    let websocket = listeners.map(|(listeners, ws)| {
+        tokio::spawn(wslocal::serve(
+            listeners,
+            Arc::clone(&ctx),
+            ws,
+            accept_cancel.clone(),
+            sessions_cancel.clone(),
+            sessions.clone(),
+        ))
+    });
     let accept = tokio::spawn(server::accept_loop(
         listener,
         Arc::clone(&ctx),
@@ -380,6 +412,9 @@ pub async fn run_with(
     accept_cancel.cancel();
     metrics_cancel.cancel();
     let _ = accept.await;
+    if let Some(websocket) = websocket {
+        let _ = websocket.await;
+    }
     // 2. Endpoints deliver their queues (bounded), send `closed`, close upstream.
     endpoints.cancel.cancel();
     endpoints.tracker.close();
@@ -400,8 +435,10 @@ pub async fn run_with(
         tracing::warn!("some clients did not drain in time");
     }
     #[cfg(unix)]
-    if path.exists() {
-        let _ = std::fs::remove_file(&path);
+    for path in std::iter::once(&path).chain(websocket_socket.as_ref()) {
+        if path.exists() {
+            let _ = std::fs::remove_file(path);
+        }
     }
     tracing::info!("stopped");
     Ok(())

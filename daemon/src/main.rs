@@ -112,6 +112,18 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 println!("  proxy: {}", ep.proxy);
             }
         }
+        if let Some(ws) = &settings.websocket {
+            if let Some(addr) = ws.listen {
+                let token = match &ws.token {
+                    Some(_) => "token ***",
+                    None => "no token (allow_anonymous)",
+                };
+                println!("websocket: ws://{addr}/NAME, {token}");
+            }
+            if let Some(path) = &ws.unix {
+                println!("websocket socket: {}", path.display());
+            }
+        }
         return Ok(());
     }
 

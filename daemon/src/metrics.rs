@@ -60,6 +60,34 @@ impl Collector for DaemonCollector {
         ConstGauge::new(self.ctx.clients.load(Ordering::Relaxed) as i64)
             .encode(clients.encode_family(&[("server", self.ctx.server_name.as_str())])?)?;
 
+        let ws = &self.ctx.websocket;
+        let mut websocket = encoder.encode_descriptor(
+            "wsmux_websocket_clients",
+            "WebSocket clients ([websocket]) connected now; also counted in wsmux_clients and as subscribers",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(ws.clients.load(Ordering::Relaxed) as i64)
+            .encode(websocket.encode_family(&[("server", self.ctx.server_name.as_str())])?)?;
+        let mut lagged = encoder.encode_descriptor(
+            "wsmux_websocket_lagged_drops",
+            "Messages dropped for WebSocket clients that did not read fast enough (slow_client = \"drop\")",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(ws.lagged_drops.load(Ordering::Relaxed))
+            .encode(lagged.encode_family(&[("server", self.ctx.server_name.as_str())])?)?;
+        let mut refused = encoder.encode_descriptor(
+            "wsmux_websocket_refused",
+            "WebSocket upgrades refused, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in crate::wslocal::REFUSAL_KINDS.iter().zip(&ws.refused) {
+            ConstCounter::new(n.load(Ordering::Relaxed))
+                .encode(refused.encode_family(&[("reason", *reason)])?)?;
+        }
+
         let mut state = encoder.encode_descriptor(
             "wsmux_endpoint_state",
             "1 for the endpoint's current connection state, 0 for the others",

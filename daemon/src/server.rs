@@ -102,6 +102,12 @@ pub struct ServerContext {
     pub limits: Limits,
     /// Daemon-wide bytes for large frames being received (`client_read_budget`).
     pub read_budget: Arc<Semaphore>,
+    /// One permit per connected client (`max_clients`), protocol and WebSocket alike.
+    pub client_slots: Arc<Semaphore>,
+    /// The next [`ClientId`], shared by every listener so that ids never repeat.
+    pub next_client: AtomicU64,
+    /// Counters of the WebSocket listener (`[websocket]`).
+    pub websocket: crate::wslocal::Counters,
 }
 
 impl ServerContext {
@@ -124,8 +130,14 @@ impl ServerContext {
             .collect()
     }
 
+    /// Whether a peer with this uid may connect: the daemon's own uid, or one listed in
+    /// `allowed_uids`.
+    pub fn uid_allowed(&self, uid: Option<u32>) -> bool {
+        uid.is_some_and(|u| u == local::current_uid() || self.allowed_uids.contains(&u))
+    }
+
     /// Endpoint names, for error messages.
-    fn names(&self) -> String {
+    pub fn names(&self) -> String {
         self.endpoints
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -146,10 +158,9 @@ pub async fn accept_loop(
     sessions_cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(max_clients));
+    let limit = Arc::clone(&ctx.client_slots);
     let refused_uid = Mutex::new(LogLimit::new(REFUSE_LOG_INTERVAL));
     let refused_full = Mutex::new(LogLimit::new(REFUSE_LOG_INTERVAL));
-    let next_id = AtomicU64::new(1);
     let mut backoff = Duration::from_millis(5);
     loop {
         let stream = tokio::select! {
@@ -172,11 +183,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let id: ClientId = next_id.fetch_add(1, Ordering::Relaxed);
+        let id: ClientId = ctx.next_client.fetch_add(1, Ordering::Relaxed);
         let uid = local::peer_uid(&stream);
-        let allowed =
-            uid.is_some_and(|u| u == local::current_uid() || ctx.allowed_uids.contains(&u));
-        if !allowed {
+        if !ctx.uid_allowed(uid) {
             if let Some(suppressed) = lock(&refused_uid).event(std::time::Instant::now()) {
                 tracing::warn!(
                     client = id,

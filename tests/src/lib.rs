@@ -4,6 +4,7 @@
 //!
 //! Everything listens on 127.0.0.1 port 0 or in a temporary directory.
 
+pub mod apps;
 pub mod cli;
 pub mod daemon;
 pub mod example;

@@ -362,9 +362,34 @@ impl SocksProxy {
     }
 }
 
-/// The directory of the Node servers (`tests/node`).
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("node")
+/// The JSON lines a child process writes, as they come (a line that is not JSON arrives as
+/// `{"event":"output","line":...}`).
+pub fn json_lines(stdout: tokio::process::ChildStdout) -> mpsc::UnboundedReceiver<Value> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v = serde_json::from_str(&line)
+                .unwrap_or_else(|_| serde_json::json!({ "event": "output", "line": line }));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The directory of the Node servers and apps (`tests/node`), with the `ws` package
+/// installed (or the test fails naming the command that installs it).
+pub fn node_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    assert!(
+        dir.join("node_modules/ws/package.json").is_file(),
+        "the `ws` package is not installed in {}: `{RUNNER}` installs it, or run \
+         `npm ci --prefix tests/node`",
+        dir.display()
+    );
+    dir
 }
 
 /// A WebSocket server from `tests/node/server.mjs`, built on the `ws` package, reporting what
@@ -389,12 +414,6 @@ impl NodeWs {
     pub async fn start(mode: &str, interval: Duration) -> NodeWs {
         let node = require("node", "nodejs");
         let dir = node_dir();
-        assert!(
-            dir.join("node_modules/ws/package.json").is_file(),
-            "the `ws` package is not installed in {}: `{RUNNER}` installs it, or run \
-             `npm ci --prefix tests/node`",
-            dir.display()
-        );
         let tmp = tempfile::tempdir().expect("tempdir");
         let stderr = tmp.path().join("node.stderr");
         let mut child = tokio::process::Command::new(node)
@@ -408,18 +427,7 @@ impl NodeWs {
             .kill_on_drop(true)
             .spawn()
             .expect("start node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let v = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "event": "output", "line": line }));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = json_lines(child.stdout.take().expect("piped stdout"));
         let mut s = NodeWs {
             child,
             port: 0,
@@ -496,4 +504,44 @@ impl Drop for NodeWs {
             );
         }
     }
+}
+
+/// The DOM of `url` as headless Chromium renders it (`--dump-dom`), with a fresh profile, a
+/// virtual-time budget of 5 s (the page's fetches and first render finish before the dump),
+/// nothing in the background, and `extra` flags. Fails the test if Chromium is missing,
+/// fails, or takes more than a minute.
+pub async fn chromium_dom(url: &str, extra: &[&str]) -> String {
+    let chromium = require("chromium", "chromium");
+    let profile = tempfile::tempdir().expect("tempdir");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finished in time")
+    .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "chromium: {}\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
 }

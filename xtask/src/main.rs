@@ -7,8 +7,10 @@
 //!
 //! What it installs: Debian packages (`nats-server`, `mosquitto`, `tinyproxy`, `microsocks`,
 //! Node.js, npm and Chromium) with apt-get when running as root, or else it says which command
-//! to run; the Python packages `msgpack` and `pytest` and the client in `clients/python` with
-//! pip; the npm packages of `clients/node` and `tests/node` with `npm ci`.
+//! to run; the Python packages `msgpack`, `pytest` and `websockets` and the client in
+//! `clients/python` with pip; the npm packages of `clients/node` and `tests/node` with
+//! `npm ci`; `websocat` (not a Debian package) with `cargo install --locked` into cargo's bin
+//! directory.
 //!
 //! Every step prints a `== step` header. The first step that fails ends the run, naming the
 //! step, with a non-zero exit status.
@@ -34,7 +36,12 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
 const PYTHON_MODULES: &[(&str, &str, &str)] = &[
     ("msgpack", "msgpack", "python3-msgpack"),
     ("pytest", "pytest", "python3-pytest"),
+    ("websockets", "websockets", "python3-websockets"),
 ];
+
+/// Programs the suites run that `cargo install --locked` provides (crate and program share
+/// the name).
+const CARGO_PROGRAMS: &[&str] = &["websocat"];
 
 /// Directories whose npm packages the suites need (each has a package-lock.json).
 const NPM_DIRS: &[&str] = &["clients/node", "tests/node"];
@@ -137,7 +144,28 @@ impl Repo {
         for dir in NPM_DIRS {
             self.npm_ci(dir)?;
         }
-        Ok(())
+        header("install: cargo programs");
+        self.install_cargo_programs()
+    }
+
+    /// `cargo install --locked` of the missing [`CARGO_PROGRAMS`], built in a temporary
+    /// directory (not the workspace's target directory).
+    fn install_cargo_programs(&self) -> Result<(), Failure> {
+        let missing: Vec<&str> = CARGO_PROGRAMS
+            .iter()
+            .copied()
+            .filter(|p| find_program(p).is_none() && !cargo_bin_dir().join(p).is_file())
+            .collect();
+        if missing.is_empty() {
+            println!("nothing missing: {}", CARGO_PROGRAMS.join(", "));
+            return Ok(());
+        }
+        let mut args = vec!["install", "--locked", "--quiet"];
+        args.extend(&missing);
+        println!("installing with cargo install: {}", missing.join(" "));
+        Step::new("install: cargo programs", &self.cargo, &args)
+            .unset("CARGO_TARGET_DIR")
+            .run(&self.root)
     }
 
     /// Runs every suite, in order, stopping at the first failure.
@@ -320,6 +348,8 @@ struct Step {
     dir: Option<String>,
     /// Extra environment.
     env: Vec<(String, std::ffi::OsString)>,
+    /// Variables removed from the environment.
+    unset: Vec<String>,
 }
 
 impl Step {
@@ -330,7 +360,13 @@ impl Step {
             args: args.iter().map(|s| s.to_string()).collect(),
             dir: None,
             env: Vec::new(),
+            unset: Vec::new(),
         }
+    }
+
+    fn unset(mut self, var: &str) -> Step {
+        self.unset.push(var.into());
+        self
     }
 
     fn dir(mut self, dir: &str) -> Step {
@@ -351,15 +387,18 @@ impl Step {
             None => root.to_path_buf(),
         };
         let shown = format!("{} {}", self.program.display(), self.args.join(" "));
-        let status = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
             .current_dir(&dir)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .status()
-            .map_err(|e| Failure::Step {
-                step: self.name.clone(),
-                detail: format!("cannot run `{shown}`: {e}"),
-            })?;
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        for var in &self.unset {
+            command.env_remove(var);
+        }
+        let status = command.status().map_err(|e| Failure::Step {
+            step: self.name.clone(),
+            detail: format!("cannot run `{shown}`: {e}"),
+        })?;
         if status.success() {
             Ok(())
         } else {
@@ -383,6 +422,15 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .chain(sbin)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+/// Where `cargo install` puts programs: `$CARGO_HOME/bin`, else `~/.cargo/bin`.
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"))
+        .join("bin")
 }
 
 /// The programs checked, for the "nothing missing" line.

@@ -592,6 +592,8 @@ mod tests {
             max_per_client: 3,
             max_topics: 5,
             max_topic_bytes: 8,
+            local_ack: None,
+            local_unsubscribe_ack: None,
         })
     }
 

@@ -719,6 +719,8 @@ mod tests {
             max_per_client: 1024,
             max_topics: 65536,
             max_topic_bytes: 256,
+            local_ack: None,
+            local_unsubscribe_ack: None,
         }
     }
 

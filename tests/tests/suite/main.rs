@@ -71,6 +71,8 @@ mod topics_cli;
 mod topics_ops;
 /// The upstream path: binary auto-replies, close reasons, limits, fairness, rotation.
 mod upstream_path;
+/// Endpoints as plain WebSockets for unmodified apps (Python, Node, websocat, Chromium).
+mod websocket;
 
 use wsmux_tests::upstream::Upstream;
 

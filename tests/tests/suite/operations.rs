@@ -254,6 +254,7 @@ async fn prometheus_metrics_over_real_http() {
     let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
+    // `/` is the status page now: an unknown path is what gets 404.
     http.write_all(b"GET /nothing-here HTTP/1.1\r\n\r\n")
         .await
         .unwrap();

@@ -142,7 +142,6 @@ async fn a_host_name_that_is_not_loopback_is_refused() {
 /// endpoint with its state, and the recent changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_the_endpoints_in_headless_chromium() {
-    let chromium = wsmux_tests::servers::require("chromium", "chromium");
     let up = Upstream::start().await;
     let port = free_port();
     let _d = Daemon::start(&format!(
@@ -151,37 +150,7 @@ async fn the_status_page_renders_the_endpoints_in_headless_chromium() {
         endpoint_toml("down", &format!("ws://127.0.0.1:{}/", free_port()), ""),
     ));
     until(port, "/status.json", |_, b| b.contains(r#""state":"open""#)).await;
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                // Lets the page's fetch and first render finish before the DOM is dumped.
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(format!("http://127.0.0.1:{port}/"))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finished in time")
-    .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "chromium: {}\n{dom}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dom = wsmux_tests::servers::chromium_dom(&format!("http://127.0.0.1:{port}/"), &[]).await;
     let row = |name: &str| {
         let start = dom
             .find(&format!(r#"data-endpoint="{name}""#))
