@@ -264,7 +264,8 @@ grep -q "\"data\":\"echo:$token\"" "$SMOKE/subscribe.out" ||
 grep -qx "$token" "$SMOKE/received" || fail "the upstream did not receive '$token'"
 
 echo "check: Ctrl-C shuts the daemon down gracefully; a subscriber is told"
-win 60 wsmux.exe --socket "$pipe" subscribe echo >"$SMOKE/closing.out" 2>&1 &
+# --no-reconnect: the subscriber exits (code 6) instead of waiting for a daemon to come back.
+win 60 wsmux.exe --socket "$pipe" subscribe echo --no-reconnect >"$SMOKE/closing.out" 2>&1 &
 closing_pid=$!
 until_ok "the second subscriber's state event" grep -q '"type":"state"' "$SMOKE/closing.out"
 kill -INT "$daemon_pid"
@@ -283,6 +284,7 @@ closing_rc=0
 wait "$closing_pid" || closing_rc=$?
 cat "$SMOKE/closing.out"
 ((closing_rc != 124)) || fail "the subscriber did not end when the daemon stopped"
+((closing_rc == 6)) || fail "the subscriber exited with $closing_rc, not 6 (connection lost)"
 grep -q '"state":"closed"' "$SMOKE/closing.out" || fail "the subscriber was not told 'closed'"
 
 step "platforms: all checks passed in $((SECONDS - started))s"
