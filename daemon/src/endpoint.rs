@@ -28,7 +28,7 @@ use wsmux_proto::{
 use crate::frames;
 use crate::history::{Entry, History, Limits, Out, Replay, Selection, Step};
 use crate::outbox::{Outbox, Pushed};
-use crate::topics::registry::{Registry, Touched};
+use crate::topics::registry::{Registry, Route, Touched};
 
 /// Identifies one local client connection for the lifetime of the daemon.
 pub type ClientId = u64;
@@ -1153,10 +1153,11 @@ impl Endpoint {
             .registry
             .as_ref()
             .is_some_and(|r| r.settings().unmatched == Unmatched::All);
-        let (topic_seq, holders) = match (topic, shared.registry.as_mut()) {
+        let route = match (topic, shared.registry.as_mut()) {
             (Some(t), Some(r)) => r.route(t),
-            _ => (None, None),
+            _ => Route::default(),
         };
+        let (topic_seq, holders) = (route.topic_seq, route.holders);
         let frame =
             match encode_data_message_fields(&self.name, seq, topic, topic_seq, data, max_frame) {
                 Ok(frame) => Some(frame),
@@ -1202,7 +1203,8 @@ impl Endpoint {
             let entry = Entry {
                 seq,
                 at: Instant::now(),
-                topic: topic.map(Arc::from),
+                // The registry's name when it knows the topic: no allocation under the lock.
+                topic: route.name.or_else(|| topic.map(Arc::from)),
                 frame,
             };
             fallout = self.change_history(shared, |h, evicted| h.push(entry, evicted));

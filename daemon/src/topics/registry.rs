@@ -30,6 +30,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// A topic without holders, remembered.
 #[derive(Debug)]
 struct Retired {
+    /// The topic (the same allocation as its key).
+    name: Arc<str>,
     /// Its counter.
     seq: u64,
     /// The connection that carried it (it goes back there when asked for again, so it is
@@ -45,9 +47,22 @@ struct Retired {
     held_from: u64,
 }
 
+/// Where [`Registry::route`] sends a message of a topic.
+#[derive(Debug, Default)]
+pub struct Route<'a> {
+    /// Its `topic_seq`, for a topic held now or earlier.
+    pub topic_seq: Option<u64>,
+    /// Its holders, for a topic held now.
+    pub holders: Option<&'a HashMap<ClientId, Arc<Outbox>>>,
+    /// The registry's own copy of the topic's name (no allocation per message).
+    pub name: Option<Arc<str>>,
+}
+
 /// One topic that at least one client holds.
 #[derive(Debug)]
 pub struct Entry {
+    /// The topic (the same allocation as its key).
+    name: Arc<str>,
     /// The clients that hold it, with their outboxes.
     pub holders: HashMap<ClientId, Arc<Outbox>>,
     /// Its upstream subscription.
@@ -278,6 +293,7 @@ impl Registry {
                 self.topics.insert(
                     Arc::clone(&topic),
                     Entry {
+                        name: Arc::clone(&topic),
                         holders: HashMap::new(),
                         state: TopicState::Pending,
                         connection,
@@ -390,8 +406,9 @@ impl Registry {
         self.retired_order
             .push_back((Arc::clone(&topic), self.generation));
         self.retired.insert(
-            topic,
+            Arc::clone(&topic),
             Retired {
+                name: topic,
                 seq,
                 connection,
                 generation: self.generation,
@@ -423,20 +440,28 @@ impl Registry {
 
     /// A message of `topic` arrived: counts it if the topic is known (held now, or held
     /// before and remembered); its `topic_seq` then, and its holders.
-    pub fn route(&mut self, topic: &str) -> (Option<u64>, Option<&HashMap<ClientId, Arc<Outbox>>>) {
+    pub fn route(&mut self, topic: &str) -> Route<'_> {
         let Registry {
             topics, retired, ..
         } = self;
         if let Some(e) = topics.get_mut(topic) {
             e.seq += 1;
-            return (Some(e.seq), Some(&e.holders));
+            return Route {
+                topic_seq: Some(e.seq),
+                holders: Some(&e.holders),
+                name: Some(Arc::clone(&e.name)),
+            };
         }
         match retired.get_mut(topic) {
             Some(r) => {
                 r.seq += 1;
-                (Some(r.seq), None)
+                Route {
+                    topic_seq: Some(r.seq),
+                    holders: None,
+                    name: Some(Arc::clone(&r.name)),
+                }
             }
-            None => (None, None),
+            None => Route::default(),
         }
     }
 
@@ -730,13 +755,13 @@ mod tests {
     fn counters_go_on_across_a_resubscribe_and_rejection_waits_for_a_new_ask() {
         let mut r = Registry::new(settings(None));
         add(&mut r, 1, &["a"]);
-        assert_eq!(r.route("a").0, Some(1));
+        assert_eq!(r.route("a").topic_seq, Some(1));
         // Topics nobody ever held are not counted.
-        assert_eq!(r.route("other").0, None);
+        assert_eq!(r.route("other").topic_seq, None);
         r.remove(1, None);
-        assert_eq!(r.route("a").0, Some(2));
+        assert_eq!(r.route("a").topic_seq, Some(2));
         add(&mut r, 2, &["a"]);
-        assert_eq!(r.route("a").0, Some(3));
+        assert_eq!(r.route("a").topic_seq, Some(3));
         r.take_changes(0);
         assert_eq!(r.rejected(0, "a", "no such stream").len(), 1);
         assert!(!r.wanted(0, "a"));

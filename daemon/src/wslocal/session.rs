@@ -642,34 +642,14 @@ mod tests {
             for name in names {
                 for topic in [None, Some(("btcusdt@trade", Some(3))), Some(("t", None))] {
                     let (t, ts) = topic.map_or((None, None), |(t, s)| (Some(t), s));
-                    let frame = encode_data_message_fields(
-                        name,
-                        seq,
-                        t,
-                        ts,
-                        PayloadRef::Text(&text),
-                        usize::MAX,
-                    )
-                    .unwrap();
-                    assert_eq!(
-                        data_message(&frame),
-                        Some(Message::text(text.clone())),
-                        "{size} {seq}"
-                    );
-                    let frame = encode_data_message_fields(
-                        name,
-                        seq,
-                        t,
-                        ts,
-                        PayloadRef::Binary(&bin),
-                        usize::MAX,
-                    )
-                    .unwrap();
-                    assert_eq!(
-                        data_message(&frame),
-                        Some(Message::binary(bin.clone())),
-                        "{size} {seq}"
-                    );
+                    for (data, want) in [
+                        (PayloadRef::Text(&text), Message::text(text.clone())),
+                        (PayloadRef::Binary(&bin), Message::binary(bin.clone())),
+                    ] {
+                        let frame =
+                            encode_data_message_fields(name, seq, t, ts, data, usize::MAX).unwrap();
+                        assert_eq!(data_message(&frame), Some(want), "{size} {seq}");
+                    }
                 }
             }
         }
