@@ -11,6 +11,7 @@
 //! `PATH`. Everything talks over 127.0.0.1 and Unix sockets in temporary directories. See
 //! BENCHMARKS.md for what each figure means.
 
+mod floor;
 mod harness;
 mod plan;
 mod report;
@@ -31,8 +32,8 @@ use report::{Host, JsonSink};
 use scenarios::Ctx;
 
 /// Benchmarks wsmuxd: fan-out throughput, added latency, the upstream direction, memory at
-/// scale, a large burst, topic routing and resuming from the history, with websocat as the
-/// comparison when it is on PATH.
+/// scale, a large burst, topic routing and resuming from the history, next to the floor (the
+/// cheapest possible relay, built in) and websocat when it is on PATH.
 #[derive(Debug, Parser)]
 #[command(name = "wsmux-bench", version)]
 pub struct Args {
@@ -74,9 +75,13 @@ pub struct Args {
     #[arg(long)]
     pub messages: Option<u64>,
 
-    /// Latency: messages per second.
-    #[arg(long, default_value_t = 2000)]
-    pub rate: u64,
+    /// Latency: messages per second, one set of cases per rate.
+    #[arg(long, value_delimiter = ',', default_value = "2000,20000")]
+    pub rates: Vec<u64>,
+
+    /// Latency: numbers of receiving clients, one set of cases per number.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    pub latency_subscribers: Vec<usize>,
 
     /// Latency: seconds measured (after 0.1 s of warm-up).
     #[arg(long, default_value_t = 5.0)]
@@ -149,9 +154,13 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     pub replay_backlog: u64,
 
-    /// Replay: live subscribers receiving at `--rate` meanwhile.
+    /// Replay: live subscribers receiving at `--replay-rate` meanwhile.
     #[arg(long, default_value_t = 10)]
     pub replay_live: usize,
+
+    /// Replay: messages per second to the live subscribers.
+    #[arg(long, default_value_t = 2000)]
+    pub replay_rate: u64,
 
     /// Longest one case may run once set up, in seconds.
     #[arg(long, default_value_t = 120)]
@@ -180,6 +189,16 @@ pub enum Scenario {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(floor::ARG) {
+        return match floor::main(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor relay: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = Args::parse();
     match real_main(args) {
         Ok(true) => ExitCode::SUCCESS,
@@ -197,8 +216,16 @@ fn real_main(args: Args) -> Result<bool> {
     if args.sizes.iter().chain([&args.size]).any(|&s| s < min) {
         bail!("message sizes must be at least {min} bytes (sequence number and timestamp)");
     }
-    if args.subscribers.contains(&0) || args.senders.contains(&0) || args.rate == 0 {
-        bail!("--subscribers, --senders and --rate must be greater than zero");
+    if args.subscribers.contains(&0)
+        || args.senders.contains(&0)
+        || args.latency_subscribers.contains(&0)
+        || args.rates.contains(&0)
+        || args.replay_rate == 0
+    {
+        bail!(
+            "--subscribers, --senders, --latency-subscribers, --rates and --replay-rate must be \
+             greater than zero"
+        );
     }
     let route = scenarios::route::Case {
         leg: scenarios::route::Leg::Routed,
@@ -214,7 +241,7 @@ fn real_main(args: Args) -> Result<bool> {
     let websocat = if args.smoke || args.no_websocat {
         None
     } else {
-        harness::websocat::find(args.websocat.as_deref())
+        harness::relay::find(args.websocat.as_deref())
     };
     let host = Host::current();
     let run_id = format!("{}-{}", report::unix_now(), std::process::id());

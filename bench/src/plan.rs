@@ -13,6 +13,8 @@ pub struct Plan {
     pub latency: Vec<latency::Case>,
     /// Upstream-direction cases.
     pub send: Vec<send::Case>,
+    /// The floor of the upstream direction (a sender straight to the WebSocket).
+    pub send_floor: Option<send::Case>,
     /// The scale case.
     pub scale: Option<scale::Case>,
     /// Burst cases (fan-out with default queues).
@@ -28,15 +30,12 @@ pub struct Plan {
 pub fn plan(args: &Args, websocat: bool) -> Plan {
     let all = args.scenarios.is_empty() || args.scenarios.contains(&Scenario::All);
     let wants = |s: Scenario| all || args.scenarios.contains(&s);
-    let systems: Vec<System> = if websocat {
-        vec![System::Wsmux, System::Websocat]
-    } else {
-        vec![System::Wsmux]
-    };
+    let systems = System::compared(websocat);
     let mut p = Plan {
         fanout: Vec::new(),
         latency: Vec::new(),
         send: Vec::new(),
+        send_floor: None,
         scale: None,
         burst: Vec::new(),
         route: Vec::new(),
@@ -64,16 +63,23 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
                 raised(1, 100, 5_000),
                 raised(10, 100, 2_000),
                 raised(3, 4096, 500),
+                fanout::Case {
+                    system: System::Floor,
+                    ..raised(10, 100, 2_000)
+                },
             ];
         }
         if wants(Scenario::Latency) {
-            p.latency = vec![latency::Case {
-                system: System::Wsmux,
-                rate: 2000,
-                duration: Duration::from_millis(500),
-                size: 100,
-                round: 1,
-            }];
+            p.latency = [(System::Wsmux, 1), (System::Wsmux, 3), (System::Floor, 3)]
+                .map(|(system, subscribers)| latency::Case {
+                    system,
+                    rate: 2000,
+                    subscribers,
+                    duration: Duration::from_millis(500),
+                    size: 100,
+                    round: 1,
+                })
+                .to_vec();
         }
         if wants(Scenario::Send) {
             p.send = [1, 4]
@@ -85,6 +91,7 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
                     window: 32,
                 })
                 .collect();
+            p.send_floor = p.send.first().copied();
         }
         if wants(Scenario::Scale) {
             p.scale = Some(scale::Case {
@@ -131,16 +138,21 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
         }
     }
     if wants(Scenario::Latency) {
-        // Rounds alternate between the systems, so both see the same conditions.
-        for round in 1..=args.rounds.max(1) {
-            for &system in &systems {
-                p.latency.push(latency::Case {
-                    system,
-                    rate: args.rate,
-                    duration: Duration::from_secs_f64(args.duration.max(0.1)),
-                    size: args.size,
-                    round,
-                });
+        // Rounds alternate between the systems, so all see the same conditions.
+        for &rate in &args.rates {
+            for &subscribers in &args.latency_subscribers {
+                for round in 1..=args.rounds.max(1) {
+                    for &system in &systems {
+                        p.latency.push(latency::Case {
+                            system,
+                            rate,
+                            subscribers,
+                            duration: Duration::from_secs_f64(args.duration.max(0.1)),
+                            size: args.size,
+                            round,
+                        });
+                    }
+                }
             }
         }
     }
@@ -153,6 +165,12 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
                 window: args.window,
             });
         }
+        p.send_floor = Some(send::Case {
+            clients: 1,
+            messages: args.send_messages,
+            size: args.size,
+            window: args.window,
+        });
     }
     if wants(Scenario::Scale) {
         p.scale = Some(scale::Case {
@@ -185,7 +203,7 @@ pub fn plan(args: &Args, websocat: bool) -> Plan {
             live: args.replay_live,
             backlog: args.replay_backlog,
             size: args.size,
-            rate: args.rate,
+            rate: args.replay_rate,
             idle: Duration::from_secs(1),
             window: Duration::from_secs(3),
         });

@@ -46,7 +46,8 @@ pub async fn run_plan(
                     o.lost,
                     o.elapsed_s
                 );
-                if case.system == System::Wsmux {
+                // The floor relay has no queue to overflow: it is lossless too.
+                if matches!(case.system, System::Wsmux | System::Floor) {
                     check(
                         &mut failures,
                         o.lost == 0 && o.complete && o.disordered == 0,
@@ -68,7 +69,7 @@ pub async fn run_plan(
         let mut t = tables::fanout("fan-out throughput", &r.fanout);
         t.notes.push(
             "queue: per-client queue in messages (client_queue_messages, raised so the run fits; \
-             websocat --queue-len the same)"
+             websocat --queue-len the same; the floor has none: the kernel's socket buffer)"
                 .into(),
         );
         print!("{}", t.render());
@@ -79,9 +80,10 @@ pub async fn run_plan(
 
     for case in &plan.latency {
         let what = format!(
-            "latency {} rate={} round={}",
+            "latency {} rate={} K={} round={}",
             case.system.name(),
             case.rate,
+            case.subscribers,
             case.round
         );
         eprintln!("{what} ...");
@@ -92,7 +94,7 @@ pub async fn run_plan(
                     harness::stats::us(o.through.p50),
                     harness::stats::us(o.direct.p50)
                 );
-                if case.system == System::Wsmux {
+                if matches!(case.system, System::Wsmux | System::Floor) {
                     check(&mut failures, o.lost == 0 && o.direct_lost == 0, || {
                         format!(
                             "{what}: {} lost through the daemon, {} direct",
@@ -107,28 +109,8 @@ pub async fn run_plan(
         }
     }
     if !r.latency.is_empty() {
-        let mut t = tables::latency(&r.latency);
-        let rate = r.latency[0].rate;
-        let medians = [System::Wsmux, System::Websocat]
-            .map(|s| latency::median_added(&r.latency, s.name(), rate));
-        for (system, m) in [System::Wsmux, System::Websocat].iter().zip(&medians) {
-            if let Some((p50, p99, n)) = m {
-                t.notes.push(format!(
-                    "{}: median over {n} round(s): added p50 {:+.1} µs, added p99 {:+.1} µs",
-                    system.name(),
-                    *p50 as f64 / 1e3,
-                    *p99 as f64 / 1e3
-                ));
-            }
-        }
-        if let [Some(w), Some(x)] = medians {
-            t.notes.push(format!(
-                "wsmux/websocat added latency (medians): p50 {}, p99 {}",
-                tables::ratio(w.0 as f64, x.0 as f64),
-                tables::ratio(w.1 as f64, x.1 as f64)
-            ));
-        }
-        print!("{}", t.render());
+        print!("{}", tables::latency(&r.latency).render());
+        print!("{}", tables::latency_summary(&r.latency).render());
     }
 
     for case in &plan.send {
@@ -154,6 +136,27 @@ pub async fn run_plan(
                         )
                     },
                 );
+                json.record("send", &o)?;
+                r.send.push(o);
+            }
+            Err(e) => check(&mut failures, false, || format!("{what}: {e:#}")),
+        }
+    }
+    if let Some(case) = plan.send_floor {
+        let what = format!(
+            "send floor (straight to the WebSocket) messages={}",
+            case.messages
+        );
+        eprintln!("{what} ...");
+        match send::run_floor(ctx, case).await {
+            Ok(o) => {
+                eprintln!("  {} msg/s upstream", report::rate(o.upstream_msgs_per_s));
+                check(&mut failures, o.upstream_received == o.messages, || {
+                    format!(
+                        "{what}: {} arrived upstream of {}",
+                        o.upstream_received, o.messages
+                    )
+                });
                 json.record("send", &o)?;
                 r.send.push(o);
             }

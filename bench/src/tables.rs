@@ -2,7 +2,7 @@
 
 use crate::harness::stats::{us, us_diff};
 use crate::report::{mib, rate, Table};
-use crate::scenarios::{fanout, latency, replay, route, scale, send};
+use crate::scenarios::{fanout, is_websocat, latency, replay, route, scale, send, System};
 
 /// Fan-out (and burst) cases.
 pub fn fanout(title: &str, rows: &[fanout::Outcome]) -> Table {
@@ -62,35 +62,67 @@ pub fn fanout(title: &str, rows: &[fanout::Outcome]) -> Table {
     t
 }
 
-/// wsmux/websocat ratios of fan-out cases run back to back.
+/// The websocat case of `rows` with the most delivered msg/s at `k` subscribers and `size`
+/// bytes (the better of its two modes).
+pub fn best_websocat_fanout(
+    rows: &[fanout::Outcome],
+    k: usize,
+    size: usize,
+) -> Option<&fanout::Outcome> {
+    rows.iter()
+        .filter(|o| is_websocat(o.system) && o.subscribers == k && o.size == size)
+        .max_by(|a, b| a.total_msgs_per_s.total_cmp(&b.total_msgs_per_s))
+}
+
+/// The fan-out case of `system` at `k` subscribers and `size` bytes.
+pub fn fanout_case<'a>(
+    rows: &'a [fanout::Outcome],
+    system: &str,
+    k: usize,
+    size: usize,
+) -> Option<&'a fanout::Outcome> {
+    rows.iter()
+        .find(|o| o.system == system && o.subscribers == k && o.size == size)
+}
+
+/// wsmux next to the floor and the better websocat mode, fan-out cases of the same run.
 pub fn fanout_ratios(rows: &[fanout::Outcome]) -> Option<Table> {
     let mut t = Table::new(
-        "fan-out: wsmux / websocat, same run",
+        "fan-out: wsmux / floor and wsmux / websocat (its better mode), same run",
         vec![
             "K",
             "size",
-            "throughput ×",
-            "CPU per msg ×",
+            "msg/s ÷ floor",
+            "CPU/msg ÷ floor",
+            "websocat mode",
+            "msg/s ÷ websocat",
+            "CPU/msg ÷ websocat",
             "websocat lost",
         ],
     );
     for w in rows.iter().filter(|o| o.system == "wsmux") {
-        let Some(x) = rows
-            .iter()
-            .find(|o| o.system == "websocat" && o.subscribers == w.subscribers && o.size == w.size)
-        else {
+        let floor = fanout_case(rows, "floor", w.subscribers, w.size);
+        let x = best_websocat_fanout(rows, w.subscribers, w.size);
+        if floor.is_none() && x.is_none() {
             continue;
+        }
+        let of = |o: Option<&fanout::Outcome>, f: fn(&fanout::Outcome) -> f64| {
+            o.map_or_else(|| "-".into(), |o| ratio(f(w), f(o)))
         };
         t.rows.push(vec![
             w.subscribers.to_string(),
             w.size.to_string(),
-            ratio(w.total_msgs_per_s, x.total_msgs_per_s),
-            ratio(w.cpu_ns_per_msg, x.cpu_ns_per_msg),
-            x.lost.to_string(),
+            of(floor, |o| o.total_msgs_per_s),
+            of(floor, |o| o.cpu_ns_per_msg),
+            x.map_or("-", |x| x.system).to_owned(),
+            of(x, |o| o.total_msgs_per_s),
+            of(x, |o| o.cpu_ns_per_msg),
+            x.map_or_else(|| "-".into(), |x| x.lost.to_string()),
         ]);
     }
     t.notes.push(
-        "throughput × > 1: wsmux delivers more per second; CPU per msg × < 1: wsmux spends less"
+        "msg/s ÷ > 1: wsmux delivers more per second; CPU/msg ÷ < 1: wsmux spends less; \
+         targets: msg/s ≥ 0.80× the floor's, CPU/msg ≤ 1.50× the floor's"
             .into(),
     );
     (!t.rows.is_empty()).then_some(t)
@@ -105,6 +137,11 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Signed nanoseconds as microseconds with one decimal.
+fn signed_us(ns: i64) -> String {
+    format!("{:+.1}", ns as f64 / 1000.0)
+}
+
 /// Latency cases.
 pub fn latency(rows: &[latency::Outcome]) -> Table {
     let mut t = Table::new(
@@ -113,6 +150,7 @@ pub fn latency(rows: &[latency::Outcome]) -> Table {
             "system",
             "round",
             "rate",
+            "K",
             "samples",
             "p50",
             "p99",
@@ -124,6 +162,7 @@ pub fn latency(rows: &[latency::Outcome]) -> Table {
             "added p50",
             "added p99",
             "added p99.9",
+            "added max",
             "lost",
         ],
     );
@@ -132,6 +171,7 @@ pub fn latency(rows: &[latency::Outcome]) -> Table {
             o.system.to_owned(),
             o.round.to_string(),
             o.rate.to_string(),
+            o.subscribers.to_string(),
             o.through.count.to_string(),
             us(o.through.p50),
             us(o.through.p99),
@@ -140,14 +180,96 @@ pub fn latency(rows: &[latency::Outcome]) -> Table {
             us(o.direct.p50),
             us(o.direct.p99),
             us(o.direct.p999),
-            us_diff(o.through.p50, o.direct.p50),
-            us_diff(o.through.p99, o.direct.p99),
-            us_diff(o.through.p999, o.direct.p999),
+            signed_us(o.added_p50_ns),
+            signed_us(o.added_p99_ns),
+            signed_us(o.added_p999_ns),
+            signed_us(o.added_max_ns),
             format!("{}/{}", o.lost, o.direct_lost),
         ]);
     }
     t.notes.push(
-        "lost: through the system / direct; the pacer stamps each copy right before its write"
+        "K: receiving clients (their delays pooled); added: percentiles of each message's delay \
+         through the system minus the same message's delay to the direct client; lost: through \
+         the system / direct; the pacer stamps each copy right before its write"
+            .into(),
+    );
+    t
+}
+
+/// The websocat mode with the lowest median added p50 at `rate` and `k` subscribers.
+pub fn best_websocat_latency(
+    rows: &[latency::Outcome],
+    rate: u64,
+    k: usize,
+) -> Option<(&'static str, latency::Added)> {
+    [System::WebsocatLines, System::WebsocatPrefixed]
+        .into_iter()
+        .filter_map(|s| latency::median_added(rows, s.name(), rate, k).map(|a| (s.name(), a)))
+        .min_by_key(|(_, a)| a.p50)
+}
+
+/// The medians over the rounds of what each system adds, with the ratios of wsmux to the
+/// floor and to websocat's better mode.
+pub fn latency_summary(rows: &[latency::Outcome]) -> Table {
+    let mut t = Table::new(
+        "added latency (µs), median over the rounds; wsmux ÷ floor and ÷ websocat",
+        vec![
+            "rate",
+            "K",
+            "system",
+            "rounds",
+            "added p50",
+            "p99",
+            "p99.9",
+            "max",
+            "p50 ÷ floor",
+            "p99 ÷ floor",
+            "p99.9 ÷ floor",
+            "p50 ÷ websocat",
+        ],
+    );
+    let f = |ns: i64| format!("{:+.1}", ns as f64 / 1e3);
+    for (rate, k) in latency::groups(rows) {
+        let floor = latency::median_added(rows, "floor", rate, k);
+        let best = best_websocat_latency(rows, rate, k);
+        for system in [
+            System::Wsmux,
+            System::Floor,
+            System::WebsocatLines,
+            System::WebsocatPrefixed,
+        ] {
+            let Some(a) = latency::median_added(rows, system.name(), rate, k) else {
+                continue;
+            };
+            let wsmux = system == System::Wsmux;
+            let vs = |other: Option<i64>, mine: i64| match other {
+                Some(o) if wsmux => ratio(mine as f64, o as f64),
+                _ => String::new(),
+            };
+            let label = match best {
+                Some((name, _)) if name == system.name() => format!("{name} (better)"),
+                _ => system.name().to_owned(),
+            };
+            t.rows.push(vec![
+                rate.to_string(),
+                k.to_string(),
+                label,
+                a.rounds.to_string(),
+                f(a.p50),
+                f(a.p99),
+                f(a.p999),
+                f(a.max),
+                vs(floor.map(|x| x.p50), a.p50),
+                vs(floor.map(|x| x.p99), a.p99),
+                vs(floor.map(|x| x.p999), a.p999),
+                vs(best.map(|(_, x)| x.p50), a.p50),
+            ]);
+        }
+    }
+    t.notes.push(
+        "added: percentiles of each message's delay through the system minus its delay to the \
+         direct client, median over the rounds; targets: p50 ≤ 1.25× the floor's and ≤ 0.60× websocat's, p99 ≤ 1.50× the \
+         floor's; a ratio to an added figure at or below zero reads n/a"
             .into(),
     );
     t
@@ -156,8 +278,9 @@ pub fn latency(rows: &[latency::Outcome]) -> Table {
 /// Upstream-direction cases.
 pub fn send(rows: &[send::Outcome]) -> Table {
     let mut t = Table::new(
-        "upstream direction: `send` with ids through one endpoint",
+        "upstream direction: `send` with ids through one endpoint, next to the floor sender",
         vec![
+            "system",
             "clients",
             "window",
             "size",
@@ -174,22 +297,49 @@ pub fn send(rows: &[send::Outcome]) -> Table {
         ],
     );
     for o in rows {
+        let floor = o.system == "floor";
         t.rows.push(vec![
+            o.system.to_owned(),
             o.clients.to_string(),
-            o.window.to_string(),
+            if floor {
+                "-".into()
+            } else {
+                o.window.to_string()
+            },
             o.size.to_string(),
             o.messages.to_string(),
-            o.acked.to_string(),
+            if floor {
+                "-".into()
+            } else {
+                o.acked.to_string()
+            },
             o.errors.to_string(),
             o.upstream_received.to_string(),
             rate(o.upstream_msgs_per_s),
-            us(o.ack.p50),
-            us(o.ack.p99),
-            us(o.ack.p999),
+            if floor { "-".into() } else { us(o.ack.p50) },
+            if floor { "-".into() } else { us(o.ack.p99) },
+            if floor { "-".into() } else { us(o.ack.p999) },
             format!("{:.0}", o.cpu_ns_per_msg),
             format!("{:.2}", o.harness_cpu_s),
         ]);
     }
+    if let Some(f) = rows.iter().find(|o| o.system == "floor") {
+        for w in rows.iter().filter(|o| o.system == "wsmux") {
+            t.notes.push(format!(
+                "wsmux with {} client(s), window {} ÷ floor: {} of its msg/s, {} of its CPU/msg \
+                 (target for one client: ≥ 0.80× the msg/s)",
+                w.clients,
+                w.window,
+                ratio(w.upstream_msgs_per_s, f.upstream_msgs_per_s),
+                ratio(w.cpu_ns_per_msg, f.cpu_ns_per_msg)
+            ));
+        }
+    }
+    t.notes.push(
+        "floor: one thread writing the same messages straight to a WebSocket (tungstenite, no \
+         local hop, no acks); its CPU is that thread's"
+            .into(),
+    );
     t
 }
 

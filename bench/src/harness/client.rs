@@ -43,19 +43,49 @@ pub async fn connect_unix(socket: &Path) -> Result<UnixStream> {
     }
 }
 
-/// Reads length-prefixed frames from a stream.
+/// How the frames of a stream are delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A 4-byte big-endian length before each body (wsmux, the floor relay, websocat's
+    /// `lengthprefixed:` overlay).
+    Prefixed,
+    /// A newline after each body (websocat's line mode, `-t`).
+    Lines,
+}
+
+/// Reads delimited frames from a stream.
 pub struct FrameReader<R> {
     stream: R,
     buf: BytesMut,
+    framing: Framing,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Wraps `stream`.
+    /// Wraps `stream`, whose frames are length-prefixed.
     pub fn new(stream: R) -> Self {
+        Self::with_framing(stream, Framing::Prefixed)
+    }
+
+    /// Wraps `stream`, whose frames are delimited as `framing` says.
+    pub fn with_framing(stream: R, framing: Framing) -> Self {
         FrameReader {
             stream,
             buf: BytesMut::with_capacity(READ_BUF),
+            framing,
         }
+    }
+
+    /// The next whole frame in `buf[pos..]`: (body start, body end, frame end).
+    fn next_frame(&self, pos: usize) -> Result<Option<(usize, usize, usize)>> {
+        let rest = &self.buf[pos..];
+        Ok(match self.framing {
+            Framing::Prefixed => check(rest, DEFAULT_MAX_FRAME)?
+                .map(|total| (pos + HEADER_LEN, pos + total, pos + total)),
+            Framing::Lines => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|n| (pos, pos + n, pos + n + 1)),
+        })
     }
 
     /// Calls `f` with the body of every frame that arrives until `f` returns `true`
@@ -71,11 +101,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let mut pos = 0;
             let mut stop = false;
             while !stop {
-                let Some(total) = check(&self.buf[pos..], DEFAULT_MAX_FRAME)? else {
+                let Some((body, end, next)) = self.next_frame(pos)? else {
                     break;
                 };
-                stop = f(&self.buf[pos + HEADER_LEN..pos + total])?;
-                pos += total;
+                stop = f(&self.buf[body..end])?;
+                pos = next;
             }
             self.buf.advance(pos);
             if stop {
@@ -283,17 +313,52 @@ fn on_event(tracker: &mut Tracker, f: &Fields<'_>) -> bool {
     tracker.done
 }
 
-/// A client of a length-prefixed Unix socket whose frame bodies are raw payloads (websocat).
-pub struct PrefixedClient {
+/// A client of a Unix socket whose frame bodies are raw payloads, without a protocol (the
+/// floor relay, websocat).
+/// A client that receives the run's messages: a wsmux subscriber or a relay's raw client.
+pub trait Receiver {
+    /// Reads until the last message of the run or `deadline`; `true` if it arrived.
+    fn receive(
+        &mut self,
+        tracker: &mut Tracker,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<bool>>;
+    /// Reads until a warm-up probe arrived, or fails at `deadline`.
+    fn until_attached(
+        &mut self,
+        tracker: &mut Tracker,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<()>>;
+}
+
+impl Receiver for Client {
+    async fn receive(&mut self, tracker: &mut Tracker, deadline: Instant) -> Result<bool> {
+        Client::receive(self, tracker, deadline).await
+    }
+    async fn until_attached(&mut self, tracker: &mut Tracker, deadline: Instant) -> Result<()> {
+        Client::until_attached(self, tracker, deadline).await
+    }
+}
+
+impl Receiver for RawClient {
+    async fn receive(&mut self, tracker: &mut Tracker, deadline: Instant) -> Result<bool> {
+        RawClient::receive(self, tracker, deadline).await
+    }
+    async fn until_attached(&mut self, tracker: &mut Tracker, deadline: Instant) -> Result<()> {
+        RawClient::until_attached(self, tracker, deadline).await
+    }
+}
+
+pub struct RawClient {
     reader: FrameReader<UnixStream>,
 }
 
-impl PrefixedClient {
-    /// Connects to `socket`.
-    pub async fn connect(socket: &Path) -> Result<PrefixedClient> {
+impl RawClient {
+    /// Connects to `socket`, whose frames are delimited as `framing` says.
+    pub async fn connect(socket: &Path, framing: Framing) -> Result<RawClient> {
         let stream = connect_unix(socket).await?;
-        Ok(PrefixedClient {
-            reader: FrameReader::new(stream),
+        Ok(RawClient {
+            reader: FrameReader::with_framing(stream, framing),
         })
     }
 

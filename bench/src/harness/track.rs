@@ -42,6 +42,10 @@ pub struct Tracker {
     pub stamps: Vec<u64>,
     /// Record `stamps`.
     keep_stamps: bool,
+    /// With [`Tracker::keeping_seqs`]: the run's sequence number of each message in `delays`.
+    pub seqs: Vec<u64>,
+    /// Record `seqs`.
+    keep_seqs: bool,
 }
 
 impl Tracker {
@@ -68,6 +72,14 @@ impl Tracker {
     pub fn keeping_stamps(mut self) -> Tracker {
         self.keep_stamps = true;
         self.stamps = Vec::with_capacity(self.delays.capacity());
+        self
+    }
+
+    /// Also records the sequence number of every message whose delay is recorded (to pair
+    /// the delays of two receivers message by message).
+    pub fn keeping_seqs(mut self) -> Tracker {
+        self.keep_seqs = true;
+        self.seqs = Vec::with_capacity(self.delays.capacity());
         self
     }
 
@@ -106,6 +118,9 @@ impl Tracker {
             self.delays.push(now.saturating_sub(stamp));
             if self.keep_stamps {
                 self.stamps.push(stamp);
+            }
+            if self.keep_seqs {
+                self.seqs.push(seq);
             }
         }
         if seq + 1 == self.expect {

@@ -1,7 +1,7 @@
 //! Fan-out throughput: one upstream sends `messages` binary messages of `size` bytes as fast
 //! as the socket takes them; `subscribers` clients count what arrives.
 //!
-//! Setup per case: a fresh upstream and a fresh daemon (or websocat), all subscribers
+//! Setup per case: a fresh upstream and a fresh daemon (or relay: the floor, websocat), all subscribers
 //! connected and subscribed, warm-up probes until every subscriber has seen one. Measured:
 //! from the first byte of the blast until the last subscriber received the last message (or
 //! the case timed out). The daemon's CPU time is read from `/proc` right before and right
@@ -9,23 +9,23 @@
 //! peak of that case.
 //!
 //! Loss is counted three ways: gaps in the payload's own sequence numbers (works for
-//! websocat too), gaps in the daemon's `seq`, and `lagged` reports.
+//! the relays too), gaps in the daemon's `seq`, and `lagged` reports.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{rate, subscribers, warm_up, Ctx, System, ENDPOINT};
-use crate::harness::client::PrefixedClient;
+use crate::harness::client::RawClient;
 use crate::harness::daemon::{Config, Daemon};
 use crate::harness::payload::now_ns;
+use crate::harness::relay::Relay;
 use crate::harness::stats::{self, Memory};
 use crate::harness::track::Tracker;
 use crate::harness::upstream::Upstream;
-use crate::harness::websocat::Websocat;
 
 /// Daemon default per-client queue, in messages (PROTOCOL.md section 12).
 pub fn default_queue_messages() -> usize {
@@ -65,7 +65,7 @@ impl Queues {
 /// One fan-out case.
 #[derive(Clone, Copy, Debug)]
 pub struct Case {
-    /// wsmux or websocat.
+    /// What is measured.
     pub system: System,
     /// Number of subscribers.
     pub subscribers: usize,
@@ -100,7 +100,7 @@ impl Case {
 /// The figures of one case.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Outcome {
-    /// `wsmux` or `websocat`.
+    /// [`System::name`].
     pub system: &'static str,
     /// Subscribers.
     pub subscribers: usize,
@@ -130,11 +130,11 @@ pub struct Outcome {
     pub per_subscriber_msgs_per_s: f64,
     /// Delivered messages per second, all subscribers together.
     pub total_msgs_per_s: f64,
-    /// CPU seconds the daemon (or websocat) used during the run.
+    /// CPU seconds the daemon (or the relay) used during the run.
     pub cpu_s: f64,
     /// That CPU time per delivered message, nanoseconds.
     pub cpu_ns_per_msg: f64,
-    /// Peak RSS of the daemon (or websocat) process, KiB.
+    /// Peak RSS of the daemon (or the relay) process, KiB.
     pub peak_rss_kib: u64,
     /// CPU seconds the benchmark process itself used during the run.
     pub harness_cpu_s: f64,
@@ -143,21 +143,21 @@ pub struct Outcome {
 /// Either kind of subscriber.
 enum Sub {
     Wsmux(crate::harness::client::Client),
-    Websocat(PrefixedClient),
+    Raw(RawClient),
 }
 
 impl Sub {
     async fn until_attached(&mut self, t: &mut Tracker, deadline: Instant) -> Result<()> {
         match self {
             Sub::Wsmux(c) => c.until_attached(t, deadline).await,
-            Sub::Websocat(c) => c.until_attached(t, deadline).await,
+            Sub::Raw(c) => c.until_attached(t, deadline).await,
         }
     }
 
     async fn receive(&mut self, t: &mut Tracker, deadline: Instant) -> Result<bool> {
         match self {
             Sub::Wsmux(c) => c.receive(t, deadline).await,
-            Sub::Websocat(c) => c.receive(t, deadline).await,
+            Sub::Raw(c) => c.receive(t, deadline).await,
         }
     }
 }
@@ -165,35 +165,35 @@ impl Sub {
 /// The process under test, whichever it is.
 enum Target {
     Wsmux(Daemon),
-    Websocat(Websocat),
+    Relay(Relay),
 }
 
 impl Target {
     fn cpu(&self) -> Result<f64> {
         match self {
             Target::Wsmux(d) => d.cpu_seconds(),
-            Target::Websocat(w) => w.cpu_seconds(),
+            Target::Relay(w) => w.cpu_seconds(),
         }
     }
 
     fn profile_zero(&self) -> Result<()> {
         match self {
             Target::Wsmux(d) => d.profile_zero(),
-            Target::Websocat(_) => Ok(()),
+            Target::Relay(_) => Ok(()),
         }
     }
 
     fn profile_dump(&self) -> Result<()> {
         match self {
             Target::Wsmux(d) => d.profile_dump(),
-            Target::Websocat(_) => Ok(()),
+            Target::Relay(_) => Ok(()),
         }
     }
 
     fn memory(&self) -> Result<Memory> {
         match self {
             Target::Wsmux(d) => d.memory(),
-            Target::Websocat(w) => w.memory(),
+            Target::Relay(w) => w.memory(),
         }
     }
 }
@@ -216,17 +216,16 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
             let subs = clients.into_iter().map(Sub::Wsmux).collect::<Vec<_>>();
             (Target::Wsmux(daemon), subs, conns)
         }
-        System::Websocat => {
-            let Some(bin) = ctx.websocat_bin() else {
-                bail!("websocat is not available");
-            };
-            let w = Websocat::start(bin, &upstream.url(), case.queue_messages())?;
+        _ => {
+            let w = case
+                .system
+                .start_relay(ctx, &upstream.url(), case.queue_messages())?;
             let mut subs = Vec::with_capacity(case.subscribers);
             for _ in 0..case.subscribers {
-                subs.push(Sub::Websocat(PrefixedClient::connect(&w.socket).await?));
+                subs.push(Sub::Raw(RawClient::connect(&w.socket, w.framing).await?));
             }
             let conns = upstream.wait_live(1, Duration::from_secs(10))?;
-            (Target::Websocat(w), subs, conns)
+            (Target::Relay(w), subs, conns)
         }
     };
     let conn = Arc::clone(&conns[0]);

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::harness::client::Client;
+use crate::harness::client::{Client, Framing};
 use crate::harness::daemon::Launcher;
+use crate::harness::relay::Relay;
 use crate::harness::upstream::{self, Conn};
 
 /// Name of the endpoint every single-endpoint scenario uses.
@@ -32,18 +33,53 @@ pub const ENDPOINT: &str = "feed";
 pub enum System {
     /// `wsmuxd`.
     Wsmux,
-    /// websocat in shared-connection (`reuse-broadcast:`) mode.
-    Websocat,
+    /// The floor relay: the cheapest possible hop (`crate::floor`).
+    Floor,
+    /// websocat in shared-connection (`reuse-broadcast:`) mode, `lengthprefixed:` framing.
+    WebsocatPrefixed,
+    /// The same in its line mode (`-t`).
+    WebsocatLines,
 }
 
 impl System {
-    /// Lower-case name, for tables.
+    /// Lower-case name, for tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             System::Wsmux => "wsmux",
-            System::Websocat => "websocat",
+            System::Floor => "floor",
+            System::WebsocatPrefixed => "websocat-lp",
+            System::WebsocatLines => "websocat-t",
         }
     }
+
+    /// The systems of a comparison: wsmux, the floor, and websocat's two modes if it runs.
+    pub fn compared(websocat: bool) -> Vec<System> {
+        let mut v = vec![System::Wsmux, System::Floor];
+        if websocat {
+            v.extend([System::WebsocatLines, System::WebsocatPrefixed]);
+        }
+        v
+    }
+
+    /// Starts the relay of a system without a protocol (everything but wsmux) for
+    /// `upstream_url`, with `queue_len` messages of per-client queue where it has one.
+    pub fn start_relay(self, ctx: &Ctx, upstream_url: &str, queue_len: usize) -> Result<Relay> {
+        let websocat = |framing| match ctx.websocat_bin() {
+            Some(bin) => Relay::websocat(bin, upstream_url, queue_len, framing),
+            None => anyhow::bail!("websocat is not available"),
+        };
+        match self {
+            System::Wsmux => anyhow::bail!("wsmux is not a relay without a protocol"),
+            System::Floor => Relay::floor(upstream_url),
+            System::WebsocatPrefixed => websocat(Framing::Prefixed),
+            System::WebsocatLines => websocat(Framing::Lines),
+        }
+    }
+}
+
+/// Whether `name` (a [`System::name`]) is one of websocat's modes.
+pub fn is_websocat(name: &str) -> bool {
+    name.starts_with("websocat")
 }
 
 /// Settings every scenario needs.

@@ -46,6 +46,8 @@ pub struct Case {
 /// The figures of one case.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Outcome {
+    /// `wsmux`, or `floor` for the floor sender (no hop: straight to the WebSocket).
+    pub system: &'static str,
     /// Sending clients.
     pub clients: usize,
     /// Messages sent, all clients.
@@ -231,6 +233,7 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
     let elapsed = rx.last_ns.saturating_sub(t0);
     let cpu = (cpu1 - cpu0).max(0.0);
     Ok(Outcome {
+        system: "wsmux",
         clients: case.clients,
         messages: total,
         size: case.size,
@@ -249,6 +252,69 @@ pub async fn run(ctx: &Ctx, case: Case) -> Result<Outcome> {
             0.0
         },
         harness_cpu_s: (own1 - own0).max(0.0),
+    })
+}
+
+/// The floor of the upstream direction: one thread of this process writes the same messages
+/// straight to a WebSocket of its own with tungstenite, as fast as the socket takes them (no
+/// local hop, no acks; tungstenite gathers frames in its write buffer). Its CPU time is that
+/// thread's own.
+pub async fn run_floor(ctx: &Ctx, case: Case) -> Result<Outcome> {
+    use tokio_tungstenite::tungstenite::{self, Message};
+
+    let upstream = Upstream::start()?;
+    let url = upstream.url();
+    let (messages, size) = (case.messages, case.size.max(payload::HEADER));
+    let sender = tokio::task::spawn_blocking(move || {
+        let (mut ws, _) =
+            tungstenite::connect(url.as_str()).map_err(|e| anyhow::anyhow!("connecting: {e}"))?;
+        if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            tcp.set_nodelay(true)?;
+        }
+        let mut body = vec![0u8; size];
+        payload::fill(&mut body, 0, 0);
+        let t0 = now_ns();
+        let cpu0 = stats::thread_cpu_seconds();
+        for i in 0..messages {
+            payload::stamp(&mut body, i, now_ns());
+            ws.write(Message::binary(body.clone()))
+                .map_err(|e| anyhow::anyhow!("writing: {e}"))?;
+        }
+        ws.flush().map_err(|e| anyhow::anyhow!("flushing: {e}"))?;
+        let cpu = stats::thread_cpu_seconds() - cpu0;
+        Ok::<_, anyhow::Error>((t0, cpu, ws))
+    });
+    let conns = upstream.wait_live(1, Duration::from_secs(10))?;
+    let (t0, cpu, _ws) = tokio::time::timeout(ctx.timeout, sender)
+        .await
+        .context("the floor sender timed out")?
+        .context("floor sender thread")??;
+    let wait_until = Instant::now() + Duration::from_secs(5);
+    while conns[0].received().messages < messages && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rx = conns[0].received();
+    let elapsed = rx.last_ns.saturating_sub(t0);
+    Ok(Outcome {
+        system: "floor",
+        clients: 1,
+        messages,
+        size,
+        window: 0,
+        acked: 0,
+        errors: 0,
+        upstream_received: rx.messages,
+        upstream_bytes: rx.bytes,
+        elapsed_s: elapsed as f64 / 1e9,
+        upstream_msgs_per_s: rate(rx.messages, elapsed),
+        ack: Percentiles::default(),
+        cpu_s: cpu,
+        cpu_ns_per_msg: if rx.messages > 0 {
+            cpu * 1e9 / rx.messages as f64
+        } else {
+            0.0
+        },
+        harness_cpu_s: 0.0,
     })
 }
 
