@@ -27,7 +27,7 @@ use wsmux_proto::{
 
 use crate::frames;
 use crate::history::{Entry, History, Limits, Out, Replay, Selection, Step};
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::{Claims, Offered, Outbox, Pushed};
 use crate::topics::registry::{Registry, Route, Touched};
 
 /// Identifies one local client connection for the lifetime of the daemon.
@@ -1130,8 +1130,15 @@ impl Endpoint {
     /// subscriber when it has no topic; clients whose replay runs are skipped, the message
     /// waits for them in the history, where it goes too. Never waits. Numbering, delivery and
     /// the history happen under the endpoint's lock, so messages from several upstream
-    /// connections reach every client in `seq` order.
-    pub fn deliver(&self, data: PayloadRef<'_>, topic: Option<&str>, max_frame: usize) {
+    /// connections reach every client in `seq` order. Clients that keep up are claimed for a
+    /// direct write into `claims`, which the caller flushes once its batch of messages ends.
+    pub fn deliver(
+        &self,
+        data: PayloadRef<'_>,
+        topic: Option<&str>,
+        max_frame: usize,
+        claims: &mut Claims,
+    ) {
         let len = match data {
             PayloadRef::Text(t) => t.len(),
             PayloadRef::Binary(b) => b.len(),
@@ -1177,14 +1184,16 @@ impl Endpoint {
                 holders,
                 everyone: (topic.is_none() && unmatched_to_all).then_some(&shared.subscribers),
             };
-            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| match outbox.push_data(
+            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| match outbox.offer(
                 &self.name,
                 frame.clone(),
                 disconnect,
                 || lagged_farewell(&self.name),
             ) {
-                Pushed::Queued(n) => dropped += n,
-                Pushed::Disconnected => gone.push(*client),
+                Offered::Claimed => claims.add(outbox),
+                Offered::Joined => {}
+                Offered::Pushed(Pushed::Queued(n)) => dropped += n,
+                Offered::Pushed(Pushed::Disconnected) => gone.push(*client),
             };
             if shared.replaying.is_empty() {
                 targets.each(push);
@@ -1596,7 +1605,12 @@ mod tests {
 
     fn deliver(ep: &Endpoint, seqs: std::ops::RangeInclusive<u64>) {
         for n in seqs {
-            ep.deliver(PayloadRef::Text(&format!("m{n}")), None, 1 << 20);
+            ep.deliver(
+                PayloadRef::Text(&format!("m{n}")),
+                None,
+                1 << 20,
+                &mut Claims::default(),
+            );
         }
     }
 

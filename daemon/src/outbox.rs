@@ -21,8 +21,19 @@
 //! writer holds as well as what waits, and a fixed overhead per frame for the queue slot and
 //! the allocation, so that a flood of tiny replies cannot hide behind a small byte count. The
 //! session stops reading a client's requests while its outbox is over the byte limit.
+//!
+//! **Direct writes.** A client that keeps up has an empty outbox and an idle writer. An
+//! endpoint driver then skips the queue and the writer task: [`Outbox::offer`] claims the
+//! client's socket for the driver, which keeps adding the data frames of its current batch of
+//! upstream messages (at most [`DIRECT_FRAMES`] frames, [`BATCH_BYTES`] bytes), and writes
+//! them with one non-blocking `writev` when the batch ends ([`Claims::flush`]), outside every
+//! lock. What the socket does not take goes to the writer, ahead of anything queued meanwhile,
+//! and the writer waits for the socket with its deadline as for any frame. While the driver
+//! holds the claim, every other frame is queued and the writer waits: the stream order is the
+//! order of the pushes. The claimed frames count as in flight, like a batch the writer took.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -33,8 +44,33 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 /// header of a small frame.
 pub const FRAME_OVERHEAD: usize = 64;
 
-/// Most bytes (as charged) the writer takes in one batch, unless a single frame is larger.
-const BATCH_BYTES: usize = 256 * 1024;
+/// Most bytes (as charged) the writer takes in one batch, unless a single frame is larger;
+/// also the most a driver gathers for one direct write.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// Most frames a driver gathers for one direct write (one `iovec` each, within `IOV_MAX`).
+pub const DIRECT_FRAMES: usize = 512;
+
+/// A client socket a driver may write to without waiting.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Writes as much of `bufs`, in order, as the socket takes now; `WouldBlock` when it
+    /// takes nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+}
+
+/// Who may write to the client's socket now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Owner {
+    /// Nobody: the writer waits for frames, a driver may claim the socket.
+    #[default]
+    Free,
+    /// The writer task, with a batch it took.
+    Writer,
+    /// A driver gathers frames in `direct`; more may join while nothing is queued.
+    Gathering,
+    /// A driver writes what it gathered.
+    Writing,
+}
 
 /// A queue that grew beyond this many slots is given back when it empties.
 const KEEP_SLOTS: usize = 1024;
@@ -99,6 +135,19 @@ struct Inner {
     closed: bool,
     /// A replay waits for room ([`Outbox::room`]): wake it when frames are taken or written.
     waiting: bool,
+    /// A session waits for the queue to shrink ([`Outbox::wait_below_limit`]).
+    drain_waiting: bool,
+    /// Who writes to the socket.
+    owner: Owner,
+    /// Frames a driver gathered for a direct write (counted in `in_flight`).
+    direct: Vec<Bytes>,
+    /// Charged bytes in `direct`.
+    direct_bytes: usize,
+    /// What a direct write left unwritten, for the writer ahead of the queue (counted in
+    /// `in_flight`); the first may be the rest of a frame.
+    head: Vec<Bytes>,
+    /// The client's socket, for direct writes (none: every frame goes through the writer).
+    sink: Option<Arc<dyn Sink>>,
 }
 
 impl Inner {
@@ -109,7 +158,7 @@ impl Inner {
 
     /// Whether nothing waits to be taken.
     fn idle(&self) -> bool {
-        self.queue.is_empty() && self.dropped.is_empty()
+        self.queue.is_empty() && self.dropped.is_empty() && self.head.is_empty()
     }
 
     /// Queues a data frame of `endpoint`, charged `cost`.
@@ -190,7 +239,9 @@ pub enum Part<'a> {
 /// What the writer gets from [`Outbox::take`].
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Frames to write, in order.
+    /// What a direct write left, first; the first may be the rest of a frame.
+    head: Vec<Bytes>,
+    /// Frames to write, in order, after `head`.
     items: VecDeque<Item>,
     /// Drop announcements, in order, each after this many of `items`.
     lagged: Vec<(usize, Dropped)>,
@@ -203,15 +254,16 @@ impl Batch {
     #[cfg(test)]
     pub fn parts(&self) -> impl Iterator<Item = Part<'_>> {
         let mut lagged = self.lagged.iter().peekable();
-        let mut items = self.items.iter().enumerate().peekable();
+        let mut items = self.frames().enumerate().peekable();
+        let head = self.head.len();
         std::iter::from_fn(move || {
             let next_item = items.peek().map(|(i, _)| *i);
             match lagged.peek() {
-                Some((after, d)) if next_item.is_none_or(|i| *after <= i) => {
+                Some((after, d)) if next_item.is_none_or(|i| head + *after <= i) => {
                     lagged.next();
                     Some(Part::Lagged(&d.endpoint, d.count))
                 }
-                _ => items.next().map(|(_, item)| Part::Frame(item.bytes())),
+                _ => items.next().map(|(_, frame)| Part::Frame(frame)),
             }
         })
     }
@@ -219,15 +271,16 @@ impl Batch {
     /// The frames alone, in order. Give each one's [`charge`] back with [`Outbox::release`]
     /// once it is written.
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.items.iter().map(Item::bytes)
+        self.head.iter().chain(self.items.iter().map(Item::bytes))
     }
 
     /// The drop announcements, in order, each with the number of [`Batch::frames`] to write
     /// before it.
     pub fn announcements(&self) -> impl Iterator<Item = (usize, &str, u64)> {
+        let head = self.head.len();
         self.lagged
             .iter()
-            .map(|(after, d)| (*after, &*d.endpoint, d.count))
+            .map(move |(after, d)| (head + *after, &*d.endpoint, d.count))
     }
 
     /// The drop announcements alone, in order.
@@ -258,6 +311,53 @@ pub struct Outbox {
     max_bytes: usize,
 }
 
+/// What [`Outbox::offer`] did with a data frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued or dropped, as [`Outbox::push_data`] says.
+    Pushed(Pushed),
+    /// The driver claimed the socket with this frame: add the outbox to its [`Claims`].
+    Claimed,
+    /// Added to the frames the driver already claimed the socket for.
+    Joined,
+}
+
+/// The outboxes a driver claimed during its current batch of upstream messages. They are
+/// written by [`Claims::flush`], which must run before the driver waits for anything; a
+/// dropped `Claims` flushes too.
+#[derive(Debug, Default)]
+pub struct Claims {
+    claimed: Vec<Arc<Outbox>>,
+}
+
+impl Claims {
+    /// Remembers that `outbox` was claimed ([`Offered::Claimed`]).
+    pub fn add(&mut self, outbox: &Arc<Outbox>) {
+        self.claimed.push(Arc::clone(outbox));
+    }
+
+    /// Writes what every claimed outbox gathered.
+    pub fn flush(&mut self) {
+        for outbox in self.claimed.drain(..) {
+            outbox.write_direct();
+        }
+        if self.claimed.capacity() > KEEP_SLOTS {
+            self.claimed = Vec::new();
+        }
+    }
+
+    /// Whether nothing is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.claimed.is_empty()
+    }
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 impl Outbox {
     /// An empty outbox with the given limits.
     pub fn new(max_messages: usize, max_bytes: usize) -> Self {
@@ -269,6 +369,108 @@ impl Outbox {
             closed: CancellationToken::new(),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Lets drivers write to `sink`, the client's socket, directly ([`Outbox::offer`]). The
+    /// writer must write to the same socket, and take its frames with [`Outbox::take`] only
+    /// after it has written the previous batch.
+    pub fn attach(&self, sink: Arc<dyn Sink>) {
+        self.lock().sink = Some(sink);
+    }
+
+    /// Stops direct writes and lets go of the socket (the session ends: the socket closes
+    /// once its writer is gone, however long others hold this outbox).
+    pub fn detach(&self) {
+        let sink = self.lock().sink.take();
+        drop(sink);
+    }
+
+    /// Hands one data frame of `endpoint` on: to the socket directly when the client keeps up
+    /// (nothing queued, the writer idle, a socket attached), else as [`Outbox::push_data`].
+    /// On [`Offered::Claimed`], the caller must add this outbox to its [`Claims`].
+    pub fn offer(
+        &self,
+        endpoint: &Arc<str>,
+        frame: Bytes,
+        disconnect: bool,
+        farewell: impl FnOnce() -> Bytes,
+    ) -> Offered {
+        {
+            let cost = charge(frame.len());
+            let mut inner = self.lock();
+            let fresh = inner.owner == Owner::Free && inner.in_flight == 0;
+            let joining = inner.owner == Owner::Gathering
+                && inner.direct.len() < DIRECT_FRAMES
+                && inner.direct_bytes + cost <= BATCH_BYTES;
+            if inner.sink.is_some() && !inner.closed && inner.idle() && (fresh || joining) {
+                inner.owner = Owner::Gathering;
+                inner.direct.push(frame);
+                inner.direct_bytes += cost;
+                inner.in_flight += cost;
+                return if fresh {
+                    Offered::Claimed
+                } else {
+                    Offered::Joined
+                };
+            }
+        }
+        Offered::Pushed(self.push_data(endpoint, frame, disconnect, farewell))
+    }
+
+    /// Writes the frames gathered since [`Offered::Claimed`] with one non-blocking `writev`
+    /// and gives the socket back; what it did not take goes to the writer, first.
+    fn write_direct(&self) {
+        let (frames, sink) = {
+            let mut inner = self.lock();
+            if inner.owner != Owner::Gathering {
+                return;
+            }
+            inner.owner = Owner::Writing;
+            inner.direct_bytes = 0;
+            (std::mem::take(&mut inner.direct), inner.sink.clone())
+        };
+        let written = match &sink {
+            Some(sink) => write_some(&**sink, &frames),
+            None => 0,
+        };
+        drop(sink);
+        let mut inner = self.lock();
+        let mut done = 0;
+        let mut left = written;
+        let mut rest = frames.into_iter();
+        for frame in rest.by_ref() {
+            if left >= frame.len() {
+                left -= frame.len();
+                done += charge(frame.len());
+                continue;
+            }
+            // The rest of this frame, then the frames after it, go first to the writer.
+            done += left;
+            inner.head.push(frame.slice(left..));
+            break;
+        }
+        inner.head.extend(rest);
+        inner.in_flight = inner.in_flight.saturating_sub(done);
+        inner.owner = Owner::Free;
+        let wake = !inner.idle() || inner.closed;
+        self.after_release(inner, wake);
+    }
+
+    /// Wakes whoever waits for less to be in flight (and the writer if `wake`), once `inner`
+    /// is unlocked.
+    fn after_release(&self, mut inner: std::sync::MutexGuard<'_, Inner>, wake: bool) {
+        let below = inner.total() <= self.max_bytes && std::mem::take(&mut inner.drain_waiting);
+        let room = std::mem::take(&mut inner.waiting);
+        drop(inner);
+        if wake {
+            self.ready.notify_one();
+        }
+        if below {
+            self.drained.notify_waiters();
+        }
+        if room {
+            self.room.notify_waiters();
         }
     }
 
@@ -440,10 +642,11 @@ impl Outbox {
         loop {
             let notified = self.drained.notified();
             {
-                let inner = self.lock();
+                let mut inner = self.lock();
                 if inner.closed || inner.total() <= self.max_bytes {
                     return;
                 }
+                inner.drain_waiting = true;
             }
             notified.await;
         }
@@ -452,32 +655,30 @@ impl Outbox {
     /// Gives back `bytes` (the sum of [`charge`] of frames taken with [`Outbox::take`]) once
     /// they are written.
     pub fn release(&self, bytes: usize) {
-        let (below, room) = {
-            let mut inner = self.lock();
-            inner.in_flight = inner.in_flight.saturating_sub(bytes);
-            (
-                inner.total() <= self.max_bytes,
-                std::mem::take(&mut inner.waiting),
-            )
-        };
-        if below {
-            self.drained.notify_waiters();
-        }
-        if room {
-            self.room.notify_waiters();
-        }
+        let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(bytes);
+        self.after_release(inner, false);
     }
 
     /// Waits for frames and takes the oldest of them, up to a bounded batch (at least one
     /// frame), with the drop announcements in their places. The frames' bytes stay counted
     /// until [`Outbox::release`]. Returns `last = true` with the final frames once the outbox
-    /// is closed and everything else was taken.
+    /// is closed and everything else was taken. Calling it again says that the previous
+    /// batch is written: a driver may then write to the socket directly.
     pub async fn take(&self) -> Batch {
         loop {
             let notified = self.ready.notified();
             {
                 let mut inner = self.lock();
-                if !inner.idle() || inner.closed {
+                if inner.owner == Owner::Writer {
+                    inner.owner = Owner::Free;
+                }
+                let free = inner.owner == Owner::Free;
+                if free && (!inner.idle() || inner.closed) {
+                    if inner.sink.is_some() {
+                        inner.owner = Owner::Writer;
+                    }
+                    let head = std::mem::take(&mut inner.head);
                     let mut items = VecDeque::new();
                     let mut lagged = Vec::new();
                     let mut taken = 0;
@@ -520,6 +721,7 @@ impl Outbox {
                         inner.queue = VecDeque::new();
                     }
                     let batch = Batch {
+                        head,
                         items,
                         lagged,
                         last: inner.closed && inner.queue.is_empty(),
@@ -536,6 +738,29 @@ impl Outbox {
             notified.await;
         }
     }
+}
+
+/// Writes as much of `frames` as `sink` takes now, in `writev`s of at most
+/// [`DIRECT_FRAMES`] buffers; the number of bytes written (0 on `WouldBlock` or an error: the
+/// writer then meets the error itself).
+fn write_some(sink: &dyn Sink, frames: &[Bytes]) -> usize {
+    let mut written = 0;
+    for chunk in frames.chunks(DIRECT_FRAMES) {
+        let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|f| IoSlice::new(f)).collect();
+        let mut left: &mut [IoSlice<'_>] = &mut slices;
+        while !left.is_empty() {
+            match sink.try_write_vectored(left) {
+                Ok(0) => return written,
+                Ok(n) => {
+                    written += n;
+                    IoSlice::advance_slices(&mut left, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return written,
+            }
+        }
+    }
+    written
 }
 
 #[cfg(test)]
@@ -841,5 +1066,178 @@ mod tests {
         let b = o.take().await;
         assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(2), f(99)]);
         assert!(b.last);
+    }
+
+    /// A socket that takes `budget` more bytes, then says `WouldBlock` (or fails).
+    #[derive(Debug, Default)]
+    struct FakeSink {
+        state: Mutex<(Vec<u8>, usize, bool)>,
+    }
+
+    impl FakeSink {
+        fn taking(budget: usize) -> Arc<FakeSink> {
+            Arc::new(FakeSink {
+                state: Mutex::new((Vec::new(), budget, false)),
+            })
+        }
+
+        fn written(&self) -> Vec<u8> {
+            self.state.lock().unwrap().0.clone()
+        }
+
+        fn allow(&self, more: usize) {
+            self.state.lock().unwrap().1 += more;
+        }
+    }
+
+    impl Sink for FakeSink {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            let mut st = self.state.lock().unwrap();
+            if st.2 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(st.1);
+                st.0.extend_from_slice(&b[..take]);
+                st.1 -= take;
+                n += take;
+                if take < b.len() {
+                    break;
+                }
+            }
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }
+    }
+
+    /// Attaches `sink` and offers frame 1, which the driver's claims take.
+    fn claim_with_frame_1(o: &Arc<Outbox>, sink: &Arc<FakeSink>) -> Claims {
+        o.attach(sink.clone());
+        let mut claims = Claims::default();
+        assert_eq!(offer(o, 1), Offered::Claimed);
+        claims.add(o);
+        claims
+    }
+
+    fn offer(o: &Outbox, n: u8) -> Offered {
+        o.offer(&ep(), f(n), false, || f(99))
+    }
+
+    /// Whether `take` would return now.
+    fn take_now(o: &Outbox) -> Option<Batch> {
+        use std::future::Future;
+        let mut fut = std::pin::pin!(o.take());
+        let waker = std::task::Waker::noop();
+        match fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(b) => Some(b),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn without_a_socket_nothing_is_claimed() {
+        let o = Outbox::new(10, 1000);
+        assert_eq!(offer(&o, 1), Offered::Pushed(Pushed::Queued(0)));
+        assert_eq!(take_now(&o).map(|b| b.frames().count()), Some(1));
+    }
+
+    #[test]
+    fn a_client_that_keeps_up_is_written_directly_in_one_batch() {
+        let o = Arc::new(Outbox::new(10, 10_000));
+        let sink = FakeSink::taking(1000);
+        let mut claims = claim_with_frame_1(&o, &sink);
+        assert_eq!(offer(&o, 2), Offered::Joined);
+        // Counted while claimed, like a batch the writer took; the writer waits.
+        assert_eq!(o.queued_bytes(), 2 * charge(10));
+        assert!(!o.is_empty());
+        assert!(take_now(&o).is_none());
+        claims.flush();
+        assert_eq!(sink.written(), [f(1), f(2)].concat());
+        assert!(o.is_empty());
+        assert_eq!(o.queued_bytes(), 0);
+        // The socket is free again: the next message is claimed again.
+        assert_eq!(offer(&o, 3), Offered::Claimed);
+        claims.add(&o);
+        drop(claims);
+        assert_eq!(sink.written(), [f(1), f(2), f(3)].concat());
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_goes_to_the_writer_first() {
+        let o = Arc::new(Outbox::new(10, 10_000));
+        let sink = FakeSink::taking(15);
+        let mut claims = claim_with_frame_1(&o, &sink);
+        assert_eq!(offer(&o, 2), Offered::Joined);
+        // A reply while the driver holds the socket is queued, and later data follows it.
+        o.push_control(f(3));
+        assert_eq!(offer(&o, 4), Offered::Pushed(Pushed::Queued(0)));
+        assert!(take_now(&o).is_none());
+        claims.flush();
+        // Frame 1 and half of frame 2 went out.
+        assert_eq!(sink.written(), [&f(1)[..], &f(2)[..5]].concat());
+        let b = take_now(&o).expect("the writer has the rest");
+        let frames: Vec<Bytes> = b.frames().cloned().collect();
+        assert_eq!(frames, vec![f(2).slice(5..), f(3), f(4)]);
+        // The rest of frame 2 is charged as what is left of it.
+        let charged: usize = frames.iter().map(|f| charge(f.len())).sum();
+        assert_eq!(o.queued_bytes(), charged);
+        // While the writer holds a batch, nothing is claimed.
+        assert_eq!(offer(&o, 5), Offered::Pushed(Pushed::Queued(0)));
+        o.release(charged);
+        let b = take_now(&o).expect("frame 5");
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(5)]);
+        o.release(charge(10));
+        // Taking again says the batch is written: the socket is free.
+        assert!(take_now(&o).is_none());
+        sink.allow(100);
+        assert_eq!(offer(&o, 6), Offered::Claimed);
+    }
+
+    #[test]
+    fn a_failed_direct_write_leaves_everything_to_the_writer() {
+        let o = Arc::new(Outbox::new(10, 10_000));
+        let sink = FakeSink::taking(0);
+        sink.state.lock().unwrap().2 = true;
+        let mut claims = claim_with_frame_1(&o, &sink);
+        claims.flush();
+        let b = take_now(&o).expect("the writer meets the error itself");
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(1)]);
+    }
+
+    #[test]
+    fn drops_after_a_partial_direct_write_are_announced_in_their_place() {
+        let o = Arc::new(Outbox::new(1, 10_000));
+        let sink = FakeSink::taking(0);
+        let mut claims = claim_with_frame_1(&o, &sink);
+        // Queued behind the claim while the writer waits; 3 is dropped for 4.
+        o.push_control(f(2));
+        assert_eq!(offer(&o, 3), Offered::Pushed(Pushed::Queued(0)));
+        assert_eq!(offer(&o, 4), Offered::Pushed(Pushed::Queued(1)));
+        claims.flush();
+        let b = take_now(&o).unwrap();
+        assert_eq!(parts(&b), ["f1", "f2", "lagged feed 1", "f4"]);
+    }
+
+    #[test]
+    fn close_while_claimed_waits_for_the_direct_write_then_ends() {
+        let o = Arc::new(Outbox::new(10, 10_000));
+        let sink = FakeSink::taking(1000);
+        let mut claims = claim_with_frame_1(&o, &sink);
+        o.disconnect(f(99));
+        assert!(take_now(&o).is_none());
+        claims.flush();
+        assert_eq!(sink.written(), f(1).to_vec());
+        let b = take_now(&o).unwrap();
+        assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(99)]);
+        assert!(b.last);
+        // A detached outbox claims nothing more.
+        o.detach();
+        assert!(o.is_closed());
     }
 }

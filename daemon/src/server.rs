@@ -319,6 +319,17 @@ impl Session {
     /// Runs the session to its end and owns its teardown: whichever half ends first, the
     /// other follows, and the socket is closed when this returns.
     async fn run(mut self, stream: Stream, shutdown: CancellationToken) {
+        // On Unix, the reader, the writer and the drivers' direct writes share the socket;
+        // elsewhere the halves of a split stream serve the reader and the writer.
+        #[cfg(unix)]
+        let (mut reader, mut writer) = {
+            let Stream::UdSocket(s) = stream;
+            let s = Arc::new(s);
+            self.outbox
+                .attach(Arc::new(shared::UdsSink(Arc::clone(&s))));
+            (shared::Shared(Arc::clone(&s)), shared::Shared(s))
+        };
+        #[cfg(not(unix))]
         let (mut reader, mut writer) = tokio::io::split(stream);
         let outbox = Arc::clone(&self.outbox);
         let write_timeout = self.ctx.limits.write;
@@ -355,6 +366,8 @@ impl Session {
                 } => {}
             }
         });
+        // The socket closes when the session ends, however long others hold the outbox.
+        self.outbox.detach();
         let name = self
             .client_name
             .as_deref()
@@ -803,6 +816,90 @@ impl Session {
     }
 }
 
+/// Most buffers in one vectored write (within `IOV_MAX`).
+const MAX_IOVECS: usize = 512;
+
+/// [`write_loop`] for a socket that takes vectored writes (Unix): the shared frames go out
+/// as they are, in `writev`s of at most [`MAX_IOVECS`] frames, with no copy.
+async fn write_loop_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    outbox: &Outbox,
+    write_timeout: Duration,
+) -> std::io::Result<()> {
+    // Each frame of a batch with its charge (0 for a drop announcement, which is uncharged).
+    let mut parts: Vec<(Bytes, usize)> = Vec::new();
+    loop {
+        let batch = outbox.take().await;
+        parts.clear();
+        let mut announcements = batch.announcements().peekable();
+        for (i, frame) in batch.frames().enumerate() {
+            while let Some((_, endpoint, dropped)) = announcements.next_if(|a| a.0 <= i) {
+                parts.push((frames::lagged(endpoint, dropped), 0));
+            }
+            parts.push((frame.clone(), charge(frame.len())));
+        }
+        for (_, endpoint, dropped) in announcements {
+            parts.push((frames::lagged(endpoint, dropped), 0));
+        }
+        for chunk in parts.chunks(MAX_IOVECS) {
+            write_parts(writer, outbox, chunk, write_timeout).await?;
+        }
+        if batch.last {
+            return match tokio::time::timeout(write_timeout, writer.flush()).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            };
+        }
+        if parts.capacity() > 4 * MAX_IOVECS {
+            parts = Vec::new();
+        } else {
+            parts.clear();
+        }
+    }
+}
+
+/// Writes `parts` with vectored writes, giving each frame's charge back to the outbox once it
+/// is written; fails with `TimedOut` if one write makes no progress within `limit`.
+async fn write_parts<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    outbox: &Outbox,
+    parts: &[(Bytes, usize)],
+    limit: Duration,
+) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = parts
+        .iter()
+        .map(|(b, _)| std::io::IoSlice::new(b))
+        .collect();
+    let mut left: &mut [std::io::IoSlice<'_>] = &mut slices;
+    // The first part not yet written whole, and how much of it is.
+    let (mut next, mut partial) = (0, 0);
+    while !left.is_empty() {
+        let n = match tokio::time::timeout(limit, writer.write_vectored(left)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut left, n);
+        let mut written = partial + n;
+        let mut released = 0;
+        while let Some((frame, cost)) = parts.get(next) {
+            if written < frame.len() {
+                break;
+            }
+            written -= frame.len();
+            released += cost;
+            next += 1;
+        }
+        partial = written;
+        if released > 0 {
+            outbox.release(released);
+        }
+    }
+    Ok(())
+}
+
 /// Most bytes copied into one write. Frames are shared between subscribers; only this buffer
 /// is per client, so it bounds a client's private memory however much is queued.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -875,6 +972,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     write_timeout: Duration,
 ) -> std::io::Result<()> {
+    if writer.is_write_vectored() {
+        return write_loop_vectored(writer, outbox, write_timeout).await;
+    }
     // The buffer is allocated on first use and given back after small batches, so an idle
     // client costs nothing.
     let mut out = Copying {
@@ -911,6 +1011,74 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if out.buf.capacity() > 8 * 1024 && out.written < out.buf.capacity() / 4 {
             out.buf = Vec::new();
+        }
+    }
+}
+
+/// The client socket shared by the session's reader and writer and the drivers' direct
+/// writes (Unix: interprocess' stream reads and writes through a shared reference).
+#[cfg(unix)]
+mod shared {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use interprocess::os::unix::uds_local_socket::tokio::Stream as Uds;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use crate::outbox::Sink;
+
+    /// One side of the session's socket.
+    pub struct Shared(pub Arc<Uds>);
+
+    impl AsyncRead for Shared {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut &*self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Shared {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut &*self.0).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            AsyncWrite::is_write_vectored(&&*self.0)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut &*self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut &*self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// The socket for the drivers' direct writes.
+    #[derive(Debug)]
+    pub struct UdsSink(pub Arc<Uds>);
+
+    impl Sink for UdsSink {
+        fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            self.0.inner().try_write_vectored(bufs)
         }
     }
 }

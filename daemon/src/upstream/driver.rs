@@ -29,6 +29,7 @@ use super::outbound::{Notice, NoticeKind, Outbound, Phase, Write};
 use super::Commands;
 use crate::endpoint::{Command, Endpoint, Envelope};
 use crate::frames;
+use crate::outbox::Claims;
 use crate::policy::{humanize, Action, Policy, Retry};
 use crate::rotation::{Join, Overlap};
 use crate::topics::subs::{Subscriptions, TopicEvent};
@@ -152,6 +153,9 @@ struct Topics {
 pub struct Driver {
     /// The shared side: state, subscribers, counters.
     endpoint: Arc<Endpoint>,
+    /// Clients claimed for a direct write by the messages of the current batch; flushed
+    /// before the driver waits for anything.
+    claims: Claims,
     /// Validated settings of this endpoint.
     settings: Arc<EndpointSettings>,
     /// Where the current settings are kept for a restart after a panic.
@@ -232,6 +236,7 @@ impl Driver {
         let topics = Self::topics_for(&endpoint, parts.connection, &settings);
         let opened_before = endpoint.counters.connects.load(Ordering::Relaxed) > 0;
         Driver {
+            claims: Claims::default(),
             inbound: Inbound::new(&settings),
             outbound: Outbound::new(&settings),
             settings: Arc::new(settings),
@@ -404,6 +409,7 @@ impl Driver {
             }
             let deadline = self.next_deadline();
             let waker = self.topics.as_ref().map(|t| Arc::clone(&t.waker));
+            self.claims.flush();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled(), if drain_until.is_none() => {}
@@ -422,8 +428,10 @@ impl Driver {
     /// One bounded step of everything that is ready without waiting: buffered frames of
     /// both links, waiting commands, due timers.
     async fn service(&mut self) {
-        self.poll_replacement().await;
+        // The frames already readable join the one that woke the driver, so that each client
+        // gets one write for all of them (flushed at the end of `drain_inbound`).
         self.drain_inbound().await;
+        self.poll_replacement().await;
         for _ in 0..COMMAND_BATCH {
             match self.commands.try_recv() {
                 Some(envelope) => self.on_command(envelope).await,
@@ -607,6 +615,7 @@ impl Driver {
     /// Writes the next batch from [`Outbound`], bounded by a deadline of its own: the replay
     /// by `connect_timeout` per batch, everything else by the heartbeat timeout.
     async fn write_batch(&mut self) {
+        self.claims.flush();
         let replaying = self.outbound.phase() == Phase::Replaying;
         let limit = self.write_limit(if replaying {
             self.settings.connect_timeout
@@ -899,6 +908,7 @@ impl Driver {
                 None => break,
             }
         }
+        self.claims.flush();
     }
 
     fn fan_out(&mut self, data: PayloadRef<'_>) {
@@ -909,12 +919,13 @@ impl Driver {
             .as_ref()
             .and_then(|t| crate::topics::key::extract(&t.key, data));
         self.endpoint
-            .deliver(data, topic.as_deref(), self.max_frame);
+            .deliver(data, topic.as_deref(), self.max_frame, &mut self.claims);
     }
 
     /// Writes one message the daemon itself sends (heartbeat, auto-reply), bounded by the
     /// heartbeat timeout so that a stalled peer cannot hold the driver.
     async fn write_direct(&mut self, msg: Message) -> Result<(), String> {
+        self.claims.flush();
         let Link::Open(ws) = &mut self.link else {
             return Err("not connected".into());
         };
