@@ -2,7 +2,7 @@
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{Builder, Rotation};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -118,8 +118,15 @@ pub fn init(settings: &LogSettings) -> Result<Option<WorkerGuard>, LogError> {
         }
         None => (None, None),
     };
+    // The most verbose level any directive opens. It also becomes the `log` crate's maximum
+    // (through the `LogTracer` that `try_init` installs), so that the WebSocket library's
+    // per-frame `trace!` calls end at one comparison instead of walking every filter.
+    let most_verbose = filter()?.max_level_hint().unwrap_or(LevelFilter::TRACE);
     tracing_subscriber::registry()
-        .with(filter_fn(|meta| allowed(meta.target(), meta.level())))
+        .with(
+            filter_fn(|meta| allowed(meta.target(), meta.level()))
+                .with_max_level_hint(most_verbose),
+        )
         .with(stderr)
         .with(file)
         .try_init()
@@ -146,5 +153,22 @@ mod tests {
         }
         assert!(allowed("wsmuxd::upstream", &Level::TRACE));
         assert!(allowed("tungstenite_like_but_other", &Level::TRACE));
+    }
+
+    /// The only test of this binary that installs the global subscriber.
+    #[test]
+    fn the_log_crates_maximum_follows_the_filter() {
+        let settings = LogSettings {
+            level: "warn,wsmuxd::upstream=info".into(),
+            dir: None,
+            json: false,
+            max_files: 0,
+        };
+        if std::env::var_os("RUST_LOG").is_some() {
+            return; // it would override the level under test
+        }
+        let _guard = init(&settings).expect("logging starts");
+        // `log::trace!` in the WebSocket library is now one comparison that fails.
+        assert_eq!(log::max_level(), log::LevelFilter::Info);
     }
 }
