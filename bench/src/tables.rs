@@ -137,8 +137,12 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Signed nanoseconds as microseconds with one decimal.
-fn signed_us(ns: i64) -> String {
+/// An added-latency figure of `o` (signed nanoseconds) as microseconds with one decimal, or
+/// `-` when nothing came through.
+fn added(o: &latency::Outcome, ns: i64) -> String {
+    if o.through.count == 0 {
+        return "-".into();
+    }
     format!("{:+.1}", ns as f64 / 1000.0)
 }
 
@@ -180,10 +184,10 @@ pub fn latency(rows: &[latency::Outcome]) -> Table {
             us(o.direct.p50),
             us(o.direct.p99),
             us(o.direct.p999),
-            signed_us(o.added_p50_ns),
-            signed_us(o.added_p99_ns),
-            signed_us(o.added_p999_ns),
-            signed_us(o.added_max_ns),
+            added(o, o.added_p50_ns),
+            added(o, o.added_p99_ns),
+            added(o, o.added_p999_ns),
+            added(o, o.added_max_ns),
             format!("{}/{}", o.lost, o.direct_lost),
         ]);
     }
@@ -239,6 +243,16 @@ pub fn latency_summary(rows: &[latency::Outcome]) -> Table {
             System::WebsocatPrefixed,
         ] {
             let Some(a) = latency::median_added(rows, system.name(), rate, k) else {
+                let ran = rows.iter().any(|o| {
+                    o.system == system.name() && o.rate == rate && o.subscribers == k
+                });
+                if ran {
+                    let mut row = vec![rate.to_string(), k.to_string(), system.name().into()];
+                    row.push("0".into());
+                    row.push("nothing came through in time (see lost)".into());
+                    row.resize(12, String::new());
+                    t.rows.push(row);
+                }
                 continue;
             };
             let wsmux = system == System::Wsmux;
@@ -268,8 +282,9 @@ pub fn latency_summary(rows: &[latency::Outcome]) -> Table {
     }
     t.notes.push(
         "added: percentiles of each message's delay through the system minus its delay to the \
-         direct client, median over the rounds; targets: p50 ≤ 1.25× the floor's and ≤ 0.60× websocat's, p99 ≤ 1.50× the \
-         floor's; a ratio to an added figure at or below zero reads n/a"
+         direct client, median over the rounds that delivered; targets: p50 ≤ 1.25× the \
+         floor's and ≤ 0.60× websocat's, p99 ≤ 1.50× the floor's; a ratio to an added figure \
+         at or below zero reads n/a"
             .into(),
     );
     t

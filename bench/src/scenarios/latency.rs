@@ -270,7 +270,7 @@ pub struct Added {
 }
 
 /// The median over the rounds of `system` at `rate` with `subscribers` of what it adds, or
-/// `None` if no such round ran.
+/// `None` if no such round ran or none delivered a message.
 pub fn median_added(
     rows: &[Outcome],
     system: &str,
@@ -280,6 +280,8 @@ pub fn median_added(
     let mine: Vec<&Outcome> = rows
         .iter()
         .filter(|o| o.system == system && o.rate == rate && o.subscribers == subscribers)
+        // A round in which no message came through has no added latency to take part in.
+        .filter(|o| o.through.count > 0)
         .collect();
     if mine.is_empty() {
         return None;
