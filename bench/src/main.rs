@@ -182,7 +182,7 @@ pub enum Scenario {
     /// Topic routing (1000 topics, 100 clients with 10 each) next to plain fan-out.
     Route,
     /// A client resuming 100 000 messages behind from the history while 10 live
-    /// subscribers receive at `--rate`.
+    /// subscribers receive at `--replay-rate`.
     Replay,
     /// All of the above.
     All,

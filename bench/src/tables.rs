@@ -243,9 +243,9 @@ pub fn latency_summary(rows: &[latency::Outcome]) -> Table {
             System::WebsocatPrefixed,
         ] {
             let Some(a) = latency::median_added(rows, system.name(), rate, k) else {
-                let ran = rows.iter().any(|o| {
-                    o.system == system.name() && o.rate == rate && o.subscribers == k
-                });
+                let ran = rows
+                    .iter()
+                    .any(|o| o.system == system.name() && o.rate == rate && o.subscribers == k);
                 if ran {
                     let mut row = vec![rate.to_string(), k.to_string(), system.name().into()];
                     row.push("0".into());
