@@ -328,6 +328,10 @@ mod tests {
             subscribers: 1,
             added_p50_ns: p50,
             added_p99_ns: p99,
+            through: Percentiles {
+                count: 1,
+                ..Percentiles::default()
+            },
             ..Outcome::default()
         };
         let rows = [
@@ -344,6 +348,14 @@ mod tests {
         assert_eq!(groups(&rows), vec![(2000, 1)]);
         assert_eq!(median_added(&rows, "wsmux", 1000, 1), None);
         assert_eq!(median_added(&rows, "wsmux", 2000, 100), None);
+        // A round through which nothing came is no round of the median.
+        let empty = Outcome {
+            through: Percentiles::default(),
+            ..row("wsmux", 0, 0)
+        };
+        let with_empty = [rows[0].clone(), rows[1].clone(), empty.clone()];
+        assert_eq!(got(&with_empty), Some((20, 200, 2)));
+        assert_eq!(median_added(&[empty], "wsmux", 2000, 1), None);
     }
 
     #[test]
