@@ -349,11 +349,6 @@ impl Claims {
             self.claimed = Vec::new();
         }
     }
-
-    /// Whether nothing is claimed.
-    pub fn is_empty(&self) -> bool {
-        self.claimed.is_empty()
-    }
 }
 
 impl Drop for Claims {
@@ -425,7 +420,7 @@ impl Outbox {
     /// Writes the frames gathered since [`Offered::Claimed`] with one non-blocking `writev`
     /// and gives the socket back; what it did not take goes to the writer, first.
     fn write_direct(&self) {
-        let (frames, sink) = {
+        let (mut frames, sink) = {
             let mut inner = self.lock();
             if inner.owner != Owner::Gathering {
                 return;
@@ -439,7 +434,6 @@ impl Outbox {
             None => 0,
         };
         drop(sink);
-        let mut frames = frames;
         let mut inner = self.lock();
         let mut done = 0;
         let mut left = written;

@@ -325,8 +325,7 @@ impl Session {
         let (mut reader, mut writer) = {
             let Stream::UdSocket(s) = stream;
             let s = Arc::new(s);
-            self.outbox
-                .attach(Arc::new(shared::UdsSink(Arc::clone(&s))));
+            self.outbox.attach(Arc::new(shared::Shared(Arc::clone(&s))));
             (shared::Shared(Arc::clone(&s)), shared::Shared(s))
         };
         #[cfg(not(unix))]
@@ -816,6 +815,16 @@ impl Session {
     }
 }
 
+/// `io` bounded by `limit`: `TimedOut` if it does not finish in time.
+async fn within<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, io)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// Most buffers in one vectored write (within `IOV_MAX`).
 const MAX_IOVECS: usize = 512;
 
@@ -830,7 +839,6 @@ async fn write_loop_vectored<W: AsyncWrite + Unpin>(
     let mut parts: Vec<(Bytes, usize)> = Vec::new();
     loop {
         let batch = outbox.take().await;
-        parts.clear();
         let mut announcements = batch.announcements().peekable();
         for (i, frame) in batch.frames().enumerate() {
             while let Some((_, endpoint, dropped)) = announcements.next_if(|a| a.0 <= i) {
@@ -845,10 +853,7 @@ async fn write_loop_vectored<W: AsyncWrite + Unpin>(
             write_parts(writer, outbox, chunk, write_timeout).await?;
         }
         if batch.last {
-            return match tokio::time::timeout(write_timeout, writer.flush()).await {
-                Ok(r) => r,
-                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-            };
+            return within(write_timeout, writer.flush()).await;
         }
         if parts.capacity() > 4 * MAX_IOVECS {
             parts = Vec::new();
@@ -874,10 +879,7 @@ async fn write_parts<W: AsyncWrite + Unpin>(
     // The first part not yet written whole, and how much of it is.
     let (mut next, mut partial) = (0, 0);
     while !left.is_empty() {
-        let n = match tokio::time::timeout(limit, writer.write_vectored(left)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        };
+        let n = within(limit, writer.write_vectored(left)).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -912,10 +914,7 @@ async fn write_within<W: AsyncWrite + Unpin>(
     limit: Duration,
 ) -> std::io::Result<()> {
     while !bytes.is_empty() {
-        let n = match tokio::time::timeout(limit, writer.write(bytes)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        };
+        let n = within(limit, writer.write(bytes)).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -1004,10 +1003,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         outbox.release(out.pending);
         if batch.last {
-            return match tokio::time::timeout(write_timeout, writer.flush()).await {
-                Ok(r) => r,
-                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-            };
+            return within(write_timeout, writer.flush()).await;
         }
         if out.buf.capacity() > 8 * 1024 && out.written < out.buf.capacity() / 4 {
             out.buf = Vec::new();
@@ -1029,7 +1025,9 @@ mod shared {
 
     use crate::outbox::Sink;
 
-    /// One side of the session's socket.
+    /// A handle on the session's socket: the reader's, the writer's, or the drivers' for
+    /// their direct writes.
+    #[derive(Debug)]
     pub struct Shared(pub Arc<Uds>);
 
     impl AsyncRead for Shared {
@@ -1072,11 +1070,7 @@ mod shared {
         }
     }
 
-    /// The socket for the drivers' direct writes.
-    #[derive(Debug)]
-    pub struct UdsSink(pub Arc<Uds>);
-
-    impl Sink for UdsSink {
+    impl Sink for Shared {
         fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
             self.0.inner().try_write_vectored(bufs)
         }

@@ -27,7 +27,6 @@ use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
 use super::client::Framing;
-use super::stats::{self, Memory};
 
 /// Finds websocat: `explicit` if given, else `websocat` on `PATH`. Returns the path and its
 /// `--version` line.
@@ -141,16 +140,6 @@ impl Relay {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// CPU seconds used so far.
-    pub fn cpu_seconds(&self) -> Result<f64> {
-        stats::cpu_seconds(self.pid())
-    }
-
-    /// Resident and peak resident memory now.
-    pub fn memory(&self) -> Result<Memory> {
-        stats::memory(self.pid())
     }
 }
 

@@ -169,11 +169,15 @@ enum Target {
 }
 
 impl Target {
-    fn cpu(&self) -> Result<f64> {
+    fn pid(&self) -> u32 {
         match self {
-            Target::Wsmux(d) => d.cpu_seconds(),
-            Target::Relay(w) => w.cpu_seconds(),
+            Target::Wsmux(d) => d.pid(),
+            Target::Relay(w) => w.pid(),
         }
+    }
+
+    fn cpu(&self) -> Result<f64> {
+        stats::cpu_seconds(self.pid())
     }
 
     fn profile_zero(&self) -> Result<()> {
@@ -191,10 +195,7 @@ impl Target {
     }
 
     fn memory(&self) -> Result<Memory> {
-        match self {
-            Target::Wsmux(d) => d.memory(),
-            Target::Relay(w) => w.memory(),
-        }
+        stats::memory(self.pid())
     }
 }
 
