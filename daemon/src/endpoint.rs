@@ -1184,14 +1184,14 @@ impl Endpoint {
                 holders,
                 everyone: (topic.is_none() && unmatched_to_all).then_some(&shared.subscribers),
             };
-            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| match outbox.offer(
+            let mut push = |client: &ClientId, outbox: &Arc<Outbox>| match claims.offer(
+                outbox,
                 &self.name,
-                frame.clone(),
+                frame,
                 disconnect,
                 || lagged_farewell(&self.name),
             ) {
-                Offered::Claimed => claims.add(outbox),
-                Offered::Joined => {}
+                Offered::Claimed | Offered::Joined => {}
                 Offered::Pushed(Pushed::Queued(n)) => dropped += n,
                 Offered::Pushed(Pushed::Disconnected) => gone.push(*client),
             };

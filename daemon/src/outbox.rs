@@ -23,17 +23,25 @@
 //! session stops reading a client's requests while its outbox is over the byte limit.
 //!
 //! **Direct writes.** A client that keeps up has an empty outbox and an idle writer. An
-//! endpoint driver then skips the queue and the writer task: [`Outbox::offer`] claims the
+//! endpoint driver then skips the queue and the writer task: [`Claims::offer`] claims the
 //! client's socket for the driver, which keeps adding the data frames of its current batch of
 //! upstream messages (at most [`DIRECT_FRAMES`] frames, [`BATCH_BYTES`] bytes), and writes
 //! them with one non-blocking `writev` when the batch ends ([`Claims::flush`]), outside every
 //! lock. What the socket does not take goes to the writer, ahead of anything queued meanwhile,
 //! and the writer waits for the socket with its deadline as for any frame. While the driver
 //! holds the claim, every other frame is queued and the writer waits: the stream order is the
-//! order of the pushes. The claimed frames count as in flight, like a batch the writer took.
+//! order of the pushes. The claimed frames count against the limit, like a batch the writer
+//! took.
+//!
+//! Only the claim itself takes the outbox's lock. The frames that join it are kept once per
+//! batch in the driver's [`Claims`], and each claim lists the runs of them it gets; a join
+//! reads the outbox's claim tag (cleared under the lock by anyone who queues a frame or
+//! closes) and adds its charge with a plain store, so a delivery to a client that keeps up
+//! costs no atomic read-modify-write, no reference count and no allocation.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -50,10 +58,6 @@ pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// Most frames a driver gathers for one direct write (one `iovec` each, within `IOV_MAX`).
 pub const DIRECT_FRAMES: usize = 512;
-
-/// Most frames of the list of a direct write kept for the next one (2 KiB of `Bytes`
-/// handles per client; a larger list is freed).
-const KEPT_DIRECT_FRAMES: usize = 64;
 
 /// A client socket a driver may write to without waiting.
 pub trait Sink: Send + Sync + std::fmt::Debug {
@@ -143,10 +147,6 @@ struct Inner {
     drain_waiting: bool,
     /// Who writes to the socket.
     owner: Owner,
-    /// Frames a driver gathered for a direct write (counted in `in_flight`).
-    direct: Vec<Bytes>,
-    /// Charged bytes in `direct`.
-    direct_bytes: usize,
     /// What a direct write left unwritten, for the writer ahead of the queue (counted in
     /// `in_flight`); the first may be the rest of a frame.
     head: Vec<Bytes>,
@@ -155,11 +155,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// Everything counted against the byte limit.
-    fn total(&self) -> usize {
-        self.queued_bytes + self.in_flight
-    }
-
     /// Whether nothing waits to be taken.
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.dropped.is_empty() && self.head.is_empty()
@@ -313,6 +308,15 @@ pub struct Outbox {
     max_messages: usize,
     /// Most bytes queued or in flight, as charged.
     max_bytes: usize,
+    /// The claim a driver holds while it may add frames without the lock ([`Claims`]): its
+    /// token in the upper half, its slot in the lower; 0 when there is none or nothing may
+    /// join it. Set under the lock by the claiming driver; cleared under the lock by anyone
+    /// who queues a frame or closes, and by the driver when it writes.
+    claim: AtomicU64,
+    /// Charged bytes of the frames that joined the claim after the first (the first is in
+    /// `in_flight`): written by the claiming driver alone, read under the lock as part of the
+    /// total, folded into `in_flight` when the claim is written.
+    joined: AtomicUsize,
 }
 
 /// What [`Outbox::offer`] did with a data frame.
@@ -326,29 +330,159 @@ pub enum Offered {
     Joined,
 }
 
-/// The outboxes a driver claimed during its current batch of upstream messages. They are
-/// written by [`Claims::flush`], which must run before the driver waits for anything; a
-/// dropped `Claims` flushes too.
-#[derive(Debug, Default)]
+/// The outboxes a driver claimed during its current batch of upstream messages, and the
+/// frames they get. They are written by [`Claims::flush`], which must run before the driver
+/// waits for anything; a dropped `Claims` flushes too.
+///
+/// The batch's frames are kept here once each, and every claim lists the runs of them it
+/// gets, so a frame that joins a claim costs no lock, no reference count and no allocation:
+/// the driver alone adds to its claims, and an outbox's `claim` tag says whether it still may
+/// (nothing was queued or closed since the claim).
+#[derive(Debug)]
 pub struct Claims {
-    claimed: Vec<Arc<Outbox>>,
+    /// Tells this driver's claims from every other's; never 0.
+    token: u64,
+    /// The frames of this batch that some claim gets, in order, each once.
+    frames: Vec<Bytes>,
+    /// The claims of this batch; the slot in an outbox's tag is the index here.
+    claimed: Vec<Claim>,
+    /// Run lists of earlier claims, reused.
+    spare: Vec<Vec<(u32, u32)>>,
+}
+
+/// One outbox a driver claimed, and what it gathered for it.
+#[derive(Debug)]
+struct Claim {
+    outbox: Arc<Outbox>,
+    /// Ranges of `Claims::frames`, in stream order.
+    runs: Vec<(u32, u32)>,
+    /// Frames in `runs`.
+    count: usize,
+    /// Their charged bytes, the first frame's included.
+    bytes: usize,
+    /// The first frame's charge (counted in the outbox's `in_flight` from the claim on).
+    first: usize,
+}
+
+/// Most run lists [`Claims`] keeps for reuse, and the most runs a kept one may hold.
+const KEPT_RUN_LISTS: usize = 256;
+const KEPT_RUNS: usize = 16;
+
+/// Tokens of [`Claims`]: unique among the drivers alive (32 bits of them).
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+impl Default for Claims {
+    fn default() -> Self {
+        let token = loop {
+            let t = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed) & u64::from(u32::MAX);
+            if t != 0 {
+                break t;
+            }
+        };
+        Claims {
+            token,
+            frames: Vec::new(),
+            claimed: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
 }
 
 impl Claims {
-    /// Remembers that `outbox` was claimed ([`Offered::Claimed`]).
-    pub fn add(&mut self, outbox: &Arc<Outbox>) {
-        self.claimed.push(Arc::clone(outbox));
+    /// Hands one data frame of `endpoint` to `outbox`: to the socket directly when the
+    /// client keeps up (nothing queued, the writer idle, a socket attached), gathered with
+    /// the rest of this batch; else as [`Outbox::push_data`].
+    pub fn offer(
+        &mut self,
+        outbox: &Arc<Outbox>,
+        endpoint: &Arc<str>,
+        frame: &Bytes,
+        disconnect: bool,
+        farewell: impl FnOnce() -> Bytes,
+    ) -> Offered {
+        let cost = charge(frame.len());
+        let tag = outbox.claim.load(Ordering::Acquire);
+        if tag >> 32 == self.token {
+            // Ours: nobody else changes a claim's slot, and the tag says nothing was queued.
+            if let Some(claim) = self.claimed.get_mut((tag & u64::from(u32::MAX)) as usize) {
+                if claim.count < DIRECT_FRAMES && claim.bytes + cost <= BATCH_BYTES {
+                    let i = stage(&mut self.frames, frame);
+                    match claim.runs.last_mut() {
+                        Some(run) if run.1 == i => run.1 = i + 1,
+                        _ => claim.runs.push((i, i + 1)),
+                    }
+                    claim.count += 1;
+                    claim.bytes += cost;
+                    outbox
+                        .joined
+                        .store(claim.bytes - claim.first, Ordering::Relaxed);
+                    return Offered::Joined;
+                }
+            }
+        }
+        let slot = self.claimed.len() as u64;
+        match outbox.claim_or_push(
+            self.token << 32 | slot,
+            endpoint,
+            frame,
+            disconnect,
+            farewell,
+        ) {
+            Offered::Claimed => {
+                let i = stage(&mut self.frames, frame);
+                let mut runs = self.spare.pop().unwrap_or_default();
+                runs.push((i, i + 1));
+                self.claimed.push(Claim {
+                    outbox: Arc::clone(outbox),
+                    runs,
+                    count: 1,
+                    bytes: cost,
+                    first: cost,
+                });
+                Offered::Claimed
+            }
+            other => other,
+        }
     }
 
     /// Writes what every claimed outbox gathered.
     pub fn flush(&mut self) {
-        for outbox in self.claimed.drain(..) {
-            outbox.write_direct();
+        if self.claimed.is_empty() {
+            return;
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        for claim in self.claimed.drain(..) {
+            let Claim {
+                outbox,
+                mut runs,
+                bytes,
+                first,
+                ..
+            } = claim;
+            outbox.write_direct(&self.frames, &runs, bytes - first, &mut slices);
+            if self.spare.len() < KEPT_RUN_LISTS && runs.capacity() <= KEPT_RUNS {
+                runs.clear();
+                self.spare.push(runs);
+            }
+        }
+        self.frames.clear();
+        if self.frames.capacity() > KEEP_SLOTS {
+            self.frames = Vec::new();
         }
         if self.claimed.capacity() > KEEP_SLOTS {
             self.claimed = Vec::new();
         }
     }
+}
+
+/// The index of `frame` in `frames`, added unless it is the last one (a batch offers each
+/// frame to its clients one after another).
+fn stage(frames: &mut Vec<Bytes>, frame: &Bytes) -> u32 {
+    match frames.last() {
+        Some(last) if last.as_ptr() == frame.as_ptr() && last.len() == frame.len() => {}
+        _ => frames.push(frame.clone()),
+    }
+    (frames.len() - 1) as u32
 }
 
 impl Drop for Claims {
@@ -368,10 +502,12 @@ impl Outbox {
             closed: CancellationToken::new(),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
+            claim: AtomicU64::new(0),
+            joined: AtomicUsize::new(0),
         }
     }
 
-    /// Lets drivers write to `sink`, the client's socket, directly ([`Outbox::offer`]). The
+    /// Lets drivers write to `sink`, the client's socket, directly ([`Claims::offer`]). The
     /// writer must write to the same socket, and take its frames with [`Outbox::take`] only
     /// after it has written the previous batch.
     pub fn attach(&self, sink: Arc<dyn Sink>) {
@@ -381,63 +517,85 @@ impl Outbox {
     /// Stops direct writes and lets go of the socket (the session ends: the socket closes
     /// once its writer is gone, however long others hold this outbox).
     pub fn detach(&self) {
-        let sink = self.lock().sink.take();
+        let sink = {
+            let mut inner = self.lock();
+            self.unclaimable(&inner);
+            inner.sink.take()
+        };
         drop(sink);
     }
 
-    /// Hands one data frame of `endpoint` on: to the socket directly when the client keeps up
-    /// (nothing queued, the writer idle, a socket attached), else as [`Outbox::push_data`].
-    /// On [`Offered::Claimed`], the caller must add this outbox to its [`Claims`].
-    pub fn offer(
+    /// Claims the socket for a driver with `frame` (tagging the outbox with `tag`) when the
+    /// client keeps up, else queues the frame as [`Outbox::push_data`].
+    fn claim_or_push(
         &self,
+        tag: u64,
         endpoint: &Arc<str>,
-        frame: Bytes,
+        frame: &Bytes,
         disconnect: bool,
         farewell: impl FnOnce() -> Bytes,
     ) -> Offered {
         {
-            let cost = charge(frame.len());
             let mut inner = self.lock();
             let fresh = inner.owner == Owner::Free && inner.in_flight == 0;
-            let joining = inner.owner == Owner::Gathering
-                && inner.direct.len() < DIRECT_FRAMES
-                && inner.direct_bytes + cost <= BATCH_BYTES;
-            if inner.sink.is_some() && !inner.closed && inner.idle() && (fresh || joining) {
+            if fresh && inner.sink.is_some() && !inner.closed && inner.idle() {
                 inner.owner = Owner::Gathering;
-                inner.direct.push(frame);
-                inner.direct_bytes += cost;
-                inner.in_flight += cost;
-                return if fresh {
-                    Offered::Claimed
-                } else {
-                    Offered::Joined
-                };
+                inner.in_flight += charge(frame.len());
+                self.claim.store(tag, Ordering::Release);
+                return Offered::Claimed;
             }
         }
-        Offered::Pushed(self.push_data(endpoint, frame, disconnect, farewell))
+        Offered::Pushed(self.push_data(endpoint, frame.clone(), disconnect, farewell))
     }
 
-    /// Writes the frames gathered since [`Offered::Claimed`] with one non-blocking `writev`
-    /// and gives the socket back; what it did not take goes to the writer, first.
-    fn write_direct(&self) {
-        let (mut frames, sink) = {
-            let mut inner = self.lock();
-            if inner.owner != Owner::Gathering {
-                return;
-            }
-            inner.owner = Owner::Writing;
-            inner.direct_bytes = 0;
-            (std::mem::take(&mut inner.direct), inner.sink.clone())
+    /// No frame may join the driver's claim any more: something was queued behind it, or
+    /// the outbox closes. Called under the lock.
+    fn unclaimable(&self, inner: &Inner) {
+        if inner.owner == Owner::Gathering {
+            self.claim.store(0, Ordering::Release);
+        }
+    }
+
+    /// Writes the frames a driver gathered (`runs` of `frames`; `joined` their charge beyond
+    /// the first's) with one non-blocking `writev` and gives the socket back; what it did not
+    /// take goes to the writer, first. `slices` is scratch space.
+    fn write_direct<'a>(
+        &self,
+        frames: &'a [Bytes],
+        runs: &[(u32, u32)],
+        joined: usize,
+        slices: &mut Vec<IoSlice<'a>>,
+    ) {
+        let picked = || {
+            runs.iter()
+                .flat_map(|&(from, to)| &frames[from as usize..to as usize])
         };
+        let ours;
+        let sink = {
+            let mut inner = self.lock();
+            self.claim.store(0, Ordering::Relaxed);
+            self.joined.store(0, Ordering::Relaxed);
+            inner.in_flight += joined;
+            ours = inner.owner == Owner::Gathering;
+            if ours {
+                inner.owner = Owner::Writing;
+                inner.sink.clone()
+            } else {
+                // Not ours after all (never expected): the writer gets everything.
+                None
+            }
+        };
+        slices.clear();
+        slices.extend(picked().map(|f| IoSlice::new(f)));
         let written = match &sink {
-            Some(sink) => write_some(&**sink, &frames),
+            Some(sink) => write_some(&**sink, slices),
             None => 0,
         };
         drop(sink);
         let mut inner = self.lock();
         let mut done = 0;
         let mut left = written;
-        let mut rest = frames.drain(..);
+        let mut rest = picked();
         for frame in rest.by_ref() {
             if left >= frame.len() {
                 left -= frame.len();
@@ -449,13 +607,11 @@ impl Outbox {
             inner.head.push(frame.slice(left..));
             break;
         }
-        inner.head.extend(rest);
-        // The next batch reuses a small list instead of growing a new one frame by frame.
-        if frames.capacity() <= KEPT_DIRECT_FRAMES {
-            inner.direct = frames;
-        }
+        inner.head.extend(rest.cloned());
         inner.in_flight = inner.in_flight.saturating_sub(done);
-        inner.owner = Owner::Free;
+        if ours {
+            inner.owner = Owner::Free;
+        }
         let wake = !inner.idle() || inner.closed;
         self.after_release(inner, wake);
     }
@@ -463,7 +619,8 @@ impl Outbox {
     /// Wakes whoever waits for less to be in flight (and the writer if `wake`), once `inner`
     /// is unlocked.
     fn after_release(&self, mut inner: std::sync::MutexGuard<'_, Inner>, wake: bool) {
-        let below = inner.total() <= self.max_bytes && std::mem::take(&mut inner.drain_waiting);
+        let below =
+            self.total(&inner) <= self.max_bytes && std::mem::take(&mut inner.drain_waiting);
         let room = std::mem::take(&mut inner.waiting);
         drop(inner);
         if wake {
@@ -481,11 +638,16 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Everything counted against the byte limit: queued, in flight, and joined to a claim.
+    fn total(&self, inner: &Inner) -> usize {
+        inner.queued_bytes + inner.in_flight + self.joined.load(Ordering::Relaxed)
+    }
+
     /// Whether a data frame charged `cost` fits without dropping anything: one always does
     /// when no data frame is queued.
     fn fits(&self, inner: &Inner, cost: usize) -> bool {
         inner.data_count == 0
-            || (inner.data_count < self.max_messages && inner.total() + cost <= self.max_bytes)
+            || (inner.data_count < self.max_messages && self.total(inner) + cost <= self.max_bytes)
     }
 
     /// Queues one data frame of `endpoint`. If it does not fit, the slow-client policy applies:
@@ -517,6 +679,7 @@ impl Outbox {
                 dropped += 1;
             }
             inner.push_data(endpoint, frame, cost);
+            self.unclaimable(&inner);
         }
         if wake {
             self.ready.notify_one();
@@ -536,6 +699,7 @@ impl Outbox {
             }
             wake = inner.idle();
             inner.push_data(endpoint, frame, cost);
+            self.unclaimable(&inner);
         }
         if wake {
             self.ready.notify_one();
@@ -583,6 +747,7 @@ impl Outbox {
         inner.remove_data(|_| true);
         inner.push_control(farewell);
         inner.closed = true;
+        self.unclaimable(&inner);
         drop(inner);
         self.closed.cancel();
         self.ready.notify_one();
@@ -601,6 +766,7 @@ impl Outbox {
             }
             wake = inner.idle();
             inner.push_control(frame);
+            self.unclaimable(&inner);
         }
         if wake {
             self.ready.notify_one();
@@ -610,7 +776,11 @@ impl Outbox {
     /// Stops accepting frames; the writer delivers what is queued, then ends. The session's
     /// reader stops too ([`Outbox::closed`]).
     pub fn close(&self) {
-        self.lock().closed = true;
+        {
+            let mut inner = self.lock();
+            inner.closed = true;
+            self.unclaimable(&inner);
+        }
         self.closed.cancel();
         self.ready.notify_one();
         self.drained.notify_waiters();
@@ -630,7 +800,7 @@ impl Outbox {
 
     /// Bytes counted against the limit now: queued and in flight, as charged.
     pub fn queued_bytes(&self) -> usize {
-        self.lock().total()
+        self.total(&self.lock())
     }
 
     /// Whether nothing is queued, in flight or waiting to be announced.
@@ -646,7 +816,7 @@ impl Outbox {
             let notified = self.drained.notified();
             {
                 let mut inner = self.lock();
-                if inner.closed || inner.total() <= self.max_bytes {
+                if inner.closed || self.total(&inner) <= self.max_bytes {
                     return;
                 }
                 inner.drain_waiting = true;
@@ -743,24 +913,21 @@ impl Outbox {
     }
 }
 
-/// Writes as much of `frames` as `sink` takes now, in `writev`s of at most
-/// [`DIRECT_FRAMES`] buffers; the number of bytes written (0 on `WouldBlock` or an error: the
-/// writer then meets the error itself).
-fn write_some(sink: &dyn Sink, frames: &[Bytes]) -> usize {
+/// Writes as much of `slices` as `sink` takes now (at most [`DIRECT_FRAMES`] buffers, within
+/// `IOV_MAX`); the number of bytes written (0 on `WouldBlock` or an error: the writer then
+/// meets the error itself).
+fn write_some(sink: &dyn Sink, slices: &mut [IoSlice<'_>]) -> usize {
     let mut written = 0;
-    for chunk in frames.chunks(DIRECT_FRAMES) {
-        let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|f| IoSlice::new(f)).collect();
-        let mut left: &mut [IoSlice<'_>] = &mut slices;
-        while !left.is_empty() {
-            match sink.try_write_vectored(left) {
-                Ok(0) => return written,
-                Ok(n) => {
-                    written += n;
-                    IoSlice::advance_slices(&mut left, n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return written,
+    let mut left = slices;
+    while !left.is_empty() {
+        match sink.try_write_vectored(left) {
+            Ok(0) => return written,
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut left, n);
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return written,
         }
     }
     written
@@ -1120,13 +1287,12 @@ mod tests {
     fn claim_with_frame_1(o: &Arc<Outbox>, sink: &Arc<FakeSink>) -> Claims {
         o.attach(sink.clone());
         let mut claims = Claims::default();
-        assert_eq!(offer(o, 1), Offered::Claimed);
-        claims.add(o);
+        assert_eq!(offer(&mut claims, o, 1), Offered::Claimed);
         claims
     }
 
-    fn offer(o: &Outbox, n: u8) -> Offered {
-        o.offer(&ep(), f(n), false, || f(99))
+    fn offer(claims: &mut Claims, o: &Arc<Outbox>, n: u8) -> Offered {
+        claims.offer(o, &ep(), &f(n), false, || f(99))
     }
 
     /// Whether `take` would return now.
@@ -1145,8 +1311,11 @@ mod tests {
 
     #[test]
     fn without_a_socket_nothing_is_claimed() {
-        let o = Outbox::new(10, 1000);
-        assert_eq!(offer(&o, 1), Offered::Pushed(Pushed::Queued(0)));
+        let o = Arc::new(Outbox::new(10, 1000));
+        assert_eq!(
+            offer(&mut Claims::default(), &o, 1),
+            Offered::Pushed(Pushed::Queued(0))
+        );
         assert_eq!(take_now(&o).map(|b| b.frames().count()), Some(1));
     }
 
@@ -1155,7 +1324,7 @@ mod tests {
         let o = Arc::new(Outbox::new(10, 10_000));
         let sink = FakeSink::taking(1000);
         let mut claims = claim_with_frame_1(&o, &sink);
-        assert_eq!(offer(&o, 2), Offered::Joined);
+        assert_eq!(offer(&mut claims, &o, 2), Offered::Joined);
         // Counted while claimed, like a batch the writer took; the writer waits.
         assert_eq!(o.queued_bytes(), 2 * charge(10));
         assert!(!o.is_empty());
@@ -1165,8 +1334,7 @@ mod tests {
         assert!(o.is_empty());
         assert_eq!(o.queued_bytes(), 0);
         // The socket is free again: the next message is claimed again.
-        assert_eq!(offer(&o, 3), Offered::Claimed);
-        claims.add(&o);
+        assert_eq!(offer(&mut claims, &o, 3), Offered::Claimed);
         drop(claims);
         assert_eq!(sink.written(), [f(1), f(2), f(3)].concat());
     }
@@ -1176,10 +1344,13 @@ mod tests {
         let o = Arc::new(Outbox::new(10, 10_000));
         let sink = FakeSink::taking(15);
         let mut claims = claim_with_frame_1(&o, &sink);
-        assert_eq!(offer(&o, 2), Offered::Joined);
+        assert_eq!(offer(&mut claims, &o, 2), Offered::Joined);
         // A reply while the driver holds the socket is queued, and later data follows it.
         o.push_control(f(3));
-        assert_eq!(offer(&o, 4), Offered::Pushed(Pushed::Queued(0)));
+        assert_eq!(
+            offer(&mut claims, &o, 4),
+            Offered::Pushed(Pushed::Queued(0))
+        );
         assert!(take_now(&o).is_none());
         claims.flush();
         // Frame 1 and half of frame 2 went out.
@@ -1191,7 +1362,10 @@ mod tests {
         let charged: usize = frames.iter().map(|f| charge(f.len())).sum();
         assert_eq!(o.queued_bytes(), charged);
         // While the writer holds a batch, nothing is claimed.
-        assert_eq!(offer(&o, 5), Offered::Pushed(Pushed::Queued(0)));
+        assert_eq!(
+            offer(&mut claims, &o, 5),
+            Offered::Pushed(Pushed::Queued(0))
+        );
         o.release(charged);
         let b = take_now(&o).expect("frame 5");
         assert_eq!(b.frames().cloned().collect::<Vec<_>>(), vec![f(5)]);
@@ -1199,7 +1373,7 @@ mod tests {
         // Taking again says the batch is written: the socket is free.
         assert!(take_now(&o).is_none());
         sink.allow(100);
-        assert_eq!(offer(&o, 6), Offered::Claimed);
+        assert_eq!(offer(&mut claims, &o, 6), Offered::Claimed);
     }
 
     #[test]
@@ -1220,8 +1394,14 @@ mod tests {
         let mut claims = claim_with_frame_1(&o, &sink);
         // Queued behind the claim while the writer waits; 3 is dropped for 4.
         o.push_control(f(2));
-        assert_eq!(offer(&o, 3), Offered::Pushed(Pushed::Queued(0)));
-        assert_eq!(offer(&o, 4), Offered::Pushed(Pushed::Queued(1)));
+        assert_eq!(
+            offer(&mut claims, &o, 3),
+            Offered::Pushed(Pushed::Queued(0))
+        );
+        assert_eq!(
+            offer(&mut claims, &o, 4),
+            Offered::Pushed(Pushed::Queued(1))
+        );
         claims.flush();
         let b = take_now(&o).unwrap();
         assert_eq!(parts(&b), ["f1", "f2", "lagged feed 1", "f4"]);
@@ -1242,5 +1422,108 @@ mod tests {
         // A detached outbox claims nothing more.
         o.detach();
         assert!(o.is_closed());
+    }
+
+    #[test]
+    fn a_claim_whose_socket_was_detached_leaves_its_frames_to_the_writer() {
+        let o = Arc::new(Outbox::new(10, 10_000));
+        let sink = FakeSink::taking(1000);
+        let mut claims = claim_with_frame_1(&o, &sink);
+        assert_eq!(offer(&mut claims, &o, 2), Offered::Joined);
+        o.detach();
+        // Nothing joins a claim on a detached socket.
+        assert_eq!(
+            offer(&mut claims, &o, 3),
+            Offered::Pushed(Pushed::Queued(0))
+        );
+        claims.flush();
+        assert!(sink.written().is_empty());
+        let b = take_now(&o).expect("the writer has every frame");
+        assert_eq!(parts(&b), ["f1", "f2", "f3"]);
+        assert_eq!(o.queued_bytes(), 3 * charge(10));
+    }
+
+    #[test]
+    fn a_frame_another_driver_queues_ends_the_claim_and_later_frames_follow_it() {
+        let o = Arc::new(Outbox::new(10, 10_000));
+        let sink = FakeSink::taking(1000);
+        let mut a = claim_with_frame_1(&o, &sink);
+        let mut b = Claims::default();
+        // Driver B finds the socket claimed by A: its frame is queued.
+        assert_eq!(offer(&mut b, &o, 2), Offered::Pushed(Pushed::Queued(0)));
+        // A's next frame may not pass B's any more.
+        assert_eq!(offer(&mut a, &o, 3), Offered::Pushed(Pushed::Queued(0)));
+        drop(b);
+        a.flush();
+        assert_eq!(sink.written(), f(1).to_vec());
+        let batch = take_now(&o).expect("the writer has the queued frames");
+        assert_eq!(parts(&batch), ["f2", "f3"]);
+    }
+
+    #[test]
+    fn each_claim_writes_its_own_runs_of_the_batch() {
+        let (x, y) = (
+            Arc::new(Outbox::new(10, 10_000)),
+            Arc::new(Outbox::new(10, 10_000)),
+        );
+        let (sx, sy) = (FakeSink::taking(1000), FakeSink::taking(1000));
+        x.attach(sx.clone());
+        y.attach(sy.clone());
+        let mut claims = Claims::default();
+        // As a driver offers each message to its clients: x gets 1, 2, 3; y gets 1 and 3.
+        let frames = [f(1), f(2), f(3)];
+        for (i, frame) in frames.iter().enumerate() {
+            claims.offer(&x, &ep(), frame, false, || f(99));
+            if i != 1 {
+                claims.offer(&y, &ep(), frame, false, || f(99));
+            }
+        }
+        // Each frame is kept once for the batch.
+        assert_eq!(claims.frames.len(), 3);
+        claims.flush();
+        assert_eq!(sx.written(), [f(1), f(2), f(3)].concat());
+        assert_eq!(sy.written(), [f(1), f(3)].concat());
+        assert!(x.is_empty() && y.is_empty());
+        assert!(claims.frames.is_empty());
+    }
+
+    #[test]
+    fn a_full_claim_sends_later_frames_to_the_queue_in_order() {
+        let o = Arc::new(Outbox::new(DIRECT_FRAMES * 2, usize::MAX));
+        let sink = FakeSink::taking(usize::MAX);
+        let mut claims = claim_with_frame_1(&o, &sink);
+        for _ in 1..DIRECT_FRAMES {
+            assert_eq!(offer(&mut claims, &o, 2), Offered::Joined);
+        }
+        assert_eq!(
+            offer(&mut claims, &o, 3),
+            Offered::Pushed(Pushed::Queued(0))
+        );
+        assert_eq!(
+            offer(&mut claims, &o, 4),
+            Offered::Pushed(Pushed::Queued(0))
+        );
+        claims.flush();
+        assert_eq!(sink.written().len(), DIRECT_FRAMES * 10);
+        let batch = take_now(&o).expect("the writer has the rest");
+        assert_eq!(parts(&batch), ["f3", "f4"]);
+    }
+
+    #[test]
+    fn frames_joined_to_a_claim_count_against_the_limit() {
+        let o = Arc::new(Outbox::new(10, 3 * charge(10)));
+        let sink = FakeSink::taking(1000);
+        let mut a = claim_with_frame_1(&o, &sink);
+        assert_eq!(offer(&mut a, &o, 2), Offered::Joined);
+        assert_eq!(o.queued_bytes(), 2 * charge(10));
+        // Another driver's frames find two of three charges taken: the second one makes
+        // room by dropping the first.
+        let mut b = Claims::default();
+        assert_eq!(offer(&mut b, &o, 3), Offered::Pushed(Pushed::Queued(0)));
+        assert_eq!(offer(&mut b, &o, 4), Offered::Pushed(Pushed::Queued(1)));
+        a.flush();
+        assert_eq!(sink.written(), [f(1), f(2)].concat());
+        let batch = take_now(&o).unwrap();
+        assert_eq!(parts(&batch), ["lagged feed 1", "f4"]);
     }
 }
