@@ -450,16 +450,36 @@ impl Claims {
         if self.claimed.is_empty() {
             return;
         }
-        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        // Most clients get the whole batch: their `iovec`s are built once and shared.
+        let whole = [(0, self.frames.len() as u32)];
+        let mut everything: Vec<IoSlice<'_>> = Vec::new();
+        let mut some: Vec<IoSlice<'_>> = Vec::new();
+        let mut scratch: Vec<IoSlice<'_>> = Vec::new();
         for claim in self.claimed.drain(..) {
             let Claim {
                 outbox,
                 mut runs,
+                count,
                 bytes,
                 first,
-                ..
             } = claim;
-            outbox.write_direct(&self.frames, &runs, bytes - first, &mut slices);
+            let slices = if runs == whole {
+                if everything.is_empty() {
+                    everything.extend(self.frames.iter().map(|f| IoSlice::new(f)));
+                }
+                &everything
+            } else {
+                some.clear();
+                some.extend(picked(&self.frames, &runs).map(|f| IoSlice::new(f)));
+                &some
+            };
+            let gathered = Gathered {
+                runs: &runs,
+                len: bytes - count * FRAME_OVERHEAD,
+                charged: bytes,
+                joined: bytes - first,
+            };
+            outbox.write_direct(&self.frames, gathered, slices, &mut scratch);
             if self.spare.len() < KEPT_RUN_LISTS && runs.capacity() <= KEPT_RUNS {
                 runs.clear();
                 self.spare.push(runs);
@@ -556,26 +576,22 @@ impl Outbox {
         }
     }
 
-    /// Writes the frames a driver gathered (`runs` of `frames`; `joined` their charge beyond
-    /// the first's) with one non-blocking `writev` and gives the socket back; what it did not
-    /// take goes to the writer, first. `slices` is scratch space.
+    /// Writes what a driver gathered (`slices`, the `iovec`s of its runs of `frames`) with
+    /// one non-blocking `writev` and gives the socket back; what it did not take goes to the
+    /// writer, first. `scratch` is space for a partial write.
     fn write_direct<'a>(
         &self,
         frames: &'a [Bytes],
-        runs: &[(u32, u32)],
-        joined: usize,
-        slices: &mut Vec<IoSlice<'a>>,
+        gathered: Gathered<'_>,
+        slices: &[IoSlice<'a>],
+        scratch: &mut Vec<IoSlice<'a>>,
     ) {
-        let picked = || {
-            runs.iter()
-                .flat_map(|&(from, to)| &frames[from as usize..to as usize])
-        };
         let ours;
         let sink = {
             let mut inner = self.lock();
             self.claim.store(0, Ordering::Relaxed);
             self.joined.store(0, Ordering::Relaxed);
-            inner.in_flight += joined;
+            inner.in_flight += gathered.joined;
             ours = inner.owner == Owner::Gathering;
             if ours {
                 inner.owner = Owner::Writing;
@@ -585,29 +601,32 @@ impl Outbox {
                 None
             }
         };
-        slices.clear();
-        slices.extend(picked().map(|f| IoSlice::new(f)));
         let written = match &sink {
-            Some(sink) => write_some(&**sink, slices),
+            Some(sink) => write_some(&**sink, slices, gathered.len, scratch),
             None => 0,
         };
         drop(sink);
         let mut inner = self.lock();
-        let mut done = 0;
-        let mut left = written;
-        let mut rest = picked();
-        for frame in rest.by_ref() {
-            if left >= frame.len() {
-                left -= frame.len();
-                done += charge(frame.len());
-                continue;
+        let done = if written == gathered.len {
+            gathered.charged
+        } else {
+            let mut done = 0;
+            let mut left = written;
+            let mut rest = picked(frames, gathered.runs);
+            for frame in rest.by_ref() {
+                if left >= frame.len() {
+                    left -= frame.len();
+                    done += charge(frame.len());
+                    continue;
+                }
+                // The rest of this frame, then the frames after it, go first to the writer.
+                done += left;
+                inner.head.push(frame.slice(left..));
+                break;
             }
-            // The rest of this frame, then the frames after it, go first to the writer.
-            done += left;
-            inner.head.push(frame.slice(left..));
-            break;
-        }
-        inner.head.extend(rest.cloned());
+            inner.head.extend(rest.cloned());
+            done
+        };
         inner.in_flight = inner.in_flight.saturating_sub(done);
         if ours {
             inner.owner = Owner::Free;
@@ -913,24 +932,69 @@ impl Outbox {
     }
 }
 
-/// Writes as much of `slices` as `sink` takes now (at most [`DIRECT_FRAMES`] buffers, within
-/// `IOV_MAX`); the number of bytes written (0 on `WouldBlock` or an error: the writer then
-/// meets the error itself).
-fn write_some(sink: &dyn Sink, slices: &mut [IoSlice<'_>]) -> usize {
-    let mut written = 0;
-    let mut left = slices;
+/// Writes as much of `slices` (`len` bytes) as `sink` takes now (at most [`DIRECT_FRAMES`]
+/// buffers, within `IOV_MAX`); the number of bytes written (0 on `WouldBlock` or an error: the
+/// writer then meets the error itself). `slices` may be shared with other clients, so a
+/// partial write goes on from a copy in `scratch`.
+fn write_some<'a>(
+    sink: &dyn Sink,
+    slices: &[IoSlice<'a>],
+    len: usize,
+    scratch: &mut Vec<IoSlice<'a>>,
+) -> usize {
+    let written = try_write(sink, slices);
+    if written == len || written == 0 {
+        return written;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(slices);
+    let mut left: &mut [IoSlice<'a>] = scratch;
+    IoSlice::advance_slices(&mut left, written);
+    let mut written = written;
     while !left.is_empty() {
-        match sink.try_write_vectored(left) {
-            Ok(0) => return written,
-            Ok(n) => {
+        match try_write(sink, left) {
+            0 => break,
+            n => {
                 written += n;
                 IoSlice::advance_slices(&mut left, n);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return written,
         }
     }
     written
+}
+
+/// One non-blocking `writev`, again if interrupted: the bytes written, 0 on `WouldBlock` or
+/// an error.
+fn try_write(sink: &dyn Sink, bufs: &[IoSlice<'_>]) -> usize {
+    loop {
+        match sink.try_write_vectored(bufs) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return 0,
+        }
+    }
+}
+
+/// The frames of `runs`, in order.
+fn picked<'f, 'r>(
+    frames: &'f [Bytes],
+    runs: &'r [(u32, u32)],
+) -> impl Iterator<Item = &'f Bytes> + use<'f, 'r> {
+    runs.iter()
+        .flat_map(|&(from, to)| &frames[from as usize..to as usize])
+}
+
+/// What one claim gathered, for [`Outbox::write_direct`].
+#[derive(Clone, Copy)]
+struct Gathered<'r> {
+    /// Ranges of the batch's frames, in stream order.
+    runs: &'r [(u32, u32)],
+    /// Their length in bytes.
+    len: usize,
+    /// Their charge against the limit.
+    charged: usize,
+    /// The part of `charged` beyond the first frame's (not yet in `in_flight`).
+    joined: usize,
 }
 
 #[cfg(test)]
@@ -1241,13 +1305,21 @@ mod tests {
     /// A socket that takes `budget` more bytes, then says `WouldBlock` (or fails).
     #[derive(Debug, Default)]
     struct FakeSink {
-        state: Mutex<(Vec<u8>, usize, bool)>,
+        /// Written bytes, bytes it still takes, broken, most bytes per call.
+        state: Mutex<(Vec<u8>, usize, bool, usize)>,
     }
 
     impl FakeSink {
         fn taking(budget: usize) -> Arc<FakeSink> {
             Arc::new(FakeSink {
-                state: Mutex::new((Vec::new(), budget, false)),
+                state: Mutex::new((Vec::new(), budget, false, usize::MAX)),
+            })
+        }
+
+        /// Takes everything, at most `per_call` bytes per `writev`.
+        fn chunked(per_call: usize) -> Arc<FakeSink> {
+            Arc::new(FakeSink {
+                state: Mutex::new((Vec::new(), usize::MAX, false, per_call)),
             })
         }
 
@@ -1268,7 +1340,7 @@ mod tests {
             }
             let mut n = 0;
             for b in bufs {
-                let take = b.len().min(st.1);
+                let take = b.len().min(st.1).min(st.3 - n);
                 st.0.extend_from_slice(&b[..take]);
                 st.1 -= take;
                 n += take;
@@ -1485,6 +1557,39 @@ mod tests {
         assert_eq!(sy.written(), [f(1), f(3)].concat());
         assert!(x.is_empty() && y.is_empty());
         assert!(claims.frames.is_empty());
+    }
+
+    #[test]
+    fn clients_that_get_the_whole_batch_share_it_and_a_partial_write_leaves_the_others_alone() {
+        let outboxes: Vec<Arc<Outbox>> =
+            (0..3).map(|_| Arc::new(Outbox::new(10, 10_000))).collect();
+        // The first takes 15 bytes, the second everything in 4-byte pieces, the third all.
+        let sinks = [
+            FakeSink::taking(15),
+            FakeSink::chunked(4),
+            FakeSink::taking(1000),
+        ];
+        for (o, sink) in outboxes.iter().zip(&sinks) {
+            o.attach(sink.clone());
+        }
+        let mut claims = Claims::default();
+        for frame in [f(1), f(2), f(3)] {
+            for o in &outboxes {
+                claims.offer(o, &ep(), &frame, false, || f(99));
+            }
+        }
+        claims.flush();
+        let all = [f(1), f(2), f(3)].concat();
+        assert_eq!(sinks[0].written(), all[..15].to_vec());
+        assert_eq!(sinks[1].written(), all);
+        assert_eq!(sinks[2].written(), all);
+        let rest = take_now(&outboxes[0]).expect("the first writer has the rest");
+        assert_eq!(
+            rest.frames().cloned().collect::<Vec<_>>(),
+            vec![f(2).slice(5..), f(3)]
+        );
+        assert!(outboxes[1].is_empty() && outboxes[2].is_empty());
+        assert_eq!(outboxes[1].queued_bytes(), 0);
     }
 
     #[test]
