@@ -28,14 +28,21 @@ use super::track::{dropped_from_text, Tracker};
 /// Read buffer of one connection.
 const READ_BUF: usize = 64 * 1024;
 
-/// Connects to a Unix socket, retrying while the listener's backlog is full (`EAGAIN`), for
-/// at most 10 s.
+/// Connects to a Unix socket, retrying while the listener's backlog is full (`EAGAIN`) or it
+/// does not listen yet (`ECONNREFUSED`), for at most 10 s.
 pub async fn connect_unix(socket: &Path) -> Result<UnixStream> {
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match UnixStream::connect(socket).await {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+            // A full backlog, or a socket file that is bound but not yet listening (a relay
+            // that has just started: its file appears before `listen`).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
             Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
