@@ -324,13 +324,7 @@ impl Session {
         #[cfg(unix)]
         let (mut reader, mut writer) = {
             let Stream::UdSocket(s) = stream;
-            let s = match shared::Socket::new(s) {
-                Ok(s) => Arc::new(s),
-                Err(e) => {
-                    tracing::warn!(client = self.id, error = %e, "cannot serve a client socket");
-                    return;
-                }
-            };
+            let s = Arc::new(s);
             self.outbox.attach(Arc::new(shared::Shared(Arc::clone(&s))));
             (shared::Shared(Arc::clone(&s)), shared::Shared(s))
         };
@@ -1018,101 +1012,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// The client socket shared by the session's reader and writer and the drivers' direct
-/// writes (Unix).
-///
-/// It is registered with the runtime for reading only. A socket registered for writing too
-/// (as tokio's `UnixStream` always is, edge-triggered) is signalled writable every time the
-/// client reads a frame, which wakes an otherwise idle daemon once per delivery; here only a
-/// writer that met a full socket registers for writability (on a duplicate of the
-/// descriptor), and only until its next write goes through.
+/// writes (Unix: interprocess' stream reads and writes through a shared reference).
 #[cfg(unix)]
 mod shared {
-    use std::io::{self, Read, Write};
-    use std::os::fd::{AsFd, OwnedFd};
-    use std::os::unix::net::UnixStream;
+    use std::io;
     use std::pin::Pin;
-    use std::sync::{Arc, Mutex};
-    use std::task::{ready, Context, Poll};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
 
     use interprocess::os::unix::uds_local_socket::tokio::Stream as Uds;
-    use tokio::io::unix::AsyncFd;
-    use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
     use crate::outbox::Sink;
-
-    /// A non-blocking client socket, registered for reading.
-    #[derive(Debug)]
-    pub struct Socket {
-        read: AsyncFd<UnixStream>,
-        /// A duplicate registered for writability while the writer waits for room.
-        room: Mutex<Option<AsyncFd<OwnedFd>>>,
-    }
-
-    impl Socket {
-        /// Takes the accepted stream off the runtime's registration for reading and writing.
-        pub fn new(stream: Uds) -> io::Result<Socket> {
-            let fd = OwnedFd::try_from(stream)?;
-            let stream = UnixStream::from(fd);
-            stream.set_nonblocking(true)?;
-            Ok(Socket {
-                read: register(stream, Interest::READABLE)?,
-                room: Mutex::new(None),
-            })
-        }
-
-        fn stream(&self) -> &UnixStream {
-            self.read.get_ref()
-        }
-
-        /// Writes `bufs` once the socket takes any of them; registers for writability only
-        /// while it does not.
-        fn poll_write_vectored(
-            &self,
-            cx: &mut Context<'_>,
-            bufs: &[io::IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let mut room = self.room.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if room.is_none() {
-                    match self.stream().write_vectored(bufs) {
-                        Ok(n) => return Poll::Ready(Ok(n)),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // Registering reports a socket that has room by now at once.
-                            let dup = self.stream().as_fd().try_clone_to_owned()?;
-                            *room = Some(register(dup, Interest::WRITABLE)?);
-                        }
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
-                let Some(waiting) = room.as_ref() else {
-                    continue;
-                };
-                let mut guard = ready!(waiting.poll_write_ready(cx))?;
-                match guard.try_io(|_| self.stream().write_vectored(bufs)) {
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Ok(result) => {
-                        // Written (or failed): no more waiting for room until it is full again.
-                        *room = None;
-                        return Poll::Ready(result);
-                    }
-                    Err(_would_block) => continue,
-                }
-            }
-        }
-    }
-
-    /// Registers `io`, which owns its descriptor, with the runtime for `interest`.
-    fn register<T: std::os::fd::AsRawFd>(io: T, interest: Interest) -> io::Result<AsyncFd<T>> {
-        // SAFETY: `T` is an owned socket (`UnixStream`, `OwnedFd`): its descriptor stays open
-        // and is the same one until the `AsyncFd`, which owns it, is dropped.
-        unsafe { AsyncFd::register_with_interest(io, interest) }.map_err(io::Error::from)
-    }
 
     /// A handle on the session's socket: the reader's, the writer's, or the drivers' for
     /// their direct writes.
     #[derive(Debug)]
-    pub struct Shared(pub Arc<Socket>);
+    pub struct Shared(pub Arc<Uds>);
 
     impl AsyncRead for Shared {
         fn poll_read(
@@ -1120,19 +1036,7 @@ mod shared {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            loop {
-                let mut guard = ready!(self.0.read.poll_read_ready(cx))?;
-                let unfilled = buf.initialize_unfilled();
-                match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
-                    Ok(Ok(n)) => {
-                        buf.advance(n);
-                        return Poll::Ready(Ok(()));
-                    }
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Ok(Err(e)) => return Poll::Ready(Err(e)),
-                    Err(_would_block) => continue,
-                }
-            }
+            Pin::new(&mut &*self.0).poll_read(cx, buf)
         }
     }
 
@@ -1142,7 +1046,7 @@ mod shared {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.0.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+            Pin::new(&mut &*self.0).poll_write(cx, buf)
         }
 
         fn poll_write_vectored(
@@ -1150,26 +1054,25 @@ mod shared {
             cx: &mut Context<'_>,
             bufs: &[io::IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            self.0.poll_write_vectored(cx, bufs)
+            Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
         }
 
         fn is_write_vectored(&self) -> bool {
-            true
+            AsyncWrite::is_write_vectored(&&*self.0)
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut &*self.0).poll_flush(cx)
         }
 
-        /// Nothing to do: the socket closes when the session drops its last handle.
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut &*self.0).poll_shutdown(cx)
         }
     }
 
     impl Sink for Shared {
         fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-            self.0.stream().write_vectored(bufs)
+            self.0.inner().try_write_vectored(bufs)
         }
     }
 }
