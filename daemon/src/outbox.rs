@@ -74,7 +74,7 @@ enum Owner {
     Free,
     /// The writer task, with a batch it took.
     Writer,
-    /// A driver gathers frames in `direct`; more may join while nothing is queued.
+    /// A driver gathers frames in its [`Claims`]; more may join while its claim tag is set.
     Gathering,
     /// A driver writes what it gathered.
     Writing,
@@ -319,7 +319,7 @@ pub struct Outbox {
     joined: AtomicUsize,
 }
 
-/// What [`Outbox::offer`] did with a data frame.
+/// What [`Claims::offer`] did with a data frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
     /// Queued or dropped, as [`Outbox::push_data`] says.
