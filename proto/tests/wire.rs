@@ -387,13 +387,14 @@ fn encode_refuses_frames_over_the_maximum() {
 #[test]
 fn data_fast_path_refuses_exactly_where_the_generic_encoder_does() {
     let data = Payload::Text("x".repeat(300));
+    let seq = 1 << 40;
     for (topic, topic_seq) in [(None, None), (Some("BTC-USD"), Some(70_000))] {
         let body = encode_to_vec(
             &ServerMsg::Message(DataMessage {
                 topic: topic.map(str::to_owned),
                 topic_seq,
                 endpoint: "feed".into(),
-                seq: 1 << 40,
+                seq,
                 data: data.clone(),
             }),
             usize::MAX,
@@ -402,11 +403,9 @@ fn data_fast_path_refuses_exactly_where_the_generic_encoder_does() {
         .len()
             - HEADER_LEN;
         let fits =
-            encode_data_message_fields("feed", 1 << 40, topic, topic_seq, data.as_ref(), body)
-                .unwrap();
+            encode_data_message_fields("feed", seq, topic, topic_seq, data.as_ref(), body).unwrap();
         assert_eq!(fits.len(), HEADER_LEN + body);
-        match encode_data_message_fields("feed", 1 << 40, topic, topic_seq, data.as_ref(), body - 1)
-        {
+        match encode_data_message_fields("feed", seq, topic, topic_seq, data.as_ref(), body - 1) {
             Err(EncodeError::TooLarge { len, max }) => assert_eq!((len, max), (body, body - 1)),
             other => panic!("{other:?}"),
         }
